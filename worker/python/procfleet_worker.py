@@ -1,0 +1,636 @@
+"""procfleet worker SDK for Python (protocol v1), standard library only.
+
+A procfleet agent runs this program as a long-lived subprocess and sends it
+jobs over stdin; results go back over stdout. A minimal worker::
+
+    import procfleet_worker as pw
+
+    @pw.handler("echo")
+    def echo(payload, session):
+        return payload
+
+    if __name__ == "__main__":
+        pw.run()
+
+A handler receives the job's decoded JSON ``payload`` and a :class:`Session`.
+Whatever it returns (any JSON-serialisable value) is the job's result. If it
+raises, the job fails with the exception's class name and message; raise
+:class:`RetryableError` (or any exception whose ``retryable`` attribute is
+true) to ask the agent to retry the job later. ``session.state`` is a dict
+that lives in this process for as long as the agent keeps the session bound
+to it, so a handler can keep loaded programs, history or caches there.
+``session.progress(data)`` (or :func:`progress`) reports progress while a job
+runs, and :func:`current_call` gives the job's id, attempt and deadline.
+
+Importing this module claims the process's stdin and stdout for the frame
+stream: file descriptor 1 is pointed at stderr and ``sys.stdout`` becomes
+``sys.stderr``, so ``print()`` anywhere (user code, libraries, child
+processes inheriting fd 1) lands in the worker's log instead of corrupting
+the frames; fd 0 is pointed at /dev/null so that nothing else can consume
+the agent's frames. This happens at import rather than in :func:`run` so that
+module-level prints between ``import procfleet_worker`` and ``run()`` (model
+loading chatter, say) are safe too.
+
+Wire format: every frame is a 4-byte big-endian length N followed by N bytes
+of UTF-8 JSON holding one object, 1 <= N <= max frame. The max frame is the
+``max_frame`` argument of :class:`Worker`, else the ``PROCFLEET_MAX_FRAME``
+environment variable, else 16 MiB. An incoming frame that breaks the
+protocol (too large, empty, truncated, not a JSON object) is logged and the
+worker exits with status 2: after such a frame the stream cannot be trusted.
+The worker exits 0 on ``shutdown`` or at EOF on stdin.
+"""
+
+import json
+import os
+import sys
+import time
+import traceback
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "DEFAULT_MAX_FRAME",
+    "EXIT_PROTOCOL_ERROR",
+    "Worker",
+    "Session",
+    "Call",
+    "RetryableError",
+    "FrameTooLarge",
+    "default_worker",
+    "handler",
+    "on_session_end",
+    "progress",
+    "current_call",
+    "run",
+]
+
+PROTOCOL_VERSION = 1
+DEFAULT_MAX_FRAME = 16 << 20
+MAX_FRAME_ENV = "PROCFLEET_MAX_FRAME"
+# Exit status after the agent sent something that is not protocol v1.
+EXIT_PROTOCOL_ERROR = 2
+
+# ensure_ascii keeps the output valid UTF-8 even for strings holding lone
+# surrogates, and takes the C encoder's fastest path. allow_nan=False turns a
+# NaN result into a job error instead of a frame the agent cannot parse.
+_encode = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=True, allow_nan=False
+).encode
+_decode = json.loads
+
+
+class RetryableError(Exception):
+    """Raise from a handler to fail the job with ``retryable: true``.
+
+    The agent then naks the job so that it runs again later (until its
+    attempts are exhausted). Any exception class with a true ``retryable``
+    attribute is treated the same way.
+    """
+
+    retryable = True
+
+
+class FrameTooLarge(ValueError):
+    """An outgoing frame would exceed the max frame size.
+
+    Raised by :meth:`Worker.progress`; a result that is too large is turned
+    into a failed job with this error type instead.
+    """
+
+
+class _ProtocolViolation(Exception):
+    """The agent sent a frame that is not protocol v1."""
+
+
+class _AgentGone(BaseException):
+    # A BaseException so that a handler's ``except Exception`` around a
+    # progress() call cannot swallow it and carry on talking to nobody.
+    """The agent closed our stdout."""
+
+
+def _log(msg):
+    try:
+        sys.stderr.write("procfleet_worker: %s\n" % msg)
+        sys.stderr.flush()
+    except Exception:
+        pass
+
+
+# --- stdio guard -----------------------------------------------------------
+
+_frame_in_fd = None
+_frame_out_fd = None
+_stdio_claimed = False
+
+
+def _claim_stdio():
+    """Move the frame stream to private fds and point fd 0/1 elsewhere.
+
+    Idempotent. The private fds are non-inheritable, so child processes a
+    handler starts neither hold the agent's pipes open (which would hide our
+    death from the agent) nor read or write frames.
+    """
+    global _frame_in_fd, _frame_out_fd, _stdio_claimed
+    if _stdio_claimed:
+        return
+    _stdio_claimed = True
+    try:
+        _frame_out_fd = os.dup(1)
+    except OSError:
+        _frame_out_fd = None
+    try:
+        os.dup2(2, 1)
+    except OSError:
+        # No stderr either: discard stray output rather than corrupt frames.
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.close(null)
+    # Anything printed before the import is still in the old buffer; it now
+    # drains to fd 1, which is stderr.
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except Exception:
+        pass
+    sys.stdout = sys.stderr
+    try:
+        _frame_in_fd = os.dup(0)
+    except OSError:
+        _frame_in_fd = None
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+
+
+_claim_stdio()
+
+
+def _max_frame_from_env():
+    raw = os.environ.get(MAX_FRAME_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_FRAME
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0 or value > 0xFFFFFFFF:
+        raise ValueError(
+            "%s must be an integer in 1..4294967295, got %r" % (MAX_FRAME_ENV, raw)
+        )
+    return value
+
+
+# --- per-job objects -------------------------------------------------------
+
+
+class Session:
+    """Per-session state handed to every handler call.
+
+    Attributes:
+        id: the session id, or None for an anonymous job (whose Session is
+            thrown away after the call).
+        state: a dict kept in memory for this session id until the agent
+            ends the session or a later call marks it ``new_session``.
+        is_new: True on the call that created this state: the agent sent
+            ``new_session: true``, or this worker had never seen the id.
+            False on later calls of the same session. Always True for
+            anonymous jobs.
+        calls: how many calls this session has received on this worker,
+            counting the current one.
+    """
+
+    __slots__ = ("id", "state", "is_new", "calls", "_worker")
+
+    def __init__(self, session_id, worker):
+        self.id = session_id
+        self.state = {}
+        self.is_new = True
+        self.calls = 0
+        self._worker = worker
+
+    def progress(self, data):
+        """Send a progress report for the call now running (see Worker.progress)."""
+        self._worker.progress(data)
+
+    @property
+    def call(self):
+        """The :class:`Call` now running, or None outside a call."""
+        return self._worker.current_call()
+
+    def __repr__(self):
+        return "Session(id=%r, is_new=%r, calls=%d, keys=%r)" % (
+            self.id,
+            self.is_new,
+            self.calls,
+            list(self.state),
+        )
+
+
+class Call:
+    """The context of the job now running: see :func:`current_call`.
+
+    Attributes:
+        id: the frame id the result answers.
+        command: the command name.
+        session: the session id, or None.
+        new_session: the raw ``new_session`` flag the agent sent.
+        job_id: the job's id, or None if the agent sent none.
+        attempt: the delivery attempt (1 for the first run), or None.
+        deadline_ms: the job's deadline as Unix time in milliseconds, or
+            None when it has none.
+    """
+
+    __slots__ = (
+        "id",
+        "command",
+        "session",
+        "new_session",
+        "job_id",
+        "attempt",
+        "deadline_ms",
+    )
+
+    def __init__(self, msg):
+        self.id = msg.get("id")
+        self.command = msg.get("command")
+        self.session = msg.get("session") or None
+        self.new_session = msg.get("new_session") is True
+        self.job_id = msg.get("job_id")
+        self.attempt = msg.get("attempt")
+        deadline = msg.get("deadline_ms")
+        self.deadline_ms = deadline if deadline else None
+
+    @property
+    def deadline(self):
+        """The deadline as Unix time in seconds (float), or None."""
+        if self.deadline_ms is None:
+            return None
+        return self.deadline_ms / 1000.0
+
+    def remaining(self):
+        """Seconds left until the deadline (negative once past), or None."""
+        if self.deadline_ms is None:
+            return None
+        return self.deadline_ms / 1000.0 - time.time()
+
+    def __repr__(self):
+        return "Call(id=%r, command=%r, session=%r, job_id=%r, attempt=%r)" % (
+            self.id,
+            self.command,
+            self.session,
+            self.job_id,
+            self.attempt,
+        )
+
+
+# --- the worker ------------------------------------------------------------
+
+
+class Worker:
+    """A set of command handlers plus the loop that serves them.
+
+    Args:
+        max_frame: the largest frame body, in bytes, read or written.
+            Default: the PROCFLEET_MAX_FRAME environment variable, else
+            DEFAULT_MAX_FRAME (16 MiB). Must be in 1..2**32-1.
+        log_tracebacks: log the traceback of every exception a handler
+            raises to stderr. Default True.
+    """
+
+    def __init__(self, max_frame=None, log_tracebacks=True):
+        if max_frame is not None and (
+            not isinstance(max_frame, int) or not 0 < max_frame <= 0xFFFFFFFF
+        ):
+            raise ValueError("max_frame must be an integer in 1..4294967295")
+        self._max_frame = max_frame
+        self._log_tracebacks = log_tracebacks
+        self._handlers = {}
+        self._session_end_hook = None
+        self._sessions = {}
+        self._out_fd = None
+        self._limit = DEFAULT_MAX_FRAME
+        # The call now running; the protocol runs one call at a time.
+        self._cur_id = None
+        self._cur_msg = None
+        self._cur_call = None
+
+    # Registration.
+
+    def handler(self, name=None):
+        """Register a handler for a command: ``@worker.handler("name")``.
+
+        Bare ``@worker.handler`` uses the function's name. The handler is
+        called as ``fn(payload, session)`` and returns the job's result.
+        """
+        if callable(name):
+            self._register(name.__name__, name)
+            return name
+
+        def decorate(fn):
+            self._register(name if name is not None else fn.__name__, fn)
+            return fn
+
+        return decorate
+
+    def _register(self, name, fn):
+        if not isinstance(name, str) or not name:
+            raise ValueError("handler name must be a non-empty string, got %r" % (name,))
+        if name in self._handlers:
+            raise ValueError("handler %r is already registered" % name)
+        self._handlers[name] = fn
+
+    def on_session_end(self, fn):
+        """Register ``fn(session)``, called whenever a session's state is dropped.
+
+        That is on ``session_end`` from the agent, and when a call marked
+        ``new_session`` replaces stale state kept under the same id. Use it to
+        release what the state holds (files, subprocesses). Exceptions are
+        logged and ignored. Usable as a decorator.
+        """
+        self._session_end_hook = fn
+        return fn
+
+    @property
+    def commands(self):
+        """The registered command names, in registration order."""
+        return list(self._handlers)
+
+    # Calls in progress.
+
+    def current_call(self):
+        """The :class:`Call` now running, or None outside a handler."""
+        if self._cur_id is None:
+            return None
+        call = self._cur_call
+        if call is None:
+            # Built lazily: most handlers never ask.
+            call = self._cur_call = Call(self._cur_msg)
+        return call
+
+    def progress(self, data):
+        """Send ``{"type":"progress","id":<current call>,"data":data}`` now.
+
+        Raises RuntimeError outside a handler, TypeError/ValueError if data is
+        not JSON-serialisable, FrameTooLarge if it exceeds the max frame.
+        """
+        cid = self._cur_id
+        if cid is None:
+            raise RuntimeError("progress() called outside a running call")
+        body = _encode({"type": "progress", "id": cid, "data": data}).encode()
+        if len(body) > self._limit:
+            raise FrameTooLarge(
+                "progress frame of %d bytes exceeds max frame %d" % (len(body), self._limit)
+            )
+        self._write(body)
+
+    # Serving.
+
+    def run(self):
+        """Serve the agent until shutdown or EOF, then exit the process.
+
+        Exits 0 on ``shutdown``, EOF on stdin or a closed stdout; 2
+        (EXIT_PROTOCOL_ERROR) after a frame that breaks the protocol; 130 on
+        SIGINT. Never returns.
+        """
+        try:
+            code = self.serve()
+        except KeyboardInterrupt:
+            code = 130
+        sys.exit(code)
+
+    def serve(self, in_fd=None, out_fd=None):
+        """Serve frames from in_fd to out_fd; return the exit status.
+
+        Both default to the stdin/stdout claimed at import. The ready frame
+        is sent first.
+        """
+        global _active_worker
+        _claim_stdio()
+        if in_fd is None:
+            in_fd = _frame_in_fd
+        if out_fd is None:
+            out_fd = _frame_out_fd
+        if in_fd is None or out_fd is None:
+            _log("stdin or stdout was not open at startup; cannot serve")
+            return EXIT_PROTOCOL_ERROR
+        try:
+            limit = self._max_frame or _max_frame_from_env()
+        except ValueError as e:
+            _log(str(e))
+            return EXIT_PROTOCOL_ERROR
+        self._limit = limit
+        self._out_fd = out_fd
+        _active_worker = self
+        if not self._handlers:
+            _log("no handlers registered; every call will fail with UnknownCommand")
+        reader = open(in_fd, "rb", buffering=1 << 16, closefd=False)
+        try:
+            self._write(
+                _encode(
+                    {
+                        "type": "ready",
+                        "protocol": PROTOCOL_VERSION,
+                        "pid": os.getpid(),
+                        "commands": list(self._handlers),
+                    }
+                ).encode()
+            )
+            return self._loop(reader.read, limit)
+        except _AgentGone:
+            _log("stdout closed by the agent; exiting")
+            return 0
+        except _ProtocolViolation as e:
+            _log("protocol error: %s; exiting" % e)
+            return EXIT_PROTOCOL_ERROR
+        finally:
+            reader.close()
+
+    def _loop(self, read, limit):
+        decode = _decode
+        handle_call = self._handle_call
+        while True:
+            header = read(4)
+            if len(header) != 4:
+                if not header:
+                    return 0
+                raise _ProtocolViolation("stdin ended inside a frame header")
+            n = int.from_bytes(header, "big")
+            if n == 0:
+                raise _ProtocolViolation("zero-length frame")
+            if n > limit:
+                raise _ProtocolViolation(
+                    "incoming frame of %d bytes exceeds max frame %d" % (n, limit)
+                )
+            body = read(n)
+            if len(body) != n:
+                raise _ProtocolViolation(
+                    "stdin ended inside a frame (%d of %d bytes)" % (len(body), n)
+                )
+            try:
+                msg = decode(body)
+            except (ValueError, RecursionError) as e:  # incl. JSONDecodeError, UnicodeDecodeError
+                raise _ProtocolViolation("frame is not JSON: %s" % e) from None
+            if type(msg) is not dict:
+                raise _ProtocolViolation("frame is not a JSON object")
+            kind = msg.get("type")
+            if kind == "call":
+                handle_call(msg)
+            elif kind == "ping":
+                self._write(_encode({"type": "pong", "id": msg.get("id")}).encode())
+            elif kind == "session_end":
+                sid = msg.get("session")
+                sess = self._sessions.pop(sid, None) if type(sid) is str else None
+                if sess is not None:
+                    self._ended(sess)
+            elif kind == "shutdown":
+                return 0
+            elif not isinstance(kind, str):
+                raise _ProtocolViolation("message has no type")
+            else:
+                # A newer agent may send messages this SDK does not know.
+                _log("ignoring message of unknown type %r" % kind)
+
+    def _handle_call(self, msg):
+        cid = msg.get("id")
+        if type(cid) is not int:
+            raise _ProtocolViolation("call without an integer id")
+        sid = msg.get("session")
+        if sid:
+            if type(sid) is not str:
+                raise _ProtocolViolation("call with a non-string session id")
+            sessions = self._sessions
+            sess = sessions.get(sid)
+            if sess is None or msg.get("new_session") is True:
+                if sess is not None:
+                    self._ended(sess)
+                sess = sessions[sid] = Session(sid, self)
+            else:
+                sess.is_new = False
+        else:
+            sess = Session(None, self)
+        sess.calls += 1
+
+        fn = self._handlers.get(msg.get("command"))
+        if fn is None:
+            self._write_error(
+                cid,
+                "UnknownCommand",
+                "unknown command %r; this worker serves %s"
+                % (msg.get("command"), ", ".join(self._handlers) or "nothing"),
+                False,
+            )
+            return
+
+        self._cur_id = cid
+        self._cur_msg = msg
+        self._cur_call = None
+        try:
+            result = fn(msg.get("payload"), sess)
+        except Exception as e:
+            if self._log_tracebacks:
+                _log(
+                    "command %r (id %d) failed:\n%s"
+                    % (msg.get("command"), cid, traceback.format_exc().rstrip())
+                )
+            self._write_error(
+                cid, type(e).__name__, _message(e), bool(getattr(e, "retryable", False))
+            )
+            return
+        finally:
+            self._cur_id = None
+            self._cur_msg = None
+            self._cur_call = None
+
+        try:
+            body = _encode({"type": "result", "id": cid, "ok": True, "result": result}).encode()
+        except Exception as e:
+            self._write_error(
+                cid, type(e).__name__, "result is not JSON-serialisable: %s" % _message(e), False
+            )
+            return
+        if len(body) > self._limit:
+            self._write_error(
+                cid,
+                "FrameTooLarge",
+                "result frame of %d bytes exceeds max frame %d" % (len(body), self._limit),
+                False,
+            )
+            return
+        self._write(body)
+
+    def _write_error(self, cid, etype, message, retryable):
+        err = {"type": etype, "message": message, "retryable": retryable}
+        body = _encode({"type": "result", "id": cid, "ok": False, "error": err}).encode()
+        if len(body) > self._limit:
+            # A huge exception message must not cost us the worker.
+            err["message"] = message[: max(0, self._limit // 2)]
+            body = _encode({"type": "result", "id": cid, "ok": False, "error": err}).encode()
+            if len(body) > self._limit:
+                err["message"] = "error message too large"
+                body = _encode({"type": "result", "id": cid, "ok": False, "error": err}).encode()
+        self._write(body)
+
+    def _write(self, body):
+        # One write per frame where the pipe allows: header and body go out
+        # together, and os.write bypasses any userspace buffer, so there is
+        # nothing to flush.
+        data = len(body).to_bytes(4, "big") + body
+        fd = self._out_fd
+        try:
+            n = os.write(fd, data)
+            if n != len(data):
+                view = memoryview(data)
+                while n < len(view):
+                    n += os.write(fd, view[n:])
+        except BrokenPipeError:
+            raise _AgentGone() from None
+
+    def _ended(self, sess):
+        hook = self._session_end_hook
+        if hook is None:
+            return
+        try:
+            hook(sess)
+        except Exception:
+            _log("on_session_end hook failed:\n%s" % traceback.format_exc().rstrip())
+
+
+def _message(exc):
+    try:
+        return str(exc)
+    except Exception:
+        return "<unprintable %s>" % type(exc).__name__
+
+
+# --- module-level default worker ---------------------------------------------
+
+default_worker = Worker()
+"""The Worker that the module-level handler/on_session_end/run register on and serve."""
+
+# The Worker now serving, so that progress() and current_call() also work
+# for handlers registered on a Worker of the user's own.
+_active_worker = None
+
+
+def handler(name=None):
+    """Register a handler on the default worker (see Worker.handler)."""
+    return default_worker.handler(name)
+
+
+def on_session_end(fn):
+    """Register the default worker's session-end hook (see Worker.on_session_end)."""
+    return default_worker.on_session_end(fn)
+
+
+def progress(data):
+    """Report progress for the running call (see Worker.progress)."""
+    (_active_worker or default_worker).progress(data)
+
+
+def current_call():
+    """The running :class:`Call`, or None outside a handler."""
+    return (_active_worker or default_worker).current_call()
+
+
+def run():
+    """Serve the default worker until shutdown or EOF, then exit (see Worker.run)."""
+    default_worker.run()
