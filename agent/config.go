@@ -1,0 +1,150 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/procfleet/procfleet/pool"
+	"github.com/procfleet/procfleet/queue"
+)
+
+// Config configures an Agent.
+type Config struct {
+	// Name identifies the agent in the registry, in leases and in results.
+	// Default: "<hostname>-<pid>". Must be a subject token ([A-Za-z0-9_-]).
+	Name string
+
+	// Queue is the NATS contract (prefix, partitions, TTLs). Zero fields take
+	// queue's defaults.
+	Queue queue.Config
+
+	// Pool configures the local worker pool. Pool.Worker.Command is required.
+	Pool pool.Config
+
+	// JobTimeout applies to jobs whose envelope carries no timeout_ms.
+	// Default 30s.
+	JobTimeout time.Duration
+
+	// Capacity is how many jobs the agent holds at once (running plus
+	// waiting for a worker). Held jobs count as delivered in JetStream, so
+	// this is what "pull only what you can run soon" means. Default: twice
+	// the pool size.
+	Capacity int
+
+	// FetchWait is how long one pull request waits for messages. Default 1s.
+	FetchWait time.Duration
+
+	// RebalanceInterval is how often the agent re-reads the registry and
+	// reconciles its partitions (a KV watch also triggers it). Default 1s.
+	RebalanceInterval time.Duration
+
+	// HeartbeatInterval is how often the agent refreshes its registry entry.
+	// Default: a third of Queue.AgentTTL.
+	HeartbeatInterval time.Duration
+
+	// LeaseRenewInterval is how often held leases are renewed. Default: a
+	// third of Queue.LeaseTTL.
+	LeaseRenewInterval time.Duration
+
+	// ProgressInterval is how often held jobs are marked InProgress.
+	// Default: a third of Queue.AckWait.
+	ProgressInterval time.Duration
+
+	// RetryBackoffMin and RetryBackoffMax bound the NakWithDelay delay,
+	// which doubles with each delivery. Defaults 200ms and 10s.
+	RetryBackoffMin time.Duration
+	RetryBackoffMax time.Duration
+
+	// Logger receives the agent's logs. Default: no logging.
+	Logger *zap.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.Name == "" {
+		h, _ := os.Hostname()
+		c.Name = sanitizeToken(fmt.Sprintf("%s-%d", h, os.Getpid()))
+	}
+	c.Queue = c.Queue.WithDefaults()
+	if c.JobTimeout == 0 {
+		c.JobTimeout = 30 * time.Second
+	}
+	if c.Pool.Size == 0 {
+		c.Pool.Size = 4
+	}
+	if c.Pool.Name == "" {
+		c.Pool.Name = c.Name
+	}
+	if c.Capacity == 0 {
+		c.Capacity = 2 * c.Pool.Size
+	}
+	if c.FetchWait == 0 {
+		c.FetchWait = time.Second
+	}
+	if c.RebalanceInterval == 0 {
+		c.RebalanceInterval = time.Second
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = c.Queue.AgentTTL / 3
+	}
+	if c.LeaseRenewInterval == 0 {
+		c.LeaseRenewInterval = c.Queue.LeaseTTL / 3
+	}
+	if c.ProgressInterval == 0 {
+		c.ProgressInterval = c.Queue.AckWait / 3
+	}
+	if c.RetryBackoffMin == 0 {
+		c.RetryBackoffMin = 200 * time.Millisecond
+	}
+	if c.RetryBackoffMax == 0 {
+		c.RetryBackoffMax = 10 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	if c.Pool.Logger == nil {
+		c.Pool.Logger = c.Logger
+	}
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	if !queue.ValidToken(c.Name) {
+		errs = append(errs, fmt.Errorf("agent: Name %q must be 1-128 characters of [A-Za-z0-9_-]", c.Name))
+	}
+	if len(c.Pool.Worker.Command) == 0 {
+		errs = append(errs, errors.New("agent: Pool.Worker.Command is required"))
+	}
+	if c.Capacity < 1 {
+		errs = append(errs, errors.New("agent: Capacity must be at least 1"))
+	}
+	if c.JobTimeout < 0 {
+		errs = append(errs, errors.New("agent: JobTimeout cannot be negative"))
+	}
+	if c.RetryBackoffMax < c.RetryBackoffMin {
+		errs = append(errs, errors.New("agent: RetryBackoffMax cannot be less than RetryBackoffMin"))
+	}
+	if err := c.Queue.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// sanitizeToken maps s onto the subject-token alphabet.
+func sanitizeToken(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_':
+		default:
+			b[i] = '_'
+		}
+	}
+	if len(b) > 128 {
+		b = b[:128]
+	}
+	return string(b)
+}

@@ -1,0 +1,21 @@
+// Package agent is the library behind cmd/agent: the glue between the NATS
+// contract (package queue) and a local worker pool (package pool).
+//
+// An Agent registers itself in the fleet_agents bucket and heartbeats there.
+// From the set of live agents it computes, by rendezvous hashing, which
+// session partitions it should own, and takes each through a lease in
+// fleet_leases. For every partition it holds it runs a fetch loop on that
+// partition's durable consumer; anonymous jobs come from one shared consumer.
+// Each fetched message becomes a pool checkout under its session (reserved in
+// message order, so jobs of one session run in FIFO order), a call on the
+// leased worker, a stored result, and only then an ack.
+//
+// Failures map onto JetStream verbs: a checkout error or a worker crash naks
+// with a growing delay; an application error is stored and acked; attempts
+// that run out store an "exhausted" result and a dead letter before the
+// message is terminated. Held messages are kept alive with InProgress.
+//
+// Shutdown order (Stop): stop taking partitions and fetching; nak jobs held
+// but not started; let running jobs finish and ack; release leases; leave the
+// registry; stop the pool. The NATS connection belongs to the caller.
+package agent

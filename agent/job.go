@@ -1,0 +1,308 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/procfleet/procfleet/pool"
+	"github.com/procfleet/procfleet/queue"
+	"github.com/procfleet/procfleet/worker"
+)
+
+// job is one delivered message on its way to a verdict: ack, nak or term.
+type job struct {
+	r       *runner
+	msg     jetstream.Msg
+	meta    *jetstream.MsgMetadata
+	job     *queue.Job
+	parsErr error
+	attempt int
+
+	ticket    *pool.Ticket
+	reserveEr error
+
+	mu         sync.Mutex
+	callCancel context.CancelFunc
+}
+
+func newJob(r *runner, msg jetstream.Msg) *job {
+	j := &job{r: r, msg: msg, attempt: 1}
+	meta, err := msg.Metadata()
+	if err != nil {
+		j.parsErr = &queue.BadRequestError{Reason: "message has no JetStream metadata: " + err.Error()}
+		return j
+	}
+	j.meta = meta
+	j.attempt = int(meta.NumDelivered)
+	j.job, j.parsErr = queue.ParseJob(msg.Subject(), msg.Headers(), msg.Data(), meta.Sequence.Stream, r.a.cfg.Queue)
+	return j
+}
+
+// reserve takes the job's place in its session's line. It runs in the fetch
+// loop, so places are taken in stream order.
+func (j *job) reserve() {
+	if j.parsErr != nil || j.attempt > j.maxAttempts() {
+		return
+	}
+	j.ticket, j.reserveEr = j.r.a.pool.Reserve(pool.Request{Session: j.job.Session, RequireSession: j.job.RequireSession})
+}
+
+func (j *job) maxAttempts() int {
+	if j.job == nil || j.job.MaxAttempts == 0 {
+		return queue.DefaultMaxAttempts
+	}
+	return j.job.MaxAttempts
+}
+
+func (j *job) logger() *zap.Logger {
+	l := j.r.a.log
+	if j.job != nil {
+		l = l.With(zap.String("job", j.job.ID), zap.String("session", j.job.Session))
+	}
+	return l.With(zap.Int("attempt", j.attempt))
+}
+
+func (j *job) cancelCall() {
+	j.mu.Lock()
+	if j.callCancel != nil {
+		j.callCancel()
+	}
+	j.mu.Unlock()
+}
+
+func (j *job) run() {
+	a := j.r.a
+	if j.parsErr != nil {
+		j.badRequest()
+		return
+	}
+	if j.attempt > j.maxAttempts() {
+		j.exhaust(fmt.Sprintf("delivered %d times, max_attempts is %d", j.attempt, j.maxAttempts()))
+		return
+	}
+	if j.reserveEr != nil {
+		a.counters.checkoutErrs.Add(1)
+		j.retry(queue.KindApp, j.reserveEr)
+		return
+	}
+	started := time.Now()
+	lease, err := j.ticket.Wait(j.r.waitCtx)
+	if err != nil {
+		switch {
+		case j.r.waitCtx.Err() != nil:
+			// Draining: hand the job back for the next owner, at once.
+			_ = j.msg.Nak()
+		case errors.Is(err, pool.ErrSessionLost):
+			a.counters.sessionLost.Add(1)
+			j.finish(&queue.Result{OK: false, Error: &queue.ErrorInfo{Kind: queue.KindSessionLost, Message: err.Error()}}, started)
+		default:
+			a.counters.checkoutErrs.Add(1)
+			j.logger().Info("checkout failed; job will be redelivered", zap.Error(err))
+			j.retry(queue.KindApp, err)
+		}
+		return
+	}
+	j.call(lease, started)
+}
+
+func (j *job) call(lease *pool.Lease, started time.Time) {
+	a := j.r.a
+	timeout := a.cfg.JobTimeout
+	if j.job.TimeoutMS > 0 {
+		timeout = time.Duration(j.job.TimeoutMS) * time.Millisecond
+	}
+	ctx, cancel := context.WithTimeout(a.baseCtx, timeout)
+	j.mu.Lock()
+	j.callCancel = cancel
+	j.mu.Unlock()
+	deadline, _ := ctx.Deadline()
+	c := &worker.Call{
+		Command:  j.job.Command,
+		JobID:    j.job.ID,
+		Attempt:  j.attempt,
+		Deadline: deadline,
+		Payload:  j.job.Payload,
+	}
+	progressSubj := a.cfg.Queue.ProgressSubject(j.job.ID)
+	c.OnProgress = func(data json.RawMessage) {
+		_ = a.nc.Publish(progressSubj, data)
+	}
+	res, err := lease.Call(ctx, c)
+	cancel()
+	lease.Release()
+	base := &queue.Result{Worker: lease.WorkerID(), WorkerPID: lease.PID(), NewSession: lease.NewSession()}
+	switch {
+	case err != nil:
+		kind := queue.KindApp
+		if errors.Is(err, worker.ErrTimeout) {
+			kind = queue.KindTimeout
+		} else if errors.Is(err, worker.ErrCanceled) {
+			kind = queue.KindCanceled
+		}
+		j.logger().Info("worker failed; job will be redelivered", zap.String("worker", lease.WorkerID()), zap.Error(err))
+		j.retry(kind, err)
+	case res.OK:
+		a.counters.ok.Add(1)
+		base.OK = true
+		base.Result = res.Value
+		j.finish(base, started)
+	case res.Error != nil && res.Error.Retryable:
+		j.retry(queue.KindApp, fmt.Errorf("%s: %s", res.Error.Type, res.Error.Message))
+	default:
+		a.counters.appFailed.Add(1)
+		info := &queue.ErrorInfo{Kind: queue.KindApp, Message: "worker reported failure"}
+		if res.Error != nil {
+			info.Message, info.Type = res.Error.Message, res.Error.Type
+		}
+		base.Error = info
+		j.finish(base, started)
+	}
+}
+
+// finish stores the job's result and then acks it: a job is acked only after
+// its result is stored.
+func (j *job) finish(res *queue.Result, started time.Time) {
+	if !j.store(res, started) {
+		return
+	}
+	if err := j.msg.Ack(); err != nil {
+		j.logger().Warn("ack", zap.Error(err))
+	}
+}
+
+// store fills in the common result fields and stores it. If that fails the
+// job is naked, so it is not lost, and store reports false.
+func (j *job) store(res *queue.Result, started time.Time) bool {
+	a := j.r.a
+	res.ID = j.job.ID
+	res.Session = j.job.Session
+	res.Agent = a.cfg.Name
+	res.Attempt = j.attempt
+	res.EnqueuedAt = j.meta.Timestamp
+	res.StartedAt = started
+	res.FinishedAt = time.Now()
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(a.baseCtx), 10*time.Second)
+	defer cancel()
+	if err := a.topo.StoreResult(ctx, res); err != nil {
+		// Not stored, so not acked: the job comes back and, once run again,
+		// its result is stored then (a duplicate is dropped by dedup).
+		j.logger().Warn("store result failed; job will be redelivered", zap.Error(err))
+		_ = j.msg.NakWithDelay(j.backoff())
+		return false
+	}
+	return true
+}
+
+// retry naks the job with a growing delay, or ends it in the dead-letter
+// stream when this was its last attempt.
+func (j *job) retry(kind string, cause error) {
+	if j.attempt >= j.maxAttempts() {
+		j.exhaust(fmt.Sprintf("attempt %d of %d failed (%s): %v", j.attempt, j.maxAttempts(), kind, cause))
+		return
+	}
+	j.r.a.counters.retried.Add(1)
+	_ = j.msg.NakWithDelay(j.backoff())
+}
+
+// backoff doubles with each delivery, with jitter, within the configured
+// bounds.
+func (j *job) backoff() time.Duration {
+	a := j.r.a
+	d := a.cfg.RetryBackoffMin << min(max(j.attempt-1, 0), 20)
+	d = min(d, a.cfg.RetryBackoffMax)
+	return d/2 + rand.N(d/2+1)
+}
+
+// exhaust writes the dead letter and the "exhausted" result, then terms the
+// message (Term on a work queue removes it, so the copy comes first).
+func (j *job) exhaust(why string) {
+	a := j.r.a
+	a.counters.exhausted.Add(1)
+	j.logger().Warn("job exhausted its attempts; dead-lettered", zap.String("why", why))
+	if !j.deadLetter(queue.KindExhausted, why) {
+		return
+	}
+	if j.store(&queue.Result{OK: false, Error: &queue.ErrorInfo{Kind: queue.KindExhausted, Message: why}}, time.Now()) {
+		_ = j.msg.Term()
+	}
+}
+
+// badRequest handles a message that is not a valid job: a bad_request result
+// where its id is known, a dead letter, and Term.
+func (j *job) badRequest() {
+	a := j.r.a
+	a.counters.badRequest.Add(1)
+	msg := j.parsErr.Error()
+	j.r.a.log.Warn("malformed job; dead-lettered", zap.String("subject", j.msg.Subject()), zap.Error(j.parsErr))
+	if !j.deadLetter(queue.KindBadRequest, msg) {
+		return
+	}
+	var bre *queue.BadRequestError
+	if errors.As(j.parsErr, &bre) && bre.JobID != "" && j.meta != nil {
+		j.job = &queue.Job{ID: bre.JobID, Session: bre.Session}
+		if !j.store(&queue.Result{OK: false, Error: &queue.ErrorInfo{Kind: queue.KindBadRequest, Message: msg}}, time.Now()) {
+			return
+		}
+	}
+	_ = j.msg.Term()
+}
+
+// deadLetter copies the message to the DLQ; on failure the job is naked so
+// it is not lost.
+func (j *job) deadLetter(kind, why string) bool {
+	a := j.r.a
+	d := &queue.DeadLetter{
+		Subject: originalSubject(a.cfg.Queue, j),
+		Kind:    kind, Error: why, Attempts: j.attempt, Agent: a.cfg.Name, At: time.Now(),
+		Headers: j.msg.Headers(),
+	}
+	if j.meta != nil {
+		d.StreamSeq = j.meta.Sequence.Stream
+	}
+	if j.job != nil {
+		d.JobID, d.Session = j.job.ID, j.job.Session
+	} else {
+		var bre *queue.BadRequestError
+		if errors.As(j.parsErr, &bre) {
+			d.JobID, d.Session = bre.JobID, bre.Session
+		}
+	}
+	data := j.msg.Data()
+	if json.Valid(data) {
+		d.Job = data
+	} else {
+		d.JobRaw = data
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(a.baseCtx), 10*time.Second)
+	defer cancel()
+	if err := a.topo.WriteDeadLetter(ctx, d); err != nil {
+		j.logger().Error("dead letter write failed; job will be redelivered", zap.Error(err))
+		_ = j.msg.NakWithDelay(j.backoff())
+		return false
+	}
+	return true
+}
+
+// originalSubject rebuilds the subject a publisher used, so that a replayed
+// dead letter is partitioned again by the stream.
+func originalSubject(cfg queue.Config, j *job) string {
+	if j.job != nil && j.job.Session != "" {
+		return cfg.SessionSubject(j.job.Session)
+	}
+	if j.r.partition < 0 {
+		return cfg.AnySubject()
+	}
+	var bre *queue.BadRequestError
+	if errors.As(j.parsErr, &bre) && bre.Session != "" && queue.ValidToken(bre.Session) {
+		return cfg.SessionSubject(bre.Session)
+	}
+	return j.msg.Subject()
+}

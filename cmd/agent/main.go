@@ -1,0 +1,122 @@
+// Command agent runs one procfleet agent: a local pool of subprocess workers
+// fed with jobs from NATS JetStream. Every flag also reads a PROCFLEET_*
+// environment variable (e.g. --pool-size from PROCFLEET_POOL_SIZE).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/procfleet/procfleet/agent"
+	"github.com/procfleet/procfleet/internal/cli"
+	"github.com/procfleet/procfleet/queue"
+	"github.com/procfleet/procfleet/worker"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "agent:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	var (
+		natsURL        = fs.String("nats", cli.DefaultNATSURL(), "NATS server URL (default from NATS_URL)")
+		workerCmd      cli.Argv
+		workerDir      = fs.String("worker-dir", "", "working directory of workers (default: current)")
+		poolSize       = fs.Int("pool-size", 4, "number of workers")
+		name           = fs.String("name", "", "agent name (default <hostname>-<pid>)")
+		maxJobs        = fs.Int("max-jobs", 0, "recycle a worker after this many jobs, once it holds no live session (0 = never)")
+		ttl            = fs.Duration("ttl", 0, "recycle a worker after this age, once it holds no live session (0 = never)")
+		idleTTL        = fs.Duration("idle-ttl", 0, "recycle a worker idle this long (0 = never)")
+		maxRSS         cli.Bytes
+		sessionIdle    = fs.Duration("session-idle-ttl", 30*time.Minute, "end a session idle this long")
+		startupTimeout = fs.Duration("startup-timeout", 30*time.Second, "a worker must be ready within this")
+		jobTimeout     = fs.Duration("job-timeout", 30*time.Second, "default job timeout (a job's timeout_ms wins)")
+		capacity       = fs.Int("capacity", 0, "jobs held at once, running or waiting (default 2 x pool size)")
+		prefix         = fs.String("prefix", "fleet", "subject prefix")
+		partitions     = fs.Int("partitions", 64, "session partitions (must match the stream)")
+		metrics        = fs.String("metrics", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9101 (default off)")
+		logFormat      = fs.String("log-format", "console", "console or json")
+		logLevel       = fs.String("log-level", "info", "debug, info, warn or error")
+	)
+	fs.Var(&workerCmd, "worker-cmd", `worker command, run as argv (no shell), e.g. "python3 worker.py" (required)`)
+	fs.Var(&maxRSS, "max-rss", "restart a worker at once when its RSS exceeds this, e.g. 512MiB (0 = never)")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), `Usage: agent --worker-cmd "python3 worker.py" [flags]
+
+Runs a pool of subprocess workers and feeds them jobs from NATS JetStream.
+Each flag can also be set with PROCFLEET_<FLAG> (e.g. PROCFLEET_POOL_SIZE=8).
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	if err := cli.Parse(fs, args); err != nil {
+		return err
+	}
+	if len(workerCmd) == 0 {
+		fs.Usage()
+		return errors.New("--worker-cmd is required")
+	}
+	log, err := cli.NewLogger(*logFormat, *logLevel)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+	if *metrics != "" {
+		log.Warn("--metrics is not implemented yet; ignoring", zap.String("addr", *metrics))
+	}
+
+	cfg := agent.Config{
+		Name:       *name,
+		Queue:      queue.Config{Prefix: *prefix, Partitions: *partitions},
+		JobTimeout: *jobTimeout,
+		Capacity:   *capacity,
+		Logger:     log,
+	}
+	cfg.Pool.Size = *poolSize
+	cfg.Pool.MaxJobs = *maxJobs
+	cfg.Pool.TTL = *ttl
+	cfg.Pool.IdleTTL = *idleTTL
+	cfg.Pool.MaxRSS = int64(maxRSS)
+	cfg.Pool.SessionIdleTTL = *sessionIdle
+	cfg.Pool.Worker = worker.Config{Command: workerCmd, Dir: *workerDir, StartupTimeout: *startupTimeout}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	nc, err := cli.Connect(*natsURL, "procfleet-agent", log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+
+	a, err := agent.New(nc, cfg)
+	if err != nil {
+		return err
+	}
+	if err := a.Start(ctx); err != nil {
+		_ = a.Stop(context.Background())
+		return err
+	}
+	<-ctx.Done()
+	stop() // a second signal now kills the process the default way
+	log.Info("stopping: finishing running jobs")
+	sctx, cancel := context.WithTimeout(context.Background(), *jobTimeout+10*time.Second)
+	defer cancel()
+	return a.Stop(sctx)
+}

@@ -1,0 +1,352 @@
+// Command dispatcher is procfleet's front door: it serves the fleet's API,
+// submits jobs, reports status, manages dead letters and runs the demo.
+// Every flag also reads a PROCFLEET_* environment variable.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.uber.org/zap"
+
+	"github.com/procfleet/procfleet/dispatcher"
+	"github.com/procfleet/procfleet/embedded"
+	"github.com/procfleet/procfleet/internal/cli"
+	"github.com/procfleet/procfleet/queue"
+)
+
+const usage = `Usage: dispatcher <command> [flags]
+
+Commands:
+  serve    ensure the topology, serve the submit/status API, move dead letters
+  submit   publish one job (--wait prints its result)
+  status   agents, partition owners, queue depth and dead letters
+  dlq      list or replay dead letters: dlq list | dlq replay <seq>
+  demo     embedded NATS + two local agents + a workload, then a summary
+
+Run "dispatcher <command> --help" for a command's flags. Every flag can also
+be set with PROCFLEET_<FLAG>.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "dispatcher:", err)
+		var ec exitCode
+		if errors.As(err, &ec) {
+			os.Exit(int(ec))
+		}
+		os.Exit(1)
+	}
+}
+
+// exitCode lets a command choose its status.
+type exitCode int
+
+func (e exitCode) Error() string { return "exit status " + strconv.Itoa(int(e)) }
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stderr, usage)
+		if len(args) == 0 {
+			return errors.New("no command given")
+		}
+		return nil
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "serve":
+		return cmdServe(ctx, rest, stderr)
+	case "submit":
+		return cmdSubmit(ctx, rest, stdout, stderr)
+	case "status":
+		return cmdStatus(ctx, rest, stdout, stderr)
+	case "dlq":
+		return cmdDLQ(ctx, rest, stdout, stderr)
+	case "demo":
+		return cmdDemo(ctx, rest, stdout, stderr)
+	default:
+		fmt.Fprint(stderr, usage)
+		return fmt.Errorf("unknown command %q", cmd)
+	}
+}
+
+// common holds the flags every command shares.
+type common struct {
+	nats      string
+	prefix    string
+	logFormat string
+	logLevel  string
+}
+
+func (c *common) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.nats, "nats", cli.DefaultNATSURL(), "NATS server URL (default from NATS_URL)")
+	fs.StringVar(&c.prefix, "prefix", "fleet", "subject prefix")
+	fs.StringVar(&c.logFormat, "log-format", "console", "console or json")
+	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+}
+
+func (c *common) logger() (*zap.Logger, error) { return cli.NewLogger(c.logFormat, c.logLevel) }
+
+func (c *common) queue() queue.Config { return queue.Config{Prefix: c.prefix} }
+
+func newFlags(name, help string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: dispatcher %s\n\nFlags:\n", help)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
+	var c common
+	fs := newFlags("serve", "serve [--nats URL | --embedded [--listen 127.0.0.1:4222] [--data DIR]] [--http ADDR]", stderr)
+	c.register(fs)
+	emb := fs.Bool("embedded", false, "run an embedded NATS server with JetStream instead of connecting to --nats")
+	listen := fs.String("listen", "127.0.0.1:4222", "embedded server's client address")
+	data := fs.String("data", "./procfleet-data", "embedded server's JetStream directory")
+	httpAddr := fs.String("http", "", "also serve the API over HTTP on this address, e.g. 127.0.0.1:8080 (default off)")
+	partitions := fs.Int("partitions", 64, "session partitions, fixed when the stream is created")
+	if err := cli.Parse(fs, args); err != nil {
+		return err
+	}
+	log, err := c.logger()
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+	url := c.nats
+	if *emb {
+		host, port, err := splitHostPort(*listen)
+		if err != nil {
+			return fmt.Errorf("--listen: %w", err)
+		}
+		srv, u, err := embedded.Start(ctx, embedded.Config{Host: host, Port: port, StoreDir: *data, Logger: log.Named("nats")})
+		if err != nil {
+			return err
+		}
+		defer func() {
+			srv.Shutdown()
+			srv.WaitForShutdown()
+		}()
+		url = u
+		log.Info("embedded NATS with JetStream", zap.String("url", u), zap.String("data", *data))
+	}
+	nc, err := cli.Connect(url, "procfleet-dispatcher", log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	qc := c.queue()
+	qc.Partitions = *partitions
+	return dispatcher.Serve(ctx, nc, dispatcher.ServeConfig{Queue: qc, HTTPAddr: *httpAddr, Logger: log})
+}
+
+func splitHostPort(s string) (string, int, error) {
+	host, p, err := net.SplitHostPort(s)
+	if err != nil {
+		return "", 0, err
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil {
+		return "", 0, fmt.Errorf("bad port in %q", s)
+	}
+	return host, port, nil
+}
+
+func connectClient(ctx context.Context, c *common) (*dispatcher.Client, *nats.Conn, error) {
+	nc, err := nats.Connect(c.nats, nats.Name("procfleet-cli"), nats.Timeout(5*time.Second))
+	if err != nil {
+		return nil, nil, fmt.Errorf("cannot reach NATS at %s: %w", c.nats, err)
+	}
+	client, err := dispatcher.NewClient(ctx, nc, c.queue())
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return client, nc, nil
+}
+
+func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var c common
+	fs := newFlags("submit", "submit [--session S] --command C [--payload JSON] [--id ID] [--wait]", stderr)
+	c.register(fs)
+	session := fs.String("session", "", "session id (empty: an anonymous job any agent may take)")
+	command := fs.String("command", "", "the worker command to run (required)")
+	payload := fs.String("payload", "null", "JSON payload")
+	id := fs.String("id", "", "job id (default generated); resubmitting an id is deduplicated")
+	timeout := fs.Duration("timeout", 0, "job timeout (default: the agent's)")
+	attempts := fs.Int("max-attempts", 0, "attempts before the job is dead-lettered (default 5)")
+	requireSession := fs.Bool("require-session", false, "fail with session_lost rather than run on a fresh worker")
+	wait := fs.Bool("wait", false, "wait for the result and print it")
+	waitFor := fs.Duration("wait-timeout", 60*time.Second, "with --wait: give up after this long")
+	if err := cli.Parse(fs, args); err != nil {
+		return err
+	}
+	if *command == "" {
+		fs.Usage()
+		return errors.New("--command is required")
+	}
+	if !json.Valid([]byte(*payload)) {
+		return fmt.Errorf("--payload is not valid JSON: %s", *payload)
+	}
+	client, nc, err := connectClient(ctx, &c)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	job := &queue.Job{ID: *id, Command: *command, Payload: json.RawMessage(*payload),
+		TimeoutMS: timeout.Milliseconds(), MaxAttempts: *attempts, RequireSession: *requireSession}
+	jobID, err := client.Submit(ctx, *session, job)
+	if err != nil {
+		return err
+	}
+	if !*wait {
+		fmt.Fprintln(stdout, jobID)
+		return nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, *waitFor)
+	defer cancel()
+	res, err := client.Result(wctx, jobID, func() {
+		fmt.Fprintf(stderr, "warning: no agent is registered; job %s is queued and will run when an agent starts\n", jobID)
+	})
+	if err != nil {
+		return fmt.Errorf("waiting for job %s: %w", jobID, err)
+	}
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(res); err != nil {
+		return err
+	}
+	if !res.OK {
+		return exitCode(2)
+	}
+	return nil
+}
+
+func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var c common
+	fs := newFlags("status", "status [--json]", stderr)
+	c.register(fs)
+	asJSON := fs.Bool("json", false, "print JSON for scripts")
+	if err := cli.Parse(fs, args); err != nil {
+		return err
+	}
+	client, nc, err := connectClient(ctx, &c)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	st, err := client.Status(ctx)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	return st.WriteTable(stdout)
+}
+
+func cmdDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var c common
+	fs := newFlags("dlq", "dlq list [--json] [--limit N] | dlq replay <seq>...", stderr)
+	c.register(fs)
+	asJSON := fs.Bool("json", false, "list: print JSON")
+	limit := fs.Int("limit", 100, "list: at most this many")
+	if len(args) == 0 {
+		fs.Usage()
+		return errors.New("dlq needs list or replay")
+	}
+	sub := args[0]
+	if err := cli.Parse(fs, args[1:]); err != nil {
+		return err
+	}
+	client, nc, err := connectClient(ctx, &c)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	t := client.Topology()
+	switch sub {
+	case "list":
+		entries, err := t.DeadLetters(ctx, *limit)
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			enc := json.NewEncoder(stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(entries)
+		}
+		if len(entries) == 0 {
+			fmt.Fprintln(stdout, "no dead letters")
+			return nil
+		}
+		fmt.Fprintf(stdout, "%-6s  %-24s  %-12s  %-9s  %-8s  %s\n", "SEQ", "JOB", "SESSION", "KIND", "ATTEMPTS", "ERROR")
+		for _, e := range entries {
+			fmt.Fprintf(stdout, "%-6d  %-24s  %-12s  %-9s  %-8d  %s\n", e.Seq, e.JobID, e.Session, e.Kind, e.Attempts, e.Error)
+		}
+		return nil
+	case "replay":
+		if fs.NArg() == 0 {
+			return errors.New("dlq replay needs at least one sequence number (see dlq list)")
+		}
+		for _, a := range fs.Args() {
+			seq, err := strconv.ParseUint(a, 10, 64)
+			if err != nil {
+				return fmt.Errorf("bad sequence %q", a)
+			}
+			if err := t.ReplayDeadLetter(ctx, seq); err != nil {
+				return fmt.Errorf("replay %d: %w", seq, err)
+			}
+			fmt.Fprintf(stdout, "replayed %d\n", seq)
+		}
+		return nil
+	default:
+		return fmt.Errorf("dlq: unknown subcommand %q (list or replay)", sub)
+	}
+}
+
+func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("demo", "demo [--agents N] [--workers N] [--sessions N] [--jobs N] [--anonymous N]", stderr)
+	var cfg dispatcher.DemoConfig
+	fs.IntVar(&cfg.Agents, "agents", 2, "agents")
+	fs.IntVar(&cfg.Workers, "workers", 2, "workers per agent")
+	fs.IntVar(&cfg.Sessions, "sessions", 40, "sessions")
+	fs.IntVar(&cfg.JobsPerSession, "jobs", 10, "jobs per session")
+	fs.IntVar(&cfg.Anonymous, "anonymous", 200, "jobs without a session")
+	var workerCmd cli.Argv
+	fs.Var(&workerCmd, "worker-cmd", "worker command (default: python3 examples/programs_worker.py)")
+	logLevel := fs.String("log-level", "warn", "fleet log level")
+	if err := cli.Parse(fs, args); err != nil {
+		return err
+	}
+	log, err := cli.NewLogger("console", *logLevel)
+	if err != nil {
+		return err
+	}
+	cfg.WorkerCmd = workerCmd
+	cfg.Out, cfg.Progress, cfg.Logger = stdout, stderr, log
+	_, err = dispatcher.RunDemo(ctx, cfg)
+	return err
+}

@@ -1,0 +1,122 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/procfleet/procfleet/dispatcher"
+	"github.com/procfleet/procfleet/fleettest"
+	"github.com/procfleet/procfleet/fleettest/testworker"
+	"github.com/procfleet/procfleet/queue"
+)
+
+func TestMain(m *testing.M) {
+	if testworker.IsHelper() {
+		testworker.Main()
+		return
+	}
+	goleak.VerifyTestMain(m)
+}
+
+func runCmd(t *testing.T, args ...string) (string, string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var out, errb bytes.Buffer
+	err := run(ctx, args, &out, &errb)
+	return out.String(), errb.String(), err
+}
+
+func TestUnreachableNATSNamesURL(t *testing.T) {
+	t.Parallel()
+	_, _, err := runCmd(t, "status", "--nats", "nats://127.0.0.1:1")
+	if err == nil || !strings.Contains(err.Error(), "nats://127.0.0.1:1") {
+		t.Fatalf("want an error naming the URL, got %v", err)
+	}
+}
+
+func TestNoTopologySaysSo(t *testing.T) {
+	t.Parallel()
+	s := fleettest.StartServer(t)
+	_, _, err := runCmd(t, "submit", "--nats", s.URL, "--command", "echo")
+	if err == nil || !strings.Contains(err.Error(), "topology") {
+		t.Fatalf("want a clear no-topology error, got %v", err)
+	}
+}
+
+func TestSubmitWaitWithoutAgentSaysQueued(t *testing.T) {
+	t.Parallel()
+	s := fleettest.StartServer(t)
+	nc := s.Connect(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := dispatcher.EnsureClient(ctx, nc, queue.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, err := runCmd(t, "submit", "--nats", s.URL, "--command", "echo", "--id", "lonely", "--wait", "--wait-timeout", "2s")
+	if err == nil {
+		t.Fatal("want an error: nothing can run the job")
+	}
+	if !strings.Contains(stderr, "no agent is registered") || !strings.Contains(stderr, "lonely is queued") {
+		t.Fatalf("stderr does not say that no agent runs and the job is queued:\n%s", stderr)
+	}
+}
+
+func TestSubmitStatusDLQ(t *testing.T) {
+	t.Parallel()
+	cfg := fleettest.FleetConfig{Agents: 1}
+	cfg.Agent.Pool.Size = 1
+	cfg.Agent.RetryBackoffMin = 20 * time.Millisecond
+	f := fleettest.StartFleet(t, cfg)
+	url := f.Server.URL
+
+	out, _, err := runCmd(t, "submit", "--nats", url, "--session", "cli", "--command", "echo", "--payload", `{"a":1}`, "--wait")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r queue.Result
+	var compact bytes.Buffer
+	if err := json.Unmarshal([]byte(out), &r); err != nil || !r.OK || json.Compact(&compact, r.Result) != nil || compact.String() != `{"a":1}` {
+		t.Fatalf("submit --wait printed %q (%v)", out, err)
+	}
+
+	// A poison job: exit status 2 and a dead letter.
+	_, _, err = runCmd(t, "submit", "--nats", url, "--command", "crash", "--id", "dead-1", "--max-attempts", "2", "--wait")
+	if err == nil {
+		t.Fatal("want a non-zero exit for a failed job")
+	}
+	out, _, err = runCmd(t, "dlq", "list", "--nats", url)
+	if err != nil || !strings.Contains(out, "dead-1") {
+		t.Fatalf("dlq list: %v\n%s", err, out)
+	}
+
+	out, _, err = runCmd(t, "status", "--nats", url, "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st dispatcher.Status
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Agents) != 1 || st.DeadLetters != 1 {
+		t.Fatalf("status: %d agents, %d dead letters", len(st.Agents), st.DeadLetters)
+	}
+	out, _, err = runCmd(t, "status", "--nats", url)
+	if err != nil || !strings.Contains(out, "agent-1") {
+		t.Fatalf("status table: %v\n%s", err, out)
+	}
+}
+
+func TestUnknownCommand(t *testing.T) {
+	t.Parallel()
+	_, stderr, err := runCmd(t, "frobnicate")
+	if err == nil || !strings.Contains(stderr, "Usage") {
+		t.Fatalf("want usage and an error, got %v", err)
+	}
+}

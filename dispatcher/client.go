@@ -1,0 +1,139 @@
+package dispatcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/procfleet/procfleet/queue"
+)
+
+// ErrNoAgents is returned (wrapped) by waits that give up while no agent is
+// registered: the job is queued and will run when an agent starts.
+var ErrNoAgents = errors.New("dispatcher: no agent is registered")
+
+// Client submits jobs and reads results. It is safe for concurrent use.
+type Client struct {
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	topo *queue.Topology
+}
+
+// NewClient opens the fleet's topology on nc. It fails with an error
+// wrapping queue.ErrNoTopology if nobody has created it (run
+// `dispatcher serve`, or an agent, first), or use EnsureClient.
+func NewClient(ctx context.Context, nc *nats.Conn, cfg queue.Config) (*Client, error) {
+	return newClient(ctx, nc, cfg, queue.Open)
+}
+
+// EnsureClient is NewClient, creating the topology if it does not exist.
+func EnsureClient(ctx context.Context, nc *nats.Conn, cfg queue.Config) (*Client, error) {
+	return newClient(ctx, nc, cfg, queue.Ensure)
+}
+
+func newClient(ctx context.Context, nc *nats.Conn, cfg queue.Config,
+	open func(context.Context, jetstream.JetStream, queue.Config) (*queue.Topology, error)) (*Client, error) {
+	if nc == nil {
+		return nil, errors.New("dispatcher: nil NATS connection")
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("dispatcher: jetstream: %w", err)
+	}
+	topo, err := open(ctx, js, cfg.WithDefaults())
+	if err != nil {
+		return nil, fmt.Errorf("dispatcher: topology on %s: %w", nc.ConnectedUrlRedacted(), err)
+	}
+	return &Client{nc: nc, js: js, topo: topo}, nil
+}
+
+// Topology returns the fleet topology the client uses.
+func (c *Client) Topology() *queue.Topology { return c.topo }
+
+// Conn returns the client's NATS connection.
+func (c *Client) Conn() *nats.Conn { return c.nc }
+
+// Submit publishes one job (session "" for an anonymous job) and returns its
+// id. A job without an id gets one; the id is also the Nats-Msg-Id, so
+// resubmitting the same id within the dedup window is a no-op.
+func (c *Client) Submit(ctx context.Context, session string, job *queue.Job) (string, error) {
+	if _, err := c.topo.Submit(ctx, session, job); err != nil {
+		return "", err
+	}
+	return job.ID, nil
+}
+
+// Submission is one job for SubmitBatch.
+type Submission struct {
+	Session string
+	Job     *queue.Job
+}
+
+// SubmitBatch publishes many jobs with asynchronous publishing and returns
+// once every one is acknowledged by the stream, or the first error.
+func (c *Client) SubmitBatch(ctx context.Context, jobs []Submission) error {
+	futures := make([]jetstream.PubAckFuture, 0, len(jobs))
+	for _, s := range jobs {
+		f, err := c.topo.SubmitAsync(s.Session, s.Job)
+		if err != nil {
+			return err
+		}
+		futures = append(futures, f)
+	}
+	for i, f := range futures {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			return fmt.Errorf("dispatcher: submit %s: %w", jobs[i].Job.ID, err)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// Result waits for the result of job id. While it waits it checks the agent
+// registry; if no agent is registered it calls noAgents once (when not nil),
+// so a caller can say so instead of hanging without a word.
+func (c *Client) Result(ctx context.Context, id string, noAgents func()) (*queue.Result, error) {
+	if noAgents == nil {
+		return c.topo.WaitResult(ctx, c.nc, id)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	watcherDone := make(chan struct{})
+	defer func() {
+		cancel()
+		<-watcherDone
+	}()
+	go func() {
+		defer close(watcherDone)
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			agents, err := c.topo.ListAgents(wctx)
+			if err == nil && len(agents) == 0 {
+				noAgents()
+				return
+			}
+			select {
+			case <-wctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return c.topo.WaitResult(wctx, c.nc, id)
+}
+
+// SubmitAndWait submits a job and waits for its result.
+func (c *Client) SubmitAndWait(ctx context.Context, session string, job *queue.Job) (*queue.Result, error) {
+	id, err := c.Submit(ctx, session, job)
+	if err != nil {
+		return nil, err
+	}
+	return c.Result(ctx, id, nil)
+}

@@ -1,0 +1,361 @@
+package dispatcher
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.uber.org/zap"
+
+	"github.com/procfleet/procfleet/agent"
+	"github.com/procfleet/procfleet/embedded"
+	"github.com/procfleet/procfleet/queue"
+	"github.com/procfleet/procfleet/worker"
+)
+
+// DemoConfig configures RunDemo.
+type DemoConfig struct {
+	// Agents is the number of in-process agents. Default 2.
+	Agents int
+	// Workers is the pool size of each agent. Default 2.
+	Workers int
+	// Sessions and JobsPerSession shape the session workload. Defaults 40
+	// and 10.
+	Sessions       int
+	JobsPerSession int
+	// Anonymous is the number of jobs without a session. Default 200.
+	Anonymous int
+	// WorkerCmd is the worker. Default: python3 examples/programs_worker.py,
+	// found from the current directory upwards.
+	WorkerCmd []string
+	// Out receives the summary; Progress the progress bar. Defaults stdout
+	// and stderr.
+	Out, Progress io.Writer
+	// Logger receives the fleet's logs. Default: none.
+	Logger *zap.Logger
+}
+
+// DemoReport is what the demo measured.
+type DemoReport struct {
+	Jobs        int
+	Elapsed     time.Duration
+	Throughput  float64
+	Latency     Percentiles
+	Sessions    int
+	AffinityOK  int // sessions served by exactly one (agent, pid), in order
+	Failed      int
+	SessionRuns []SessionRun
+}
+
+// SessionRun says who served one session.
+type SessionRun struct {
+	Session string
+	Agents  []string // "agent/pid" pairs that served it
+	InOrder bool
+}
+
+// Percentiles of a latency sample.
+type Percentiles struct{ P50, P90, P99, Max time.Duration }
+
+// FindExample locates examples/<name> from the current directory upwards,
+// so the demo works from anywhere inside a checkout.
+func FindExample(name string) (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		p := filepath.Join(dir, "examples", name)
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("examples/%s not found from the current directory up; run from the procfleet checkout or pass --worker-cmd", name)
+		}
+		dir = parent
+	}
+}
+
+func (c *DemoConfig) setDefaults() error {
+	if c.Agents == 0 {
+		c.Agents = 2
+	}
+	if c.Workers == 0 {
+		c.Workers = 2
+	}
+	if c.Sessions == 0 {
+		c.Sessions = 40
+	}
+	if c.JobsPerSession == 0 {
+		c.JobsPerSession = 10
+	}
+	if c.Anonymous == 0 {
+		c.Anonymous = 200
+	}
+	if c.Out == nil {
+		c.Out = os.Stdout
+	}
+	if c.Progress == nil {
+		c.Progress = os.Stderr
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	if len(c.WorkerCmd) == 0 {
+		p, err := FindExample("programs_worker.py")
+		if err != nil {
+			return err
+		}
+		c.WorkerCmd = []string{"python3", p}
+	}
+	return nil
+}
+
+// RunDemo starts an embedded NATS server with JetStream in a temporary
+// directory, a few agents running the example Python worker, and a mixed
+// workload; it prints progress and a summary: throughput, latency
+// percentiles and the agent and worker behind each session.
+func RunDemo(ctx context.Context, cfg DemoConfig) (*DemoReport, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "procfleet-demo-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	fmt.Fprintf(cfg.Progress, "starting embedded NATS (JetStream in %s)\n", dir)
+	srv, url, err := embedded.Start(ctx, embedded.Config{StoreDir: dir})
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+	}()
+	nc, err := nats.Connect(url, nats.Name("procfleet-demo"))
+	if err != nil {
+		return nil, fmt.Errorf("connect %s: %w", url, err)
+	}
+	defer nc.Close()
+	client, err := EnsureClient(ctx, nc, queue.Config{})
+	if err != nil {
+		return nil, err
+	}
+
+	fmt.Fprintf(cfg.Progress, "starting %d agents x %d workers: %s\n", cfg.Agents, cfg.Workers, strings.Join(cfg.WorkerCmd, " "))
+	var agents []*agent.Agent
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		for _, a := range agents {
+			_ = a.Stop(sctx)
+		}
+	}()
+	for i := range cfg.Agents {
+		acfg := agent.Config{Name: fmt.Sprintf("agent-%d", i+1), Logger: cfg.Logger}
+		acfg.Pool.Size = cfg.Workers
+		acfg.Pool.Worker = worker.Config{Command: cfg.WorkerCmd, StartupTimeout: 20 * time.Second}
+		a, err := agent.New(nc, acfg)
+		if err != nil {
+			return nil, err
+		}
+		agents = append(agents, a)
+		if err := a.Start(ctx); err != nil {
+			return nil, err
+		}
+	}
+	// Let the agents settle the partitions between them before load.
+	if err := waitSpread(ctx, agents, client.topo.Config.Partitions); err != nil {
+		return nil, err
+	}
+
+	col, err := client.Collect()
+	if err != nil {
+		return nil, err
+	}
+	defer col.Close()
+
+	type sent struct {
+		session string
+		seq     int
+		at      time.Time
+	}
+	var subs []Submission
+	meta := map[string]sent{}
+	run := time.Now().UnixNano()
+	for s := range cfg.Sessions {
+		session := fmt.Sprintf("demo-%d", s)
+		for j := range cfg.JobsPerSession {
+			id := fmt.Sprintf("d%x-s%d-%d", run, s, j)
+			subs = append(subs, Submission{Session: session, Job: &queue.Job{ID: id, Command: "session_info", Payload: json.RawMessage(fmt.Sprintf(`{"seq":%d}`, j))}})
+			meta[id] = sent{session: session, seq: j}
+		}
+	}
+	for i := range cfg.Anonymous {
+		id := fmt.Sprintf("d%x-a%d", run, i)
+		subs = append(subs, Submission{Job: &queue.Job{ID: id, Command: "echo", Payload: json.RawMessage(fmt.Sprintf(`{"n":%d}`, i))}})
+		meta[id] = sent{seq: i}
+	}
+	// Interleave sessions so that partitions fill evenly, keeping each
+	// session's own order.
+	slices.SortStableFunc(subs, func(a, b Submission) int { return meta[a.Job.ID].seq - meta[b.Job.ID].seq })
+	for _, s := range subs {
+		col.Expect(s.Job.ID)
+	}
+
+	start := time.Now()
+	fmt.Fprintf(cfg.Progress, "submitting %d jobs (%d sessions x %d, %d anonymous)\n", len(subs), cfg.Sessions, cfg.JobsPerSession, cfg.Anonymous)
+	for i := range subs {
+		m := meta[subs[i].Job.ID]
+		m.at = time.Now()
+		meta[subs[i].Job.ID] = m
+	}
+	if err := client.SubmitBatch(ctx, subs); err != nil {
+		return nil, err
+	}
+	bar := newProgressBar(cfg.Progress)
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	err = col.Wait(wctx, bar.update)
+	bar.finish()
+	if err != nil {
+		return nil, err
+	}
+	elapsed := time.Since(start)
+
+	rep := &DemoReport{Jobs: len(subs), Elapsed: elapsed, Throughput: float64(len(subs)) / elapsed.Seconds(), Sessions: cfg.Sessions}
+	var lat []time.Duration
+	served := map[string]map[string]bool{}
+	inOrder := map[string]bool{}
+	for _, s := range subs {
+		m := meta[s.Job.ID]
+		r, at, _ := col.Result(s.Job.ID)
+		lat = append(lat, at.Sub(m.at))
+		if !r.OK {
+			rep.Failed++
+			continue
+		}
+		if m.session == "" {
+			continue
+		}
+		var info struct {
+			PID   int `json:"pid"`
+			Count int `json:"count"`
+		}
+		_ = json.Unmarshal(r.Result, &info)
+		if served[m.session] == nil {
+			served[m.session] = map[string]bool{}
+			inOrder[m.session] = true
+		}
+		served[m.session][fmt.Sprintf("%s/%d", r.Agent, info.PID)] = true
+		if info.Count != m.seq+1 {
+			inOrder[m.session] = false
+		}
+	}
+	rep.Latency = percentiles(lat)
+	for s := range cfg.Sessions {
+		session := fmt.Sprintf("demo-%d", s)
+		var who []string
+		for k := range served[session] {
+			who = append(who, k)
+		}
+		slices.Sort(who)
+		run := SessionRun{Session: session, Agents: who, InOrder: inOrder[session]}
+		if len(who) == 1 && run.InOrder {
+			rep.AffinityOK++
+		}
+		rep.SessionRuns = append(rep.SessionRuns, run)
+	}
+	rep.write(cfg.Out)
+	if rep.Failed > 0 || rep.AffinityOK != rep.Sessions {
+		return rep, errors.New("demo: some jobs failed or a session was served by more than one worker")
+	}
+	return rep, nil
+}
+
+// waitSpread waits until every partition has an owner and every agent owns
+// some, or a few seconds pass (the demo still works, just less evenly).
+func waitSpread(ctx context.Context, agents []*agent.Agent, partitions int) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		total, each := 0, true
+		for _, a := range agents {
+			n := len(a.Partitions())
+			total += n
+			each = each && n > 0
+		}
+		if total == partitions && each {
+			return nil
+		}
+		t := time.NewTimer(50 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+func percentiles(d []time.Duration) Percentiles {
+	if len(d) == 0 {
+		return Percentiles{}
+	}
+	slices.Sort(d)
+	at := func(q float64) time.Duration { return d[min(len(d)-1, int(q*float64(len(d))))] }
+	return Percentiles{P50: at(0.50), P90: at(0.90), P99: at(0.99), Max: d[len(d)-1]}
+}
+
+func (r *DemoReport) write(w io.Writer) {
+	fmt.Fprintf(w, "\nprocfleet demo summary\n")
+	fmt.Fprintf(w, "  jobs:        %d (%d failed)\n", r.Jobs, r.Failed)
+	fmt.Fprintf(w, "  elapsed:     %s\n", r.Elapsed.Round(time.Millisecond))
+	fmt.Fprintf(w, "  throughput:  %.0f jobs/s\n", r.Throughput)
+	fmt.Fprintf(w, "  latency:     p50 %s  p90 %s  p99 %s  max %s (submit to result, queued behind the batch)\n",
+		r.Latency.P50.Round(time.Microsecond), r.Latency.P90.Round(time.Microsecond), r.Latency.P99.Round(time.Microsecond), r.Latency.Max.Round(time.Microsecond))
+	fmt.Fprintf(w, "  affinity:    %d/%d sessions served by exactly one agent/worker, in FIFO order\n", r.AffinityOK, r.Sessions)
+	fmt.Fprintf(w, "\n  %-10s  %-28s  %s\n", "SESSION", "AGENT/WORKER PID", "ORDER")
+	for _, s := range r.SessionRuns {
+		order := "fifo"
+		if !s.InOrder {
+			order = "OUT OF ORDER"
+		}
+		fmt.Fprintf(w, "  %-10s  %-28s  %s\n", s.Session, strings.Join(s.Agents, ","), order)
+	}
+}
+
+type progressBar struct {
+	w    io.Writer
+	last time.Time
+	done int
+	tot  int
+}
+
+func newProgressBar(w io.Writer) *progressBar { return &progressBar{w: w} }
+
+func (p *progressBar) update(done, total int) {
+	p.done, p.tot = done, total
+	if time.Since(p.last) < 100*time.Millisecond && done != total {
+		return
+	}
+	p.last = time.Now()
+	const width = 40
+	filled := 0
+	if total > 0 {
+		filled = done * width / total
+	}
+	fmt.Fprintf(p.w, "\r  [%s%s] %d/%d jobs", strings.Repeat("#", filled), strings.Repeat(".", width-filled), done, total)
+}
+
+func (p *progressBar) finish() { fmt.Fprintln(p.w) }

@@ -1,0 +1,11 @@
+// Package dispatcher is the front door of a fleet: the Go client that submits
+// jobs and waits for their results, the `serve` service (topology, a NATS
+// micro service for submit and status, the dead-letter mover), the status
+// report, and the self-contained demo and benchmark behind cmd/dispatcher.
+//
+// Nothing here is needed to submit a job: any NATS client may publish a job
+// envelope to <prefix>.job.s.<session> or <prefix>.job.any and read
+// <prefix>.result.<id>. The client only makes that convenient and safe
+// (deduplicated submission, race-free waiting, clear errors when no agent
+// is running).
+package dispatcher

@@ -1,0 +1,118 @@
+package dispatcher
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/procfleet/procfleet/queue"
+)
+
+// Status is a snapshot of a fleet: who runs, who owns what, what waits.
+type Status struct {
+	Agents      []queue.AgentInfo `json:"agents"`
+	Partitions  []PartitionStatus `json:"partitions"`
+	Anonymous   QueueDepth        `json:"anonymous"`
+	Pending     uint64            `json:"pending"`      // jobs waiting in FLEET_JOBS
+	DeadLetters uint64            `json:"dead_letters"` // messages in FLEET_DLQ
+	Results     uint64            `json:"results"`      // messages in FLEET_RESULTS
+	At          time.Time         `json:"at"`
+}
+
+// QueueDepth is one consumer's backlog.
+type QueueDepth struct {
+	Pending     uint64 `json:"pending"`     // not yet delivered
+	AckPending  int    `json:"ack_pending"` // delivered, not yet acked
+	Redelivered int    `json:"redelivered"`
+}
+
+// PartitionStatus is one session partition.
+type PartitionStatus struct {
+	Partition int    `json:"partition"`
+	Owner     string `json:"owner,omitempty"`
+	QueueDepth
+}
+
+// Status gathers the fleet's status.
+func (c *Client) Status(ctx context.Context) (*Status, error) {
+	t := c.topo
+	st := &Status{At: time.Now()}
+	agents, err := t.ListAgents(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("dispatcher: list agents: %w", err)
+	}
+	slices.SortFunc(agents, func(a, b queue.AgentInfo) int { return strings.Compare(a.Name, b.Name) })
+	st.Agents = agents
+	owners, err := t.LeaseOwners(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("dispatcher: leases: %w", err)
+	}
+	for p := range t.Config.Partitions {
+		ps := PartitionStatus{Partition: p}
+		if l, ok := owners[p]; ok {
+			ps.Owner = l.Owner
+		}
+		cons, err := t.PartitionConsumer(ctx, p)
+		if err != nil {
+			return nil, fmt.Errorf("dispatcher: partition %d: %w", p, err)
+		}
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("dispatcher: partition %d: %w", p, err)
+		}
+		ps.QueueDepth = QueueDepth{Pending: info.NumPending, AckPending: info.NumAckPending, Redelivered: info.NumRedelivered}
+		st.Partitions = append(st.Partitions, ps)
+	}
+	anyCons, err := t.AnyConsumer(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("dispatcher: anonymous consumer: %w", err)
+	}
+	if info, err := anyCons.Info(ctx); err == nil {
+		st.Anonymous = QueueDepth{Pending: info.NumPending, AckPending: info.NumAckPending, Redelivered: info.NumRedelivered}
+	}
+	if si, err := t.Jobs.Info(ctx); err == nil {
+		st.Pending = si.State.Msgs
+	}
+	if si, err := t.DLQ.Info(ctx); err == nil {
+		st.DeadLetters = si.State.Msgs
+	}
+	if si, err := t.Results.Info(ctx); err == nil {
+		st.Results = si.State.Msgs
+	}
+	return st, nil
+}
+
+// WriteTable prints st for people.
+func (st *Status) WriteTable(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "AGENT\tHOST\tPID\tUPTIME\tBUSY\tIDLE\tSESSIONS\tPARTITIONS\tSTATE\n")
+	for _, a := range st.Agents {
+		state := "ok"
+		if a.Degraded {
+			state = "degraded"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%s\n", a.Name, a.Host, a.PID,
+			st.At.Sub(a.StartedAt).Round(time.Second), a.Busy, a.Idle, a.Sessions, len(a.Partitions), state)
+	}
+	if len(st.Agents) == 0 {
+		fmt.Fprintf(tw, "(no agent is registered)\n")
+	}
+	fmt.Fprintf(tw, "\nPARTITION\tOWNER\tPENDING\tACK-PENDING\tREDELIVERED\n")
+	for _, p := range st.Partitions {
+		if p.Owner == "" && p.Pending == 0 && p.AckPending == 0 {
+			continue
+		}
+		owner := p.Owner
+		if owner == "" {
+			owner = "-"
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%d\t%d\t%d\n", p.Partition, owner, p.Pending, p.AckPending, p.Redelivered)
+	}
+	fmt.Fprintf(tw, "any\t(all agents)\t%d\t%d\t%d\n", st.Anonymous.Pending, st.Anonymous.AckPending, st.Anonymous.Redelivered)
+	fmt.Fprintf(tw, "\njobs waiting: %d   dead letters: %d   results stored: %d\n", st.Pending, st.DeadLetters, st.Results)
+	return tw.Flush()
+}
