@@ -1,0 +1,330 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/procfleet/procfleet/worker/protocol"
+)
+
+// Call is one job to run on a worker.
+type Call struct {
+	// Command names what the worker should run; see its ready frame.
+	Command string
+	// Session is the session the job belongs to; "" for none.
+	Session string
+	// NewSession tells the worker this is the session's first job here, so
+	// it holds no state for it yet.
+	NewSession bool
+	// JobID and Attempt identify the job, for the worker's logs.
+	JobID   string
+	Attempt int
+	// Deadline, when set, bounds the call like a ctx deadline and is sent to
+	// the worker as deadline_ms (Unix milliseconds). The earlier of Deadline
+	// and ctx's deadline is the one sent and enforced.
+	Deadline time.Time
+	// Payload is sent as is; nil is sent as JSON null.
+	Payload json.RawMessage
+	// OnProgress, if set, receives the data of each progress frame. It runs
+	// on the worker's reader goroutine, so it must not block for long: no
+	// other frame is read meanwhile. It is never called after Call returns
+	// nil; after an error one invocation may still be finishing.
+	OnProgress func(data json.RawMessage)
+}
+
+// Result is a worker's answer to a call.
+type Result struct {
+	OK    bool
+	Value json.RawMessage     // the result when OK
+	Error *protocol.ErrorInfo // the application error when !OK; the worker stays usable
+}
+
+var jsonNull = json.RawMessage("null")
+
+// Call runs one call and waits for its result. Calls on one worker run one
+// at a time: a second Call waits for the first, honouring its ctx.
+//
+// A nil error means the worker answered (OK or with an application error)
+// and is still usable. A non-nil error is always an *Error and means the
+// worker is unusable and its process group has been killed; that includes
+// ctx expiry (ErrTimeout for a deadline, ErrCanceled for a cancellation),
+// even while waiting for another call, so that no stale reply can ever
+// reach a later caller.
+func (w *Worker) Call(ctx context.Context, c *Call) (Result, error) {
+	if !c.Deadline.IsZero() {
+		if d, ok := ctx.Deadline(); !ok || c.Deadline.Before(d) {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(ctx, c.Deadline)
+			defer cancel()
+		}
+	}
+	if err := w.acquire(ctx); err != nil {
+		return Result{}, err
+	}
+	defer w.release()
+
+	id := w.begin(protocol.TypeResult, c.OnProgress)
+	var deadlineMS int64
+	if d, ok := ctx.Deadline(); ok {
+		deadlineMS = d.UnixMilli()
+	}
+	payload := c.Payload
+	if payload == nil {
+		payload = jsonNull
+	}
+	err := w.send(ctx, id, func(m *protocol.Message) {
+		*m = protocol.Message{
+			Type:       protocol.TypeCall,
+			ID:         id,
+			Command:    c.Command,
+			Session:    c.Session,
+			NewSession: c.NewSession,
+			JobID:      c.JobID,
+			Attempt:    c.Attempt,
+			DeadlineMS: deadlineMS,
+			Payload:    payload,
+		}
+	})
+	if err != nil {
+		w.end()
+		return Result{}, err
+	}
+	r, err := w.await(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	return Result{OK: r.ok, Value: r.value, Error: r.err}, nil
+}
+
+// Ping sends a ping and waits for the pong. A failure is an *Error and, as
+// with Call, means the worker has been killed.
+func (w *Worker) Ping(ctx context.Context) error {
+	if err := w.acquire(ctx); err != nil {
+		return err
+	}
+	defer w.release()
+
+	id := w.begin(protocol.TypePong, nil)
+	if err := w.send(ctx, id, func(m *protocol.Message) {
+		*m = protocol.Message{Type: protocol.TypePing, ID: id}
+	}); err != nil {
+		w.end()
+		return err
+	}
+	_, err := w.await(ctx)
+	return err
+}
+
+// SessionEnd tells the worker it may drop the state of session. No reply is
+// expected. It fails with an *Error if the worker is already unusable; if
+// the write itself fails the worker is killed. It may be sent while a call
+// runs.
+func (w *Worker) SessionEnd(session string) error {
+	if err := w.usable(); err != nil {
+		return err
+	}
+	select {
+	case w.wlock <- struct{}{}:
+	case <-w.broken:
+		return w.failure()
+	}
+	// A worker that has not read its stdin for StopGrace while
+	// session_end frames fill the pipe is stuck.
+	_ = w.stdin.SetWriteDeadline(time.Now().Add(w.cfg.StopGrace))
+	w.out = protocol.Message{Type: protocol.TypeSessionEnd, Session: session}
+	err := w.writeLocked(&w.out)
+	_ = w.stdin.SetWriteDeadline(time.Time{})
+	w.out = protocol.Message{}
+	<-w.wlock
+	if err != nil {
+		return w.writeFailed(err, nil)
+	}
+	return nil
+}
+
+// Validate reports whether the worker can take a call: nil if its process is
+// alive, its pipes are open, it is ready and it has not failed; otherwise
+// the *Error explaining why not (ErrDead, ErrProtocol, ErrTimeout,
+// ErrCanceled or ErrStopped). It does not block and never talks to the
+// worker; use Ping for that.
+func (w *Worker) Validate() error {
+	if err := w.usable(); err != nil {
+		return err
+	}
+	// The process may have died a moment ago, before the reader or the
+	// waiter noticed: ask the kernel directly. mu keeps the pid from being
+	// reaped (and reused) during the check.
+	w.mu.Lock()
+	dead := w.reaped || hasExited(w.pid)
+	w.mu.Unlock()
+	if dead {
+		return w.fail(ErrDead, errors.New("process has exited"))
+	}
+	return nil
+}
+
+// usable returns the error that makes the worker unusable, or nil.
+func (w *Worker) usable() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.failErr != nil {
+		return w.failErr
+	}
+	if w.stopping {
+		return &Error{WorkerID: w.id, PID: w.pid, Reason: ErrStopped}
+	}
+	return nil
+}
+
+// acquire takes the call slot. Giving up on it because ctx ended still
+// kills the worker: the caller is told "err means dead", and keeping that
+// rule absolute is what lets the pool act on it blindly.
+func (w *Worker) acquire(ctx context.Context) error {
+	select {
+	case w.slot <- struct{}{}:
+	default:
+		select {
+		case w.slot <- struct{}{}:
+		case <-w.broken:
+			return w.failure()
+		case <-ctx.Done():
+			return w.fail(ctxReason(ctx), ctx.Err())
+		}
+	}
+	if err := w.usable(); err != nil {
+		<-w.slot
+		return err
+	}
+	return nil
+}
+
+func (w *Worker) release() { <-w.slot }
+
+// begin registers the pending request and returns its id.
+func (w *Worker) begin(replyType string, onProgress func(json.RawMessage)) uint64 {
+	w.nextID++
+	id := w.nextID
+	w.pmu.Lock()
+	w.pendingID, w.pendingFor, w.onProgress = id, replyType, onProgress
+	w.pmu.Unlock()
+	return id
+}
+
+// end forgets the pending request, so that a late frame for it is a
+// protocol error and no progress callback starts after Call returns.
+func (w *Worker) end() {
+	w.pmu.Lock()
+	w.pendingID, w.pendingFor, w.onProgress = 0, "", nil
+	w.pmu.Unlock()
+}
+
+// send writes one request frame built by fill. The write can block on a
+// full pipe, so a cancellable ctx gets a hook that kills the worker, which
+// breaks the pipe and unblocks the write.
+func (w *Worker) send(ctx context.Context, id uint64, fill func(*protocol.Message)) error {
+	if ctx.Done() != nil {
+		if err := ctx.Err(); err != nil {
+			return w.fail(ctxReason(ctx), err)
+		}
+		stop := context.AfterFunc(ctx, func() {
+			w.pmu.Lock()
+			mine := w.pendingID == id
+			w.pmu.Unlock()
+			if mine {
+				w.fail(ctxReason(ctx), ctx.Err())
+			}
+		})
+		defer stop()
+	}
+	select {
+	case w.wlock <- struct{}{}:
+	case <-w.broken:
+		return w.failure()
+	}
+	fill(&w.out)
+	err := w.writeLocked(&w.out)
+	w.out = protocol.Message{} // do not pin the payload
+	<-w.wlock
+	if err != nil {
+		return w.writeFailed(err, ctx)
+	}
+	return nil
+}
+
+// writeLocked encodes m and writes it as one frame. wlock must be held.
+func (w *Worker) writeLocked(m *protocol.Message) error {
+	w.encBuf.Reset()
+	if err := w.enc.Encode(m); err != nil {
+		return &encodeError{err}
+	}
+	b := w.encBuf.Bytes()
+	b = b[:len(b)-1] // Encode's trailing newline
+	if err := w.fw.WriteFrame(b); err != nil {
+		var fse *protocol.FrameSizeError
+		if errors.As(err, &fse) {
+			return &encodeError{err}
+		}
+		return err
+	}
+	if w.encBuf.Cap() > 1<<20 {
+		w.encBuf = bytes.Buffer{} // enc writes through &w.encBuf, which stays valid
+	}
+	return nil
+}
+
+// writeFailed turns a failed write into the worker's failure.
+func (w *Worker) writeFailed(err error, ctx context.Context) error {
+	var ee *encodeError
+	if errors.As(err, &ee) {
+		// The request itself is bad (invalid payload JSON or over
+		// MaxFrame). Nothing reached the worker, but by contract an error
+		// from Call means the worker is gone.
+		return w.fail(ErrProtocol, ee.err)
+	}
+	if ctx != nil && ctx.Err() != nil {
+		return w.fail(ctxReason(ctx), ctx.Err())
+	}
+	// EPIPE, a closed stdin, or a stuck pipe: the process is gone or going.
+	return w.fail(ErrDead, fmt.Errorf("write to stdin: %w", err))
+}
+
+type encodeError struct{ err error }
+
+func (e *encodeError) Error() string { return "encode request: " + e.err.Error() }
+func (e *encodeError) Unwrap() error { return e.err }
+
+// await waits for the reply to the pending request.
+func (w *Worker) await(ctx context.Context) (reply, error) {
+	select {
+	case r := <-w.replies:
+		return r, nil
+	case <-w.broken:
+		// A reply that made it out before the failure still counts.
+		select {
+		case r := <-w.replies:
+			return r, nil
+		default:
+		}
+		w.end()
+		return reply{}, w.failure()
+	case <-ctx.Done():
+		select {
+		case r := <-w.replies:
+			return r, nil
+		default:
+		}
+		w.end()
+		return reply{}, w.fail(ctxReason(ctx), ctx.Err())
+	}
+}
+
+func ctxReason(ctx context.Context) error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return ErrTimeout
+	}
+	return ErrCanceled
+}

@@ -1,0 +1,65 @@
+package worker
+
+import (
+	"errors"
+	"strconv"
+	"strings"
+)
+
+// Reasons a worker operation fails. Every error the package returns is an
+// *Error whose Reason is one of these; match them with errors.Is.
+var (
+	// ErrStartup means Start failed: the process could not be spawned, exited
+	// or misbehaved before its ready frame, or the ready frame was late.
+	ErrStartup = errors.New("worker: startup failed")
+	// ErrDead means the process has gone: it exited, its stdout hit EOF or
+	// was closed, or its stdin reported a broken pipe.
+	ErrDead = errors.New("worker: process is dead")
+	// ErrProtocol means the worker broke protocol v1: a garbage, oversized or
+	// empty frame, a reply with an unknown id, or an unexpected message.
+	ErrProtocol = errors.New("worker: protocol error")
+	// ErrTimeout means a call's context deadline (or Call.Deadline) passed.
+	ErrTimeout = errors.New("worker: call timed out")
+	// ErrCanceled means a call's context was canceled.
+	ErrCanceled = errors.New("worker: call canceled")
+	// ErrStopped means Stop or Kill was called.
+	ErrStopped = errors.New("worker: stopped")
+)
+
+// Error is the error type every failing worker operation returns.
+type Error struct {
+	WorkerID string
+	PID      int
+	Reason   error // one of the Err* sentinels of this package
+	Err      error // the cause; may be nil
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString("worker ")
+	b.WriteString(e.WorkerID)
+	if e.PID > 0 {
+		b.WriteString(" (pid ")
+		b.WriteString(strconv.Itoa(e.PID))
+		b.WriteString(")")
+	}
+	b.WriteString(": ")
+	if e.Reason != nil {
+		b.WriteString(strings.TrimPrefix(e.Reason.Error(), "worker: "))
+	} else {
+		b.WriteString("error")
+	}
+	if e.Err != nil {
+		b.WriteString(": ")
+		b.WriteString(e.Err.Error())
+	}
+	return b.String()
+}
+
+// Is reports whether target is e's Reason, so that errors.Is(err, ErrDead)
+// works without unwrapping to the cause.
+func (e *Error) Is(target error) bool { return e.Reason != nil && target == e.Reason }
+
+// Unwrap returns the cause, so that errors.Is(err, context.DeadlineExceeded)
+// or errors.As(err, &exitErr) see through the worker error.
+func (e *Error) Unwrap() error { return e.Err }

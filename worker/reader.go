@@ -1,0 +1,144 @@
+package worker
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"syscall"
+
+	"go.uber.org/zap"
+
+	"github.com/procfleet/procfleet/worker/protocol"
+)
+
+// readStdout performs the handshake and then dispatches every frame until
+// stdout ends or the worker breaks protocol.
+func (w *Worker) readStdout() {
+	defer close(w.stdoutDone)
+	defer w.stdout.Close()
+
+	r := protocol.NewReader(w.stdout, w.cfg.MaxFrame)
+	var m protocol.Message
+	if err := r.Read(&m); err != nil {
+		w.readFailed(err)
+		return
+	}
+	if err := checkReady(&m); err != nil {
+		w.fail(ErrProtocol, err)
+		return
+	}
+	w.commands = m.Commands
+	close(w.ready)
+
+	for {
+		if err := r.Read(&m); err != nil {
+			w.readFailed(err)
+			return
+		}
+		if err := w.dispatch(&m); err != nil {
+			w.fail(ErrProtocol, err)
+			return
+		}
+	}
+}
+
+func checkReady(m *protocol.Message) error {
+	if m.Type != protocol.TypeReady {
+		return fmt.Errorf("%w: first frame is %q, want %q", protocol.ErrProtocol, m.Type, protocol.TypeReady)
+	}
+	if m.Protocol != protocol.Version {
+		return fmt.Errorf("%w: worker speaks protocol %d, want %d", protocol.ErrProtocol, m.Protocol, protocol.Version)
+	}
+	return nil
+}
+
+// readFailed classifies a read error: a framing or decoding violation is a
+// protocol error; anything else (EOF, a truncated frame, a closed pipe)
+// means the process is gone or has closed its stdout.
+func (w *Worker) readFailed(err error) {
+	if errors.Is(err, protocol.ErrProtocol) {
+		w.fail(ErrProtocol, err)
+		return
+	}
+	// Make sure the process is gone, then report how it ended. During Stop
+	// the process is exiting on its own and Stop escalates if it does not,
+	// so let it finish its shutdown undisturbed.
+	w.mu.Lock()
+	stopping := w.stopping
+	w.mu.Unlock()
+	if !stopping {
+		w.signal(syscall.SIGKILL)
+	}
+	<-w.exited
+	w.fail(ErrDead, exitCause(w.exitErr))
+}
+
+// dispatch hands one frame to the pending call. Any frame that does not
+// belong to it is a protocol error.
+func (w *Worker) dispatch(m *protocol.Message) error {
+	switch m.Type {
+	case protocol.TypeResult, protocol.TypePong:
+		w.pmu.Lock()
+		if m.ID == 0 || m.ID != w.pendingID || m.Type != w.pendingFor {
+			id, want := w.pendingID, w.pendingFor
+			w.pmu.Unlock()
+			if id == 0 {
+				return fmt.Errorf("%w: unexpected %s frame with id %d: no call pending", protocol.ErrProtocol, m.Type, m.ID)
+			}
+			return fmt.Errorf("%w: unexpected %s frame with id %d: waiting for %s %d", protocol.ErrProtocol, m.Type, m.ID, want, id)
+		}
+		if m.Type == protocol.TypeResult && m.OK == nil {
+			w.pmu.Unlock()
+			return fmt.Errorf("%w: result frame %d has no ok field", protocol.ErrProtocol, m.ID)
+		}
+		w.pendingID, w.pendingFor, w.onProgress = 0, "", nil
+		w.pmu.Unlock()
+
+		r := reply{ok: m.Succeeded(), value: m.Result, err: m.Error}
+		if m.Type == protocol.TypeResult && !r.ok && r.err == nil {
+			r.err = &protocol.ErrorInfo{Message: "worker reported failure without an error"}
+		}
+		w.replies <- r
+		return nil
+
+	case protocol.TypeProgress:
+		w.pmu.Lock()
+		if m.ID == 0 || m.ID != w.pendingID || w.pendingFor != protocol.TypeResult {
+			id := w.pendingID
+			w.pmu.Unlock()
+			return fmt.Errorf("%w: progress frame with id %d while waiting for %d", protocol.ErrProtocol, m.ID, id)
+		}
+		fn := w.onProgress
+		w.pmu.Unlock()
+		if fn != nil {
+			fn(m.Data)
+		}
+		return nil
+
+	default:
+		return fmt.Errorf("%w: unexpected %q frame", protocol.ErrProtocol, m.Type)
+	}
+}
+
+// readStderr forwards the worker's stderr to the logger, one entry per line.
+func (w *Worker) readStderr() {
+	defer close(w.stderrDone)
+	defer w.stderr.Close()
+
+	br := bufio.NewReaderSize(w.stderr, 64<<10)
+	for {
+		line, err := br.ReadSlice('\n')
+		// A line longer than the buffer is logged in pieces rather than
+		// dropped, and the pipe keeps draining so the worker never blocks
+		// on a full stderr.
+		if line = bytes.TrimRight(line, "\r\n"); len(line) > 0 {
+			if ce := w.log.Check(zap.InfoLevel, string(line)); ce != nil {
+				ce.Write(zap.String("stream", "stderr"))
+			}
+		}
+		if err != nil && err != bufio.ErrBufferFull {
+			return
+		}
+	}
+}
