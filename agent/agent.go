@@ -57,10 +57,34 @@ type Agent struct {
 	startedAt time.Time
 
 	counters counters
+	metrics  *metrics
 }
 
 type counters struct {
 	ok, appFailed, retried, exhausted, badRequest, sessionLost, checkoutErrs atomic.Uint64
+}
+
+// record counts a job's outcome, and its duration where it reached a worker.
+func (a *Agent) record(outcome string, d time.Duration) {
+	c := &a.counters
+	switch outcome {
+	case outcomeOK:
+		c.ok.Add(1)
+	case outcomeAppError:
+		c.appFailed.Add(1)
+	case outcomeRetried:
+		c.retried.Add(1)
+	case outcomeExhausted:
+		c.exhausted.Add(1)
+	case outcomeBadRequest:
+		c.badRequest.Add(1)
+	case outcomeSessionLost:
+		c.sessionLost.Add(1)
+	}
+	a.metrics.jobs.WithLabelValues(outcome).Inc()
+	if d > 0 {
+		a.metrics.duration.WithLabelValues(outcome).Observe(d.Seconds())
+	}
 }
 
 // Counters is a snapshot of what the agent has done with jobs.
@@ -90,6 +114,12 @@ func New(nc *nats.Conn, cfg Config) (*Agent, error) {
 		held:    newGate(cfg.Capacity),
 		runners: make(map[int]*runner),
 		done:    make(chan struct{}),
+	}
+	a.metrics = newMetrics(a)
+	if cfg.Registerer != nil {
+		if err := a.metrics.register(cfg.Registerer, a); err != nil {
+			return nil, fmt.Errorf("agent: metrics: %w", err)
+		}
 	}
 	a.baseCtx, a.baseCancel = context.WithCancel(context.Background())
 	a.loopCtx, a.loopCancel = context.WithCancel(a.baseCtx)
@@ -151,6 +181,10 @@ func (a *Agent) start(ctx context.Context) error {
 		return fmt.Errorf("agent: topology on %s: %w", a.nc.ConnectedUrlRedacted(), err)
 	}
 	a.topo = topo
+	// The server's topology is the truth (partition count, TTLs, AckWait):
+	// derive the intervals that follow from it unless they were set.
+	a.cfg.Queue = topo.Config
+	a.cfg.deriveIntervals()
 	if err := a.pool.Start(ctx); err != nil {
 		a.pool.Kill()
 		return fmt.Errorf("agent: start pool: %w", err)

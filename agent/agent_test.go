@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -15,6 +16,7 @@ import (
 	"github.com/procfleet/procfleet/agent"
 	"github.com/procfleet/procfleet/dispatcher"
 	"github.com/procfleet/procfleet/fleettest"
+	"github.com/procfleet/procfleet/fleettest/testworker"
 	"github.com/procfleet/procfleet/queue"
 )
 
@@ -366,9 +368,28 @@ func runLoad(t *testing.T, f *fleettest.Fleet, col *dispatcher.Collector, prefix
 	return ids
 }
 
+// withExecLog makes the fleet's helper workers log every execution.
+func withExecLog(t *testing.T, cfg fleettest.FleetConfig) (fleettest.FleetConfig, string) {
+	path := filepath.Join(t.TempDir(), "exec.log")
+	cfg.Agent.Pool.Worker.Command, cfg.Agent.Pool.Worker.Env = fleettest.HelperWorker(testworker.ExecLog(path))
+	return cfg, path
+}
+
+// checkOnce fails the test unless every id ran exactly once.
+func checkOnce(t *testing.T, path string, ids []string) {
+	t.Helper()
+	execs := fleettest.ReadExecLog(t, path)
+	for _, id := range ids {
+		if n := len(execs[id]); n != 1 {
+			t.Errorf("job %s executed %d times: %+v", id, n, execs[id])
+		}
+	}
+}
+
 func TestGracefulStopUnderLoad(t *testing.T) {
 	t.Parallel()
-	f := fleettest.StartFleet(t, fleetConfig(3, 2))
+	cfg, execLog := withExecLog(t, fleetConfig(3, 2))
+	f := fleettest.StartFleet(t, cfg)
 	f.WaitBalanced(t, 20*time.Second)
 	col := collect(t, f)
 	ids := runLoad(t, f, col, "g", 60, 5)
@@ -391,6 +412,7 @@ func TestGracefulStopUnderLoad(t *testing.T) {
 			t.Errorf("job %s: %+v", id, r.Error)
 		}
 	}
+	checkOnce(t, execLog, ids)
 	f.WaitBalanced(t, 20*time.Second)
 	for _, a := range f.Live() {
 		if a == victim {
@@ -401,7 +423,8 @@ func TestGracefulStopUnderLoad(t *testing.T) {
 
 func TestJoinUnderLoad(t *testing.T) {
 	t.Parallel()
-	f := fleettest.StartFleet(t, fleetConfig(1, 2))
+	cfg, execLog := withExecLog(t, fleetConfig(1, 2))
+	f := fleettest.StartFleet(t, cfg)
 	col := collect(t, f)
 	ids := runLoad(t, f, col, "j", 40, 5)
 	fleettest.Eventually(t, 60*time.Second, func() error {
@@ -421,6 +444,7 @@ func TestJoinUnderLoad(t *testing.T) {
 			t.Errorf("job %s: %+v", id, r.Error)
 		}
 	}
+	checkOnce(t, execLog, ids)
 }
 
 func TestConfigValidation(t *testing.T) {

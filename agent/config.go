@@ -6,6 +6,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/procfleet/procfleet/pool"
@@ -61,6 +62,26 @@ type Config struct {
 
 	// Logger receives the agent's logs. Default: no logging.
 	Logger *zap.Logger
+
+	// Registerer, when set, receives the agent's Prometheus metrics
+	// (procfleet_*). Default: none (metrics are kept but not exported).
+	Registerer prometheus.Registerer
+
+	// derived records which intervals follow from the queue's TTLs, so they
+	// can follow the server's values once the topology is opened.
+	derived struct{ heartbeat, renew, progress bool }
+}
+
+func (c *Config) deriveIntervals() {
+	if c.derived.heartbeat {
+		c.HeartbeatInterval = c.Queue.AgentTTL / 3
+	}
+	if c.derived.renew {
+		c.LeaseRenewInterval = c.Queue.LeaseTTL / 3
+	}
+	if c.derived.progress {
+		c.ProgressInterval = c.Queue.AckWait / 3
+	}
 }
 
 func (c *Config) setDefaults() {
@@ -87,15 +108,10 @@ func (c *Config) setDefaults() {
 	if c.RebalanceInterval == 0 {
 		c.RebalanceInterval = time.Second
 	}
-	if c.HeartbeatInterval == 0 {
-		c.HeartbeatInterval = c.Queue.AgentTTL / 3
-	}
-	if c.LeaseRenewInterval == 0 {
-		c.LeaseRenewInterval = c.Queue.LeaseTTL / 3
-	}
-	if c.ProgressInterval == 0 {
-		c.ProgressInterval = c.Queue.AckWait / 3
-	}
+	c.derived.heartbeat = c.HeartbeatInterval == 0
+	c.derived.renew = c.LeaseRenewInterval == 0
+	c.derived.progress = c.ProgressInterval == 0
+	c.deriveIntervals()
 	if c.RetryBackoffMin == 0 {
 		c.RetryBackoffMin = 200 * time.Millisecond
 	}

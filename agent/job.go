@@ -42,6 +42,9 @@ func newJob(r *runner, msg jetstream.Msg) *job {
 	}
 	j.meta = meta
 	j.attempt = int(meta.NumDelivered)
+	if j.attempt > 1 {
+		r.a.metrics.redelivered.Inc()
+	}
 	j.job, j.parsErr = queue.ParseJob(msg.Subject(), msg.Headers(), msg.Data(), meta.Sequence.Stream, r.a.cfg.Queue)
 	return j
 }
@@ -99,9 +102,10 @@ func (j *job) run() {
 		switch {
 		case j.r.waitCtx.Err() != nil:
 			// Draining: hand the job back for the next owner, at once.
+			a.record(outcomeRequeued, 0)
 			_ = j.msg.Nak()
 		case errors.Is(err, pool.ErrSessionLost):
-			a.counters.sessionLost.Add(1)
+			a.record(outcomeSessionLost, 0)
 			j.finish(&queue.Result{OK: false, Error: &queue.ErrorInfo{Kind: queue.KindSessionLost, Message: err.Error()}}, started)
 		default:
 			a.counters.checkoutErrs.Add(1)
@@ -110,6 +114,7 @@ func (j *job) run() {
 		}
 		return
 	}
+	a.metrics.checkoutWait.Observe(time.Since(started).Seconds())
 	j.call(lease, started)
 }
 
@@ -150,14 +155,14 @@ func (j *job) call(lease *pool.Lease, started time.Time) {
 		j.logger().Info("worker failed; job will be redelivered", zap.String("worker", lease.WorkerID()), zap.Error(err))
 		j.retry(kind, err)
 	case res.OK:
-		a.counters.ok.Add(1)
+		a.record(outcomeOK, time.Since(started))
 		base.OK = true
 		base.Result = res.Value
 		j.finish(base, started)
 	case res.Error != nil && res.Error.Retryable:
 		j.retry(queue.KindApp, fmt.Errorf("%s: %s", res.Error.Type, res.Error.Message))
 	default:
-		a.counters.appFailed.Add(1)
+		a.record(outcomeAppError, time.Since(started))
 		info := &queue.ErrorInfo{Kind: queue.KindApp, Message: "worker reported failure"}
 		if res.Error != nil {
 			info.Message, info.Type = res.Error.Message, res.Error.Type
@@ -208,7 +213,7 @@ func (j *job) retry(kind string, cause error) {
 		j.exhaust(fmt.Sprintf("attempt %d of %d failed (%s): %v", j.attempt, j.maxAttempts(), kind, cause))
 		return
 	}
-	j.r.a.counters.retried.Add(1)
+	j.r.a.record(outcomeRetried, 0)
 	_ = j.msg.NakWithDelay(j.backoff())
 }
 
@@ -225,7 +230,7 @@ func (j *job) backoff() time.Duration {
 // message (Term on a work queue removes it, so the copy comes first).
 func (j *job) exhaust(why string) {
 	a := j.r.a
-	a.counters.exhausted.Add(1)
+	a.record(outcomeExhausted, 0)
 	j.logger().Warn("job exhausted its attempts; dead-lettered", zap.String("why", why))
 	if !j.deadLetter(queue.KindExhausted, why) {
 		return
@@ -239,7 +244,7 @@ func (j *job) exhaust(why string) {
 // where its id is known, a dead letter, and Term.
 func (j *job) badRequest() {
 	a := j.r.a
-	a.counters.badRequest.Add(1)
+	a.record(outcomeBadRequest, 0)
 	msg := j.parsErr.Error()
 	j.r.a.log.Warn("malformed job; dead-lettered", zap.String("subject", j.msg.Subject()), zap.Error(j.parsErr))
 	if !j.deadLetter(queue.KindBadRequest, msg) {
@@ -288,6 +293,7 @@ func (j *job) deadLetter(kind, why string) bool {
 		_ = j.msg.NakWithDelay(j.backoff())
 		return false
 	}
+	a.metrics.deadLetters.WithLabelValues(kind).Inc()
 	return true
 }
 

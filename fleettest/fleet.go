@@ -3,7 +3,9 @@ package fleettest
 import (
 	"context"
 	"fmt"
+	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -170,3 +172,39 @@ func Eventually(t testing.TB, timeout time.Duration, cond func() error) {
 
 // Topology is a shortcut for the fleet's topology.
 func (f *Fleet) Topology() *queue.Topology { return f.Client.Topology() }
+
+// Execution is one line of a helper worker's execution log.
+type Execution struct {
+	JobID   string
+	Attempt int
+	PID     int
+	Session string
+}
+
+// ReadExecLog reads the execution log written by helper workers started
+// with testworker.ExecLog(path) and returns every execution per job id.
+func ReadExecLog(t testing.TB, path string) map[string][]Execution {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return map[string][]Execution{}
+		}
+		t.Fatalf("fleettest: exec log: %v", err)
+	}
+	out := map[string][]Execution{}
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		if line == "" {
+			continue
+		}
+		var e Execution
+		if _, err := fmt.Sscanf(line, "%s %d %d %s", &e.JobID, &e.Attempt, &e.PID, &e.Session); err != nil {
+			// Anonymous jobs have no session field.
+			if _, err := fmt.Sscanf(line, "%s %d %d", &e.JobID, &e.Attempt, &e.PID); err != nil {
+				t.Fatalf("fleettest: exec log line %q: %v", line, err)
+			}
+		}
+		out[e.JobID] = append(out[e.JobID], e)
+	}
+	return out
+}

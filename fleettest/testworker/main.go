@@ -58,6 +58,7 @@ type helper struct {
 	counts     map[string]int
 	ended      []string
 	hoard      [][]byte // memory kept alive by grow
+	execLog    *os.File
 }
 
 // Main runs the helper worker on stdin and stdout and exits the process. It
@@ -71,6 +72,14 @@ func Main() {
 	}
 	if h.ignoreTerm {
 		signal.Ignore(syscall.SIGTERM)
+	}
+	if path := os.Getenv(EnvExecLog); path != "" {
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "testworker: exec log:", err)
+			os.Exit(1)
+		}
+		h.execLog = f
 	}
 	if d, err := time.ParseDuration(os.Getenv(EnvStartDelay)); err == nil && d > 0 {
 		time.Sleep(d)
@@ -123,6 +132,9 @@ func (h *helper) serve() {
 }
 
 func (h *helper) call(m *protocol.Message) {
+	if h.execLog != nil {
+		fmt.Fprintf(h.execLog, "%s %d %d %s\n", m.JobID, m.Attempt, h.pid, m.Session)
+	}
 	switch m.Command {
 	case "echo":
 		h.ok(m.ID, m.Payload)

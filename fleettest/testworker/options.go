@@ -20,6 +20,10 @@ const (
 	// EnvIgnoreTerm set to "1" makes the worker ignore SIGTERM, the
 	// shutdown frame and EOF on stdin, so only SIGKILL ends it.
 	EnvIgnoreTerm = "PROCFLEET_TESTWORKER_IGNORE_TERM"
+	// EnvExecLog names a file the worker appends one line to for every call
+	// it starts: "<job_id> <attempt> <pid> <session>". Reliability tests
+	// read it to count executions per job across processes.
+	EnvExecLog = "PROCFLEET_TESTWORKER_EXEC_LOG"
 )
 
 // Start-up modes, the values of EnvStart.
@@ -52,6 +56,11 @@ var (
 	// IgnoreTerm makes the worker ignore SIGTERM, shutdown and stdin EOF.
 	IgnoreTerm = Option{EnvIgnoreTerm, "1"}
 )
+
+// ExecLog makes every call append a line to the file at path (see
+// EnvExecLog). Lines are written with one O_APPEND write each, so workers in
+// many processes can share one file.
+func ExecLog(path string) Option { return Option{EnvExecLog, path} }
 
 // StartDelay makes the worker sleep d before sending its ready frame.
 func StartDelay(d time.Duration) Option { return Option{EnvStartDelay, d.String()} }

@@ -1,0 +1,145 @@
+package agent
+
+import (
+	"context"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Job outcomes, the values of the "outcome" label of procfleet_jobs_total.
+const (
+	outcomeOK          = "ok"
+	outcomeAppError    = "app_error"
+	outcomeRetried     = "retried"
+	outcomeExhausted   = "exhausted"
+	outcomeBadRequest  = "bad_request"
+	outcomeSessionLost = "session_lost"
+	outcomeRequeued    = "requeued" // handed back while draining; not a failure
+)
+
+// metrics are the agent's Prometheus instruments. Job counters and
+// histograms are updated as jobs finish; pool and partition figures are read
+// when scraped, so they are never stale and cost nothing between scrapes.
+type metrics struct {
+	jobs         *prometheus.CounterVec
+	duration     *prometheus.HistogramVec
+	checkoutWait prometheus.Histogram
+	redelivered  prometheus.Counter
+	deadLetters  *prometheus.CounterVec
+}
+
+var durationBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}
+
+func newMetrics(a *Agent) *metrics {
+	m := &metrics{
+		jobs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "procfleet", Name: "jobs_total",
+			Help: "Jobs handled by this agent, by outcome (ok, app_error, retried, exhausted, bad_request, session_lost, requeued).",
+		}, []string{"outcome"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "procfleet", Name: "job_duration_seconds",
+			Help:    "Time from checkout to verdict of a job that reached a worker, by outcome.",
+			Buckets: durationBuckets,
+		}, []string{"outcome"}),
+		checkoutWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "procfleet", Name: "checkout_wait_seconds",
+			Help:    "Time a job waited for its worker (its session's worker, or any idle one).",
+			Buckets: durationBuckets,
+		}),
+		redelivered: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "procfleet", Name: "redeliveries_total",
+			Help: "Jobs received with a delivery count above 1.",
+		}),
+		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "procfleet", Name: "dead_letters_total",
+			Help: "Jobs this agent wrote to the dead-letter stream, by kind.",
+		}, []string{"kind"}),
+	}
+	// Pre-create the label values, so dashboards see zeros, not gaps.
+	for _, o := range []string{outcomeOK, outcomeAppError, outcomeRetried, outcomeExhausted, outcomeBadRequest, outcomeSessionLost, outcomeRequeued} {
+		m.jobs.WithLabelValues(o)
+	}
+	return m
+}
+
+// register adds the agent's metrics, and the pool and partition figures read
+// at scrape time, to reg.
+func (m *metrics) register(reg prometheus.Registerer, a *Agent) error {
+	cs := []prometheus.Collector{m.jobs, m.duration, m.checkoutWait, m.redelivered, m.deadLetters, &poolCollector{a: a}}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// poolCollector reads the pool's stats and the owned partitions' backlog at
+// scrape time.
+type poolCollector struct{ a *Agent }
+
+var (
+	descWorkers    = prometheus.NewDesc("procfleet_workers", "Workers by state.", []string{"state"}, nil)
+	descSessions   = prometheus.NewDesc("procfleet_sessions", "Live sessions bound to workers.", nil, nil)
+	descRestarts   = prometheus.NewDesc("procfleet_worker_restarts_total", "Replacement workers started.", nil, nil)
+	descRemoved    = prometheus.NewDesc("procfleet_workers_removed_total", "Workers removed after a crash, protocol error, timeout or failed health check.", nil, nil)
+	descRecycled   = prometheus.NewDesc("procfleet_workers_recycled_total", "Workers retired by a recycling limit.", nil, nil)
+	descDegraded   = prometheus.NewDesc("procfleet_pool_degraded", "1 while the pool is in a crash loop.", nil, nil)
+	descWaiters    = prometheus.NewDesc("procfleet_checkout_waiters", "Jobs waiting for a worker.", nil, nil)
+	descPartitions = prometheus.NewDesc("procfleet_partitions_owned", "Session partitions this agent holds a lease on.", nil, nil)
+	descPending    = prometheus.NewDesc("procfleet_partition_pending_jobs", "Jobs not yet delivered, per owned partition ('any' for anonymous jobs).", []string{"partition"}, nil)
+	descAckPending = prometheus.NewDesc("procfleet_partition_ack_pending_jobs", "Jobs delivered and not yet acked, per owned partition.", []string{"partition"}, nil)
+)
+
+func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descWorkers, descSessions, descRestarts, descRemoved, descRecycled, descDegraded, descWaiters, descPartitions, descPending, descAckPending} {
+		ch <- d
+	}
+}
+
+func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.a.pool.Stats()
+	for state, n := range map[string]int{"starting": st.Starting, "idle": st.Idle, "busy": st.Busy, "stopping": st.Stopping} {
+		ch <- prometheus.MustNewConstMetric(descWorkers, prometheus.GaugeValue, float64(n), state)
+	}
+	ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(st.Sessions))
+	ch <- prometheus.MustNewConstMetric(descRestarts, prometheus.CounterValue, float64(st.Restarts))
+	ch <- prometheus.MustNewConstMetric(descRemoved, prometheus.CounterValue, float64(st.Removed))
+	ch <- prometheus.MustNewConstMetric(descRecycled, prometheus.CounterValue, float64(st.Recycled))
+	degraded := 0.0
+	if st.Degraded {
+		degraded = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descDegraded, prometheus.GaugeValue, degraded)
+	ch <- prometheus.MustNewConstMetric(descWaiters, prometheus.GaugeValue, float64(st.Waiters))
+
+	c.a.mu.Lock()
+	rs := make([]*runner, 0, len(c.a.runners)+1)
+	for _, r := range c.a.runners {
+		rs = append(rs, r)
+	}
+	if c.a.anyRunner != nil {
+		rs = append(rs, c.a.anyRunner)
+	}
+	owned := len(c.a.runners)
+	c.a.mu.Unlock()
+	ch <- prometheus.MustNewConstMetric(descPartitions, prometheus.GaugeValue, float64(owned))
+
+	// Backlog per partition costs one request each; bound the scrape.
+	ctx, cancel := context.WithTimeout(c.a.baseCtx, 3*time.Second)
+	defer cancel()
+	for _, r := range rs {
+		info, err := r.cons.Info(ctx)
+		if err != nil {
+			continue
+		}
+		label := "any"
+		if r.partition >= 0 {
+			label = strconv.Itoa(r.partition)
+		}
+		ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(info.NumPending), label)
+		ch <- prometheus.MustNewConstMetric(descAckPending, prometheus.GaugeValue, float64(info.NumAckPending), label)
+	}
+}

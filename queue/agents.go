@@ -1,0 +1,104 @@
+package queue
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// AgentInfo is an agent's entry in the agents bucket, refreshed by every
+// heartbeat.
+type AgentInfo struct {
+	Name       string    `json:"name"`
+	Host       string    `json:"host,omitempty"`
+	PID        int       `json:"pid,omitempty"`
+	StartedAt  time.Time `json:"started_at,omitzero"`
+	UpdatedAt  time.Time `json:"updated_at,omitzero"`
+	Workers    int       `json:"workers"`
+	Busy       int       `json:"busy"`
+	Idle       int       `json:"idle"`
+	Sessions   int       `json:"sessions"`
+	Partitions []int     `json:"partitions,omitempty"`
+	Degraded   bool      `json:"degraded,omitempty"`
+}
+
+// Heartbeat registers or refreshes agent a (key a.Name). The entry expires
+// after AgentTTL without a heartbeat. UpdatedAt is stamped with now.
+func (t *Topology) Heartbeat(ctx context.Context, a *AgentInfo) error {
+	if a == nil || a.Name == "" {
+		return errors.New("queue: heartbeat: agent name is required")
+	}
+	c := *a
+	c.UpdatedAt = time.Now().UTC()
+	data, err := json.Marshal(&c)
+	if err != nil {
+		return fmt.Errorf("queue: heartbeat %s: %w", a.Name, err)
+	}
+	if _, err := t.Agents.Put(ctx, a.Name, data); err != nil {
+		return fmt.Errorf("queue: heartbeat %s: %w", a.Name, err)
+	}
+	return nil
+}
+
+// RemoveAgent deletes the agent's entry at once (a clean stop) instead of
+// letting it expire. Removing an unknown agent is not an error.
+func (t *Topology) RemoveAgent(ctx context.Context, name string) error {
+	if err := t.Agents.Delete(ctx, name); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("queue: remove agent %s: %w", name, err)
+	}
+	return nil
+}
+
+// ListAgents returns the live agents sorted by name.
+func (t *Topology) ListAgents(ctx context.Context) ([]AgentInfo, error) {
+	var out []AgentInfo
+	err := latestEntries(ctx, t.Agents, func(e jetstream.KeyValueEntry) error {
+		var a AgentInfo
+		if err := json.Unmarshal(e.Value(), &a); err != nil {
+			return fmt.Errorf("queue: agent entry %q is not valid: %w", e.Key(), err)
+		}
+		if a.Name == "" {
+			a.Name = e.Key()
+		}
+		out = append(out, a)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(out, func(a, b AgentInfo) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
+}
+
+// latestEntries calls fn for the latest live value of every key. A watcher
+// sends them all in one stream, where a key listing would cost a round trip
+// per key.
+func latestEntries(ctx context.Context, kv jetstream.KeyValue, fn func(jetstream.KeyValueEntry) error) error {
+	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return fmt.Errorf("queue: read bucket %s: %w", kv.Bucket(), err)
+	}
+	defer func() { _ = w.Stop() }()
+	for {
+		select {
+		case e, ok := <-w.Updates():
+			if !ok {
+				return fmt.Errorf("queue: read bucket %s: watcher closed", kv.Bucket())
+			}
+			if e == nil { // every current value has been sent
+				return nil
+			}
+			if err := fn(e); err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return fmt.Errorf("queue: read bucket %s: %w", kv.Bucket(), ctx.Err())
+		}
+	}
+}

@@ -1,0 +1,274 @@
+package queue
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Limits on the configuration that keep the topology sane.
+const (
+	// MaxPartitions bounds Config.Partitions: each partition is a durable
+	// consumer and a lease, and agents renew every lease they hold.
+	MaxPartitions = 1024
+	// minKVTTL is the smallest bucket TTL the server honours for limit
+	// markers (its TTL granularity is one second).
+	minKVTTL = time.Second
+)
+
+// Config names the NATS resources of one fleet and tunes them. Every field's
+// zero value means its default; WithDefaults fills them in.
+type Config struct {
+	// Prefix is the first token of every subject. Default "fleet". Streams
+	// are upper(Prefix)+"_JOBS", "_RESULTS", "_DLQ" (FLEET_JOBS, ...); KV
+	// buckets are Prefix+"_agents" and Prefix+"_leases". Must be a single
+	// token of [A-Za-z0-9_-] so that it is valid in subjects, stream names
+	// and bucket names alike.
+	Prefix string
+
+	// Partitions is how many partitions session jobs are hashed into.
+	// Default 64. Fixed when the jobs stream is created: a later Ensure with
+	// another value is a *MismatchError. Open with 0 adopts the stream's.
+	Partitions int
+
+	// Replicas for every stream and bucket. Default 1.
+	Replicas int
+
+	// Storage for every stream and bucket. Default jetstream.FileStorage
+	// (the zero value).
+	Storage jetstream.StorageType
+
+	// DedupWindow is the jobs stream's duplicate window: a resubmitted job
+	// id within it is dropped. Default 2m.
+	DedupWindow time.Duration
+
+	// ResultsMaxAge is how long results are kept. Default 24h.
+	ResultsMaxAge time.Duration
+
+	// ResultsDedup is the results stream's duplicate window. Default 1h,
+	// capped at ResultsMaxAge.
+	ResultsDedup time.Duration
+
+	// AgentTTL is the agents bucket TTL: an agent that stops heartbeating
+	// disappears after it. Default 10s; minimum 1s.
+	AgentTTL time.Duration
+
+	// LeaseTTL is the leases bucket TTL: a lease not renewed within it
+	// expires and its partition moves on. Default 6s; minimum 1s. Limit
+	// markers are kept so watchers see expiries.
+	LeaseTTL time.Duration
+
+	// AckWait is every job consumer's ack wait: a job held longer without
+	// an ack or InProgress is redelivered. Default 10s: agents mark held jobs
+	// InProgress every third of it, so this bounds how long the jobs of an
+	// agent that died wait before another agent gets them.
+	AckWait time.Duration
+
+	// MaxDeliver caps deliveries per job on every job consumer. Default 25:
+	// above MaxAttemptsLimit, so the server's max-deliveries advisory only
+	// fires for jobs that never get a verdict (agents dying mid-job).
+	// Values at or below a job's max_attempts make the server give up
+	// first. -1 means unlimited (then a job without a verdict loops).
+	MaxDeliver int
+
+	// MaxAckPending bounds unacked jobs per consumer. Default 1000; -1
+	// means unlimited.
+	MaxAckPending int
+}
+
+// WithDefaults returns c with every zero field set to its default.
+func (c Config) WithDefaults() Config {
+	if c.Prefix == "" {
+		c.Prefix = "fleet"
+	}
+	if c.Partitions == 0 {
+		c.Partitions = 64
+	}
+	if c.Replicas == 0 {
+		c.Replicas = 1
+	}
+	if c.DedupWindow == 0 {
+		c.DedupWindow = 2 * time.Minute
+	}
+	if c.ResultsMaxAge == 0 {
+		c.ResultsMaxAge = 24 * time.Hour
+	}
+	if c.ResultsDedup == 0 {
+		c.ResultsDedup = min(time.Hour, c.ResultsMaxAge)
+	}
+	if c.AgentTTL == 0 {
+		c.AgentTTL = 10 * time.Second
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = 6 * time.Second
+	}
+	if c.AckWait == 0 {
+		c.AckWait = 10 * time.Second
+	}
+	if c.MaxDeliver == 0 {
+		c.MaxDeliver = 25
+	}
+	if c.MaxAckPending == 0 {
+		c.MaxAckPending = 1000
+	}
+	return c
+}
+
+// Validate reports the first invalid field. Call it on WithDefaults' result:
+// zero values are invalid here.
+func (c Config) Validate() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s", ErrInvalidConfig, fmt.Sprintf(format, args...))
+	}
+	switch {
+	case !ValidToken(c.Prefix):
+		return bad("Prefix must be one token of [A-Za-z0-9_-], got %q", c.Prefix)
+	case c.Partitions < 1 || c.Partitions > MaxPartitions:
+		return bad("Partitions must be between 1 and %d, got %d", MaxPartitions, c.Partitions)
+	case c.Replicas < 1 || c.Replicas > 5:
+		return bad("Replicas must be between 1 and 5, got %d", c.Replicas)
+	case c.Storage != jetstream.FileStorage && c.Storage != jetstream.MemoryStorage:
+		return bad("Storage must be FileStorage or MemoryStorage, got %d", c.Storage)
+	case c.DedupWindow <= 0:
+		return bad("DedupWindow must be positive, got %s", c.DedupWindow)
+	case c.ResultsMaxAge <= 0:
+		return bad("ResultsMaxAge must be positive, got %s", c.ResultsMaxAge)
+	case c.ResultsDedup <= 0 || c.ResultsDedup > c.ResultsMaxAge:
+		return bad("ResultsDedup must be positive and at most ResultsMaxAge (%s), got %s", c.ResultsMaxAge, c.ResultsDedup)
+	case c.AgentTTL < minKVTTL:
+		return bad("AgentTTL must be at least %s, got %s", minKVTTL, c.AgentTTL)
+	case c.LeaseTTL < minKVTTL:
+		return bad("LeaseTTL must be at least %s, got %s", minKVTTL, c.LeaseTTL)
+	case c.AckWait <= 0:
+		return bad("AckWait must be positive, got %s", c.AckWait)
+	case c.MaxDeliver < 1 && c.MaxDeliver != -1:
+		return bad("MaxDeliver must be at least 1 (or -1 for unlimited), got %d", c.MaxDeliver)
+	case c.MaxAckPending < 1 && c.MaxAckPending != -1:
+		return bad("MaxAckPending must be at least 1 (or -1 for unlimited), got %d", c.MaxAckPending)
+	}
+	return nil
+}
+
+// Resource names.
+
+// JobsStream is the jobs stream's name, e.g. "FLEET_JOBS".
+func (c Config) JobsStream() string { return strings.ToUpper(c.Prefix) + "_JOBS" }
+
+// ResultsStream is the results stream's name, e.g. "FLEET_RESULTS".
+func (c Config) ResultsStream() string { return strings.ToUpper(c.Prefix) + "_RESULTS" }
+
+// DLQStream is the dead-letter stream's name, e.g. "FLEET_DLQ".
+func (c Config) DLQStream() string { return strings.ToUpper(c.Prefix) + "_DLQ" }
+
+// AgentsBucket is the agent registry's KV bucket, e.g. "fleet_agents".
+func (c Config) AgentsBucket() string { return c.Prefix + "_agents" }
+
+// LeasesBucket is the partition leases' KV bucket, e.g. "fleet_leases".
+func (c Config) LeasesBucket() string { return c.Prefix + "_leases" }
+
+// PartitionConsumerName is the durable consumer of partition p, "p-<p>".
+func PartitionConsumerName(p int) string { return "p-" + strconv.Itoa(p) }
+
+// AnyConsumerName is the durable consumer of jobs without a session.
+const AnyConsumerName = "any"
+
+// Subjects.
+
+// SessionSubject is where publishers send a job of session, e.g.
+// "fleet.job.s.<session>". The jobs stream re-files it under its partition.
+func (c Config) SessionSubject(session string) string { return c.Prefix + ".job.s." + session }
+
+// AnySubject is where publishers send a job without a session,
+// "fleet.job.any".
+func (c Config) AnySubject() string { return c.Prefix + ".job.any" }
+
+// PartitionFilter is the stored subject filter of partition p,
+// "fleet.job.p.<p>.*" (the last token is the session).
+func (c Config) PartitionFilter(p int) string { return c.partitionPrefix(p) + "*" }
+
+func (c Config) partitionPrefix(p int) string {
+	return c.Prefix + ".job.p." + strconv.Itoa(p) + "."
+}
+
+// ResultSubject is where the result of job id is stored,
+// "fleet.result.<id>".
+func (c Config) ResultSubject(id string) string { return c.Prefix + ".result." + id }
+
+// DLQSubject is where the dead letter of job id is stored, "fleet.dlq.<id>".
+func (c Config) DLQSubject(id string) string { return c.Prefix + ".dlq." + id }
+
+// ProgressSubject is the core NATS subject for progress reports of job id,
+// "fleet.progress.<id>".
+func (c Config) ProgressSubject(id string) string { return c.Prefix + ".progress." + id }
+
+// sessionWildcard is the stream subject (and transform source) of session
+// jobs.
+func (c Config) sessionWildcard() string { return c.Prefix + ".job.s.*" }
+
+// partitionTransform files "<p>.job.s.<session>" under
+// "<p>.job.p.<fnv32a(session) % P>.<session>". The server computes the
+// partition; PartitionOf reproduces it.
+func (c Config) partitionTransform() string {
+	return fmt.Sprintf("%s.job.p.{{partition(%d,1)}}.{{wildcard(1)}}", c.Prefix, c.Partitions)
+}
+
+// jobSubject classifies a stored or published job subject. It returns the
+// session ("" for the any subject) and whether the subject belongs to the
+// jobs stream at all. A partition subject's session is returned even when it
+// is not a valid token; callers validate.
+func (c Config) jobSubject(subject string) (session string, ok bool) {
+	if subject == c.AnySubject() {
+		return "", true
+	}
+	rest, found := strings.CutPrefix(subject, c.Prefix+".job.")
+	if !found {
+		return "", false
+	}
+	if s, found := strings.CutPrefix(rest, "s."); found {
+		return s, s != "" && !strings.Contains(s, ".")
+	}
+	if r, found := strings.CutPrefix(rest, "p."); found {
+		n, s, found := strings.Cut(r, ".")
+		if !found || s == "" || strings.Contains(s, ".") {
+			return "", false
+		}
+		if _, err := strconv.Atoi(n); err != nil {
+			return "", false
+		}
+		return s, true
+	}
+	return "", false
+}
+
+// publishSubject maps a stored job subject back to the subject it was
+// published on, so that republishing re-partitions it.
+func (c Config) publishSubject(stored string) (string, bool) {
+	session, ok := c.jobSubject(stored)
+	if !ok {
+		return "", false
+	}
+	if stored == c.AnySubject() {
+		return stored, true
+	}
+	return c.SessionSubject(session), true
+}
+
+// ValidToken reports whether s can be a session or job id: 1 to 128
+// characters of [A-Za-z0-9_-].
+func ValidToken(s string) bool {
+	if len(s) == 0 || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		b := s[i]
+		switch {
+		case 'a' <= b && b <= 'z', 'A' <= b && b <= 'Z', '0' <= b && b <= '9', b == '_', b == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,83 @@
+package queue
+
+import (
+	"errors"
+	"fmt"
+)
+
+var (
+	// ErrInvalidConfig is wrapped by Config.Validate's errors, which name
+	// the field.
+	ErrInvalidConfig = errors.New("queue: invalid config")
+
+	// ErrNoTopology means the streams or buckets do not exist yet.
+	ErrNoTopology = errors.New("queue: topology not found (is the dispatcher running `serve`, or call queue.Ensure)")
+
+	// ErrBadRequest matches every *BadRequestError.
+	ErrBadRequest = errors.New("queue: bad request")
+
+	// ErrResultNotFound means no result is stored for the job id (yet, or
+	// any more after ResultsMaxAge).
+	ErrResultNotFound = errors.New("queue: result not found")
+
+	// ErrDeadLetterNotFound means no dead letter has that DLQ sequence.
+	ErrDeadLetterNotFound = errors.New("queue: dead letter not found")
+
+	// ErrLeaseHeld means another owner holds the partition lease. The
+	// returned error is a *LeaseHeldError naming the owner.
+	ErrLeaseHeld = errors.New("queue: lease held by another agent")
+
+	// ErrLeaseLost means the lease expired or was taken over: its revision
+	// is no longer the latest. The partition must be given up at once.
+	ErrLeaseLost = errors.New("queue: lease lost")
+)
+
+// MismatchError reports an existing resource whose contract field differs
+// from the configuration. Ensure never changes such a field by itself:
+// partition count, retention and subjects decide where jobs go, and changing
+// them under running agents would strand jobs.
+type MismatchError struct {
+	Resource string // e.g. "stream FLEET_JOBS", "consumer FLEET_JOBS/p-3"
+	Field    string // e.g. "Partitions", "Retention", "Subjects"
+	Want     any
+	Have     any
+}
+
+func (e *MismatchError) Error() string {
+	return fmt.Sprintf("queue: %s exists with %s %v, configuration wants %v (delete it or fix the configuration)",
+		e.Resource, e.Field, e.Have, e.Want)
+}
+
+// BadRequestError is a job that can never run: it is not valid JSON, lacks a
+// command, has a bad id or session, or an out-of-range field. Retrying
+// cannot help; agents store a bad_request result and dead-letter it.
+type BadRequestError struct {
+	JobID   string // the job's id if it is known and valid, else ""
+	Session string // the session token from the subject, as found
+	Reason  string
+}
+
+func (e *BadRequestError) Error() string {
+	msg := "queue: bad request"
+	if e.JobID != "" {
+		msg += " (job " + e.JobID + ")"
+	}
+	return msg + ": " + e.Reason
+}
+
+// Is makes errors.Is(err, ErrBadRequest) true.
+func (e *BadRequestError) Is(target error) bool { return target == ErrBadRequest }
+
+// LeaseHeldError is returned by AcquireLease when another owner holds the
+// lease.
+type LeaseHeldError struct {
+	Partition int
+	Owner     string
+}
+
+func (e *LeaseHeldError) Error() string {
+	return fmt.Sprintf("queue: lease of partition %d held by %q", e.Partition, e.Owner)
+}
+
+// Unwrap makes errors.Is(err, ErrLeaseHeld) true.
+func (e *LeaseHeldError) Unwrap() error { return ErrLeaseHeld }

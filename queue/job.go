@@ -1,0 +1,295 @@
+package queue
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+)
+
+// DefaultMaxAttempts is a job's attempt budget when it does not set one.
+const DefaultMaxAttempts = 5
+
+// MaxAttemptsLimit is the largest max_attempts a job may ask for. It stays
+// below Config.MaxDeliver's default so that the agent, not the server, gives
+// a job its final verdict.
+const MaxAttemptsLimit = 20
+
+// Job is the envelope of one job: the message body on "<prefix>.job.s.<session>"
+// or "<prefix>.job.any".
+type Job struct {
+	// ID identifies the job end to end (result subject, dedup). Optional
+	// on the wire: Nats-Msg-Id, then "seq-<stream sequence>" stand in.
+	ID      string          `json:"id,omitempty"`
+	Command string          `json:"command"`
+	Payload json.RawMessage `json:"payload,omitempty"`
+	// TimeoutMS bounds one attempt; 0 means the agent's default.
+	TimeoutMS int64 `json:"timeout_ms,omitempty"`
+	// MaxAttempts is the attempt budget; 0 means DefaultMaxAttempts, at
+	// most MaxAttemptsLimit. ParseJob fills in the default.
+	MaxAttempts int `json:"max_attempts,omitempty"`
+	// RequireSession fails the job with session_lost rather than running it
+	// on a fresh worker when its session's worker is gone.
+	RequireSession bool `json:"require_session,omitempty"`
+	// Meta is opaque to the fleet and must be a JSON object.
+	Meta json.RawMessage `json:"meta,omitempty"`
+	// Session comes from the subject, never from the body.
+	Session string `json:"-"`
+}
+
+// ParseJob validates a delivered job. subject is the stored subject
+// (the partition subject for session jobs); the session is taken from it.
+// The id is the envelope's id, else the Nats-Msg-Id header, else
+// "seq-<streamSeq>", which is stable across redeliveries. MaxAttempts 0
+// becomes DefaultMaxAttempts. Every error is a *BadRequestError carrying the
+// job id when it is known and valid.
+func ParseJob(subject string, hdr nats.Header, data []byte, streamSeq uint64, cfg Config) (*Job, error) {
+	cfg = cfg.WithDefaults()
+	session, subjectOK := cfg.jobSubject(subject)
+
+	var j Job
+	decodeProblem := decodeJob(data, &j)
+	var id, idProblem string
+	if decodeProblem == "" {
+		id = j.ID
+		if id == "" {
+			id = fallbackJobID(hdr, streamSeq)
+		}
+	} else {
+		// The body is broken: dig the id out of what can be read, so the
+		// error still names the job.
+		id, idProblem = jobID(hdr, data, streamSeq)
+	}
+	bad := func(format string, args ...any) error {
+		e := &BadRequestError{Session: session, Reason: fmt.Sprintf(format, args...)}
+		if ValidToken(id) {
+			e.JobID = id
+		}
+		return e
+	}
+	switch {
+	case !subjectOK:
+		return nil, bad("subject %q is not a job subject under %q", subject, cfg.Prefix)
+	case session != "" && !ValidToken(session):
+		return nil, bad("session id %q must be 1-128 characters of [A-Za-z0-9_-]", truncate(session))
+	case idProblem != "":
+		return nil, bad("%s", idProblem)
+	case decodeProblem != "":
+		return nil, bad("%s", decodeProblem)
+	case !ValidToken(id):
+		return nil, bad("job id %q must be 1-128 characters of [A-Za-z0-9_-]", truncate(id))
+	}
+	if reason := checkJob(&j); reason != "" {
+		return nil, bad("%s", reason)
+	}
+	j.ID, j.Session = id, session
+	if j.MaxAttempts == 0 {
+		j.MaxAttempts = DefaultMaxAttempts
+	}
+	return &j, nil
+}
+
+func fallbackJobID(hdr nats.Header, streamSeq uint64) string {
+	if v := hdr.Get(jetstream.MsgIDHeader); v != "" {
+		return v
+	}
+	return "seq-" + strconv.FormatUint(streamSeq, 10)
+}
+
+// jobID picks the job id of an undecodable body by the same precedence.
+// A non-string envelope id is reported, not skipped: the publisher meant
+// something by it.
+func jobID(hdr nats.Header, data []byte, streamSeq uint64) (id, problem string) {
+	if raw, found := envelopeID(data); found {
+		if err := json.Unmarshal(raw, &id); err != nil {
+			problem = "field \"id\" must be a string"
+		} else if id != "" {
+			return id, ""
+		}
+	}
+	if problem != "" && hdr.Get(jetstream.MsgIDHeader) == "" {
+		return "", problem
+	}
+	return fallbackJobID(hdr, streamSeq), problem
+}
+
+// envelopeID reads the top-level "id" of a JSON object, streaming so that
+// the id is still found when a later part of the body is malformed (the
+// error then names the job). A null id counts as absent.
+func envelopeID(data []byte) (json.RawMessage, bool) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil, false
+	}
+	for dec.More() {
+		key, err := dec.Token()
+		if err != nil {
+			return nil, false
+		}
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, false
+		}
+		// encoding/json matches keys case-insensitively; so does this.
+		if k, _ := key.(string); strings.EqualFold(k, "id") {
+			if bytes.Equal(v, []byte("null")) {
+				return nil, false
+			}
+			return v, true
+		}
+	}
+	return nil, false
+}
+
+// decodeJob decodes the body strictly enough to give one clear reason.
+func decodeJob(data []byte, j *Job) string {
+	trimmed := bytes.TrimSpace(data)
+	if len(trimmed) == 0 {
+		return "body is empty, want a JSON object"
+	}
+	if trimmed[0] != '{' {
+		if json.Valid(trimmed) {
+			return "body must be a JSON object"
+		}
+		return "body is not valid JSON"
+	}
+	if err := json.Unmarshal(trimmed, j); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field != "" {
+			return fmt.Sprintf("field %q has the wrong type: got JSON %s, want %s", te.Field, te.Value, jsonKind(te.Type.Kind().String()))
+		}
+		return "body is not valid JSON: " + err.Error()
+	}
+	if bytes.Equal(j.Payload, []byte("null")) {
+		j.Payload = nil
+	}
+	if bytes.Equal(j.Meta, []byte("null")) {
+		j.Meta = nil
+	}
+	return ""
+}
+
+func jsonKind(goKind string) string {
+	switch goKind {
+	case "string":
+		return "a string"
+	case "bool":
+		return "a boolean"
+	case "int", "int64", "int32":
+		return "an integer"
+	default:
+		return goKind
+	}
+}
+
+// checkJob validates the envelope fields (not the id or session).
+func checkJob(j *Job) string {
+	switch {
+	case j.Command == "":
+		return "field \"command\" is required"
+	case j.TimeoutMS < 0:
+		return fmt.Sprintf("field \"timeout_ms\" cannot be negative, got %d", j.TimeoutMS)
+	case j.MaxAttempts < 0 || j.MaxAttempts > MaxAttemptsLimit:
+		return fmt.Sprintf("field \"max_attempts\" must be between 0 and %d, got %d", MaxAttemptsLimit, j.MaxAttempts)
+	case len(j.Payload) > 0 && !json.Valid(j.Payload):
+		return "field \"payload\" is not valid JSON"
+	case len(j.Meta) > 0 && (!json.Valid(j.Meta) || bytes.TrimSpace(j.Meta)[0] != '{'):
+		return "field \"meta\" must be a JSON object"
+	}
+	return ""
+}
+
+func truncate(s string) string {
+	if len(s) > 140 {
+		return s[:140] + "..."
+	}
+	return s
+}
+
+// EncodeJob validates job and returns its body. The id may be empty (the
+// Nats-Msg-Id header then names the job); Session is not part of the body.
+func EncodeJob(job *Job) ([]byte, error) {
+	if err := validateJob(job); err != nil {
+		return nil, err
+	}
+	return json.Marshal(job)
+}
+
+func validateJob(job *Job) error {
+	if job == nil {
+		return &BadRequestError{Reason: "job is nil"}
+	}
+	if job.ID != "" && !ValidToken(job.ID) {
+		return &BadRequestError{Session: job.Session, Reason: fmt.Sprintf("job id %q must be 1-128 characters of [A-Za-z0-9_-]", truncate(job.ID))}
+	}
+	if reason := checkJob(job); reason != "" {
+		return &BadRequestError{JobID: job.ID, Session: job.Session, Reason: reason}
+	}
+	return nil
+}
+
+// Submit publishes job for session ("" publishes to the any subject) and
+// waits for the stream's ack. An empty job.ID is generated and set. The id
+// is also the Nats-Msg-Id, so resubmitting within DedupWindow is dropped:
+// the ack then has Duplicate set and no error is returned. Invalid input is
+// a *BadRequestError and nothing is published.
+func (t *Topology) Submit(ctx context.Context, session string, job *Job) (*jetstream.PubAck, error) {
+	msg, err := t.jobMsg(session, job)
+	if err != nil {
+		return nil, err
+	}
+	ack, err := t.JS.PublishMsg(ctx, msg, jetstream.WithMsgID(job.ID))
+	if err != nil {
+		return nil, fmt.Errorf("queue: submit job %s: %w", job.ID, err)
+	}
+	return ack, nil
+}
+
+// SubmitAsync is Submit without waiting for the ack; the future resolves
+// to it. Bound in-flight publishes with jetstream.WithPublishAsyncMaxPending.
+func (t *Topology) SubmitAsync(session string, job *Job) (jetstream.PubAckFuture, error) {
+	msg, err := t.jobMsg(session, job)
+	if err != nil {
+		return nil, err
+	}
+	f, err := t.JS.PublishMsgAsync(msg, jetstream.WithMsgID(job.ID))
+	if err != nil {
+		return nil, fmt.Errorf("queue: submit job %s: %w", job.ID, err)
+	}
+	return f, nil
+}
+
+func (t *Topology) jobMsg(session string, job *Job) (*nats.Msg, error) {
+	if job == nil {
+		return nil, &BadRequestError{Session: session, Reason: "job is nil"}
+	}
+	if session != "" && !ValidToken(session) {
+		return nil, &BadRequestError{JobID: job.ID, Session: session,
+			Reason: fmt.Sprintf("session id %q must be 1-128 characters of [A-Za-z0-9_-]", truncate(session))}
+	}
+	// Validate before generating an id so that a rejected job is left as
+	// it was.
+	if err := validateJob(job); err != nil {
+		return nil, err
+	}
+	if job.ID == "" {
+		job.ID = nuid.Next()
+	}
+	job.Session = session
+	data, err := json.Marshal(job)
+	if err != nil {
+		return nil, fmt.Errorf("queue: encode job %s: %w", job.ID, err)
+	}
+	subject := t.Config.AnySubject()
+	if session != "" {
+		subject = t.Config.SessionSubject(session)
+	}
+	return &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}, nil
+}

@@ -1,0 +1,123 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Lease is an agent's ownership of one partition: the KV entry
+// "p-<partition>" whose value is the owner, at Revision. It lasts LeaseTTL
+// from the last write; RenewLease well within that.
+type Lease struct {
+	Partition int
+	Owner     string
+	Revision  uint64
+}
+
+func leaseKey(p int) string { return "p-" + strconv.Itoa(p) }
+
+// AcquireLease takes partition p for owner. If another owner holds it, the
+// error is a *LeaseHeldError (errors.Is ErrLeaseHeld). If owner itself
+// holds it (an agent restarted under the same name before its lease
+// expired), the lease is taken over at a new revision.
+func (t *Topology) AcquireLease(ctx context.Context, p int, owner string) (*Lease, error) {
+	if p < 0 || p >= t.Config.Partitions {
+		return nil, fmt.Errorf("queue: acquire lease: partition %d out of range [0,%d)", p, t.Config.Partitions)
+	}
+	if owner == "" {
+		return nil, errors.New("queue: acquire lease: owner is required")
+	}
+	key := leaseKey(p)
+	// A lease can expire between a failed Create and the Get that names
+	// its holder; a few rounds settle that race.
+	for range 3 {
+		rev, err := t.Leases.Create(ctx, key, []byte(owner))
+		if err == nil {
+			return &Lease{Partition: p, Owner: owner, Revision: rev}, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return nil, fmt.Errorf("queue: acquire lease %d: %w", p, err)
+		}
+		e, err := t.Leases.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("queue: acquire lease %d: %w", p, err)
+		}
+		if holder := string(e.Value()); holder != owner {
+			return nil, &LeaseHeldError{Partition: p, Owner: holder}
+		}
+		rev, err = t.Leases.Update(ctx, key, []byte(owner), e.Revision())
+		if err == nil {
+			return &Lease{Partition: p, Owner: owner, Revision: rev}, nil
+		}
+		if !isRevisionMismatch(err) {
+			return nil, fmt.Errorf("queue: acquire lease %d: %w", p, err)
+		}
+	}
+	return nil, fmt.Errorf("queue: acquire lease %d: contended, try again: %w", p, ErrLeaseHeld)
+}
+
+// RenewLease extends l by another LeaseTTL and advances l.Revision. If the
+// lease expired or someone else took it, the error is ErrLeaseLost and the
+// caller must stop consuming the partition. Other errors (network) leave the
+// lease's fate unknown: it is lost once LeaseTTL passes without a renewal.
+func (t *Topology) RenewLease(ctx context.Context, l *Lease) error {
+	rev, err := t.Leases.Update(ctx, leaseKey(l.Partition), []byte(l.Owner), l.Revision)
+	if err != nil {
+		if isRevisionMismatch(err) || errors.Is(err, jetstream.ErrKeyNotFound) {
+			return fmt.Errorf("%w: partition %d (owner %s, revision %d)", ErrLeaseLost, l.Partition, l.Owner, l.Revision)
+		}
+		return fmt.Errorf("queue: renew lease %d: %w", l.Partition, err)
+	}
+	l.Revision = rev
+	return nil
+}
+
+// ReleaseLease gives partition l up at once, if l is still the latest
+// revision; otherwise it returns ErrLeaseLost and changes nothing (the
+// partition already belongs to someone else).
+func (t *Topology) ReleaseLease(ctx context.Context, l *Lease) error {
+	err := t.Leases.Delete(ctx, leaseKey(l.Partition), jetstream.LastRevision(l.Revision))
+	if err != nil {
+		if isRevisionMismatch(err) || errors.Is(err, jetstream.ErrKeyNotFound) {
+			return fmt.Errorf("%w: partition %d (owner %s, revision %d)", ErrLeaseLost, l.Partition, l.Owner, l.Revision)
+		}
+		return fmt.Errorf("queue: release lease %d: %w", l.Partition, err)
+	}
+	return nil
+}
+
+// LeaseOwners returns the live leases by partition.
+func (t *Topology) LeaseOwners(ctx context.Context) (map[int]Lease, error) {
+	out := make(map[int]Lease)
+	err := latestEntries(ctx, t.Leases, func(e jetstream.KeyValueEntry) error {
+		n, ok := strings.CutPrefix(e.Key(), "p-")
+		p, err := strconv.Atoi(n)
+		if !ok || err != nil {
+			return fmt.Errorf("queue: unexpected key %q in bucket %s", e.Key(), t.Config.LeasesBucket())
+		}
+		out[p] = Lease{Partition: p, Owner: string(e.Value()), Revision: e.Revision()}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// isRevisionMismatch reports a compare-and-set failure (wrong last
+// sequence), which nats.go surfaces as ErrKeyExists.
+func isRevisionMismatch(err error) bool {
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+}

@@ -1,0 +1,163 @@
+package queue_test
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/procfleet/procfleet/queue"
+)
+
+func TestLeases(t *testing.T) {
+	t.Parallel()
+	b := setup(t, queue.Config{Partitions: 4, LeaseTTL: time.Second})
+	ctx := testCtx(t)
+
+	la, err := b.topo.AcquireLease(ctx, 1, "agent-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = b.topo.AcquireLease(ctx, 1, "agent-b")
+	var held *queue.LeaseHeldError
+	if !errors.Is(err, queue.ErrLeaseHeld) || !errors.As(err, &held) || held.Owner != "agent-a" || held.Partition != 1 {
+		t.Fatalf("second owner: %v, want LeaseHeldError by agent-a", err)
+	}
+
+	rev := la.Revision
+	if err := b.topo.RenewLease(ctx, la); err != nil {
+		t.Fatal(err)
+	}
+	if la.Revision <= rev {
+		t.Errorf("renew did not advance the revision: %d -> %d", rev, la.Revision)
+	}
+	stale := &queue.Lease{Partition: 1, Owner: "agent-a", Revision: rev}
+	if err := b.topo.RenewLease(ctx, stale); !errors.Is(err, queue.ErrLeaseLost) {
+		t.Errorf("renew with a stale revision: %v, want ErrLeaseLost", err)
+	}
+	if err := b.topo.ReleaseLease(ctx, stale); !errors.Is(err, queue.ErrLeaseLost) {
+		t.Errorf("release with a stale revision: %v, want ErrLeaseLost", err)
+	}
+
+	// The same owner takes its own lease over (a restart under the same
+	// name), at a new revision.
+	again, err := b.topo.AcquireLease(ctx, 1, "agent-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Revision <= la.Revision {
+		t.Errorf("takeover revision %d not after %d", again.Revision, la.Revision)
+	}
+	if err := b.topo.RenewLease(ctx, la); !errors.Is(err, queue.ErrLeaseLost) {
+		t.Errorf("renew of the superseded lease: %v, want ErrLeaseLost", err)
+	}
+
+	lb, err := b.topo.AcquireLease(ctx, 2, "agent-b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	owners, err := b.topo.LeaseOwners(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(owners) != 2 || owners[1].Owner != "agent-a" || owners[2].Owner != "agent-b" || owners[2].Revision != lb.Revision {
+		t.Errorf("LeaseOwners = %+v", owners)
+	}
+
+	// Release frees the partition at once.
+	if err := b.topo.ReleaseLease(ctx, lb); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.topo.AcquireLease(ctx, 2, "agent-c"); err != nil {
+		t.Errorf("acquire after release: %v", err)
+	}
+
+	if _, err := b.topo.AcquireLease(ctx, 4, "agent-a"); err == nil {
+		t.Error("lease of partition 4 of 4 granted")
+	}
+}
+
+// TestLeaseExpiry: a lease that is not renewed expires after the bucket
+// TTL; another owner can then create it, and the old owner's renewal fails.
+func TestLeaseExpiry(t *testing.T) {
+	t.Parallel()
+	b := setup(t, queue.Config{Partitions: 2, LeaseTTL: time.Second})
+	ctx := testCtx(t)
+
+	la, err := b.topo.AcquireLease(ctx, 0, "agent-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Keep renewing a second lease past one TTL to show renewal extends it.
+	lk, err := b.topo.AcquireLease(ctx, 1, "keeper")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	var lb *queue.Lease
+	eventually(t, 10*time.Second, func() error {
+		if err := b.topo.RenewLease(ctx, lk); err != nil {
+			return fmt.Errorf("keeper lost its renewed lease: %w", err)
+		}
+		lb, err = b.topo.AcquireLease(ctx, 0, "agent-b")
+		return err
+	})
+	if waited := time.Since(start); waited < 900*time.Millisecond {
+		t.Errorf("lease expired after %s, before its TTL", waited)
+	}
+	if err := b.topo.RenewLease(ctx, la); !errors.Is(err, queue.ErrLeaseLost) {
+		t.Errorf("renew after expiry: %v, want ErrLeaseLost", err)
+	}
+	if err := b.topo.RenewLease(ctx, lk); err != nil {
+		t.Errorf("renewed lease expired: %v", err)
+	}
+	owners, err := b.topo.LeaseOwners(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if owners[0].Owner != "agent-b" || owners[0].Revision != lb.Revision {
+		t.Errorf("owners after expiry: %+v", owners)
+	}
+}
+
+func TestAgents(t *testing.T) {
+	t.Parallel()
+	b := setup(t, queue.Config{Partitions: 2, AgentTTL: time.Second})
+	ctx := testCtx(t)
+
+	a := &queue.AgentInfo{Name: "zeta", Host: "h1", PID: 10, Workers: 4, Busy: 1, Idle: 3, Partitions: []int{0}}
+	if err := b.topo.Heartbeat(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.topo.Heartbeat(ctx, &queue.AgentInfo{Name: "alpha", Workers: 2}); err != nil {
+		t.Fatal(err)
+	}
+	list, err := b.topo.ListAgents(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 2 || list[0].Name != "alpha" || list[1].Name != "zeta" || list[1].Workers != 4 ||
+		list[1].UpdatedAt.IsZero() || len(list[1].Partitions) != 1 {
+		t.Fatalf("ListAgents = %+v", list)
+	}
+	if err := b.topo.RemoveAgent(ctx, "alpha"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.topo.RemoveAgent(ctx, "never-was"); err != nil {
+		t.Errorf("remove unknown agent: %v", err)
+	}
+	if err := b.topo.Heartbeat(ctx, &queue.AgentInfo{}); err == nil {
+		t.Error("heartbeat without a name succeeded")
+	}
+	// zeta stops heartbeating and expires.
+	eventually(t, 10*time.Second, func() error {
+		list, err := b.topo.ListAgents(ctx)
+		if err != nil {
+			return err
+		}
+		if len(list) != 0 {
+			return fmt.Errorf("agents still listed: %+v", list)
+		}
+		return nil
+	})
+}

@@ -1,0 +1,479 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Topology is the set of NATS resources of one fleet, with handles cached so
+// that hot-path calls (Submit, StoreResult, GetResult) never look anything
+// up.
+type Topology struct {
+	// Config is the effective configuration: after Open, tunables and
+	// (unless set) Partitions reflect what the server has.
+	Config Config
+	JS     jetstream.JetStream
+
+	Jobs, Results, DLQ jetstream.Stream
+	Agents, Leases     jetstream.KeyValue
+
+	mu        sync.Mutex
+	consumers map[string]jetstream.Consumer
+}
+
+// Ensure creates or verifies, idempotently, the jobs, results and dead-letter
+// streams, both KV buckets and the durable job consumers ("p-0".."p-<P-1>"
+// and "any"). Concurrent Ensure calls with the same configuration are safe.
+//
+// An existing resource that differs in a contract field (partition count,
+// retention, subjects, storage, a consumer's filter or ack policy) is a
+// *MismatchError, never changed. Tunables (dedup windows, max age, TTLs,
+// replicas, AckWait, MaxDeliver, MaxAckPending) are updated to cfg.
+func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config) (*Topology, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	t := &Topology{Config: cfg, JS: js, consumers: make(map[string]jetstream.Consumer)}
+	var err error
+	if t.Jobs, err = ensureStream(ctx, js, cfg.jobsStreamConfig()); err != nil {
+		return nil, err
+	}
+	if t.Results, err = ensureStream(ctx, js, cfg.resultsStreamConfig()); err != nil {
+		return nil, err
+	}
+	if t.DLQ, err = ensureStream(ctx, js, cfg.dlqStreamConfig()); err != nil {
+		return nil, err
+	}
+	if t.Agents, err = ensureBucket(ctx, js, cfg.agentsBucketConfig()); err != nil {
+		return nil, err
+	}
+	if t.Leases, err = ensureBucket(ctx, js, cfg.leasesBucketConfig()); err != nil {
+		return nil, err
+	}
+	if err := t.ensureConsumers(ctx); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// Open binds to an existing topology without creating anything; it returns
+// ErrNoTopology if a stream or bucket is missing. With cfg.Partitions 0 the
+// stream's partition count is adopted, otherwise it must match. Tunables are
+// read from the server into Topology.Config, so that agents renew leases
+// against the real TTL. Consumers are looked up lazily by PartitionConsumer
+// and AnyConsumer.
+func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Topology, error) {
+	adoptPartitions := cfg.Partitions == 0
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	t := &Topology{JS: js, consumers: make(map[string]jetstream.Consumer)}
+	var err error
+	if t.Jobs, err = openStream(ctx, js, cfg.JobsStream()); err != nil {
+		return nil, err
+	}
+	have := t.Jobs.CachedInfo().Config
+	if adoptPartitions {
+		if n, ok := parsePartitions(have.SubjectTransform); ok {
+			cfg.Partitions = n
+		}
+	}
+	want := cfg.jobsStreamConfig()
+	want.Storage = have.Storage // not part of what a reader must agree on
+	if err := streamContract(want, have); err != nil {
+		return nil, err
+	}
+	cfg.Storage, cfg.Replicas, cfg.DedupWindow = have.Storage, have.Replicas, have.Duplicates
+
+	if t.Results, err = openStream(ctx, js, cfg.ResultsStream()); err != nil {
+		return nil, err
+	}
+	have = t.Results.CachedInfo().Config
+	want = cfg.resultsStreamConfig()
+	want.Storage = have.Storage
+	if err := streamContract(want, have); err != nil {
+		return nil, err
+	}
+	cfg.ResultsMaxAge, cfg.ResultsDedup = have.MaxAge, have.Duplicates
+
+	if t.DLQ, err = openStream(ctx, js, cfg.DLQStream()); err != nil {
+		return nil, err
+	}
+	have = t.DLQ.CachedInfo().Config
+	want = cfg.dlqStreamConfig()
+	want.Storage = have.Storage
+	if err := streamContract(want, have); err != nil {
+		return nil, err
+	}
+
+	var ttl time.Duration
+	if t.Agents, ttl, err = openBucket(ctx, js, cfg.AgentsBucket()); err != nil {
+		return nil, err
+	}
+	if ttl > 0 {
+		cfg.AgentTTL = ttl
+	}
+	if t.Leases, ttl, err = openBucket(ctx, js, cfg.LeasesBucket()); err != nil {
+		return nil, err
+	}
+	if ttl > 0 {
+		cfg.LeaseTTL = ttl
+	}
+	t.Config = cfg
+	return t, nil
+}
+
+// PartitionConsumer returns the durable pull consumer of partition p. Handles
+// are cached: only the first call per consumer asks the server.
+func (t *Topology) PartitionConsumer(ctx context.Context, p int) (jetstream.Consumer, error) {
+	if p < 0 || p >= t.Config.Partitions {
+		return nil, fmt.Errorf("queue: partition %d out of range [0,%d)", p, t.Config.Partitions)
+	}
+	return t.consumer(ctx, PartitionConsumerName(p))
+}
+
+// AnyConsumer returns the durable pull consumer of jobs without a session,
+// which every agent shares.
+func (t *Topology) AnyConsumer(ctx context.Context) (jetstream.Consumer, error) {
+	return t.consumer(ctx, AnyConsumerName)
+}
+
+// PartitionOf returns the partition the jobs stream files session under.
+func (t *Topology) PartitionOf(session string) int { return t.Config.PartitionOf(session) }
+
+func (t *Topology) consumer(ctx context.Context, name string) (jetstream.Consumer, error) {
+	t.mu.Lock()
+	c, ok := t.consumers[name]
+	t.mu.Unlock()
+	if ok {
+		return c, nil
+	}
+	c, err := t.Jobs.Consumer(ctx, name)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil, fmt.Errorf("%w: consumer %s/%s missing", ErrNoTopology, t.Config.JobsStream(), name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("queue: consumer %s/%s: %w", t.Config.JobsStream(), name, err)
+	}
+	t.cacheConsumer(name, c)
+	return c, nil
+}
+
+func (t *Topology) cacheConsumer(name string, c jetstream.Consumer) {
+	t.mu.Lock()
+	t.consumers[name] = c
+	t.mu.Unlock()
+}
+
+// Stream and bucket configurations.
+
+func (c Config) jobsStreamConfig() jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        c.JobsStream(),
+		Description: "procfleet jobs, session jobs filed by partition",
+		Subjects:    []string{c.sessionWildcard(), c.AnySubject()},
+		Retention:   jetstream.WorkQueuePolicy,
+		Storage:     c.Storage,
+		Replicas:    c.Replicas,
+		Duplicates:  c.DedupWindow,
+		SubjectTransform: &jetstream.SubjectTransformConfig{
+			Source:      c.sessionWildcard(),
+			Destination: c.partitionTransform(),
+		},
+	}
+}
+
+func (c Config) resultsStreamConfig() jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        c.ResultsStream(),
+		Description: "procfleet job results, one per job id",
+		Subjects:    []string{c.ResultSubject("*")},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     c.Storage,
+		Replicas:    c.Replicas,
+		MaxAge:      c.ResultsMaxAge,
+		Duplicates:  c.ResultsDedup,
+		AllowDirect: true, // GetResult is a direct get, answered without the API layer
+	}
+}
+
+func (c Config) dlqStreamConfig() jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        c.DLQStream(),
+		Description: "procfleet dead letters: the original job and why it died",
+		Subjects:    []string{c.DLQSubject("*")},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     c.Storage,
+		Replicas:    c.Replicas,
+		Duplicates:  c.DedupWindow,
+		AllowDirect: true,
+	}
+}
+
+func (c Config) agentsBucketConfig() jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:         c.AgentsBucket(),
+		Description:    "procfleet agent registry; entries expire unless heartbeated",
+		History:        1,
+		TTL:            c.AgentTTL,
+		LimitMarkerTTL: c.AgentTTL,
+		Storage:        c.Storage,
+		Replicas:       c.Replicas,
+	}
+}
+
+func (c Config) leasesBucketConfig() jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:      c.LeasesBucket(),
+		Description: "procfleet partition leases; a lease expires unless renewed",
+		History:     1,
+		// The bucket-wide TTL, not a per-key TTL: a key's own TTL is dropped
+		// by the Update that renews it.
+		TTL: c.LeaseTTL,
+		// Markers make expiries visible to watchers and let Create succeed
+		// on an expired key.
+		LimitMarkerTTL: c.LeaseTTL,
+		Storage:        c.Storage,
+		Replicas:       c.Replicas,
+	}
+}
+
+func (c Config) consumerConfig(name, filter string) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       name,
+		FilterSubject: filter,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckWait:       c.AckWait,
+		MaxDeliver:    c.MaxDeliver,
+		MaxAckPending: c.MaxAckPending,
+	}
+}
+
+// Streams.
+
+func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig) (jetstream.Stream, error) {
+	s, err := js.Stream(ctx, want.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		s, err = js.CreateStream(ctx, want)
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			// Lost a creation race against a different configuration:
+			// verify what won.
+			s, err = js.Stream(ctx, want.Name)
+		} else if err == nil {
+			return s, nil
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("queue: stream %s: %w", want.Name, err)
+	}
+	have := s.CachedInfo().Config
+	if err := streamContract(want, have); err != nil {
+		return nil, err
+	}
+	if !tuneStream(want, &have) {
+		return s, nil
+	}
+	s, err = js.UpdateStream(ctx, have)
+	if err != nil {
+		return nil, fmt.Errorf("queue: update stream %s: %w", want.Name, err)
+	}
+	return s, nil
+}
+
+func openStream(ctx context.Context, js jetstream.JetStream, name string) (jetstream.Stream, error) {
+	s, err := js.Stream(ctx, name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, fmt.Errorf("%w: stream %s missing", ErrNoTopology, name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("queue: stream %s: %w", name, err)
+	}
+	return s, nil
+}
+
+var partitionsRE = regexp.MustCompile(`\{\{\s*[pP]artition\s*\(\s*(\d+)\s*,`)
+
+func parsePartitions(tr *jetstream.SubjectTransformConfig) (int, bool) {
+	if tr == nil {
+		return 0, false
+	}
+	m := partitionsRE.FindStringSubmatch(tr.Destination)
+	if m == nil {
+		return 0, false
+	}
+	n, err := strconv.Atoi(m[1])
+	return n, err == nil
+}
+
+// streamContract compares the fields that decide where messages go and how
+// long they live.
+func streamContract(want, have jetstream.StreamConfig) error {
+	mismatch := func(field string, w, h any) error {
+		return &MismatchError{Resource: "stream " + want.Name, Field: field, Want: w, Have: h}
+	}
+	if want.Retention != have.Retention {
+		return mismatch("Retention", want.Retention, have.Retention)
+	}
+	if want.Storage != have.Storage {
+		return mismatch("Storage", want.Storage, have.Storage)
+	}
+	if !sameSet(want.Subjects, have.Subjects) {
+		return mismatch("Subjects", want.Subjects, have.Subjects)
+	}
+	wt, ht := want.SubjectTransform, have.SubjectTransform
+	if (wt == nil) != (ht == nil) || (wt != nil && *wt != *ht) {
+		wn, wok := parsePartitions(wt)
+		hn, hok := parsePartitions(ht)
+		if wok && hok && wn != hn {
+			return mismatch("Partitions", wn, hn)
+		}
+		return mismatch("SubjectTransform", wt, ht)
+	}
+	return nil
+}
+
+// tuneStream copies want's tunables into have and reports whether any
+// changed.
+func tuneStream(want jetstream.StreamConfig, have *jetstream.StreamConfig) bool {
+	changed := have.Replicas != want.Replicas || have.Duplicates != want.Duplicates ||
+		have.MaxAge != want.MaxAge || have.AllowDirect != want.AllowDirect
+	have.Replicas, have.Duplicates, have.MaxAge, have.AllowDirect = want.Replicas, want.Duplicates, want.MaxAge, want.AllowDirect
+	return changed
+}
+
+func sameSet(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(a, b)
+}
+
+// Buckets.
+
+func ensureBucket(ctx context.Context, js jetstream.JetStream, want jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	kv, err := js.KeyValue(ctx, want.Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = js.CreateKeyValue(ctx, want)
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			kv, err = js.KeyValue(ctx, want.Bucket)
+		} else if err == nil {
+			return kv, nil
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("queue: bucket %s: %w", want.Bucket, err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("queue: bucket %s: %w", want.Bucket, err)
+	}
+	if st.TTL() == want.TTL && st.History() == int64(want.History) && st.LimitMarkerTTL() == want.LimitMarkerTTL {
+		return kv, nil
+	}
+	kv, err = js.UpdateKeyValue(ctx, want)
+	if err != nil {
+		return nil, fmt.Errorf("queue: update bucket %s: %w", want.Bucket, err)
+	}
+	return kv, nil
+}
+
+// openBucket also returns the bucket's TTL.
+func openBucket(ctx context.Context, js jetstream.JetStream, bucket string) (jetstream.KeyValue, time.Duration, error) {
+	kv, err := js.KeyValue(ctx, bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, 0, fmt.Errorf("%w: bucket %s missing", ErrNoTopology, bucket)
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("queue: bucket %s: %w", bucket, err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return nil, 0, fmt.Errorf("queue: bucket %s: %w", bucket, err)
+	}
+	return kv, st.TTL(), nil
+}
+
+// Consumers.
+
+func (t *Topology) ensureConsumers(ctx context.Context) error {
+	existing := make(map[string]jetstream.ConsumerConfig)
+	lister := t.Jobs.ListConsumers(ctx)
+	for info := range lister.Info() {
+		existing[info.Name] = info.Config
+	}
+	if err := lister.Err(); err != nil {
+		return fmt.Errorf("queue: list consumers of %s: %w", t.Config.JobsStream(), err)
+	}
+	wants := make([]jetstream.ConsumerConfig, 0, t.Config.Partitions+1)
+	for p := range t.Config.Partitions {
+		wants = append(wants, t.Config.consumerConfig(PartitionConsumerName(p), t.Config.PartitionFilter(p)))
+	}
+	wants = append(wants, t.Config.consumerConfig(AnyConsumerName, t.Config.AnySubject()))
+
+	for _, want := range wants {
+		have, ok := existing[want.Durable]
+		if !ok {
+			c, err := t.Jobs.CreateConsumer(ctx, want)
+			if err == nil {
+				t.cacheConsumer(want.Durable, c)
+				continue
+			}
+			if !errors.Is(err, jetstream.ErrConsumerExists) {
+				return fmt.Errorf("queue: create consumer %s/%s: %w", t.Config.JobsStream(), want.Durable, err)
+			}
+			// Created concurrently with another configuration: verify it.
+			c, err = t.Jobs.Consumer(ctx, want.Durable)
+			if err != nil {
+				return fmt.Errorf("queue: consumer %s/%s: %w", t.Config.JobsStream(), want.Durable, err)
+			}
+			have = c.CachedInfo().Config
+		}
+		if err := t.consumerContract(want, have); err != nil {
+			return err
+		}
+		if have.AckWait == want.AckWait && have.MaxDeliver == want.MaxDeliver && have.MaxAckPending == want.MaxAckPending {
+			continue
+		}
+		have.AckWait, have.MaxDeliver, have.MaxAckPending = want.AckWait, want.MaxDeliver, want.MaxAckPending
+		c, err := t.Jobs.UpdateConsumer(ctx, have)
+		if err != nil {
+			return fmt.Errorf("queue: update consumer %s/%s: %w", t.Config.JobsStream(), want.Durable, err)
+		}
+		t.cacheConsumer(want.Durable, c)
+	}
+	return nil
+}
+
+func (t *Topology) consumerContract(want, have jetstream.ConsumerConfig) error {
+	mismatch := func(field string, w, h any) error {
+		return &MismatchError{Resource: "consumer " + t.Config.JobsStream() + "/" + want.Durable, Field: field, Want: w, Have: h}
+	}
+	haveFilters := have.FilterSubjects
+	if have.FilterSubject != "" {
+		haveFilters = append([]string{have.FilterSubject}, haveFilters...)
+	}
+	if !slices.Equal(haveFilters, []string{want.FilterSubject}) {
+		return mismatch("FilterSubject", want.FilterSubject, haveFilters)
+	}
+	if have.AckPolicy != want.AckPolicy {
+		return mismatch("AckPolicy", want.AckPolicy, have.AckPolicy)
+	}
+	if have.DeliverPolicy != want.DeliverPolicy {
+		return mismatch("DeliverPolicy", want.DeliverPolicy, have.DeliverPolicy)
+	}
+	return nil
+}
