@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
 	"go.uber.org/zap"
 
 	"github.com/procfleet/procfleet/pool"
@@ -58,6 +59,7 @@ type Agent struct {
 
 	counters counters
 	metrics  *metrics
+	svc      micro.Service
 }
 
 type counters struct {
@@ -205,6 +207,13 @@ func (a *Agent) start(ctx context.Context) error {
 	a.anyRunner = a.newRunner(-1, anyCons, nil)
 	a.mu.Unlock()
 
+	svc, err := a.startService()
+	if err != nil {
+		a.pool.Kill()
+		return fmt.Errorf("agent: micro service: %w", err)
+	}
+	a.svc = svc
+
 	a.loops.Add(1)
 	go a.membershipLoop()
 	a.kaLoop.Add(1)
@@ -229,7 +238,10 @@ func (a *Agent) Stop(ctx context.Context) error {
 			err = a.pool.Stop(ctx)
 			return
 		}
-		// 1. Stop taking partitions and renewing anything.
+		// 1. Stop being discoverable, taking partitions and renewing anything.
+		if a.svc != nil {
+			_ = a.svc.Stop()
+		}
 		a.loopCancel()
 		a.loops.Wait()
 		a.draining.Wait()
@@ -290,6 +302,9 @@ func (a *Agent) Kill() {
 	a.stopOnce.Do(func() {
 		a.startOnce.Do(func() {})
 		a.baseCancel()
+		if a.svc != nil {
+			_ = a.svc.Stop()
+		}
 		a.loops.Wait()
 		a.kaLoop.Wait()
 		a.mu.Lock()

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/procfleet/procfleet/queue"
@@ -34,6 +35,9 @@ type ServeConfig struct {
 	Logger *zap.Logger
 	// Ready, when set, is called once the service is up.
 	Ready func()
+	// Registerer, when set, receives the fleet metrics (see
+	// Client.Metrics). Default: none.
+	Registerer prometheus.Registerer
 }
 
 // SubmitRequest is the body of the submit endpoint.
@@ -63,6 +67,12 @@ func Serve(ctx context.Context, nc *nats.Conn, cfg ServeConfig) error {
 		return err
 	}
 	qcfg := c.topo.Config
+	if cfg.Registerer != nil {
+		if err := cfg.Registerer.Register(c.Metrics()); err != nil {
+			return fmt.Errorf("dispatcher: metrics: %w", err)
+		}
+		defer cfg.Registerer.Unregister(c.Metrics())
+	}
 
 	// The advisory watcher stops with ctx.
 	wctx, cancelWatch := context.WithCancel(ctx)

@@ -13,8 +13,6 @@ import (
 	"syscall"
 	"time"
 
-	"go.uber.org/zap"
-
 	"github.com/procfleet/procfleet/agent"
 	"github.com/procfleet/procfleet/internal/cli"
 	"github.com/procfleet/procfleet/queue"
@@ -77,8 +75,13 @@ Flags:
 		return err
 	}
 	defer func() { _ = log.Sync() }()
+	reg := cli.NewRegistry()
 	if *metrics != "" {
-		log.Warn("--metrics is not implemented yet; ignoring", zap.String("addr", *metrics))
+		ms, err := cli.ServeMetrics(*metrics, reg, log)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = ms.Close(context.Background()) }()
 	}
 
 	cfg := agent.Config{
@@ -87,6 +90,7 @@ Flags:
 		JobTimeout: *jobTimeout,
 		Capacity:   *capacity,
 		Logger:     log,
+		Registerer: reg,
 	}
 	cfg.Pool.Size = *poolSize
 	cfg.Pool.MaxJobs = *maxJobs

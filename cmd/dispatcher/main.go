@@ -34,6 +34,9 @@ Commands:
   status   agents, partition owners, queue depth and dead letters
   dlq      list or replay dead letters: dlq list | dlq replay <seq>
   demo     embedded NATS + two local agents + a workload, then a summary
+  bench    measure the fleet against a raw pipe to the same worker
+  chaos    run load while killing workers and agents, then reconcile every job
+  up       a local stack: embedded NATS + N agent processes (Ctrl-C stops all)
 
 Run "dispatcher <command> --help" for a command's flags. Every flag can also
 be set with PROCFLEET_<FLAG>.
@@ -81,6 +84,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdDLQ(ctx, rest, stdout, stderr)
 	case "demo":
 		return cmdDemo(ctx, rest, stdout, stderr)
+	case "bench":
+		return cmdBench(ctx, rest, stdout, stderr)
+	case "chaos":
+		return cmdChaos(ctx, rest, stdout, stderr)
+	case "up":
+		return cmdUp(ctx, rest, stdout, stderr)
 	default:
 		fmt.Fprint(stderr, usage)
 		return fmt.Errorf("unknown command %q", cmd)
@@ -125,6 +134,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	data := fs.String("data", "./procfleet-data", "embedded server's JetStream directory")
 	httpAddr := fs.String("http", "", "also serve the API over HTTP on this address, e.g. 127.0.0.1:8080 (default off)")
 	partitions := fs.Int("partitions", 64, "session partitions, fixed when the stream is created")
+	metrics := fs.String("metrics", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9100 (default off)")
 	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
@@ -133,6 +143,14 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer func() { _ = log.Sync() }()
+	reg := cli.NewRegistry()
+	if *metrics != "" {
+		ms, err := cli.ServeMetrics(*metrics, reg, log)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = ms.Close(context.Background()) }()
+	}
 	url := c.nats
 	if *emb {
 		host, port, err := splitHostPort(*listen)
@@ -157,7 +175,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	defer nc.Close()
 	qc := c.queue()
 	qc.Partitions = *partitions
-	return dispatcher.Serve(ctx, nc, dispatcher.ServeConfig{Queue: qc, HTTPAddr: *httpAddr, Logger: log})
+	return dispatcher.Serve(ctx, nc, dispatcher.ServeConfig{Queue: qc, HTTPAddr: *httpAddr, Logger: log, Registerer: reg})
 }
 
 func splitHostPort(s string) (string, int, error) {
