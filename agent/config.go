@@ -60,6 +60,17 @@ type Config struct {
 	RetryBackoffMin time.Duration
 	RetryBackoffMax time.Duration
 
+	// WorkerEnvAllow lists the variables of the agent's own environment
+	// that workers inherit (a trailing * matches a prefix). Default
+	// DefaultWorkerEnvAllow; an empty non-nil list passes nothing. Ignored
+	// when Pool.Worker.Env is set.
+	WorkerEnvAllow []string
+
+	// WorkerEnv adds KEY=VALUE entries to every worker's environment; they
+	// win over inherited ones. OMP_NUM_THREADS, OPENBLAS_NUM_THREADS and
+	// MKL_NUM_THREADS default to 1 unless set here or inherited.
+	WorkerEnv []string
+
 	// Logger receives the agent's logs. Default: no logging.
 	Logger *zap.Logger
 
@@ -121,6 +132,7 @@ func (c *Config) setDefaults() {
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
+	c.Pool.Worker.Env = c.workerEnv()
 	if c.Pool.Logger == nil {
 		c.Pool.Logger = c.Logger
 	}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -52,6 +53,11 @@ func run(args []string) error {
 		logLevel       = fs.String("log-level", "info", "debug, info, warn or error")
 	)
 	fs.Var(&workerCmd, "worker-cmd", `worker command, run as argv (no shell), e.g. "python3 worker.py" (required)`)
+	var workerEnv cli.List
+	fs.Var(&workerEnv, "worker-env", "add KEY=VALUE to the workers' environment (repeatable; comma-separated in PROCFLEET_WORKER_ENV)")
+	envAllow := fs.String("worker-env-allow", strings.Join(agent.DefaultWorkerEnvAllow, ","), "variables of the agent's environment that workers inherit (comma-separated, trailing * matches a prefix)")
+	var auth cli.Auth
+	auth.Register(fs)
 	fs.Var(&maxRSS, "max-rss", "restart a worker at once when its RSS exceeds this, e.g. 512MiB (0 = never)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), `Usage: agent --worker-cmd "python3 worker.py" [flags]
@@ -91,6 +97,13 @@ Flags:
 		Capacity:   *capacity,
 		Logger:     log,
 		Registerer: reg,
+		WorkerEnv:  workerEnv,
+	}
+	cfg.WorkerEnvAllow = []string{}
+	for _, k := range strings.Split(*envAllow, ",") {
+		if k = strings.TrimSpace(k); k != "" {
+			cfg.WorkerEnvAllow = append(cfg.WorkerEnvAllow, k)
+		}
 	}
 	cfg.Pool.Size = *poolSize
 	cfg.Pool.MaxJobs = *maxJobs
@@ -103,7 +116,11 @@ Flags:
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	nc, err := cli.Connect(*natsURL, "procfleet-agent", log)
+	natsOpts, err := auth.Options()
+	if err != nil {
+		return err
+	}
+	nc, err := cli.Connect(*natsURL, "procfleet-agent", log, natsOpts...)
 	if err != nil {
 		return err
 	}

@@ -102,6 +102,7 @@ type common struct {
 	prefix    string
 	logFormat string
 	logLevel  string
+	auth      cli.Auth
 }
 
 func (c *common) register(fs *flag.FlagSet) {
@@ -109,6 +110,7 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.prefix, "prefix", "fleet", "subject prefix")
 	fs.StringVar(&c.logFormat, "log-format", "console", "console or json")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	c.auth.Register(fs)
 }
 
 func (c *common) logger() (*zap.Logger, error) { return cli.NewLogger(c.logFormat, c.logLevel) }
@@ -168,7 +170,14 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		url = u
 		log.Info("embedded NATS with JetStream", zap.String("url", u), zap.String("data", *data))
 	}
-	nc, err := cli.Connect(url, "procfleet-dispatcher", log)
+	natsOpts, err := c.auth.Options()
+	if err != nil {
+		return err
+	}
+	if *emb {
+		natsOpts = nil // the embedded server has no users
+	}
+	nc, err := cli.Connect(url, "procfleet-dispatcher", log, natsOpts...)
 	if err != nil {
 		return err
 	}
@@ -191,7 +200,11 @@ func splitHostPort(s string) (string, int, error) {
 }
 
 func connectClient(ctx context.Context, c *common) (*dispatcher.Client, *nats.Conn, error) {
-	nc, err := nats.Connect(c.nats, nats.Name("procfleet-cli"), nats.Timeout(5*time.Second))
+	opts, err := c.auth.Options()
+	if err != nil {
+		return nil, nil, err
+	}
+	nc, err := nats.Connect(c.nats, append([]nats.Option{nats.Name("procfleet-cli"), nats.Timeout(5 * time.Second)}, opts...)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("cannot reach NATS at %s: %w", c.nats, err)
 	}

@@ -21,6 +21,7 @@ import (
 //
 //   - echo: the result is the payload.
 //   - pid: {"pid": pid}.
+//   - env: the worker's environment, as a list of KEY=VALUE strings.
 //   - session: {"pid", "session", "new_session", "count", "seq"}, where count
 //     is the number of jobs of this session this process has seen (from 1)
 //     and seq is the payload. State lives until session_end.
@@ -46,7 +47,7 @@ import (
 //
 // Any other command fails with application error UnknownCommand.
 var Commands = []string{
-	"echo", "pid", "session", "sessions", "fail", "retry", "crash", "exit0",
+	"echo", "pid", "env", "session", "sessions", "fail", "retry", "crash", "exit0",
 	"hang", "sleep", "garbage", "oversized", "zero", "half", "badid", "grow",
 	"close_stdout", "log", "spawn",
 }
@@ -140,6 +141,8 @@ func (h *helper) call(m *protocol.Message) {
 		h.ok(m.ID, m.Payload)
 	case "pid":
 		h.ok(m.ID, map[string]int{"pid": h.pid})
+	case "env":
+		h.ok(m.ID, os.Environ())
 	case "session":
 		h.counts[m.Session]++
 		h.ok(m.ID, map[string]any{

@@ -135,3 +135,19 @@ func SplitArgs(s string) ([]string, error) {
 	}
 	return words, nil
 }
+
+// List is a repeatable flag; one value may also hold several items
+// separated by commas (as an environment variable must).
+type List []string
+
+func (l *List) String() string { return strings.Join(*l, ",") }
+
+// Set appends the comma-separated items of s.
+func (l *List) Set(s string) error {
+	for _, item := range strings.Split(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			*l = append(*l, item)
+		}
+	}
+	return nil
+}

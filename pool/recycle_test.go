@@ -1,0 +1,130 @@
+package pool_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/procfleet/procfleet/pool"
+)
+
+func TestRecycleMaxJobs(t *testing.T) {
+	t.Parallel()
+	cfg := config(t)
+	cfg.MaxJobs = 3
+	p := startPool(t, cfg)
+
+	pid := mustDo(t, p, pool.Request{}, "pid", nil).PID
+	for range 2 {
+		if got := mustDo(t, p, pool.Request{}, "pid", nil).PID; got != pid {
+			t.Fatalf("recycled before MaxJobs: %d != %d", got, pid)
+		}
+	}
+	if got := mustDo(t, p, pool.Request{}, "pid", nil).PID; got == pid {
+		t.Fatal("not recycled after MaxJobs")
+	}
+	if st := p.Stats(); st.Recycled != 1 || st.Removed != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// TestRecycleWaitsForSession: a soft limit retires the worker only once its
+// live session has ended (here by EndSession); meanwhile the session keeps
+// its worker and anonymous jobs wait for a fresh one.
+func TestRecycleMaxJobsWaitsForSession(t *testing.T) {
+	t.Parallel()
+	cfg := config(t)
+	cfg.MaxJobs = 2
+	p := startPool(t, cfg)
+	ctx := testCtx(t)
+	s := pool.Request{Session: "s"}
+
+	pid := mustDo(t, p, s, "session", 0).PID
+	mustDo(t, p, s, "session", 1)
+	anon, err := p.Reserve(pool.Request{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := mustDo(t, p, s, "session", 2); r.PID != pid || r.Count != 3 {
+		t.Fatalf("retiring worker dropped its session: %+v", r)
+	}
+	st := p.Stats()
+	if st.Waiters != 1 || st.Recycled != 0 || !st.Workers[0].Retiring {
+		t.Fatalf("stats %+v", st)
+	}
+	p.EndSession("s")
+	l, err := anon.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.PID() == pid {
+		t.Fatal("anonymous job ran on the retiring worker")
+	}
+	l.Release()
+	if st := p.Stats(); st.Recycled != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// TestRecycleTTL: TTL retires the worker; its session keeps it until the
+// session expires.
+func TestRecycleTTLWaitsForSessionExpiry(t *testing.T) {
+	t.Parallel()
+	cfg := config(t)
+	cfg.TTL = 200 * time.Millisecond
+	cfg.SessionIdleTTL = 1500 * time.Millisecond
+	p := startPool(t, cfg)
+	s := pool.Request{Session: "s"}
+
+	pid := mustDo(t, p, s, "session", 0).PID
+	waitFor(t, "TTL", func() bool { return p.Stats().Workers[0].Retiring })
+	if r := mustDo(t, p, s, "session", 1); r.PID != pid || r.Count != 2 {
+		t.Fatalf("retiring worker dropped its session: %+v", r)
+	}
+	waitFor(t, "session expiry and recycling", func() bool {
+		st := p.Stats()
+		return st.Sessions == 0 && st.Recycled >= 1
+	})
+	if got := mustDo(t, p, pool.Request{}, "pid", nil).PID; got == pid {
+		t.Fatal("not recycled after TTL")
+	}
+}
+
+func TestRecycleIdleTTL(t *testing.T) {
+	t.Parallel()
+	cfg := config(t)
+	cfg.IdleTTL = 100 * time.Millisecond
+	p := startPool(t, cfg)
+
+	pid := mustDo(t, p, pool.Request{}, "pid", nil).PID
+	waitFor(t, "idle recycling", func() bool { return p.Stats().Recycled >= 1 })
+	if got := mustDo(t, p, pool.Request{}, "pid", nil).PID; got == pid {
+		t.Fatal("not recycled after IdleTTL")
+	}
+	if st := p.Stats(); st.Removed != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// TestRecycleMaxRSS: the hard limit does not wait for the session, which is
+// lost: its next checkout reports it once, then it starts anew.
+func TestRecycleMaxRSS(t *testing.T) {
+	t.Parallel()
+	cfg := config(t)
+	cfg.MaxRSS = 200 << 20
+	p := startPool(t, cfg)
+	ctx := testCtx(t)
+	s := pool.Request{Session: "s"}
+
+	pid := mustDo(t, p, s, "session", 0).PID
+	mustDo(t, p, s, "grow", map[string]int{"mb": 256})
+	_, _, err := do(ctx, p, s, "session", 1)
+	wantCheckoutErr(t, err, pool.ErrWorkerDead)
+	r := mustDo(t, p, s, "session", 2)
+	if r.PID == pid || !r.NewSession {
+		t.Fatalf("after MaxRSS %+v", r)
+	}
+	waitFor(t, "the old worker to be gone", func() bool { return !pidAlive(pid) })
+	if st := p.Stats(); st.Recycled != 1 || st.Removed != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}

@@ -1,0 +1,429 @@
+package pool
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/procfleet/procfleet/worker"
+)
+
+// A slot is one of the Size places of the pool. It holds at most one live
+// worker at a time; a removed or retired worker leaves its slot at once, and
+// the slot starts a replacement (after a backoff when starts are failing).
+type slot struct {
+	w         *pw    // the live worker (idle or busy), nil while empty
+	starting  bool   // a start is in flight
+	startID   string // id of the worker being started
+	restartAt int64  // an empty slot starts no earlier than this
+	cold      bool   // lazy pool: nothing asked for this slot yet
+	gens      int    // successful starts
+	everReady bool
+}
+
+type wState uint8
+
+const (
+	wIdle wState = iota
+	wBusy
+	wStopping
+)
+
+func (s wState) String() string {
+	switch s {
+	case wIdle:
+		return "idle"
+	case wBusy:
+		return "busy"
+	default:
+		return "stopping"
+	}
+}
+
+// pw is a worker as the pool tracks it. Every field but the immutable ones
+// (w, id, pid, slot, startedAt) is guarded by Pool.mu.
+type pw struct {
+	w         *worker.Worker
+	id        string
+	pid       int
+	slot      *slot
+	startedAt int64 // pool clock
+
+	state       wState
+	removed     bool // left its slot: removed, retired or being stopped
+	retiring    bool // soft limit reached: serves its bound sessions only
+	jobs        int
+	lastUsed    int64 // last checkin (pool clock)
+	lastCheck   int64 // last health check
+	pingFails   int
+	sessions    map[*session]struct{} // sessions bound to this worker
+	pending     sessList              // bound sessions with a job waiting for this worker
+	pendingEnds []string              // session_end frames to send before the next job
+}
+
+// setStateLocked moves W to st, keeping the busy count that Stop drains on.
+func (p *Pool) setStateLocked(W *pw, st wState) {
+	if W.state == wBusy {
+		p.busy--
+	}
+	if st == wBusy {
+		p.busy++
+	}
+	W.state = st
+	if p.busy == 0 && p.drained != nil {
+		close(p.drained)
+		p.drained = nil
+	}
+}
+
+// goLocked runs f on a pool-owned goroutine unless shutdown has begun.
+func (p *Pool) goLocked(f func()) bool {
+	if p.closed {
+		return false
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		f()
+	}()
+	return true
+}
+
+// wakeAtLocked makes sure the supervisor looks again no later than t.
+func (p *Pool) wakeAtLocked(t int64) {
+	if t >= p.nextWake {
+		return
+	}
+	p.nextWake = t
+	if !p.inMaintain {
+		select {
+		case p.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// startDueLocked starts the empty slots whose restart time has come, within
+// StartConcurrency.
+func (p *Pool) startDueLocked(now int64) {
+	if p.state != stRunning {
+		return
+	}
+	for _, s := range p.slots {
+		if p.nStarting >= p.cfg.StartConcurrency {
+			return
+		}
+		if s.w != nil || s.starting || s.cold {
+			continue
+		}
+		if s.restartAt > now {
+			p.wakeAtLocked(s.restartAt)
+			continue
+		}
+		p.startLocked(s)
+	}
+}
+
+func (p *Pool) startLocked(s *slot) {
+	p.workerSeq++
+	cfg := p.cfg.Worker
+	cfg.ID = fmt.Sprintf("%s-%d", p.cfg.Name, p.workerSeq)
+	if !p.goLocked(func() { p.runStart(s, cfg) }) {
+		return
+	}
+	s.starting = true
+	s.startID = cfg.ID
+	p.nStarting++
+}
+
+// runStart starts one worker for slot s and installs it.
+func (p *Pool) runStart(s *slot, cfg worker.Config) {
+	w, err := worker.Start(p.startCtx, cfg)
+	p.mu.Lock()
+	now := p.now()
+	s.starting = false
+	p.nStarting--
+	if p.state != stRunning {
+		p.mu.Unlock()
+		if w != nil {
+			w.Kill()
+		}
+		return
+	}
+	if err != nil {
+		p.startFailures++
+		p.consecutive++
+		p.backoff = p.backoffFor(p.consecutive)
+		p.lastError = err.Error()
+		s.restartAt = now + int64(jitter(p.backoff))
+		p.startDueLocked(now)
+		consecutive, backoff := p.consecutive, p.backoff
+		p.mu.Unlock()
+		p.log.Warn("worker start failed", zap.String("worker", cfg.ID), zap.Error(err),
+			zap.Int("consecutive_failures", consecutive), zap.Duration("backoff", backoff))
+		return
+	}
+	W := &pw{
+		w:         w,
+		id:        w.ID(),
+		pid:       w.PID(),
+		slot:      s,
+		startedAt: now,
+		lastUsed:  now,
+		lastCheck: now,
+		state:     wBusy, // freeWorkerLocked hands it out or idles it
+		sessions:  make(map[*session]struct{}),
+	}
+	W.pending.link = pendingLink
+	p.busy++
+	s.w = W
+	s.gens++
+	if s.gens > 1 {
+		p.restarts++
+	}
+	p.consecutive = 0
+	p.backoff = 0
+	if !s.everReady {
+		s.everReady = true
+		p.readyCount++
+		if p.readyCount == len(p.slots) {
+			close(p.ready)
+		}
+	}
+	p.freeWorkerLocked(W, now)
+	p.startDueLocked(now)
+	p.mu.Unlock()
+	p.log.Info("worker ready", zap.String("worker", W.id), zap.Int("pid", W.pid))
+}
+
+// backoffFor is the restart delay after n consecutive failed starts.
+func (p *Pool) backoffFor(n int) time.Duration {
+	b := p.cfg.BackoffMin
+	for i := 1; i < n && b < p.cfg.BackoffMax; i++ {
+		b *= 2
+	}
+	return min(b, p.cfg.BackoffMax)
+}
+
+// jitter spreads d over [d/2, d] so that slots failing together do not
+// retry in lockstep.
+func jitter(d time.Duration) time.Duration {
+	if d <= 1 {
+		return d
+	}
+	half := d / 2
+	return half + time.Duration(rand.Int64N(int64(d-half)+1))
+}
+
+// scheduleRestartLocked lets the empty slot s start again, at once unless
+// starts are failing.
+func (p *Pool) scheduleRestartLocked(s *slot, now int64) {
+	s.restartAt = now
+	if p.consecutive > 0 {
+		s.restartAt = now + int64(jitter(p.backoff))
+	}
+	p.startDueLocked(now)
+}
+
+// freeWorkerLocked is called whenever W (busy) becomes free: it hands W
+// straight to the next waiter, or idles, retires or stops it.
+func (p *Pool) freeWorkerLocked(W *pw, now int64) {
+	if p.state != stRunning {
+		p.retireLocked(W, false, now)
+		return
+	}
+	if len(W.pendingEnds) > 0 {
+		// session_end frames go out before the next job so that a session
+		// rebound to this worker never has its new state dropped.
+		p.startOpLocked(W, false)
+		return
+	}
+	var t *Ticket
+	if s := W.pending.head; s != nil {
+		t = s.q.head
+	}
+	if !W.retiring {
+		if a := p.anyQ.head; a != nil && (t == nil || a.seq < t.seq) {
+			t = a
+		}
+	}
+	if t != nil {
+		p.grantLocked(t, W, now)
+		return
+	}
+	if W.retiring && len(W.sessions) == 0 {
+		p.retireLocked(W, true, now)
+		return
+	}
+	p.setStateLocked(W, wIdle)
+	if p.cfg.IdleTTL > 0 && !W.retiring {
+		p.wakeAtLocked(W.lastUsed + int64(p.cfg.IdleTTL))
+	}
+	if p.cfg.HealthInterval > 0 {
+		p.wakeAtLocked(max(W.lastUsed, W.lastCheck) + int64(p.cfg.HealthInterval))
+	}
+}
+
+// pickIdleLocked returns the idle worker that may take a new session or an
+// anonymous job and holds the fewest sessions, or nil.
+func (p *Pool) pickIdleLocked() *pw {
+	var best *pw
+	for _, s := range p.slots {
+		W := s.w
+		if W == nil || W.state != wIdle || W.retiring {
+			continue
+		}
+		if best == nil || len(W.sessions) < len(best.sessions) {
+			best = W
+			if len(W.sessions) == 0 {
+				break
+			}
+		}
+	}
+	return best
+}
+
+// detachLocked takes W out of its slot and into the stopping set.
+func (p *Pool) detachLocked(W *pw) {
+	W.removed = true
+	if W.slot.w == W {
+		W.slot.w = nil
+	}
+	p.setStateLocked(W, wStopping)
+	p.stopping[W] = struct{}{}
+}
+
+// reapLocked stops (or kills) W on a pool goroutine and drops it from the
+// stopping set once it is reaped. After shutdown began, shutdown does that.
+func (p *Pool) reapLocked(W *pw, kill bool) {
+	p.goLocked(func() {
+		if kill {
+			W.w.Kill()
+		} else if err := W.w.Stop(p.runCtx); err != nil {
+			p.log.Warn("worker stop cut short", zap.String("worker", W.id), zap.Error(err))
+		}
+		p.mu.Lock()
+		delete(p.stopping, W)
+		p.mu.Unlock()
+	})
+}
+
+// retireLocked stops W gracefully: a soft recycle (recycle true, it holds no
+// session) or the pool stopping.
+func (p *Pool) retireLocked(W *pw, recycle bool, now int64) {
+	for s := range W.sessions {
+		p.unbindLocked(s)
+	}
+	p.detachLocked(W)
+	p.reapLocked(W, false)
+	if recycle {
+		p.recycled++
+		p.log.Info("worker recycled", zap.String("worker", W.id), zap.Int("pid", W.pid), zap.Int("jobs", W.jobs))
+		p.scheduleRestartLocked(W.slot, now)
+	}
+}
+
+type removeKind uint8
+
+const (
+	kindRemove  removeKind = iota // crash, protocol error, timeout, failed health check
+	kindHardRSS                   // hard recycle
+)
+
+// removeLocked kills W and starts its replacement. Its sessions that had
+// state on it are lost: the next checkout of each reports it, except for
+// reporter, whose lease holder has already been told (a failed call or
+// validation).
+func (p *Pool) removeLocked(W *pw, reason error, reporter *session, kind removeKind, now int64) {
+	var affected []*session
+	for s := range W.sessions {
+		if s.seen {
+			s.lost = true
+			s.reported = s == reporter
+			s.lostWorker, s.lostPID, s.lostErr = W.id, W.pid, reason
+		}
+		p.unbindLocked(s)
+		affected = append(affected, s)
+	}
+	p.detachLocked(W)
+	p.reapLocked(W, true)
+	if kind == kindHardRSS {
+		p.recycled++
+	} else {
+		p.removed++
+	}
+	p.lastError = reason.Error()
+	for _, s := range affected {
+		if s.active == nil {
+			p.advanceSessionLocked(s, now)
+		}
+	}
+	if p.state == stRunning {
+		p.scheduleRestartLocked(W.slot, now)
+		if kind == kindHardRSS {
+			p.log.Info("worker over MaxRSS; recycled", zap.String("worker", W.id), zap.Int("pid", W.pid))
+		} else {
+			p.log.Warn("worker removed", zap.String("worker", W.id), zap.Int("pid", W.pid),
+				zap.Int("sessions", len(affected)), zap.Error(reason))
+		}
+	}
+}
+
+// startOpLocked takes the idle (or just freed) W for pool business: pending
+// session_end frames, and a health check when ping is set.
+func (p *Pool) startOpLocked(W *pw, ping bool) {
+	ends := W.pendingEnds
+	W.pendingEnds = nil
+	p.setStateLocked(W, wBusy)
+	if !p.goLocked(func() { p.runOp(W, ends, ping) }) {
+		W.pendingEnds = ends
+	}
+}
+
+func (p *Pool) runOp(W *pw, ends []string, ping bool) {
+	var err error
+	for _, s := range ends {
+		if err = W.w.SessionEnd(s); err != nil {
+			break
+		}
+	}
+	hard := false
+	if err == nil && ping {
+		ctx, cancel := context.WithTimeout(p.opCtx, p.cfg.HealthTimeout)
+		err = W.w.Ping(ctx)
+		cancel()
+		if err == nil && p.cfg.MaxRSS > 0 {
+			if n, rerr := W.w.RSS(); rerr == nil && n > p.cfg.MaxRSS {
+				hard = true
+			}
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := p.now()
+	if ping {
+		W.lastCheck = now
+	}
+	if W.removed {
+		return
+	}
+	switch {
+	case err != nil:
+		if ping {
+			W.pingFails++
+		}
+		if W.w.Validate() != nil || !ping || W.pingFails >= p.cfg.HealthFailures {
+			p.removeLocked(W, err, nil, kindRemove, now)
+			return
+		}
+	case hard:
+		p.removeLocked(W, fmt.Errorf("pool: worker over MaxRSS (%d bytes)", p.cfg.MaxRSS), nil, kindHardRSS, now)
+		return
+	case ping:
+		W.pingFails = 0
+	}
+	p.freeWorkerLocked(W, now)
+}
