@@ -129,6 +129,18 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Topology, e
 	if ttl > 0 {
 		cfg.LeaseTTL = ttl
 	}
+	// The consumers' AckWait is what an agent's InProgress interval must
+	// beat: an agent that opened a topology made with a shorter AckWait than
+	// its own default would otherwise let held jobs be redelivered (and run
+	// twice) while it still works on them. Every job consumer is created
+	// with the same tunables, so the shared one speaks for all.
+	if c, err := t.Jobs.Consumer(ctx, AnyConsumerName); err == nil {
+		have := c.CachedInfo().Config
+		cfg.AckWait, cfg.MaxDeliver, cfg.MaxAckPending = have.AckWait, have.MaxDeliver, have.MaxAckPending
+		t.cacheConsumer(AnyConsumerName, c)
+	} else if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil, fmt.Errorf("queue: consumer %s/%s: %w", cfg.JobsStream(), AnyConsumerName, err)
+	}
 	t.Config = cfg
 	return t, nil
 }

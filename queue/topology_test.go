@@ -19,7 +19,7 @@ func TestConfigValidate(t *testing.T) {
 	d := queue.Config{}.WithDefaults()
 	if d.Prefix != "fleet" || d.Partitions != 64 || d.Replicas != 1 || d.Storage != jetstream.FileStorage ||
 		d.DedupWindow != 2*time.Minute || d.ResultsMaxAge != 24*time.Hour || d.ResultsDedup != time.Hour ||
-		d.AgentTTL != 10*time.Second || d.LeaseTTL != 6*time.Second || d.AckWait != 30*time.Second ||
+		d.AgentTTL != 10*time.Second || d.LeaseTTL != 6*time.Second || d.AckWait != 10*time.Second ||
 		d.MaxDeliver != 25 || d.MaxAckPending != 1000 {
 		t.Errorf("unexpected defaults: %+v", d)
 	}
@@ -109,7 +109,7 @@ func TestEnsureCreatesTopology(t *testing.T) {
 			t.Fatalf("consumer p-%d missing", p)
 		}
 		if c.FilterSubject != b.cfg.PartitionFilter(p) || c.AckPolicy != jetstream.AckExplicitPolicy ||
-			c.DeliverPolicy != jetstream.DeliverAllPolicy || c.MaxDeliver != 25 || c.AckWait != 30*time.Second {
+			c.DeliverPolicy != jetstream.DeliverAllPolicy || c.MaxDeliver != 25 || c.AckWait != 10*time.Second {
 			t.Errorf("consumer p-%d: %+v", p, c)
 		}
 	}
