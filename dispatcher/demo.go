@@ -68,18 +68,27 @@ type Percentiles struct{ P50, P90, P99, Max time.Duration }
 // FindExample locates examples/<name> from the current directory upwards,
 // so the demo works from anywhere inside a checkout.
 func FindExample(name string) (string, error) {
+	p, err := findInCheckout(filepath.Join("examples", name))
+	if err != nil {
+		return "", fmt.Errorf("%w; run from the procfleet checkout or pass --worker-cmd", err)
+	}
+	return p, nil
+}
+
+// findInCheckout finds rel in the current directory or one of its parents.
+func findInCheckout(rel string) (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", err
 	}
 	for {
-		p := filepath.Join(dir, "examples", name)
+		p := filepath.Join(dir, rel)
 		if _, err := os.Stat(p); err == nil {
 			return p, nil
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			return "", fmt.Errorf("examples/%s not found from the current directory up; run from the procfleet checkout or pass --worker-cmd", name)
+			return "", fmt.Errorf("%s not found from the current directory up", rel)
 		}
 		dir = parent
 	}

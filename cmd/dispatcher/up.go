@@ -2,10 +2,46 @@ package main
 
 import (
 	"context"
-	"errors"
 	"io"
+	"strconv"
+
+	"github.com/procfleet/procfleet/dispatcher"
+	"github.com/procfleet/procfleet/internal/cli"
 )
 
 func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("up: not implemented yet")
+	fs := newFlags("up", `up [--agents N] [--worker-cmd "python3 worker.py"] [--pool-size N] [--listen 127.0.0.1:4222] [--data DIR]`, stderr)
+	agents := fs.Int("agents", 2, "agent processes to run")
+	workerCmd := fs.String("worker-cmd", "", "worker command for every agent (default: python3 examples/programs_worker.py)")
+	poolSize := fs.Int("pool-size", 2, "workers per agent")
+	listen := fs.String("listen", "127.0.0.1:4222", "embedded NATS server's client address")
+	data := fs.String("data", "./procfleet-data", "embedded server's JetStream directory")
+	agentBin := fs.String("agent-bin", "", "agent program (default: next to this program, on PATH as procfleet-agent, or built from the checkout)")
+	var extra cli.List
+	fs.Var(&extra, "agent-arg", "extra flag for every agent, e.g. --agent-arg=--max-jobs=1000 (repeatable)")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := cli.Parse(fs, args); err != nil {
+		return err
+	}
+	log, err := cli.NewLogger("console", *logLevel)
+	if err != nil {
+		return err
+	}
+	host, port, err := splitHostPort(*listen)
+	if err != nil {
+		return err
+	}
+	wc := *workerCmd
+	if wc == "" {
+		p, err := dispatcher.FindExample("programs_worker.py")
+		if err != nil {
+			return err
+		}
+		wc = "python3 " + strconv.Quote(p)
+	}
+	agentArgs := append([]string{"--worker-cmd", wc, "--pool-size", strconv.Itoa(*poolSize), "--log-level", *logLevel}, extra...)
+	return dispatcher.Up(ctx, dispatcher.UpConfig{
+		Agents: *agents, AgentArgs: agentArgs, AgentBin: *agentBin,
+		Host: host, Port: port, DataDir: *data, Logger: log, Out: stdout,
+	})
 }
