@@ -178,6 +178,11 @@ func (a *Agent) start(ctx context.Context) error {
 	topo, err := queue.Open(ctx, js, a.cfg.Queue)
 	if errors.Is(err, queue.ErrNoTopology) {
 		topo, err = queue.Ensure(ctx, js, a.cfg.Queue)
+		if err != nil {
+			// Under least-privilege permissions agents may not create
+			// streams: say what is missing rather than only why it failed.
+			err = fmt.Errorf("%w (and creating it failed: %v)", queue.ErrNoTopology, err)
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("agent: topology on %s: %w", a.nc.ConnectedUrlRedacted(), err)

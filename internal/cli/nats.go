@@ -25,6 +25,15 @@ func Connect(url, name string, log *zap.Logger, extra ...nats.Option) (*nats.Con
 		nats.ReconnectHandler(func(c *nats.Conn) {
 			log.Info("nats reconnected", zap.String("url", c.ConnectedUrlRedacted()))
 		}),
+		// Asynchronous errors, such as a permission violation on a
+		// subscription, would otherwise go unseen.
+		nats.ErrorHandler(func(c *nats.Conn, sub *nats.Subscription, err error) {
+			if sub != nil {
+				log.Error("nats", zap.String("subject", sub.Subject), zap.Error(err))
+				return
+			}
+			log.Error("nats", zap.Error(err))
+		}),
 	}
 	nc, err := nats.Connect(url, append(opts, extra...)...)
 	if err != nil {
