@@ -101,9 +101,27 @@ func (st *Status) WriteTable(w io.Writer) error {
 	if len(st.Agents) == 0 {
 		fmt.Fprintf(tw, "(no agent is registered)\n")
 	}
-	fmt.Fprintf(tw, "\nPARTITION\tOWNER\tPENDING\tACK-PENDING\tREDELIVERED\n")
+	owners := map[string]int{}
 	for _, p := range st.Partitions {
-		if p.Owner == "" && p.Pending == 0 && p.AckPending == 0 {
+		owner := p.Owner
+		if owner == "" {
+			owner = "(no owner)"
+		}
+		owners[owner]++
+	}
+	names := make([]string, 0, len(owners))
+	for o := range owners {
+		names = append(names, o)
+	}
+	slices.Sort(names)
+	fmt.Fprintf(tw, "\nPARTITIONS\t%d:", len(st.Partitions))
+	for _, o := range names {
+		fmt.Fprintf(tw, " %s %d", o, owners[o])
+	}
+	fmt.Fprintf(tw, "\n\nPARTITION\tOWNER\tPENDING\tACK-PENDING\tREDELIVERED\n")
+	for _, p := range st.Partitions {
+		// Only partitions with a backlog, or without an owner, are news.
+		if p.Owner != "" && p.Pending == 0 && p.AckPending == 0 {
 			continue
 		}
 		owner := p.Owner
