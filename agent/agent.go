@@ -253,15 +253,7 @@ func (a *Agent) Stop(ctx context.Context) error {
 
 		// 2-3. Drain every runner: no more fetching, held-but-not-started
 		// jobs are naked, running ones finish.
-		a.mu.Lock()
-		rs := make([]*runner, 0, len(a.runners)+1)
-		for _, r := range a.runners {
-			rs = append(rs, r)
-		}
-		if a.anyRunner != nil {
-			rs = append(rs, a.anyRunner)
-		}
-		a.mu.Unlock()
+		rs := a.runnerList(true)
 		var wg sync.WaitGroup
 		for _, r := range rs {
 			wg.Add(1)
@@ -312,15 +304,7 @@ func (a *Agent) Kill() {
 		}
 		a.loops.Wait()
 		a.kaLoop.Wait()
-		a.mu.Lock()
-		rs := make([]*runner, 0, len(a.runners)+1)
-		for _, r := range a.runners {
-			rs = append(rs, r)
-		}
-		if a.anyRunner != nil {
-			rs = append(rs, a.anyRunner)
-		}
-		a.mu.Unlock()
+		rs := a.runnerList(true)
 		a.pool.Kill()
 		for _, r := range rs {
 			r.wait()
@@ -358,17 +342,24 @@ func (a *Agent) keepAliveLoop() {
 			return
 		case <-t.C:
 		}
-		a.mu.Lock()
-		rs := make([]*runner, 0, len(a.runners)+1)
-		for _, r := range a.runners {
-			rs = append(rs, r)
-		}
-		if a.anyRunner != nil {
-			rs = append(rs, a.anyRunner)
-		}
-		a.mu.Unlock()
+		rs := a.runnerList(true)
 		for _, r := range rs {
 			r.touchHeld()
 		}
 	}
+}
+
+// runnerList returns the partition runners and, if withAny, the anonymous
+// one: a snapshot to work on without holding a.mu.
+func (a *Agent) runnerList(withAny bool) []*runner {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	rs := make([]*runner, 0, len(a.runners)+1)
+	for _, r := range a.runners {
+		rs = append(rs, r)
+	}
+	if withAny && a.anyRunner != nil {
+		rs = append(rs, a.anyRunner)
+	}
+	return rs
 }

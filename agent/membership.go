@@ -46,13 +46,7 @@ func (a *Agent) membershipLoop() {
 }
 
 func (a *Agent) renewLeases(ctx context.Context) {
-	a.mu.Lock()
-	rs := make([]*runner, 0, len(a.runners))
-	for _, r := range a.runners {
-		rs = append(rs, r)
-	}
-	a.mu.Unlock()
-	for _, r := range rs {
+	for _, r := range a.runnerList(false) {
 		err := a.topo.RenewLease(ctx, r.lease)
 		switch {
 		case err == nil:

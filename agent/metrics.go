@@ -115,17 +115,8 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descDegraded, prometheus.GaugeValue, degraded)
 	ch <- prometheus.MustNewConstMetric(descWaiters, prometheus.GaugeValue, float64(st.Waiters))
 
-	c.a.mu.Lock()
-	rs := make([]*runner, 0, len(c.a.runners)+1)
-	for _, r := range c.a.runners {
-		rs = append(rs, r)
-	}
-	if c.a.anyRunner != nil {
-		rs = append(rs, c.a.anyRunner)
-	}
-	owned := len(c.a.runners)
-	c.a.mu.Unlock()
-	ch <- prometheus.MustNewConstMetric(descPartitions, prometheus.GaugeValue, float64(owned))
+	rs := c.a.runnerList(true)
+	ch <- prometheus.MustNewConstMetric(descPartitions, prometheus.GaugeValue, float64(len(c.a.Partitions())))
 
 	// Backlog per partition costs one request each; bound the scrape.
 	ctx, cancel := context.WithTimeout(c.a.baseCtx, 3*time.Second)

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/procfleet/procfleet/fleettest/testworker"
@@ -16,13 +15,7 @@ import (
 	"github.com/procfleet/procfleet/worker"
 )
 
-func TestMain(m *testing.M) {
-	if testworker.IsHelper() {
-		testworker.Main()
-		return
-	}
-	goleak.VerifyTestMain(m)
-}
+func TestMain(m *testing.M) { testworker.TestMain(m) }
 
 // config returns a one-worker pool config running the helper worker.
 // (fleettest.StartPool cannot be used here: fleettest imports packages built

@@ -9,19 +9,13 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/procfleet/procfleet/fleettest/testworker"
 	"github.com/procfleet/procfleet/worker"
 )
 
-func TestMain(m *testing.M) {
-	if testworker.IsHelper() {
-		testworker.Main()
-	}
-	goleak.VerifyTestMain(m)
-}
+func TestMain(m *testing.M) { testworker.TestMain(m) }
 
 // config returns a Config running the helper worker with opts.
 func config(t testing.TB, opts ...testworker.Option) worker.Config {

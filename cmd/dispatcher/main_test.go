@@ -8,21 +8,13 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/procfleet/procfleet/dispatcher"
 	"github.com/procfleet/procfleet/fleettest"
 	"github.com/procfleet/procfleet/fleettest/testworker"
 	"github.com/procfleet/procfleet/queue"
 )
 
-func TestMain(m *testing.M) {
-	if testworker.IsHelper() {
-		testworker.Main()
-		return
-	}
-	goleak.VerifyTestMain(m)
-}
+func TestMain(m *testing.M) { testworker.TestMain(m) }
 
 func runCmd(t *testing.T, args ...string) (string, string, error) {
 	t.Helper()
