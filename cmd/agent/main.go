@@ -81,14 +81,11 @@ Flags:
 		return err
 	}
 	defer func() { _ = log.Sync() }()
-	reg := cli.NewRegistry()
-	if *metrics != "" {
-		ms, err := cli.ServeMetrics(*metrics, reg, log)
-		if err != nil {
-			return err
-		}
-		defer func() { _ = ms.Close(context.Background()) }()
+	reg, stopMetrics, err := cli.StartMetrics(*metrics, log)
+	if err != nil {
+		return err
 	}
+	defer stopMetrics()
 
 	cfg := agent.Config{
 		Name:       *name,

@@ -145,14 +145,11 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer func() { _ = log.Sync() }()
-	reg := cli.NewRegistry()
-	if *metrics != "" {
-		ms, err := cli.ServeMetrics(*metrics, reg, log)
-		if err != nil {
-			return err
-		}
-		defer func() { _ = ms.Close(context.Background()) }()
+	reg, stopMetrics, err := cli.StartMetrics(*metrics, log)
+	if err != nil {
+		return err
 	}
+	defer stopMetrics()
 	url := c.nats
 	if *emb {
 		host, port, err := splitHostPort(*listen)

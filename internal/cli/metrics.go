@@ -22,6 +22,20 @@ func NewRegistry() *prometheus.Registry {
 	return reg
 }
 
+// StartMetrics returns the program's registry and, when addr is not empty,
+// serves it there; stop shuts the server down (a no-op without one).
+func StartMetrics(addr string, log *zap.Logger) (reg *prometheus.Registry, stop func(), err error) {
+	reg = NewRegistry()
+	if addr == "" {
+		return reg, func() {}, nil
+	}
+	ms, err := ServeMetrics(addr, reg, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	return reg, func() { _ = ms.Close(context.Background()) }, nil
+}
+
 // MetricsServer serves /metrics until Close.
 type MetricsServer struct {
 	Addr string // the address it listens on (resolved if the port was 0)
