@@ -22,7 +22,9 @@ import (
 
 // fastQueue keeps failover and redelivery quick in tests.
 func fastQueue() queue.Config {
-	return queue.Config{Partitions: 16, AgentTTL: 3 * time.Second, LeaseTTL: 2 * time.Second, AckWait: 3 * time.Second}
+	// Default TTLs: short ones make a starved -race run look like an agent
+	// failure (a lease that misses its renewal moves its sessions).
+	return queue.Config{Partitions: 16}
 }
 
 func fleetConfig(agents, workers int) fleettest.FleetConfig {

@@ -215,11 +215,17 @@ type ChaosReport struct {
 	AffinityBreaks int
 	BreaksByCause  map[string]int
 	Untraced       int
-	// RebindWithoutNewSession counts breaks where the new worker was not
-	// told new_session=true: a bug.
+	// RebindWithoutNewSession counts bindings (a session's jobs on one
+	// worker) where no job told the worker new_session=true: a bug. With an
+	// execution log, a binding is excused when another job of the session
+	// also ran on that worker but its stored result is from an earlier run
+	// elsewhere (an agent died between storing a result and acking it; the
+	// rerun's result, which carried new_session, was deduplicated away).
 	RebindWithoutNewSession int
-	// Reordered counts session jobs that started before an earlier job of
-	// their session (a retried job runs after its successors).
+	// Reordered counts session jobs whose final run came before the final
+	// run of an earlier job of their session: the job before was retried
+	// after a fault and ran after its successor. Counted from the execution
+	// log; -1 without one.
 	Reordered int
 
 	// Failovers are, per agent kill, the time from the kill until every
@@ -747,9 +753,9 @@ func published(batch []*chaosJob, futures []jetstream.PubAckFuture, i int) []*ch
 
 // execution is one line of the workers' execution log.
 type execution struct {
-	job     string
 	attempt int
 	pid     int
+	line    int // position in the log: the order calls started in
 }
 
 func readExecLog(path string) (map[string][]execution, error) {
@@ -763,7 +769,7 @@ func readExecLog(path string) (map[string][]execution, error) {
 	defer f.Close()
 	out := map[string][]execution{}
 	sc := bufio.NewScanner(f)
-	for sc.Scan() {
+	for line := 0; sc.Scan(); line++ {
 		fields := strings.Fields(sc.Text())
 		if len(fields) < 3 {
 			continue
@@ -773,7 +779,7 @@ func readExecLog(path string) (map[string][]execution, error) {
 		if err1 != nil || err2 != nil {
 			return nil, fmt.Errorf("dispatcher: chaos: exec log line %q is malformed", sc.Text())
 		}
-		out[fields[0]] = append(out[fields[0]], execution{job: fields[0], attempt: attempt, pid: pid})
+		out[fields[0]] = append(out[fields[0]], execution{attempt: attempt, pid: pid, line: line})
 	}
 	return out, sc.Err()
 }
@@ -905,16 +911,42 @@ func (r *chaosRun) reconcile(ctx context.Context) (*ChaosReport, error) {
 			}
 		}
 	}
-	r.traceAffinity(rep, final)
+	r.traceAffinity(rep, final, execs)
+	rep.Reordered = r.countReordered(final, execs)
 	r.timeFailovers(rep)
 	return rep, nil
+}
+
+// countReordered counts session jobs whose final run started (in the
+// execution log's order) before the final run of the job before them.
+func (r *chaosRun) countReordered(final map[string]*queue.Result, execs map[string][]execution) int {
+	if execs == nil {
+		return -1
+	}
+	bySession := map[string][]*chaosJob{}
+	for _, j := range r.jobs {
+		if j.Session != "" && final[j.ID] != nil && len(execs[j.ID]) > 0 {
+			bySession[j.Session] = append(bySession[j.Session], j)
+		}
+	}
+	n := 0
+	for _, js := range bySession {
+		slices.SortFunc(js, func(a, b *chaosJob) int { return cmp.Compare(a.Seq, b.Seq) })
+		last := func(j *chaosJob) int { ex := execs[j.ID]; return ex[len(ex)-1].line }
+		for i := 1; i < len(js); i++ {
+			if last(js[i]) < last(js[i-1]) {
+				n++
+			}
+		}
+	}
+	return n
 }
 
 // traceAffinity groups every session's jobs into bindings, the runs on one
 // worker (agent and pid), and explains each move from one binding to the
 // next. Bindings are ordered by their first job's start; within a binding
 // the worker runs jobs in order, so its first job must carry new_session.
-func (r *chaosRun) traceAffinity(rep *ChaosReport, final map[string]*queue.Result) {
+func (r *chaosRun) traceAffinity(rep *ChaosReport, final map[string]*queue.Result, execs map[string][]execution) {
 	type binding struct {
 		agent        string
 		pid          int
@@ -930,11 +962,8 @@ func (r *chaosRun) traceAffinity(rep *ChaosReport, final map[string]*queue.Resul
 	for session, js := range bySession {
 		slices.SortFunc(js, func(a, b *chaosJob) int { return cmp.Compare(a.Seq, b.Seq) })
 		var bs []*binding
-		for i, j := range js {
+		for _, j := range js {
 			res := final[j.ID]
-			if i > 0 && res.StartedAt.Before(final[js[i-1].ID].StartedAt) {
-				rep.Reordered++
-			}
 			k := slices.IndexFunc(bs, func(b *binding) bool { return b.agent == res.Agent && b.pid == res.WorkerPID })
 			if k < 0 {
 				bs = append(bs, &binding{agent: res.Agent, pid: res.WorkerPID, first: res.StartedAt, last: res.FinishedAt})
@@ -952,7 +981,7 @@ func (r *chaosRun) traceAffinity(rep *ChaosReport, final map[string]*queue.Resul
 		slices.SortFunc(bs, func(a, b *binding) int { return a.first.Compare(b.first) })
 		partition := r.topo.PartitionOf(session)
 		for i, b := range bs {
-			if !b.freshStarted {
+			if !b.freshStarted && !rerunHere(js, final, execs, b.pid) {
 				rep.RebindWithoutNewSession++
 			}
 			if i == 0 {
@@ -968,6 +997,22 @@ func (r *chaosRun) traceAffinity(rep *ChaosReport, final map[string]*queue.Resul
 			rep.BreaksByCause[cause]++
 		}
 	}
+}
+
+// rerunHere reports whether one of the session's jobs ran on worker pid
+// although its stored result came from another worker.
+func rerunHere(js []*chaosJob, final map[string]*queue.Result, execs map[string][]execution, pid int) bool {
+	for _, j := range js {
+		if final[j.ID].WorkerPID == pid {
+			continue
+		}
+		for _, e := range execs[j.ID] {
+			if e.pid == pid {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // breakCause names why a session left worker pid (its last job
@@ -1046,12 +1091,13 @@ func (rep *ChaosReport) write(w io.Writer) {
 	fmt.Fprintf(w, "  jobs:              %d accepted, %d ok, %d failed%s (%d never accepted)\n",
 		rep.Accepted, rep.OK, failed, parenList(kinds), rep.Rejected)
 	fmt.Fprintf(w, "  lost:              %d%s\n", rep.Lost, parenList(rep.LostIDs))
-	what := "executed more than once (from the workers' execution log)"
-	if !rep.ExecCounted {
-		what = "delivered more than once (from result attempts; no execution log)"
+	if rep.ExecCounted {
+		fmt.Fprintf(w, "  repeated:          %d executed more than once: %d after a kill cut the earlier run short, %d otherwise  [from the workers' execution log]\n",
+			rep.Repeated, rep.RepeatedAfterKill, rep.Repeated-rep.RepeatedAfterKill)
+	} else {
+		fmt.Fprintf(w, "  repeated:          %d delivered more than once  [from result attempts: without an execution log, runs a kill cut short and deliveries that never reached a worker look alike]\n",
+			rep.Repeated)
 	}
-	fmt.Fprintf(w, "  %-18s %d: %d after a kill cut the earlier run short, %d otherwise  [%s]\n",
-		"repeated:", rep.Repeated, rep.RepeatedAfterKill, rep.Repeated-rep.RepeatedAfterKill, what)
 	var causes []string
 	for c, n := range rep.BreaksByCause {
 		causes = append(causes, fmt.Sprintf("%s %d", c, n))
@@ -1059,7 +1105,9 @@ func (rep *ChaosReport) write(w io.Writer) {
 	slices.Sort(causes)
 	causes = append(causes, fmt.Sprintf("untraced %d", rep.Untraced))
 	fmt.Fprintf(w, "  affinity breaks:   %d (%s); %d rebinds without new_session\n", rep.AffinityBreaks, strings.Join(causes, ", "), rep.RebindWithoutNewSession)
-	fmt.Fprintf(w, "  reordered:         %d session jobs started before an earlier job of their session (retried after a fault)\n", rep.Reordered)
+	if rep.Reordered >= 0 {
+		fmt.Fprintf(w, "  reordered:         %d session jobs ran before an earlier job of their session that a fault sent back for a retry\n", rep.Reordered)
+	}
 	if len(rep.Failovers) == 0 {
 		fmt.Fprintf(w, "  failover:          no agent was killed\n")
 	} else {

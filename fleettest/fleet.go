@@ -146,6 +146,19 @@ func (f *Fleet) WaitBalanced(t testing.TB, timeout time.Duration) {
 		if i := slices.IndexFunc(seen, func(n int) bool { return n != 1 }); i >= 0 {
 			return fmt.Errorf("partition %d is owned by %d agents", i, seen[i])
 		}
+		// Every partition owned is not enough: a handover may still be under
+		// way. Settled means each agent owns exactly its rendezvous share.
+		live := f.Live()
+		names := make([]string, 0, len(live))
+		for _, a := range live {
+			names = append(names, a.Name())
+		}
+		share := queue.Assign(parts, names)
+		for _, a := range live {
+			if want := share[a.Name()]; !slices.Equal(a.Partitions(), want) {
+				return fmt.Errorf("agent %s owns %v, not yet %v", a.Name(), a.Partitions(), want)
+			}
+		}
 		return nil
 	})
 }

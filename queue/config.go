@@ -53,7 +53,10 @@ type Config struct {
 	ResultsDedup time.Duration
 
 	// AgentTTL is the agents bucket TTL: an agent that stops heartbeating
-	// disappears after it. Default 10s; minimum 1s.
+	// disappears after it. Default 6s; minimum 1s. Survivors take a dead
+	// agent's partitions only once its entry is gone, so failover takes up
+	// to AgentTTL plus one rebalance interval: 6s keeps that under 10s
+	// (measured in reliability.TestAgentCrash).
 	AgentTTL time.Duration
 
 	// LeaseTTL is the leases bucket TTL: a lease not renewed within it
@@ -100,7 +103,7 @@ func (c Config) WithDefaults() Config {
 		c.ResultsDedup = min(time.Hour, c.ResultsMaxAge)
 	}
 	if c.AgentTTL == 0 {
-		c.AgentTTL = 10 * time.Second
+		c.AgentTTL = 6 * time.Second
 	}
 	if c.LeaseTTL == 0 {
 		c.LeaseTTL = 6 * time.Second

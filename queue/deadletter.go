@@ -230,7 +230,11 @@ func (t *Topology) WatchMaxDeliveries(ctx context.Context, nc *nats.Conn, agent 
 	if err != nil {
 		return fmt.Errorf("queue: watch max deliveries: %w", err)
 	}
-	if err := nc.FlushWithContext(ctx); err != nil {
+	// FlushWithContext refuses a context without a deadline, and ctx is
+	// the watcher's lifetime, which usually has none.
+	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := nc.FlushWithContext(fctx); err != nil {
 		_ = sub.Unsubscribe()
 		return fmt.Errorf("queue: watch max deliveries: %w", err)
 	}

@@ -3,9 +3,12 @@ package worker
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"syscall"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -21,7 +24,7 @@ func (w *Worker) readStdout() {
 	r := protocol.NewReader(w.stdout, w.cfg.MaxFrame)
 	var m protocol.Message
 	if err := r.Read(&m); err != nil {
-		w.readFailed(err)
+		w.readFailed(textBeforeReady(err))
 		return
 	}
 	if err := checkReady(&m); err != nil {
@@ -53,6 +56,23 @@ func checkReady(m *protocol.Message) error {
 	return nil
 }
 
+// textBeforeReady explains the commonest way to break the protocol: a
+// worker that prints to stdout before its ready frame. Its first four bytes
+// of text read as an absurd frame length; when they are printable, say so.
+func textBeforeReady(err error) error {
+	var fse *protocol.FrameSizeError
+	if !errors.As(err, &fse) || fse.Size <= 0 || fse.Size > math.MaxUint32 {
+		return err
+	}
+	hdr := binary.BigEndian.AppendUint32(nil, uint32(fse.Size))
+	for _, b := range hdr {
+		if b < 0x20 || b > 0x7e {
+			return err
+		}
+	}
+	return fmt.Errorf("%w (stdout starts with the text %q: the worker printed to stdout before its ready frame)", err, hdr)
+}
+
 // readFailed classifies a read error: a framing or decoding violation is a
 // protocol error; anything else (EOF, a truncated frame, a closed pipe)
 // means the process is gone or has closed its stdout.
@@ -67,12 +87,31 @@ func (w *Worker) readFailed(err error) {
 	w.mu.Lock()
 	stopping := w.stopping
 	w.mu.Unlock()
+	keptRunning := false
 	if !stopping {
-		w.signal(syscall.SIGKILL)
+		// A process whose stdout ends because it is exiting is gone in a
+		// moment; one still there closed its stdout and will never answer.
+		// Telling the two apart makes the error say what happened.
+		t := time.NewTimer(stdoutClosedGrace)
+		select {
+		case <-w.exited:
+		case <-t.C:
+			keptRunning = true
+			w.signal(syscall.SIGKILL)
+		}
+		t.Stop()
 	}
 	<-w.exited
-	w.fail(ErrDead, exitCause(w.exitErr))
+	cause := exitCause(w.exitErr)
+	if keptRunning {
+		cause = fmt.Errorf("stdout closed while the process kept running, so it was killed: %w", cause)
+	}
+	w.fail(ErrDead, cause)
 }
+
+// stdoutClosedGrace is how long a worker whose stdout ended may take to
+// exit on its own before it is killed.
+const stdoutClosedGrace = 200 * time.Millisecond
 
 // dispatch hands one frame to the pending call. Any frame that does not
 // belong to it is a protocol error.

@@ -1,0 +1,189 @@
+package reliability_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/procfleet/procfleet/fleettest"
+	"github.com/procfleet/procfleet/queue"
+)
+
+// waitLeases waits until the partitions are leased the way rendezvous
+// hashing assigns them among owners (the fleet has settled), and returns
+// the owners by partition.
+func waitLeases(t *testing.T, topo *queue.Topology, owners []string, timeout time.Duration) map[int]string {
+	t.Helper()
+	got := map[int]string{}
+	for o, ps := range queue.Assign(topo.Config.Partitions, owners) {
+		for _, p := range ps {
+			got[p] = o
+		}
+	}
+	fleettest.Eventually(t, timeout, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		leases, err := topo.LeaseOwners(ctx)
+		if err != nil {
+			return err
+		}
+		for p, o := range got {
+			if l := leases[p]; l.Owner != o {
+				return fmt.Errorf("partition %d leased by %q, not yet by %s", p, l.Owner, o)
+			}
+		}
+		return nil
+	})
+	return got
+}
+
+// TestAgentCrash SIGKILLs one of three agent processes while they work
+// through a backlog. Everything but the test runs as it would in
+// production: `dispatcher serve --embedded` as the server, with the default
+// topology (64 partitions, default TTLs), and cmd/agent processes. The
+// victim's partitions must move to the survivors within 10s, every job it
+// held must run again elsewhere, none may be lost, and its workers must die
+// with it.
+func TestAgentCrash(t *testing.T) {
+	t.Parallel()
+	url := "nats://127.0.0.1:" + strconv.Itoa(freePort(t))
+	startServerProc(t, "nats", url, t.TempDir())
+	client := connectClient(t, url)
+	topo := client.Topology()
+	execLog := filepath.Join(t.TempDir(), "exec.log")
+	names := []string{"agent-a", "agent-b", "agent-c"}
+	procs := map[string]*proc{}
+	for _, n := range names {
+		procs[n] = startAgentProc(t, url, n, 2, topo.Config.Partitions, execLog)
+	}
+	owners := waitLeases(t, topo, names, 60*time.Second)
+	// The victim is the agent with the most partitions, so that it has a
+	// backlog of session jobs when it dies.
+	count := map[string]int{}
+	for _, o := range owners {
+		count[o]++
+	}
+	victim := slices.MaxFunc(names, func(a, b string) int { return count[a] - count[b] })
+	var survivors []string
+	for _, n := range names {
+		if n != victim {
+			survivors = append(survivors, n)
+		}
+	}
+
+	workers := childrenOf(procs[victim].pid())
+	if len(workers) != 2 {
+		t.Fatalf("victim has %d worker processes, want 2: %v", len(workers), workers)
+	}
+	var held []int
+	for p, o := range owners {
+		if o == victim {
+			held = append(held, p)
+		}
+	}
+	slices.Sort(held)
+	col, err := client.Collect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = col.Close() })
+	w := workload{prefix: "ac", sessions: 40, perSession: 8, anonymous: 80, command: "sleep", payload: `{"ms":200}`}
+	ids := w.submit(t, client)
+	// Kill the victim while one of its workers runs a job.
+	fleettest.Eventually(t, 60*time.Second, func() error {
+		for id, runs := range fleettest.ReadExecLog(t, execLog) {
+			last := runs[len(runs)-1]
+			if _, _, done := col.Result(id); !done && slices.Contains(workers, last.PID) {
+				return nil
+			}
+		}
+		return errors.New("no job running on the victim")
+	})
+
+	killed := time.Now()
+	procs[victim].kill()
+	// Its workers die with it (parent-death signal), leaving no orphans.
+	waitGone(t, workers, 5*time.Second)
+	orphansGone := time.Since(killed)
+
+	// Failover: every partition it held is leased by a survivor.
+	var failover time.Duration
+	fleettest.Eventually(t, 30*time.Second, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		now, err := topo.LeaseOwners(ctx)
+		if err != nil {
+			return err
+		}
+		for _, p := range held {
+			if l, ok := now[p]; !ok || !slices.Contains(survivors, l.Owner) {
+				return fmt.Errorf("partition %d not yet taken over (lease %+v)", p, l)
+			}
+		}
+		failover = time.Since(killed)
+		return nil
+	})
+	t.Logf("agent SIGKILL: %d partitions moved to the survivors in %s (workers gone after %s)",
+		len(held), failover.Round(time.Millisecond), orphansGone.Round(time.Millisecond))
+	if failover > 10*time.Second {
+		t.Errorf("failover took %s, want at most 10s", failover)
+	}
+
+	results := waitResults(t, topo, ids, 2*time.Minute)
+	if !slices.ContainsFunc(ids, func(id string) bool { return results[id].Agent == victim }) {
+		t.Fatal("no job ran on the victim before it died")
+	}
+	requireOK(t, results)
+
+	// Every job the victim had started and not finished ran again on a
+	// survivor.
+	execs := fleettest.ReadExecLog(t, execLog)
+	victimPIDs := map[int]bool{}
+	for _, pid := range workers {
+		victimPIDs[pid] = true
+	}
+	var cutShort, unacked []string
+	var rerunDone time.Duration
+	for _, id := range ids {
+		r := results[id]
+		runs := execs[id]
+		for i, e := range runs {
+			switch {
+			case !victimPIDs[e.PID]:
+			case r.Agent == victim && r.WorkerPID == e.PID:
+				// The victim stored this result; it died before the ack,
+				// so the job ran again and that result was dropped as a
+				// duplicate.
+				if i < len(runs)-1 {
+					unacked = append(unacked, id)
+				}
+			default:
+				cutShort = append(cutShort, id)
+				rerunDone = max(rerunDone, r.FinishedAt.Sub(killed))
+				if r.Agent == victim || r.Attempt <= e.Attempt {
+					t.Errorf("job %s ran on the victim (attempt %d) and was not rerun elsewhere: result %+v", id, e.Attempt, r)
+				}
+			}
+		}
+	}
+	st := summarizeExecs(execs, ids)
+	t.Logf("%d jobs, 0 lost; %d cut short by the kill and rerun on a survivor, all done %s after the kill; "+
+		"%d executions; %d jobs ran twice: %d cut short, %d finished but not acked when the victim died",
+		len(ids), len(cutShort), rerunDone.Round(time.Millisecond), st.executions, len(st.repeated), len(cutShort), len(unacked))
+	if len(cutShort) == 0 {
+		t.Errorf("the victim held no running job when it was killed; the test proves nothing")
+	}
+	for _, id := range st.repeated {
+		if !slices.Contains(cutShort, id) && !slices.Contains(unacked, id) {
+			t.Errorf("job %s ran more than once for no reason the kill explains: runs %+v, result from %s/%d attempt %d",
+				id, execs[id], results[id].Agent, results[id].WorkerPID, results[id].Attempt)
+		}
+	}
+	moves := checkSessions(t, results, func(agent string, _ int) bool { return agent == victim })
+	t.Logf("%d sessions moved off the victim, each to a fresh binding with new_session=true", moves)
+}
