@@ -15,6 +15,7 @@ import (
 	"github.com/procfleet/procfleet/pool"
 	"github.com/procfleet/procfleet/queue"
 	"github.com/procfleet/procfleet/worker"
+	"github.com/procfleet/procfleet/worker/protocol"
 )
 
 // job is one delivered message on its way to a verdict: ack, nak or term.
@@ -31,6 +32,10 @@ type job struct {
 
 	mu         sync.Mutex
 	callCancel context.CancelFunc
+
+	// handedOff is set when the job's verdict waits for its result's
+	// PubAck: the runner's acker then ends the job, not run's caller.
+	handedOff bool
 }
 
 func newJob(r *runner, msg jetstream.Msg) *job {
@@ -46,6 +51,18 @@ func newJob(r *runner, msg jetstream.Msg) *job {
 		r.a.metrics.redelivered.Inc()
 	}
 	j.job, j.parsErr = queue.ParseJob(msg.Subject(), msg.Headers(), msg.Data(), meta.Sequence.Stream, r.a.cfg.Queue)
+	if j.parsErr == nil {
+		limit := r.a.cfg.Pool.Worker.MaxFrame
+		if limit <= 0 {
+			limit = protocol.DefaultMaxFrame
+		}
+		if len(j.job.Payload) > limit {
+			// The call frame carries the payload, so it can never reach a
+			// worker: each attempt would only cost a worker.
+			j.parsErr = &queue.BadRequestError{JobID: j.job.ID, Session: j.job.Session,
+				Reason: fmt.Sprintf("payload of %d bytes exceeds the worker's max frame of %d bytes", len(j.job.Payload), limit)}
+		}
+	}
 	return j
 }
 
@@ -140,7 +157,9 @@ func (j *job) call(lease *pool.Lease, started time.Time) {
 	c.OnProgress = func(data json.RawMessage) {
 		_ = a.nc.Publish(progressSubj, data)
 	}
+	callStart := time.Now()
 	res, err := lease.Call(ctx, c)
+	j.r.observeRun(time.Since(callStart))
 	cancel()
 	lease.Release()
 	base := &queue.Result{Worker: lease.WorkerID(), WorkerPID: lease.PID(), NewSession: lease.NewSession()}
@@ -172,10 +191,54 @@ func (j *job) call(lease *pool.Lease, started time.Time) {
 	}
 }
 
-// finish stores the job's result and then acks it: a job is acked only after
-// its result is stored.
+// finish stores the job's result and acks the job once the stream has
+// acknowledged the result: a job is acked only after its result is stored.
+// The result is published asynchronously and the runner's acker waits for
+// its PubAck, so neither this goroutine nor a worker waits a round trip, and
+// the results of jobs finishing together share writes.
 func (j *job) finish(res *queue.Result, started time.Time) {
-	if !j.store(res, started) {
+	j.fill(res, started)
+	f, err := j.r.a.topo.StoreResultAsync(res)
+	if err != nil {
+		j.logger().Warn("store result failed; job will be redelivered", zap.Error(err))
+		_ = j.msg.NakWithDelay(j.backoff())
+		return
+	}
+	j.handedOff = true
+	j.r.acks <- pendingAck{j: j, f: f}
+}
+
+// acked is the acker's half of finish: it waits for the result's PubAck,
+// then acks the job, or naks it if the result was not stored.
+func (j *job) acked(f jetstream.PubAckFuture) {
+	a := j.r.a
+	if a.baseCtx.Err() != nil {
+		// Killed: like a crash, leave the job to its AckWait.
+		return
+	}
+	var err error
+	select {
+	case <-f.Ok():
+	case err = <-f.Err():
+	default:
+		t := time.NewTimer(storeTimeout)
+		select {
+		case <-f.Ok():
+		case err = <-f.Err():
+		case <-t.C:
+			err = fmt.Errorf("no PubAck within %v", storeTimeout)
+		case <-a.baseCtx.Done():
+			// Killed: like a crash, leave the job to its AckWait.
+			t.Stop()
+			return
+		}
+		t.Stop()
+	}
+	if err != nil {
+		// Not stored, so not acked: the job comes back and, once run again,
+		// its result is stored then (a duplicate is dropped by dedup).
+		j.logger().Warn("store result failed; job will be redelivered", zap.Error(err))
+		_ = j.msg.NakWithDelay(j.backoff())
 		return
 	}
 	if err := j.msg.Ack(); err != nil {
@@ -183,18 +246,27 @@ func (j *job) finish(res *queue.Result, started time.Time) {
 	}
 }
 
-// store fills in the common result fields and stores it. If that fails the
-// job is naked, so it is not lost, and store reports false.
-func (j *job) store(res *queue.Result, started time.Time) bool {
-	a := j.r.a
+// storeTimeout bounds the wait for a result to be stored.
+const storeTimeout = 10 * time.Second
+
+// fill sets the result fields every verdict shares.
+func (j *job) fill(res *queue.Result, started time.Time) {
 	res.ID = j.job.ID
 	res.Session = j.job.Session
-	res.Agent = a.cfg.Name
+	res.Agent = j.r.a.cfg.Name
 	res.Attempt = j.attempt
 	res.EnqueuedAt = j.meta.Timestamp
 	res.StartedAt = started
 	res.FinishedAt = time.Now()
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(a.baseCtx), 10*time.Second)
+}
+
+// store fills in the common result fields and stores it, waiting for the
+// stream's ack. If that fails the job is naked, so it is not lost, and store
+// reports false.
+func (j *job) store(res *queue.Result, started time.Time) bool {
+	a := j.r.a
+	j.fill(res, started)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(a.baseCtx), storeTimeout)
 	defer cancel()
 	if err := a.topo.StoreResult(ctx, res); err != nil {
 		// Not stored, so not acked: the job comes back and, once run again,

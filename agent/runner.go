@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -28,7 +29,18 @@ type runner struct {
 	waitCancel  context.CancelFunc
 
 	loopDone chan struct{}
-	jobs     sync.WaitGroup
+	jobs     sync.WaitGroup // every dispatched job until its verdict is sent
+
+	// acks carries jobs whose result is on its way to the stream to the
+	// acker, which acks each once its result is stored. It is closed once
+	// jobs is done.
+	acks      chan pendingAck
+	ackDone   chan struct{}
+	closeAcks sync.Once
+
+	// runAvg is a moving average of how long this runner's jobs ran on a
+	// worker (ns); 0 until one has. See shortJobs.
+	runAvg atomic.Int64
 
 	mu       sync.Mutex
 	held     map[*job]struct{}
@@ -42,41 +54,63 @@ func (a *Agent) newRunner(partition int, cons jetstream.Consumer, lease *queue.L
 		loopDone: make(chan struct{}),
 		held:     make(map[*job]struct{}),
 		sessions: make(map[string]struct{}),
+		// Jobs beyond the capacity block on a full channel, which only
+		// delays them.
+		acks:    make(chan pendingAck, a.cfg.Capacity+64),
+		ackDone: make(chan struct{}),
 	}
 	r.fetchCtx, r.fetchCancel = context.WithCancel(a.baseCtx)
 	r.waitCtx, r.waitCancel = context.WithCancel(a.baseCtx)
+	go r.ackLoop()
 	go r.loop()
 	return r
+}
+
+// pendingAck is a job whose result has been published, and the future of
+// the result's PubAck.
+type pendingAck struct {
+	j *job
+	f jetstream.PubAckFuture
+}
+
+// ackLoop acks jobs in the order their results were published; PubAcks come
+// back in that order, so one goroutine keeps up without waiting much.
+func (r *runner) ackLoop() {
+	defer close(r.ackDone)
+	for p := range r.acks {
+		p.j.acked(p.f)
+		r.end(p.j)
+	}
+}
+
+// stopAcks ends the acker once every job has ended.
+func (r *runner) stopAcks() {
+	r.closeAcks.Do(func() { close(r.acks) })
+	<-r.ackDone
+}
+
+// end releases what a job held once its verdict is sent.
+func (r *runner) end(j *job) {
+	r.forget(j)
+	r.a.held.done(1)
+	r.jobs.Done()
 }
 
 func (r *runner) loop() {
 	defer close(r.loopDone)
 	ctx := r.fetchCtx
 	a := r.a
+	// backlog is what the consumer reported still pending with the last
+	// message delivered: while there is one, pulls are reserved batches
+	// that return at once; otherwise a single-message long poll waits for
+	// the next arrival.
+	backlog := 0
 	for ctx.Err() == nil {
-		free := a.held.wait(ctx)
-		if free == 0 {
-			return
-		}
-		batch := r.batchSize(free)
-		if batch == 0 {
-			// Anonymous jobs are only taken when a worker is free.
-			if !sleepCtx(ctx, 20*time.Millisecond) {
-				return
-			}
-			continue
-		}
-		fctx, cancel := context.WithTimeout(ctx, a.cfg.FetchWait)
-		msgs, err := r.cons.Fetch(batch, jetstream.FetchContext(fctx))
-		if err == nil {
-			for msg := range msgs.Messages() {
-				r.dispatch(msg)
-			}
-			err = msgs.Error()
-		}
-		cancel()
+		var err error
+		backlog, err = r.pull(ctx, backlog)
 		if err != nil && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) {
 			a.log.Warn("fetch", zap.Int("partition", r.partition), zap.Error(err))
+			backlog = 0
 			if !sleepCtx(ctx, 250*time.Millisecond) {
 				return
 			}
@@ -84,20 +118,86 @@ func (r *runner) loop() {
 	}
 }
 
-// batchSize decides how many messages one pull asks for. Session partitions
-// share the agent's free capacity; the anonymous consumer takes only as many
-// jobs as there are idle workers not already spoken for.
-func (r *runner) batchSize(free int) int {
+// maxPull bounds one pull request.
+const maxPull = 256
+
+// pull makes one pull request and dispatches what it brings. It returns the
+// backlog the last message reported.
+func (r *runner) pull(ctx context.Context, backlog int) (int, error) {
 	a := r.a
-	if r.partition < 0 {
-		st := a.pool.Stats()
-		n := min(st.Idle-st.Waiters, free)
-		return max(n, 0)
+	want := 1
+	if backlog > 0 {
+		want = min(backlog, maxPull)
 	}
-	a.mu.Lock()
-	owned := max(len(a.runners), 1)
-	a.mu.Unlock()
-	return min(max(free/owned, 1), 64)
+	if r.partition < 0 && !r.shortJobs() {
+		// Anonymous jobs that may run long are only taken for a free
+		// worker, so that another agent's free worker gets them instead.
+		st := a.pool.Stats()
+		want = min(want, st.Idle-st.Waiters)
+		if want <= 0 {
+			// Look again when a held job ends (which frees its
+			// worker), or after a while for workers freed otherwise
+			// (a replacement became ready).
+			a.held.waitChange(ctx, 20*time.Millisecond)
+			return backlog, nil
+		}
+	}
+	var msgs jetstream.MessageBatch
+	var err error
+	reserved := 0
+	if backlog > 0 {
+		// Wait until a few jobs fit, so that pulls stay batched; a pull
+		// that returns at once never holds its reservation for long.
+		reserved = a.held.reserve(ctx, max(a.cfg.Capacity/4, 1), want)
+		if reserved == 0 {
+			return 0, ctx.Err()
+		}
+		msgs, err = r.cons.FetchNoWait(reserved)
+	} else {
+		if !a.held.wait(ctx) {
+			return 0, ctx.Err()
+		}
+		fctx, cancel := context.WithTimeout(ctx, a.cfg.FetchWait)
+		defer cancel()
+		msgs, err = r.cons.Fetch(1, jetstream.FetchContext(fctx))
+	}
+	got := 0
+	backlog = 0
+	if err == nil {
+		for msg := range msgs.Messages() {
+			if meta := r.dispatch(msg, reserved > 0); meta != nil {
+				backlog = int(meta.NumPending)
+			}
+			got++
+		}
+		err = msgs.Error()
+	}
+	if reserved > 0 {
+		a.held.settle(reserved, min(got, reserved))
+	}
+	return backlog, err
+}
+
+// shortPrefetch is the run time under which jobs count as short: an
+// anonymous job held back behind one starts soon enough that pulling it
+// ahead cannot starve another agent's free worker for long.
+const shortPrefetch = 25 * time.Millisecond
+
+// shortJobs reports whether this runner's recent jobs ran briefly.
+func (r *runner) shortJobs() bool {
+	avg := r.runAvg.Load()
+	return avg > 0 && avg < int64(shortPrefetch)
+}
+
+// observeRun folds one job's run time into runAvg (weight 1/8; a race
+// between two jobs loses one sample, which an average can afford).
+func (r *runner) observeRun(d time.Duration) {
+	old := r.runAvg.Load()
+	if old == 0 {
+		r.runAvg.Store(max(int64(d), 1))
+		return
+	}
+	r.runAvg.Store(max(old+(int64(d)-old)/8, 1))
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) bool {
@@ -113,16 +213,21 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 
 // dispatch runs in the fetch loop, in message order: it takes the job's place
 // in its session's line synchronously, then lets the job run on its own.
-func (r *runner) dispatch(msg jetstream.Msg) {
+// reserved says the gate already counts the job. It returns the message's
+// metadata, nil if it has none.
+func (r *runner) dispatch(msg jetstream.Msg, reserved bool) *jetstream.MsgMetadata {
 	a := r.a
-	a.held.add(1)
+	if !reserved {
+		a.held.add(1)
+	}
+	msg = crashableMsg{Msg: msg, killed: &a.killed}
 	j := newJob(r, msg)
 	r.mu.Lock()
 	if r.drained {
 		r.mu.Unlock()
 		_ = msg.Nak()
 		a.held.done(1)
-		return
+		return j.meta
 	}
 	r.held[j] = struct{}{}
 	if j.job != nil && j.job.Session != "" {
@@ -132,11 +237,12 @@ func (r *runner) dispatch(msg jetstream.Msg) {
 	j.reserve()
 	r.jobs.Add(1)
 	go func() {
-		defer r.jobs.Done()
-		defer a.held.done(1)
-		defer r.forget(j)
 		j.run()
+		if !j.handedOff {
+			r.end(j)
+		}
 	}()
+	return j.meta
 }
 
 func (r *runner) forget(j *job) {
@@ -184,6 +290,7 @@ func (r *runner) drain(ctx context.Context) {
 		r.mu.Unlock()
 		<-done
 	}
+	r.stopAcks()
 	// Another agent may serve these sessions next: the state this agent's
 	// workers hold for them is stale from now on.
 	r.mu.Lock()
@@ -201,4 +308,48 @@ func (r *runner) wait() {
 	r.waitCancel()
 	<-r.loopDone
 	r.jobs.Wait()
+	r.stopAcks()
+}
+
+// crashableMsg drops every verdict once the agent has been killed, so Kill
+// behaves like the crash it stands for: whatever the agent held comes back
+// only when its AckWait runs out, as it would after a real SIGKILL.
+type crashableMsg struct {
+	jetstream.Msg
+	killed *atomic.Bool
+}
+
+func (m crashableMsg) Ack() error {
+	if m.killed.Load() {
+		return nil
+	}
+	return m.Msg.Ack()
+}
+
+func (m crashableMsg) Nak() error {
+	if m.killed.Load() {
+		return nil
+	}
+	return m.Msg.Nak()
+}
+
+func (m crashableMsg) NakWithDelay(d time.Duration) error {
+	if m.killed.Load() {
+		return nil
+	}
+	return m.Msg.NakWithDelay(d)
+}
+
+func (m crashableMsg) Term() error {
+	if m.killed.Load() {
+		return nil
+	}
+	return m.Msg.Term()
+}
+
+func (m crashableMsg) InProgress() error {
+	if m.killed.Load() {
+		return nil
+	}
+	return m.Msg.InProgress()
 }

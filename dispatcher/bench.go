@@ -59,6 +59,9 @@ type BenchConfig struct {
 	// loop with one job at a time. Default 0: no bound, every job is
 	// submitted as fast as the client can publish.
 	Inflight int
+	// Capacity is each agent's Capacity (jobs held at once). Default 0:
+	// the agent's default, twice its pool size.
+	Capacity int
 	// WorkerCmd is the worker. Default: python3 examples/echo_worker.py,
 	// found from the current directory upwards.
 	WorkerCmd []string
@@ -97,6 +100,7 @@ type BenchReport struct {
 	Sessions    int         `json:"sessions"`
 	PayloadSize int         `json:"payload_size"`
 	Inflight    int         `json:"inflight"`
+	Capacity    int         `json:"capacity,omitempty"`
 	WorkerCmd   []string    `json:"worker_cmd"`
 	NATS        string      `json:"nats"`
 	Machine     Machine     `json:"machine"`
@@ -146,6 +150,9 @@ type StartupRun struct {
 	Workers int           `json:"workers"`
 	Delay   time.Duration `json:"delay_ns"`
 	Ready   time.Duration `json:"ready_ns"`
+	// ReadyOne is the same start with a single worker: the part of Ready
+	// that concurrency cannot remove.
+	ReadyOne time.Duration `json:"ready_one_ns"`
 }
 
 // Machine describes where the bench ran.
@@ -202,6 +209,8 @@ func (c *BenchConfig) setDefaults() error {
 		return fmt.Errorf("bench: PayloadSize must be at least 8 bytes, got %d", c.PayloadSize)
 	case c.Inflight < 0:
 		return errors.New("bench: Inflight cannot be negative")
+	case c.Capacity < 0:
+		return errors.New("bench: Capacity cannot be negative")
 	case c.StartupWorkers < 0:
 		return errors.New("bench: StartupWorkers cannot be negative")
 	case c.StartupDelay < 0:
@@ -241,8 +250,8 @@ func RunBench(ctx context.Context, cfg BenchConfig) (*BenchReport, error) {
 	}
 	rep := &BenchReport{
 		Agents: cfg.Agents, Workers: cfg.Workers, Jobs: cfg.Jobs, Sessions: cfg.Sessions,
-		PayloadSize: cfg.PayloadSize, Inflight: cfg.Inflight, WorkerCmd: cfg.WorkerCmd,
-		NATS: "embedded (in this process)", Machine: machine(ctx, cfg.WorkerCmd),
+		PayloadSize: cfg.PayloadSize, Inflight: cfg.Inflight, Capacity: cfg.Capacity, WorkerCmd: cfg.WorkerCmd,
+		NATS: natsEmbedded, Machine: machine(ctx, cfg.WorkerCmd),
 	}
 	if cfg.NATSURL != "" {
 		rep.NATS = cfg.NATSURL
@@ -703,9 +712,7 @@ func runFleet(ctx context.Context, cfg *BenchConfig, w *workload) (*BenchRun, er
 		conns = append(conns, anc)
 		acfg := agent.Config{Name: fmt.Sprintf("bench-agent-%d", i+1), Queue: qcfg, Logger: cfg.Logger}
 		acfg.Pool.Size = cfg.Workers
-		if v, _ := strconv.Atoi(os.Getenv("BENCH_CAP")); v > 0 {
-			acfg.Capacity = v
-		}
+		acfg.Capacity = cfg.Capacity
 		acfg.Pool.Worker = worker.Config{Command: cfg.WorkerCmd, StartupTimeout: 30 * time.Second}
 		a, err := agent.New(anc, acfg)
 		if err != nil {
@@ -775,7 +782,6 @@ func runFleet(ctx context.Context, cfg *BenchConfig, w *workload) (*BenchRun, er
 		subErr <- submitAll(ctx, js, qcfg, cfg, w, p, prefix)
 	}()
 	err = p.wait(ctx, cfg.Progress, "fleet")
-	fmt.Fprintf(cfg.Progress, "DEBUG fetches %d msgs %d reserved %d longpolls %d\n", agent.DebugFetches.Load(), agent.DebugFetchMsgs.Load(), agent.DebugReserved.Load(), agent.DebugLongPolls.Load())
 	var res BenchRun
 	m.end(&res)
 	if prof {
@@ -867,19 +873,33 @@ func deleteTopology(ctx context.Context, t *queue.Topology) {
 
 // runStartup times an eager pool start of StartupWorkers workers that each
 // sleep StartupDelay before they run WorkerCmd, all allowed to start at
-// once.
+// once; and, for reference, the same start of one worker alone.
 func runStartup(ctx context.Context, cfg *BenchConfig) (*StartupRun, error) {
+	one, err := timePoolStart(ctx, cfg, 1)
+	if err != nil {
+		return nil, err
+	}
+	all := one
+	if cfg.StartupWorkers > 1 {
+		if all, err = timePoolStart(ctx, cfg, cfg.StartupWorkers); err != nil {
+			return nil, err
+		}
+	}
+	return &StartupRun{Workers: cfg.StartupWorkers, Delay: cfg.StartupDelay, Ready: all, ReadyOne: one}, nil
+}
+
+func timePoolStart(ctx context.Context, cfg *BenchConfig, n int) (time.Duration, error) {
 	delay := strconv.FormatFloat(cfg.StartupDelay.Seconds(), 'f', -1, 64)
 	// sh and sleep(1) delay any worker program without changing it; exec
 	// keeps the worker's pid, pipes and process group.
 	argv := append([]string{"sh", "-c", `sleep "$0" && exec "$@"`, delay}, cfg.WorkerCmd...)
 	p, err := pool.New(pool.Config{
-		Name: "startup", Size: cfg.StartupWorkers, StartConcurrency: cfg.StartupWorkers,
+		Name: "startup", Size: n, StartConcurrency: n,
 		Worker: worker.Config{Command: argv, StartupTimeout: cfg.StartupDelay + 30*time.Second},
 		Logger: cfg.Logger, HealthInterval: -1,
 	})
 	if err != nil {
-		return nil, err
+		return 0, err
 	}
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
@@ -890,9 +910,9 @@ func runStartup(ctx context.Context, cfg *BenchConfig) (*StartupRun, error) {
 	defer cancel()
 	t0 := time.Now()
 	if err := p.Start(sctx); err != nil {
-		return nil, err
+		return 0, err
 	}
-	return &StartupRun{Workers: cfg.StartupWorkers, Delay: cfg.StartupDelay, Ready: time.Since(t0)}, nil
+	return time.Since(t0), nil
 }
 
 // machine describes this host for the report.
@@ -936,7 +956,11 @@ func (r *BenchReport) WriteTable(out io.Writer) {
 	fmt.Fprintf(out, "\nprocfleet bench: %d agent(s) x %d workers, %d jobs of %d bytes, %s, submission %s\n",
 		r.Agents, r.Workers, r.Jobs, r.PayloadSize, shape, submission)
 	fmt.Fprintf(out, "  worker:  %s\n", strings.Join(r.WorkerCmd, " "))
-	fmt.Fprintf(out, "  NATS:    %s; agents in this process\n", r.NATS)
+	capacity := "agent default (2 x workers)"
+	if r.Capacity > 0 {
+		capacity = strconv.Itoa(r.Capacity)
+	}
+	fmt.Fprintf(out, "  NATS:    %s; agents in this process, capacity %s\n", r.NATS, capacity)
 	mach := fmt.Sprintf("%s/%s, %d CPUs", r.Machine.OS, r.Machine.Arch, r.Machine.CPUs)
 	if r.Machine.Model != "" {
 		mach += ", " + r.Machine.Model
@@ -947,19 +971,22 @@ func (r *BenchReport) WriteTable(out io.Writer) {
 	}
 	fmt.Fprintf(out, "  machine: %s\n\n", mach)
 
+	// Names are padded by hand: the numbers are right-aligned, the names
+	// read better left-aligned.
+	const nameW = 14
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "\tjobs/s\tp50\tp90\tp99\tmax\tCPU s/1k jobs: this process\tworkers\tpeak RSS\t")
+	fmt.Fprintf(tw, "  %-*s\tjobs/s\tp50\tp90\tp99\tmax\tCPU s/1k jobs: this process\tworkers\tpeak RSS\t\n", nameW, "")
 	for _, run := range []*BenchRun{r.Floor, r.Fleet} {
 		if run == nil {
 			continue
 		}
 		self, workers := run.CPUPer1k()
-		fmt.Fprintf(tw, "%s\t%.0f\t%s\t%s\t%s\t%s\t%.3f\t%.3f\t%.1f MB\t\n", run.Name, run.Throughput,
+		fmt.Fprintf(tw, "  %-*s\t%.0f\t%s\t%s\t%s\t%s\t%.3f\t%.3f\t%.1f MB\t\n", nameW, run.Name, run.Throughput,
 			fmtDur(run.Latency.P50), fmtDur(run.Latency.P90), fmtDur(run.Latency.P99), fmtDur(run.Latency.Max),
 			self, workers, float64(run.PeakRSS)/(1<<20))
 	}
 	if r.Ratio > 0 {
-		fmt.Fprintf(tw, "fleet/floor\t%.2f\t\t\t\t\t\t\t\t\n", r.Ratio)
+		fmt.Fprintf(tw, "  %-*s\t%.2f\t\t\t\t\t\t\t\t\n", nameW, "fleet/floor", r.Ratio)
 	}
 	_ = tw.Flush()
 	for _, run := range []*BenchRun{r.Floor, r.Fleet} {
@@ -967,14 +994,24 @@ func (r *BenchReport) WriteTable(out io.Writer) {
 			fmt.Fprintf(out, "  %s: %d jobs failed\n", run.Name, run.Failed)
 		}
 	}
-	fmt.Fprintln(out, "\n  latency: submission to result. CPU: this process is getrusage(SELF) (driver loop;")
-	fmt.Fprintln(out, "  for the fleet: agents, client and the embedded NATS server); workers is their")
-	fmt.Fprintln(out, "  /proc/<pid>/stat time during the run. RSS: this process, workers not included.")
+	server := "the embedded NATS server"
+	if !r.embedded() {
+		server = "not the NATS server, which runs elsewhere"
+	}
+	fmt.Fprintln(out, "\n  latency: submission to result. CPU: this process is getrusage(SELF): the driver")
+	fmt.Fprintf(out, "  loop; for the fleet the agents, the bench client and %s.\n", server)
+	fmt.Fprintln(out, "  workers: their /proc/<pid>/stat time during the run. RSS: this process (same")
+	fmt.Fprintln(out, "  scope), workers not included.")
 	if s := r.Startup; s != nil {
-		fmt.Fprintf(out, "\n  start-up: %d workers that each take %s to start were all ready in %s\n",
-			s.Workers, s.Delay, s.Ready.Round(time.Millisecond))
+		fmt.Fprintf(out, "\n  start-up: %d workers that each take %s to start were all ready in %s (one alone: %s)\n",
+			s.Workers, s.Delay, s.Ready.Round(time.Millisecond), s.ReadyOne.Round(time.Millisecond))
 	}
 }
+
+// embedded reports whether the fleet ran on an embedded server.
+func (r *BenchReport) embedded() bool { return r.NATS == natsEmbedded }
+
+const natsEmbedded = "embedded (in this process)"
 
 func fmtDur(d time.Duration) string {
 	switch {

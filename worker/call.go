@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/procfleet/procfleet/worker/protocol"
@@ -258,11 +259,21 @@ func (w *Worker) send(ctx context.Context, id uint64, fill func(*protocol.Messag
 // writeLocked encodes m and writes it as one frame. wlock must be held.
 func (w *Worker) writeLocked(m *protocol.Message) error {
 	w.encBuf.Reset()
-	if err := w.enc.Encode(m); err != nil {
-		return &encodeError{err}
+	var b []byte
+	ok := false
+	if m.Type == protocol.TypeCall {
+		// The hot path: a call frame is appended by hand, its payload
+		// copied as it is instead of being re-encoded through reflection.
+		w.encBuf.Grow(len(m.Payload) + len(m.Command) + len(m.Session) + len(m.JobID) + 128)
+		b, ok = appendCall(w.encBuf.AvailableBuffer(), m)
 	}
-	b := w.encBuf.Bytes()
-	b = b[:len(b)-1] // Encode's trailing newline
+	if !ok {
+		if err := w.enc.Encode(m); err != nil {
+			return &encodeError{err}
+		}
+		b = w.encBuf.Bytes()
+		b = b[:len(b)-1] // Encode's trailing newline
+	}
 	if err := w.fw.WriteFrame(b); err != nil {
 		var fse *protocol.FrameSizeError
 		if errors.As(err, &fse) {
@@ -327,4 +338,72 @@ func ctxReason(ctx context.Context) error {
 		return ErrTimeout
 	}
 	return ErrCanceled
+}
+
+// appendCall appends m, a call, as the JSON object the encoder would
+// write (the payload copied verbatim, not compacted). It reports false,
+// leaving the job to the encoder, when m holds anything the fast path does
+// not write: a field a call does not use, a string that needs escaping, or
+// a payload that is not valid JSON (the encoder then reports it).
+func appendCall(b []byte, m *protocol.Message) ([]byte, bool) {
+	if m.Protocol != 0 || m.PID != 0 || m.Commands != nil || m.OK != nil || m.Result != nil || m.Error != nil || m.Data != nil {
+		return nil, false
+	}
+	b = append(b, `{"type":"call"`...)
+	if m.ID != 0 {
+		b = append(b, `,"id":`...)
+		b = strconv.AppendUint(b, m.ID, 10)
+	}
+	for _, f := range [...]struct{ key, val string }{
+		{`,"command":`, m.Command}, {`,"session":`, m.Session},
+	} {
+		if f.val == "" {
+			continue
+		}
+		if !plainString(f.val) {
+			return nil, false
+		}
+		b = append(b, f.key...)
+		b = append(b, '"')
+		b = append(b, f.val...)
+		b = append(b, '"')
+	}
+	if m.NewSession {
+		b = append(b, `,"new_session":true`...)
+	}
+	if m.JobID != "" {
+		if !plainString(m.JobID) {
+			return nil, false
+		}
+		b = append(b, `,"job_id":"`...)
+		b = append(b, m.JobID...)
+		b = append(b, '"')
+	}
+	if m.Attempt != 0 {
+		b = append(b, `,"attempt":`...)
+		b = strconv.AppendInt(b, int64(m.Attempt), 10)
+	}
+	if m.DeadlineMS != 0 {
+		b = append(b, `,"deadline_ms":`...)
+		b = strconv.AppendInt(b, m.DeadlineMS, 10)
+	}
+	if len(m.Payload) > 0 {
+		if !json.Valid(m.Payload) {
+			return nil, false
+		}
+		b = append(b, `,"payload":`...)
+		b = append(b, m.Payload...)
+	}
+	return append(b, '}'), true
+}
+
+// plainString reports whether s is printable ASCII with nothing JSON
+// escapes, so that it can be written between quotes as it is.
+func plainString(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			return false
+		}
+	}
+	return true
 }

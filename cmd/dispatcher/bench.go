@@ -22,6 +22,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&cfg.Sessions, "sessions", 0, "spread jobs over this many sessions (0: anonymous jobs)")
 	fs.IntVar(&cfg.PayloadSize, "payload-size", 100, "bytes of JSON payload per job")
 	fs.IntVar(&cfg.Inflight, "inflight", 0, "jobs submitted and not finished at most (1: closed loop; 0: submit all at once)")
+	fs.IntVar(&cfg.Capacity, "capacity", 0, "jobs each agent holds at once (0: the agent's default, 2 x workers)")
 	var workerCmd cli.Argv
 	fs.Var(&workerCmd, "worker-cmd", "worker command (default: python3 examples/echo_worker.py)")
 	fs.StringVar(&cfg.Command, "command", "echo", "worker command each job runs")

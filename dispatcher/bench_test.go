@@ -1,0 +1,54 @@
+package dispatcher_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/procfleet/procfleet/dispatcher"
+)
+
+// TestBenchSmoke runs the benchmark with a handful of jobs so that it cannot
+// rot. It asserts only that it runs and prints its table: speed targets
+// live in the benchmark's output, never in a unit test.
+func TestBenchSmoke(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		cfg  dispatcher.BenchConfig
+	}{
+		{"anonymous", dispatcher.BenchConfig{Jobs: 30, Workers: 2, StartupWorkers: 2, StartupDelay: 10 * time.Millisecond}},
+		{"sessions closed loop", dispatcher.BenchConfig{Jobs: 12, Workers: 1, Sessions: 3, Inflight: 2, PayloadSize: 40}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			var out bytes.Buffer
+			cfg := tc.cfg
+			cfg.Out, cfg.Progress = &out, io.Discard
+			rep, err := dispatcher.RunBench(ctx, cfg)
+			if err != nil {
+				t.Fatalf("bench: %v\n%s", err, out.String())
+			}
+			if rep.Floor == nil || rep.Fleet == nil || rep.Floor.Jobs != cfg.Jobs || rep.Fleet.Jobs != cfg.Jobs {
+				t.Fatalf("report %+v", rep)
+			}
+			if rep.Floor.Failed != 0 || rep.Fleet.Failed != 0 {
+				t.Fatalf("failed jobs: floor %d, fleet %d", rep.Floor.Failed, rep.Fleet.Failed)
+			}
+			want := []string{"floor (pipes)", "fleet", "fleet/floor", "jobs/s", "p99", "peak RSS"}
+			if cfg.StartupWorkers > 0 {
+				want = append(want, "start-up: 2 workers")
+			}
+			for _, w := range want {
+				if !strings.Contains(out.String(), w) {
+					t.Errorf("table lacks %q:\n%s", w, out.String())
+				}
+			}
+		})
+	}
+}
