@@ -27,11 +27,11 @@ type DemoConfig struct {
 	Agents int
 	// Workers is the pool size of each agent. Default 2.
 	Workers int
-	// Sessions and JobsPerSession shape the session workload. Defaults 40
-	// and 10.
+	// Sessions and JobsPerSession shape the session workload. Defaults 100
+	// and 20.
 	Sessions       int
 	JobsPerSession int
-	// Anonymous is the number of jobs without a session. Default 200.
+	// Anonymous is the number of jobs without a session. Default 1000.
 	Anonymous int
 	// WorkerCmd is the worker. Default: python3 examples/programs_worker.py,
 	// found from the current directory upwards.
@@ -102,13 +102,13 @@ func (c *DemoConfig) setDefaults() error {
 		c.Workers = 2
 	}
 	if c.Sessions == 0 {
-		c.Sessions = 40
+		c.Sessions = 100
 	}
 	if c.JobsPerSession == 0 {
-		c.JobsPerSession = 10
+		c.JobsPerSession = 20
 	}
 	if c.Anonymous == 0 {
-		c.Anonymous = 200
+		c.Anonymous = 1000
 	}
 	if c.Out == nil {
 		c.Out = os.Stdout
@@ -335,12 +335,22 @@ func (r *DemoReport) write(w io.Writer) {
 		r.Latency.P50.Round(time.Microsecond), r.Latency.P90.Round(time.Microsecond), r.Latency.P99.Round(time.Microsecond), r.Latency.Max.Round(time.Microsecond))
 	fmt.Fprintf(w, "  affinity:    %d/%d sessions served by exactly one agent/worker, in FIFO order\n", r.AffinityOK, r.Sessions)
 	fmt.Fprintf(w, "\n  %-10s  %-28s  %s\n", "SESSION", "AGENT/WORKER PID", "ORDER")
-	for _, s := range r.SessionRuns {
+	// The first sessions, and every one that broke affinity or order.
+	const shown = 12
+	hidden := 0
+	for i, s := range r.SessionRuns {
 		order := "fifo"
 		if !s.InOrder {
 			order = "OUT OF ORDER"
 		}
+		if i >= shown && s.InOrder && len(s.Agents) == 1 {
+			hidden++
+			continue
+		}
 		fmt.Fprintf(w, "  %-10s  %-28s  %s\n", s.Session, strings.Join(s.Agents, ","), order)
+	}
+	if hidden > 0 {
+		fmt.Fprintf(w, "  ... and %d more sessions, each on one agent/worker, in order\n", hidden)
 	}
 }
 

@@ -360,9 +360,9 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	var cfg dispatcher.DemoConfig
 	fs.IntVar(&cfg.Agents, "agents", 2, "agents")
 	fs.IntVar(&cfg.Workers, "workers", 2, "workers per agent")
-	fs.IntVar(&cfg.Sessions, "sessions", 40, "sessions")
-	fs.IntVar(&cfg.JobsPerSession, "jobs", 10, "jobs per session")
-	fs.IntVar(&cfg.Anonymous, "anonymous", 200, "jobs without a session")
+	fs.IntVar(&cfg.Sessions, "sessions", 100, "sessions")
+	fs.IntVar(&cfg.JobsPerSession, "jobs", 20, "jobs per session")
+	fs.IntVar(&cfg.Anonymous, "anonymous", 1000, "jobs without a session")
 	var workerCmd cli.Argv
 	fs.Var(&workerCmd, "worker-cmd", "worker command (default: python3 examples/programs_worker.py)")
 	logLevel := fs.String("log-level", "warn", "fleet log level")
