@@ -648,19 +648,11 @@ func runFleet(ctx context.Context, cfg *BenchConfig, w *workload) (*BenchRun, er
 	url := cfg.NATSURL
 	qcfg := queue.Config{}
 	if url == "" {
-		dir, err := os.MkdirTemp("", "procfleet-bench-")
+		_, u, stop, err := embedded.StartTemp(ctx, "procfleet-bench-", cfg.Logger.Named("nats"))
 		if err != nil {
 			return nil, err
 		}
-		defer os.RemoveAll(dir)
-		srv, u, err := embedded.Start(ctx, embedded.Config{StoreDir: dir, Logger: cfg.Logger.Named("nats")})
-		if err != nil {
-			return nil, err
-		}
-		defer func() {
-			srv.Shutdown()
-			srv.WaitForShutdown()
-		}()
+		defer stop()
 		url = u
 	} else {
 		// A prefix of its own, so that the bench neither sees nor

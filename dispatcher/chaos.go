@@ -246,19 +246,11 @@ func RunChaos(ctx context.Context, cfg ChaosConfig) (*ChaosReport, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "procfleet-chaos-")
+	_, url, stopServer, err := embedded.StartTemp(ctx, "procfleet-chaos-", cfg.Logger.Named("nats"))
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(dir)
-	srv, url, err := embedded.Start(ctx, embedded.Config{StoreDir: dir, Logger: cfg.Logger.Named("nats")})
-	if err != nil {
-		return nil, err
-	}
-	defer func() {
-		srv.Shutdown()
-		srv.WaitForShutdown()
-	}()
+	defer stopServer()
 	nc, err := nats.Connect(url, nats.Name("procfleet-chaos"), nats.MaxReconnects(-1))
 	if err != nil {
 		return nil, fmt.Errorf("dispatcher: chaos: connect %s: %w", url, err)

@@ -137,20 +137,12 @@ func RunDemo(ctx context.Context, cfg DemoConfig) (*DemoReport, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "procfleet-demo-")
+	_, url, stopServer, err := embedded.StartTemp(ctx, "procfleet-demo-", nil)
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(dir)
-	fmt.Fprintf(cfg.Progress, "starting embedded NATS (JetStream in %s)\n", dir)
-	srv, url, err := embedded.Start(ctx, embedded.Config{StoreDir: dir})
-	if err != nil {
-		return nil, err
-	}
-	defer func() {
-		srv.Shutdown()
-		srv.WaitForShutdown()
-	}()
+	defer stopServer()
+	fmt.Fprintf(cfg.Progress, "embedded NATS with JetStream at %s\n", url)
 	nc, err := nats.Connect(url, nats.Name("procfleet-demo"))
 	if err != nil {
 		return nil, fmt.Errorf("connect %s: %w", url, err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 	"strconv"
 	"time"
 
@@ -205,3 +206,24 @@ func (z zapLogger) Tracef(format string, v ...any)  { z.l.Debugf(format, v...) }
 // Fatalf logs at Error level: the server's own Fatalf exits the process,
 // which an embedding program must never suffer.
 func (z zapLogger) Fatalf(format string, v ...any) { z.l.Errorf(format, v...) }
+
+// StartTemp starts a server like Start, with JetStream in a new temporary
+// directory named after pattern (as os.MkdirTemp), on 127.0.0.1 and a random
+// port. stop shuts the server down and removes the directory. It is the
+// throwaway server of the demo, the benchmark and the chaos run.
+func StartTemp(ctx context.Context, pattern string, log *zap.Logger) (srv *server.Server, url string, stop func(), err error) {
+	dir, err := os.MkdirTemp("", pattern)
+	if err != nil {
+		return nil, "", nil, fmt.Errorf("%w: %v", ErrStart, err)
+	}
+	srv, url, err = Start(ctx, Config{StoreDir: dir, Logger: log})
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, "", nil, err
+	}
+	return srv, url, func() {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		_ = os.RemoveAll(dir)
+	}, nil
+}
