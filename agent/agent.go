@@ -175,15 +175,7 @@ func (a *Agent) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("agent: jetstream: %w", err)
 	}
-	topo, err := queue.Open(ctx, js, a.cfg.Queue)
-	if errors.Is(err, queue.ErrNoTopology) {
-		topo, err = queue.Ensure(ctx, js, a.cfg.Queue)
-		if err != nil {
-			// Under least-privilege permissions agents may not create
-			// streams: say what is missing rather than only why it failed.
-			err = fmt.Errorf("%w (and creating it failed: %v)", queue.ErrNoTopology, err)
-		}
-	}
+	topo, err := a.openTopology(ctx, js)
 	if err != nil {
 		return fmt.Errorf("agent: topology on %s: %w", a.nc.ConnectedUrlRedacted(), err)
 	}
@@ -225,6 +217,40 @@ func (a *Agent) start(ctx context.Context) error {
 	go a.keepAliveLoop()
 	a.log.Info("agent started", zap.Int("workers", a.cfg.Pool.Size), zap.Int("capacity", a.cfg.Capacity))
 	return nil
+}
+
+// openTopology opens the fleet's topology, creating it if it is missing.
+// A topology found incomplete (the dispatcher is creating it right now) or
+// that this agent may not create (least-privilege permissions: only the
+// dispatcher may) is waited for, until ctx ends, so that agents and the
+// dispatcher can start in any order.
+func (a *Agent) openTopology(ctx context.Context, js jetstream.JetStream) (*queue.Topology, error) {
+	for attempt := 0; ; attempt++ {
+		topo, err := queue.Open(ctx, js, a.cfg.Queue)
+		if err == nil {
+			// Open checks the streams; the consumers come last in Ensure.
+			if _, err = topo.AnyConsumer(ctx); err == nil {
+				return topo, nil
+			}
+		}
+		if !errors.Is(err, queue.ErrNoTopology) {
+			return nil, err
+		}
+		topo, err = queue.Ensure(ctx, js, a.cfg.Queue)
+		if err == nil {
+			return topo, nil
+		}
+		if attempt == 0 {
+			a.log.Warn("topology not found and not created here; waiting for the dispatcher to create it", zap.Error(err))
+		}
+		t := time.NewTimer(500 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("%w (and creating it failed: %v)", queue.ErrNoTopology, err)
+		case <-t.C:
+		}
+	}
 }
 
 // Stop shuts the agent down gracefully: it stops taking partitions and

@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"slices"
-	"strconv"
 	"testing"
 	"time"
 
@@ -51,42 +49,21 @@ func waitLeases(t *testing.T, topo *queue.Topology, owners []string, timeout tim
 // with it.
 func TestAgentCrash(t *testing.T) {
 	t.Parallel()
-	url := "nats://127.0.0.1:" + strconv.Itoa(freePort(t))
-	startServerProc(t, "nats", url, t.TempDir())
-	client := connectClient(t, url)
-	topo := client.Topology()
-	execLog := filepath.Join(t.TempDir(), "exec.log")
-	names := []string{"agent-a", "agent-b", "agent-c"}
-	procs := map[string]*proc{}
-	for _, n := range names {
-		procs[n] = startAgentProc(t, url, n, 2, topo.Config.Partitions, execLog)
-	}
-	owners := waitLeases(t, topo, names, 60*time.Second)
+	f := startAgentFleet(t)
+	topo, procs, execLog, client := f.topo, f.procs, f.execLog, f.client
 	// The victim is the agent with the most partitions, so that it has a
 	// backlog of session jobs when it dies.
 	count := map[string]int{}
-	for _, o := range owners {
+	for _, o := range f.owners {
 		count[o]++
 	}
-	victim := slices.MaxFunc(names, func(a, b string) int { return count[a] - count[b] })
-	var survivors []string
-	for _, n := range names {
-		if n != victim {
-			survivors = append(survivors, n)
-		}
-	}
+	victim := slices.MaxFunc(f.names, func(a, b string) int { return count[a] - count[b] })
+	held, survivors := f.held(victim)
 
 	workers := childrenOf(procs[victim].pid())
 	if len(workers) != 2 {
 		t.Fatalf("victim has %d worker processes, want 2: %v", len(workers), workers)
 	}
-	var held []int
-	for p, o := range owners {
-		if o == victim {
-			held = append(held, p)
-		}
-	}
-	slices.Sort(held)
 	col, err := client.Collect()
 	if err != nil {
 		t.Fatal(err)
@@ -94,16 +71,17 @@ func TestAgentCrash(t *testing.T) {
 	t.Cleanup(func() { _ = col.Close() })
 	w := workload{prefix: "ac", sessions: 40, perSession: 8, anonymous: 80, command: "sleep", payload: `{"ms":200}`}
 	ids := w.submit(t, client)
-	// Kill the victim while one of its workers runs a job.
+	// Kill the victim once it has finished a job (so the test sees it
+	// worked) and while one of its workers runs another.
 	fleettest.Eventually(t, 60*time.Second, func() error {
-		for id, runs := range fleettest.ReadExecLog(t, execLog) {
-			last := runs[len(runs)-1]
-			if _, _, done := col.Result(id); !done && slices.Contains(workers, last.PID) {
+		for _, id := range ids {
+			if r, _, ok := col.Result(id); ok && r.Agent == victim {
 				return nil
 			}
 		}
-		return errors.New("no job running on the victim")
+		return errors.New("no result from the victim yet")
 	})
+	f.waitRunningOn(t, col, workers)
 
 	killed := time.Now()
 	procs[victim].kill()
@@ -112,22 +90,7 @@ func TestAgentCrash(t *testing.T) {
 	orphansGone := time.Since(killed)
 
 	// Failover: every partition it held is leased by a survivor.
-	var failover time.Duration
-	fleettest.Eventually(t, 30*time.Second, func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		now, err := topo.LeaseOwners(ctx)
-		if err != nil {
-			return err
-		}
-		for _, p := range held {
-			if l, ok := now[p]; !ok || !slices.Contains(survivors, l.Owner) {
-				return fmt.Errorf("partition %d not yet taken over (lease %+v)", p, l)
-			}
-		}
-		failover = time.Since(killed)
-		return nil
-	})
+	failover := f.waitTakenOver(t, held, survivors, killed)
 	t.Logf("agent SIGKILL: %d partitions moved to the survivors in %s (workers gone after %s)",
 		len(held), failover.Round(time.Millisecond), orphansGone.Round(time.Millisecond))
 	if failover > 10*time.Second {
