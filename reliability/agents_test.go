@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -60,12 +61,19 @@ func (f *agentFleet) held(victim string) (parts []int, survivors []string) {
 	return parts, survivors
 }
 
-// waitRunningOn waits until one of workers runs a job that has no result yet.
+// waitRunningOn waits until one of workers runs a job that has no result
+// yet. Only anonymous jobs count ("-a" in their id): the workloads make
+// them sleep, so the job is still running when the caller acts, whereas a
+// session job finishes at once and may only be waiting for its result to
+// be stored.
 func (f *agentFleet) waitRunningOn(t *testing.T, col *dispatcher.Collector, workers []int) {
 	t.Helper()
 	fleettest.Eventually(t, 60*time.Second, func() error {
 		for id, runs := range fleettest.ReadExecLog(t, f.execLog) {
 			last := runs[len(runs)-1]
+			if !strings.Contains(id, "-a") {
+				continue
+			}
 			if _, _, done := col.Result(id); !done && slices.Contains(workers, last.PID) {
 				return nil
 			}
