@@ -114,33 +114,38 @@ func TestMicroServiceDiscovery(t *testing.T) {
 	t.Parallel()
 	f := fleettest.StartFleet(t, fleetConfig(2, 1))
 	nc := f.Server.Connect(t)
-	// Plain nats.go, as `nats micro ls` does it: ping every instance.
-	inbox := nc.NewRespInbox()
-	sub, err := nc.SubscribeSync(inbox)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := nc.PublishRequest("$SRV.PING."+agent.ServiceName, inbox, nil); err != nil {
-		t.Fatal(err)
-	}
+	// Plain nats.go, as `nats micro ls` does it: ping every instance and
+	// collect the answers.
 	seen := map[string]bool{}
-	for len(seen) < 2 {
-		msg, err := sub.NextMsg(5 * time.Second)
+	fleettest.Eventually(t, 20*time.Second, func() error {
+		inbox := nc.NewRespInbox()
+		sub, err := nc.SubscribeSync(inbox)
 		if err != nil {
-			t.Fatalf("pings answered by %v: %v", seen, err)
+			return err
 		}
-		var ping struct {
-			Name     string            `json:"name"`
-			Metadata map[string]string `json:"metadata"`
+		defer func() { _ = sub.Unsubscribe() }()
+		if err := nc.PublishRequest("$SRV.PING."+agent.ServiceName, inbox, nil); err != nil {
+			return err
 		}
-		if err := json.Unmarshal(msg.Data, &ping); err != nil {
-			t.Fatal(err)
+		for len(seen) < 2 {
+			msg, err := sub.NextMsg(2 * time.Second)
+			if err != nil {
+				return fmt.Errorf("pings answered by %v: %w", seen, err)
+			}
+			var ping struct {
+				Name     string            `json:"name"`
+				Metadata map[string]string `json:"metadata"`
+			}
+			if err := json.Unmarshal(msg.Data, &ping); err != nil {
+				return err
+			}
+			if ping.Name != agent.ServiceName {
+				return fmt.Errorf("ping answered by %q", ping.Name)
+			}
+			seen[ping.Metadata["agent"]] = true
 		}
-		if ping.Name != agent.ServiceName {
-			t.Fatalf("ping answered by %q", ping.Name)
-		}
-		seen[ping.Metadata["agent"]] = true
-	}
+		return nil
+	})
 	if !seen["agent-1"] || !seen["agent-2"] {
 		t.Fatalf("agents seen: %v", seen)
 	}

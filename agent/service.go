@@ -77,6 +77,12 @@ func (a *Agent) startService() (micro.Service, error) {
 		_ = svc.Stop()
 		return nil, err
 	}
+	// Make sure the server knows the subscriptions before Start returns, so
+	// that an agent that has started is discoverable.
+	if err := a.nc.Flush(); err != nil {
+		_ = svc.Stop()
+		return nil, err
+	}
 	return svc, nil
 }
 
