@@ -33,10 +33,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the fleet measurement to this file")
 	asJSON := fs.Bool("json", false, "print the report as JSON instead of a table")
 	logLevel := fs.String("log-level", "warn", "fleet log level")
-	if err := cli.Parse(fs, args); err != nil {
-		return err
-	}
-	log, err := cli.NewLogger("console", *logLevel)
+	log, err := parseLocal(fs, args, logLevel)
 	if err != nil {
 		return err
 	}

@@ -43,10 +43,7 @@ func cmdChaos(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	payload := fs.String("payload", "", `job payload JSON (default {"ms":5} for the built-in worker, else {})`)
 	asJSON := fs.Bool("json", false, "print the report as JSON after the text")
 	logLevel := fs.String("log-level", "error", "fleet log level")
-	if err := cli.Parse(fs, args); err != nil {
-		return err
-	}
-	log, err := cli.NewLogger("console", *logLevel)
+	log, err := parseLocal(fs, args, logLevel)
 	if err != nil {
 		return err
 	}

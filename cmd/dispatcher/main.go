@@ -355,6 +355,16 @@ func cmdDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 }
 
+// parseLocal parses the flags of a command that runs its own fleet (demo,
+// bench, chaos, up) and builds its console logger at the level flag, which
+// is read after parsing so PROCFLEET_LOG_LEVEL applies too.
+func parseLocal(fs *flag.FlagSet, args []string, level *string) (*zap.Logger, error) {
+	if err := cli.Parse(fs, args); err != nil {
+		return nil, err
+	}
+	return cli.NewLogger("console", *level)
+}
+
 func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("demo", "demo [--agents N] [--workers N] [--sessions N] [--jobs N] [--anonymous N]", stderr)
 	var cfg dispatcher.DemoConfig
@@ -366,10 +376,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	var workerCmd cli.Argv
 	fs.Var(&workerCmd, "worker-cmd", "worker command (default: python3 examples/programs_worker.py)")
 	logLevel := fs.String("log-level", "warn", "fleet log level")
-	if err := cli.Parse(fs, args); err != nil {
-		return err
-	}
-	log, err := cli.NewLogger("console", *logLevel)
+	log, err := parseLocal(fs, args, logLevel)
 	if err != nil {
 		return err
 	}

@@ -20,10 +20,7 @@ func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var extra cli.List
 	fs.Var(&extra, "agent-arg", "extra flag for every agent, e.g. --agent-arg=--max-jobs=1000 (repeatable)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	if err := cli.Parse(fs, args); err != nil {
-		return err
-	}
-	log, err := cli.NewLogger("console", *logLevel)
+	log, err := parseLocal(fs, args, logLevel)
 	if err != nil {
 		return err
 	}
