@@ -3,7 +3,7 @@ package agent_test
 import (
 	"testing"
 
-	"github.com/procfleet/procfleet/fleettest/testworker"
+	"github.com/procfleet/procfleet/internal/sharedtest"
 )
 
-func TestMain(m *testing.M) { testworker.TestMain(m) }
+func TestMain(m *testing.M) { sharedtest.TestMain(m) }

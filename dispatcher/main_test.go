@@ -3,7 +3,7 @@ package dispatcher_test
 import (
 	"testing"
 
-	"github.com/procfleet/procfleet/fleettest/testworker"
+	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { testworker.TestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

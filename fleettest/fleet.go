@@ -3,9 +3,6 @@ package fleettest
 import (
 	"context"
 	"fmt"
-	"os"
-	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -15,6 +12,9 @@ import (
 
 	"github.com/procfleet/procfleet/agent"
 	"github.com/procfleet/procfleet/dispatcher"
+	"github.com/procfleet/procfleet/internal/execlog"
+	"github.com/procfleet/procfleet/internal/localfleet"
+	"github.com/procfleet/procfleet/internal/sharedtest"
 	"github.com/procfleet/procfleet/queue"
 )
 
@@ -45,6 +45,7 @@ type Fleet struct {
 	Client *dispatcher.Client
 	Agents []*agent.Agent
 	next   int
+	local  *localfleet.Fleet
 }
 
 // StartFleet starts an embedded server (unless given), creates the topology,
@@ -62,14 +63,15 @@ func StartFleet(t testing.TB, cfg FleetConfig) *Fleet {
 		cfg.Logger = zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
 	}
 	f := &Fleet{t: t, cfg: cfg, Server: cfg.Server}
-	f.NC = cfg.Server.Connect(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	client, err := dispatcher.EnsureClient(ctx, f.NC, cfg.Agent.Queue)
+	local, err := localfleet.Start(ctx, localfleet.Config{URL: cfg.Server.URL, Name: t.Name(), Queue: cfg.Agent.Queue})
 	if err != nil {
 		t.Fatalf("fleettest: topology: %v", err)
 	}
-	f.Client = client
+	// Registered first, so it runs last: after every agent's own cleanup.
+	t.Cleanup(func() { local.Stop(context.Background()) })
+	f.local, f.NC, f.Client = local, local.NC, local.Client
 	for range cfg.Agents {
 		f.AddAgent(t)
 	}
@@ -93,23 +95,24 @@ func (f *Fleet) AddAgent(t testing.TB) *agent.Agent {
 		f.cfg.Configure(i, &cfg)
 	}
 	// Each agent gets its own connection, as separate processes would.
-	nc := f.Server.Connect(t)
-	a, err := agent.New(nc, cfg)
-	if err != nil {
-		t.Fatalf("fleettest: agent %s: %v", cfg.Name, err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if err := a.Start(ctx); err != nil {
-		t.Fatalf("fleettest: start agent %s: %v", cfg.Name, err)
+	m, err := f.local.StartAgent(ctx, cfg)
+	if m != nil {
+		t.Cleanup(func() {
+			f.local.Remove(m)
+			sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := m.Agent.Stop(sctx); err != nil {
+				t.Errorf("fleettest: stop agent %s: %v", cfg.Name, err)
+			}
+			m.Conn.Close()
+		})
 	}
-	t.Cleanup(func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := a.Stop(sctx); err != nil {
-			t.Errorf("fleettest: stop agent %s: %v", cfg.Name, err)
-		}
-	})
+	if err != nil {
+		t.Fatalf("fleettest: %v", err)
+	}
+	a := m.Agent
 	f.Agents = append(f.Agents, a)
 	return a
 }
@@ -128,96 +131,40 @@ func (f *Fleet) Live() []*agent.Agent {
 }
 
 // WaitBalanced waits until every partition is owned by exactly one live
-// agent and each live agent owns some (the assignment has settled).
+// agent and each live agent owns exactly its rendezvous share (the
+// assignment has settled), and fails the test if that takes longer than
+// timeout. It is localfleet.WaitBalanced, the tools' one wait.
 func (f *Fleet) WaitBalanced(t testing.TB, timeout time.Duration) {
 	t.Helper()
-	parts := f.Client.Topology().Config.Partitions
-	Eventually(t, timeout, func() error {
-		seen := make([]int, parts)
-		for _, a := range f.Live() {
-			ps := a.Partitions()
-			if len(ps) == 0 {
-				return fmt.Errorf("agent %s owns no partition", a.Name())
-			}
-			for _, p := range ps {
-				seen[p]++
-			}
-		}
-		if i := slices.IndexFunc(seen, func(n int) bool { return n != 1 }); i >= 0 {
-			return fmt.Errorf("partition %d is owned by %d agents", i, seen[i])
-		}
-		// Every partition owned is not enough: a handover may still be under
-		// way. Settled means each agent owns exactly its rendezvous share.
-		live := f.Live()
-		names := make([]string, 0, len(live))
-		for _, a := range live {
-			names = append(names, a.Name())
-		}
-		share := queue.Assign(parts, names)
-		for _, a := range live {
-			if want := share[a.Name()]; !slices.Equal(a.Partitions(), want) {
-				return fmt.Errorf("agent %s owns %v, not yet %v", a.Name(), a.Partitions(), want)
-			}
-		}
-		return nil
-	})
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := localfleet.WaitBalanced(ctx, f.Live(), f.Client.Topology().Config.Partitions); err != nil {
+		t.Fatalf("fleettest: %v", err)
+	}
 }
 
 // Eventually polls cond every 20ms until it returns nil or timeout passes,
-// then fails the test with cond's last error. It is the package's one way to
-// wait for a state without sleeping a fixed time.
+// then fails the test with cond's last error. It is the one way to wait for
+// a state without sleeping a fixed time.
 func Eventually(t testing.TB, timeout time.Duration, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("fleettest: condition not met within %s: %v", timeout, err)
-		}
-		<-tick.C
-	}
+	sharedtest.Eventually(t, timeout, cond)
 }
 
 // Topology is a shortcut for the fleet's topology.
 func (f *Fleet) Topology() *queue.Topology { return f.Client.Topology() }
 
 // Execution is one line of a helper worker's execution log.
-type Execution struct {
-	JobID   string
-	Attempt int
-	PID     int
-	Session string
-}
+type Execution = execlog.Execution
 
 // ReadExecLog reads the execution log written by helper workers started
-// with testworker.ExecLog(path) and returns every execution per job id.
+// with testworker.ExecLog(path) and returns every execution per job id, in
+// log order.
 func ReadExecLog(t testing.TB, path string) map[string][]Execution {
 	t.Helper()
-	data, err := os.ReadFile(path)
+	out, err := execlog.Read(path)
 	if err != nil {
-		if os.IsNotExist(err) {
-			return map[string][]Execution{}
-		}
-		t.Fatalf("fleettest: exec log: %v", err)
-	}
-	out := map[string][]Execution{}
-	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
-		if line == "" {
-			continue
-		}
-		var e Execution
-		if _, err := fmt.Sscanf(line, "%s %d %d %s", &e.JobID, &e.Attempt, &e.PID, &e.Session); err != nil {
-			// Anonymous jobs have no session field.
-			if _, err := fmt.Sscanf(line, "%s %d %d", &e.JobID, &e.Attempt, &e.PID); err != nil {
-				t.Fatalf("fleettest: exec log line %q: %v", line, err)
-			}
-		}
-		out[e.JobID] = append(out[e.JobID], e)
+		t.Fatalf("fleettest: %v", err)
 	}
 	return out
 }

@@ -11,11 +11,12 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/procfleet/procfleet/fleettest/testworker"
+	"github.com/procfleet/procfleet/internal/sharedtest"
 	"github.com/procfleet/procfleet/pool"
 	"github.com/procfleet/procfleet/worker"
 )
 
-func TestMain(m *testing.M) { testworker.TestMain(m) }
+func TestMain(m *testing.M) { sharedtest.TestMain(m) }
 
 // config returns a one-worker pool config running the helper worker.
 // (fleettest.StartPool cannot be used here: fleettest imports packages built

@@ -16,7 +16,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
-	"github.com/procfleet/procfleet/dispatcher"
+	"github.com/procfleet/procfleet/cmd/dispatcher/chaos"
 	"github.com/procfleet/procfleet/fleettest"
 	"github.com/procfleet/procfleet/fleettest/testworker"
 )
@@ -58,7 +58,7 @@ func (w *lineWriter) Write(p []byte) (int, error) {
 	}
 }
 
-// TestChaos runs dispatcher.RunChaos: load on three in-process agents while
+// TestChaos runs chaos.Run (dispatcher chaos): load on three in-process agents while
 // workers and agents are killed and restarted at random, then reconciles
 // every job. Nothing may be lost, every move of a session must be traced to
 // a fault, every rebinding must carry new_session, and no job may run twice
@@ -79,7 +79,7 @@ func TestChaos(t *testing.T) {
 	var out bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), d+5*time.Minute)
 	defer cancel()
-	rep, err := dispatcher.RunChaos(ctx, dispatcher.ChaosConfig{
+	rep, err := chaos.Run(ctx, chaos.Config{
 		Duration: d, Seed: seed,
 		WorkerCmd: argv, WorkerEnv: env, ExecLog: execLog,
 		Command: "sleep", Payload: json.RawMessage(`{"ms":5}`),

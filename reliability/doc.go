@@ -16,7 +16,7 @@
 //     replicas: no job is lost;
 //   - malformed input on the wire, through the fleet: each case ends in a
 //     clear error, nothing is lost, and the agent keeps serving;
-//   - the chaos run (dispatcher.RunChaos, `dispatcher chaos`): random worker
+//   - the chaos run (chaos.Run in cmd/dispatcher/chaos, `dispatcher chaos`): random worker
 //     and agent kills and restarts, reconciled at the end. It runs for 60s
 //     (5s with -short; PROCFLEET_CHAOS_DURATION sets another length).
 //

@@ -10,6 +10,7 @@ import (
 
 	"github.com/procfleet/procfleet/dispatcher"
 	"github.com/procfleet/procfleet/fleettest"
+	"github.com/procfleet/procfleet/internal/localfleet"
 	"github.com/procfleet/procfleet/queue"
 )
 
@@ -85,7 +86,7 @@ func waitResults(t *testing.T, topo *queue.Topology, ids []string, timeout time.
 	poll(t, timeout, 250*time.Millisecond, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		all, err := dispatcher.ReadResults(ctx, topo)
+		all, err := localfleet.ReadResults(ctx, topo)
 		if err != nil {
 			return err
 		}
@@ -110,7 +111,7 @@ func countResults(t *testing.T, topo *queue.Topology, ids []string) int {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	all, err := dispatcher.ReadResults(ctx, topo)
+	all, err := localfleet.ReadResults(ctx, topo)
 	if err != nil {
 		t.Fatalf("read results: %v", err)
 	}

@@ -12,10 +12,11 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/procfleet/procfleet/fleettest/testworker"
+	"github.com/procfleet/procfleet/internal/sharedtest"
 	"github.com/procfleet/procfleet/worker"
 )
 
-func TestMain(m *testing.M) { testworker.TestMain(m) }
+func TestMain(m *testing.M) { sharedtest.TestMain(m) }
 
 // config returns a Config running the helper worker with opts.
 func config(t testing.TB, opts ...testworker.Option) worker.Config {

@@ -6,30 +6,29 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"time"
 
-	"github.com/procfleet/procfleet/dispatcher"
+	"github.com/procfleet/procfleet/cmd/dispatcher/bench"
 	"github.com/procfleet/procfleet/internal/cli"
 )
 
 func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("bench", "bench [--nats URL] [--agents N] [--workers N] [--jobs N] [--sessions N] [--payload-size B] [--inflight N] [--worker-cmd CMD] [--json]", stderr)
-	var cfg dispatcher.BenchConfig
+	var cfg bench.Config
 	fs.StringVar(&cfg.NATSURL, "nats", "", "NATS server to use (default: an embedded server in this process)")
-	fs.IntVar(&cfg.Agents, "agents", 1, "agents, all in this process")
-	fs.IntVar(&cfg.Workers, "workers", 4, "workers per agent (the floor runs agents x workers)")
-	fs.IntVar(&cfg.Jobs, "jobs", 20000, "jobs per measurement")
+	fs.IntVar(&cfg.Agents, "agents", bench.DefaultAgents, "agents, all in this process")
+	fs.IntVar(&cfg.Workers, "workers", bench.DefaultWorkers, "workers per agent (the floor runs agents x workers)")
+	fs.IntVar(&cfg.Jobs, "jobs", bench.DefaultJobs, "jobs per measurement")
 	fs.IntVar(&cfg.Sessions, "sessions", 0, "spread jobs over this many sessions (0: anonymous jobs)")
-	fs.IntVar(&cfg.PayloadSize, "payload-size", 100, "bytes of JSON payload per job")
+	fs.IntVar(&cfg.PayloadSize, "payload-size", bench.DefaultPayloadSize, "bytes of JSON payload per job")
 	fs.IntVar(&cfg.Inflight, "inflight", 0, "jobs submitted and not finished at most (1: closed loop; 0: submit all at once)")
 	fs.IntVar(&cfg.Capacity, "capacity", 0, "jobs each agent holds at once (0: the agent's default, 2 x workers)")
 	var workerCmd cli.Argv
 	fs.Var(&workerCmd, "worker-cmd", "worker command (default: python3 examples/echo_worker.py)")
-	fs.StringVar(&cfg.Command, "command", "echo", "worker command each job runs")
+	fs.StringVar(&cfg.Command, "command", bench.DefaultCommand, "worker command each job runs")
 	floor := fs.Bool("floor", true, "measure the floor (the workers driven over pipes, no NATS)")
 	fleet := fs.Bool("fleet", true, "measure the fleet")
-	fs.IntVar(&cfg.StartupWorkers, "startup-workers", 8, "also time a pool start of this many slow-starting workers (0: skip)")
-	fs.DurationVar(&cfg.StartupDelay, "startup-delay", time.Second, "start-up delay of each worker in the start-up measurement")
+	fs.IntVar(&cfg.StartupWorkers, "startup-workers", bench.DefaultStartupWorkers, "also time a pool start of this many slow-starting workers (0: skip)")
+	fs.DurationVar(&cfg.StartupDelay, "startup-delay", bench.DefaultStartupDelay, "start-up delay of each worker in the start-up measurement")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the fleet measurement to this file")
 	asJSON := fs.Bool("json", false, "print the report as JSON instead of a table")
 	logLevel := fs.String("log-level", "warn", "fleet log level")
@@ -52,7 +51,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		defer f.Close()
 		cfg.CPUProfile = f
 	}
-	rep, err := dispatcher.RunBench(ctx, cfg)
+	rep, err := bench.Run(ctx, cfg)
 	if err != nil {
 		return err
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 
+	"github.com/procfleet/procfleet/cmd/dispatcher/demo"
 	"github.com/procfleet/procfleet/dispatcher"
 	"github.com/procfleet/procfleet/embedded"
 	"github.com/procfleet/procfleet/internal/cli"
@@ -367,12 +368,12 @@ func parseLocal(fs *flag.FlagSet, args []string, level *string) (*zap.Logger, er
 
 func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("demo", "demo [--agents N] [--workers N] [--sessions N] [--jobs N] [--anonymous N]", stderr)
-	var cfg dispatcher.DemoConfig
-	fs.IntVar(&cfg.Agents, "agents", 2, "agents")
-	fs.IntVar(&cfg.Workers, "workers", 2, "workers per agent")
-	fs.IntVar(&cfg.Sessions, "sessions", 100, "sessions")
-	fs.IntVar(&cfg.JobsPerSession, "jobs", 20, "jobs per session")
-	fs.IntVar(&cfg.Anonymous, "anonymous", 1000, "jobs without a session")
+	var cfg demo.Config
+	fs.IntVar(&cfg.Agents, "agents", demo.DefaultAgents, "agents")
+	fs.IntVar(&cfg.Workers, "workers", demo.DefaultWorkers, "workers per agent")
+	fs.IntVar(&cfg.Sessions, "sessions", demo.DefaultSessions, "sessions")
+	fs.IntVar(&cfg.JobsPerSession, "jobs", demo.DefaultJobsPerSession, "jobs per session")
+	fs.IntVar(&cfg.Anonymous, "anonymous", demo.DefaultAnonymous, "jobs without a session")
 	var workerCmd cli.Argv
 	fs.Var(&workerCmd, "worker-cmd", "worker command (default: python3 examples/programs_worker.py)")
 	logLevel := fs.String("log-level", "warn", "fleet log level")
@@ -382,6 +383,6 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	cfg.WorkerCmd = workerCmd
 	cfg.Out, cfg.Progress, cfg.Logger = stdout, stderr, log
-	_, err = dispatcher.RunDemo(ctx, cfg)
+	_, err = demo.Run(ctx, cfg)
 	return err
 }

@@ -10,11 +10,11 @@ import (
 
 	"github.com/procfleet/procfleet/dispatcher"
 	"github.com/procfleet/procfleet/fleettest"
-	"github.com/procfleet/procfleet/fleettest/testworker"
+	"github.com/procfleet/procfleet/internal/sharedtest"
 	"github.com/procfleet/procfleet/queue"
 )
 
-func TestMain(m *testing.M) { testworker.TestMain(m) }
+func TestMain(m *testing.M) { sharedtest.TestMain(m) }
 
 func runCmd(t *testing.T, args ...string) (string, string, error) {
 	t.Helper()

@@ -5,13 +5,14 @@ import (
 	"io"
 	"strconv"
 
-	"github.com/procfleet/procfleet/dispatcher"
+	"github.com/procfleet/procfleet/cmd/dispatcher/up"
 	"github.com/procfleet/procfleet/internal/cli"
+	"github.com/procfleet/procfleet/internal/localfleet"
 )
 
 func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("up", `up [--agents N] [--worker-cmd "python3 worker.py"] [--pool-size N] [--listen 127.0.0.1:4222] [--data DIR]`, stderr)
-	agents := fs.Int("agents", 2, "agent processes to run")
+	agents := fs.Int("agents", up.DefaultAgents, "agent processes to run")
 	workerCmd := fs.String("worker-cmd", "", "worker command for every agent (default: python3 examples/programs_worker.py)")
 	poolSize := fs.Int("pool-size", 2, "workers per agent")
 	listen := fs.String("listen", "127.0.0.1:4222", "embedded NATS server's client address")
@@ -30,14 +31,14 @@ func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	wc := *workerCmd
 	if wc == "" {
-		p, err := dispatcher.FindExample("programs_worker.py")
+		p, err := localfleet.FindExample("programs_worker.py")
 		if err != nil {
 			return err
 		}
 		wc = "python3 " + strconv.Quote(p)
 	}
 	agentArgs := append([]string{"--worker-cmd", wc, "--pool-size", strconv.Itoa(*poolSize), "--log-level", *logLevel}, extra...)
-	return dispatcher.Up(ctx, dispatcher.UpConfig{
+	return up.Run(ctx, up.Config{
 		Agents: *agents, AgentArgs: agentArgs, AgentBin: *agentBin,
 		Host: host, Port: port, DataDir: *data, Logger: log, Out: stdout,
 	})

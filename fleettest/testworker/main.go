@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/procfleet/procfleet/internal/execlog"
 	"github.com/procfleet/procfleet/worker/protocol"
 )
 
@@ -75,7 +76,7 @@ func Main() {
 		signal.Ignore(syscall.SIGTERM)
 	}
 	if path := os.Getenv(EnvExecLog); path != "" {
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		f, err := execlog.Open(path)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "testworker: exec log:", err)
 			os.Exit(1)
@@ -134,7 +135,7 @@ func (h *helper) serve() {
 
 func (h *helper) call(m *protocol.Message) {
 	if h.execLog != nil {
-		fmt.Fprintf(h.execLog, "%s %d %d %s\n", m.JobID, m.Attempt, h.pid, m.Session)
+		_ = execlog.Write(h.execLog, m.JobID, m.Attempt, h.pid, m.Session)
 	}
 	switch m.Command {
 	case "echo":

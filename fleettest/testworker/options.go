@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/procfleet/procfleet/internal/execlog"
 )
 
 // Environment variables Main reads. HelperWorker sets them from Options; they
@@ -21,9 +23,9 @@ const (
 	// shutdown frame and EOF on stdin, so only SIGKILL ends it.
 	EnvIgnoreTerm = "PROCFLEET_TESTWORKER_IGNORE_TERM"
 	// EnvExecLog names a file the worker appends one line to for every call
-	// it starts: "<job_id> <attempt> <pid> <session>". Reliability tests
-	// read it to count executions per job across processes.
-	EnvExecLog = "PROCFLEET_TESTWORKER_EXEC_LOG"
+	// it starts, in package execlog's format. Reliability tests and the
+	// chaos run read it to count executions per job across processes.
+	EnvExecLog = execlog.Env
 )
 
 // Start-up modes, the values of EnvStart.

@@ -1,4 +1,8 @@
-package dispatcher
+// Package demo is `dispatcher demo`: an embedded server, a few in-process
+// agents running the example Python worker, and a mixed workload, then a
+// summary of throughput, latency and session affinity. It is the README's
+// first command.
+package demo
 
 import (
 	"context"
@@ -7,22 +11,33 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 
 	"github.com/procfleet/procfleet/agent"
-	"github.com/procfleet/procfleet/embedded"
+	"github.com/procfleet/procfleet/dispatcher"
+	"github.com/procfleet/procfleet/internal/localfleet"
 	"github.com/procfleet/procfleet/queue"
 	"github.com/procfleet/procfleet/worker"
 )
 
-// DemoConfig configures RunDemo.
-type DemoConfig struct {
+// ErrInvalidConfig is wrapped by every error Run returns for a bad Config.
+var ErrInvalidConfig = errors.New("demo: invalid config")
+
+// Defaults of Config, which the command's flags show too.
+const (
+	DefaultAgents         = 2
+	DefaultWorkers        = 2
+	DefaultSessions       = 100
+	DefaultJobsPerSession = 20
+	DefaultAnonymous      = 1000
+)
+
+// Config configures Run.
+type Config struct {
 	// Agents is the number of in-process agents. Default 2.
 	Agents int
 	// Workers is the pool size of each agent. Default 2.
@@ -43,12 +58,12 @@ type DemoConfig struct {
 	Logger *zap.Logger
 }
 
-// DemoReport is what the demo measured.
-type DemoReport struct {
+// Report is what the demo measured.
+type Report struct {
 	Jobs        int
 	Elapsed     time.Duration
 	Throughput  float64
-	Latency     Percentiles
+	Latency     localfleet.Percentiles
 	Sessions    int
 	AffinityOK  int // sessions served by exactly one (agent, pid), in order
 	Failed      int
@@ -62,53 +77,21 @@ type SessionRun struct {
 	InOrder bool
 }
 
-// Percentiles of a latency sample.
-type Percentiles struct{ P50, P90, P99, Max time.Duration }
-
-// FindExample locates examples/<name> from the current directory upwards,
-// so the demo works from anywhere inside a checkout.
-func FindExample(name string) (string, error) {
-	p, err := findInCheckout(filepath.Join("examples", name))
-	if err != nil {
-		return "", fmt.Errorf("%w; run from the procfleet checkout or pass --worker-cmd", err)
-	}
-	return p, nil
-}
-
-// findInCheckout finds rel in the current directory or one of its parents.
-func findInCheckout(rel string) (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		p := filepath.Join(dir, rel)
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", fmt.Errorf("%s not found from the current directory up", rel)
-		}
-		dir = parent
-	}
-}
-
-func (c *DemoConfig) setDefaults() error {
+func (c *Config) setDefaults() error {
 	if c.Agents == 0 {
-		c.Agents = 2
+		c.Agents = DefaultAgents
 	}
 	if c.Workers == 0 {
-		c.Workers = 2
+		c.Workers = DefaultWorkers
 	}
 	if c.Sessions == 0 {
-		c.Sessions = 100
+		c.Sessions = DefaultSessions
 	}
 	if c.JobsPerSession == 0 {
-		c.JobsPerSession = 20
+		c.JobsPerSession = DefaultJobsPerSession
 	}
 	if c.Anonymous == 0 {
-		c.Anonymous = 1000
+		c.Anonymous = DefaultAnonymous
 	}
 	if c.Out == nil {
 		c.Out = os.Stdout
@@ -119,8 +102,11 @@ func (c *DemoConfig) setDefaults() error {
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
+	if c.Agents < 0 || c.Workers < 0 || c.Sessions < 0 || c.JobsPerSession < 0 || c.Anonymous < 0 {
+		return fmt.Errorf("%w: Agents, Workers, Sessions, JobsPerSession and Anonymous cannot be negative", ErrInvalidConfig)
+	}
 	if len(c.WorkerCmd) == 0 {
-		p, err := FindExample("programs_worker.py")
+		p, err := localfleet.FindExample("programs_worker.py")
 		if err != nil {
 			return err
 		}
@@ -129,54 +115,41 @@ func (c *DemoConfig) setDefaults() error {
 	return nil
 }
 
-// RunDemo starts an embedded NATS server with JetStream in a temporary
+// Run starts an embedded NATS server with JetStream in a temporary
 // directory, a few agents running the example Python worker, and a mixed
 // workload; it prints progress and a summary: throughput, latency
 // percentiles and the agent and worker behind each session.
-func RunDemo(ctx context.Context, cfg DemoConfig) (*DemoReport, error) {
+func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	_, url, stopServer, err := embedded.StartTemp(ctx, "procfleet-demo-", nil)
+	acfg := agent.Config{Logger: cfg.Logger}
+	acfg.Pool.Size = cfg.Workers
+	acfg.Pool.Worker = worker.Config{Command: cfg.WorkerCmd, StartupTimeout: 20 * time.Second}
+	f, err := localfleet.Start(ctx, localfleet.Config{
+		TempPattern: "procfleet-demo-", Name: "procfleet-demo", Agent: acfg,
+		// The agents start below, after the announcement.
+		BalanceTimeout: -1,
+	})
 	if err != nil {
 		return nil, err
 	}
-	defer stopServer()
-	fmt.Fprintf(cfg.Progress, "embedded NATS with JetStream at %s\n", url)
-	nc, err := nats.Connect(url, nats.Name("procfleet-demo"))
-	if err != nil {
-		return nil, fmt.Errorf("connect %s: %w", url, err)
-	}
-	defer nc.Close()
-	client, err := EnsureClient(ctx, nc, queue.Config{})
-	if err != nil {
-		return nil, err
-	}
+	defer f.Stop(context.WithoutCancel(ctx))
+	fmt.Fprintf(cfg.Progress, "embedded NATS with JetStream at %s\n", f.URL)
+	client := f.Client
 
 	fmt.Fprintf(cfg.Progress, "starting %d agents x %d workers: %s\n", cfg.Agents, cfg.Workers, strings.Join(cfg.WorkerCmd, " "))
-	var agents []*agent.Agent
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		defer cancel()
-		for _, a := range agents {
-			_ = a.Stop(sctx)
-		}
-	}()
 	for i := range cfg.Agents {
-		acfg := agent.Config{Name: fmt.Sprintf("agent-%d", i+1), Logger: cfg.Logger}
-		acfg.Pool.Size = cfg.Workers
-		acfg.Pool.Worker = worker.Config{Command: cfg.WorkerCmd, StartupTimeout: 20 * time.Second}
-		a, err := agent.New(nc, acfg)
-		if err != nil {
-			return nil, err
-		}
-		agents = append(agents, a)
-		if err := a.Start(ctx); err != nil {
+		acfg.Name = fmt.Sprintf("agent-%d", i+1)
+		if _, err := f.StartAgent(ctx, acfg); err != nil {
 			return nil, err
 		}
 	}
 	// Let the agents settle the partitions between them before load.
-	if err := waitSpread(ctx, agents, client.topo.Config.Partitions); err != nil {
+	bctx, cancel := context.WithTimeout(ctx, localfleet.DefaultBalanceTimeout)
+	err = localfleet.WaitBalanced(bctx, f.Agents(), f.Queue().Partitions)
+	cancel()
+	if err != nil {
 		return nil, err
 	}
 
@@ -191,25 +164,25 @@ func RunDemo(ctx context.Context, cfg DemoConfig) (*DemoReport, error) {
 		seq     int
 		at      time.Time
 	}
-	var subs []Submission
+	var subs []dispatcher.Submission
 	meta := map[string]sent{}
 	run := time.Now().UnixNano()
 	for s := range cfg.Sessions {
 		session := fmt.Sprintf("demo-%d", s)
 		for j := range cfg.JobsPerSession {
 			id := fmt.Sprintf("d%x-s%d-%d", run, s, j)
-			subs = append(subs, Submission{Session: session, Job: &queue.Job{ID: id, Command: "session_info", Payload: json.RawMessage(fmt.Sprintf(`{"seq":%d}`, j))}})
+			subs = append(subs, dispatcher.Submission{Session: session, Job: &queue.Job{ID: id, Command: "session_info", Payload: json.RawMessage(fmt.Sprintf(`{"seq":%d}`, j))}})
 			meta[id] = sent{session: session, seq: j}
 		}
 	}
 	for i := range cfg.Anonymous {
 		id := fmt.Sprintf("d%x-a%d", run, i)
-		subs = append(subs, Submission{Job: &queue.Job{ID: id, Command: "echo", Payload: json.RawMessage(fmt.Sprintf(`{"n":%d}`, i))}})
+		subs = append(subs, dispatcher.Submission{Job: &queue.Job{ID: id, Command: "echo", Payload: json.RawMessage(fmt.Sprintf(`{"n":%d}`, i))}})
 		meta[id] = sent{seq: i}
 	}
 	// Interleave sessions so that partitions fill evenly, keeping each
 	// session's own order.
-	slices.SortStableFunc(subs, func(a, b Submission) int { return meta[a.Job.ID].seq - meta[b.Job.ID].seq })
+	slices.SortStableFunc(subs, func(a, b dispatcher.Submission) int { return meta[a.Job.ID].seq - meta[b.Job.ID].seq })
 	for _, s := range subs {
 		col.Expect(s.Job.ID)
 	}
@@ -234,7 +207,7 @@ func RunDemo(ctx context.Context, cfg DemoConfig) (*DemoReport, error) {
 	}
 	elapsed := time.Since(start)
 
-	rep := &DemoReport{Jobs: len(subs), Elapsed: elapsed, Throughput: float64(len(subs)) / elapsed.Seconds(), Sessions: cfg.Sessions}
+	rep := &Report{Jobs: len(subs), Elapsed: elapsed, Throughput: float64(len(subs)) / elapsed.Seconds(), Sessions: cfg.Sessions}
 	var lat []time.Duration
 	served := map[string]map[string]bool{}
 	inOrder := map[string]bool{}
@@ -263,7 +236,7 @@ func RunDemo(ctx context.Context, cfg DemoConfig) (*DemoReport, error) {
 			inOrder[m.session] = false
 		}
 	}
-	rep.Latency = percentiles(lat)
+	rep.Latency = localfleet.PercentilesOf(lat)
 	for s := range cfg.Sessions {
 		session := fmt.Sprintf("demo-%d", s)
 		var who []string
@@ -284,41 +257,7 @@ func RunDemo(ctx context.Context, cfg DemoConfig) (*DemoReport, error) {
 	return rep, nil
 }
 
-// waitSpread waits until every partition has an owner and every agent owns
-// some, or a few seconds pass (the demo still works, just less evenly).
-func waitSpread(ctx context.Context, agents []*agent.Agent, partitions int) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		total, each := 0, true
-		for _, a := range agents {
-			n := len(a.Partitions())
-			total += n
-			each = each && n > 0
-		}
-		if total == partitions && each {
-			return nil
-		}
-		t := time.NewTimer(50 * time.Millisecond)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
-		}
-	}
-	return nil
-}
-
-func percentiles(d []time.Duration) Percentiles {
-	if len(d) == 0 {
-		return Percentiles{}
-	}
-	slices.Sort(d)
-	at := func(q float64) time.Duration { return d[min(len(d)-1, int(q*float64(len(d))))] }
-	return Percentiles{P50: at(0.50), P90: at(0.90), P99: at(0.99), Max: d[len(d)-1]}
-}
-
-func (r *DemoReport) write(w io.Writer) {
+func (r *Report) write(w io.Writer) {
 	fmt.Fprintf(w, "\nprocfleet demo summary\n")
 	fmt.Fprintf(w, "  jobs:        %d (%d failed)\n", r.Jobs, r.Failed)
 	fmt.Fprintf(w, "  elapsed:     %s\n", r.Elapsed.Round(time.Millisecond))

@@ -1,4 +1,4 @@
-package dispatcher
+package chaos
 
 import (
 	"bytes"
@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/procfleet/procfleet/fleettest/testworker"
+	"github.com/procfleet/procfleet/internal/execlog"
 	"github.com/procfleet/procfleet/queue"
 )
 
@@ -21,7 +22,7 @@ func TestChaosConfigErrors(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_, err := RunChaos(ctx, ChaosConfig{Agents: -1, AnonymousShare: 2, Payload: json.RawMessage(`{`)})
+	_, err := Run(ctx, Config{Agents: -1, AnonymousShare: 2, Payload: json.RawMessage(`{`)})
 	if err == nil {
 		t.Fatal("want an error")
 	}
@@ -42,7 +43,7 @@ func TestChaosTracing(t *testing.T) {
 	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
 	ps, pt := cfg.PartitionOf("s"), cfg.PartitionOf("t")
 	r := &chaosRun{
-		cfg:  ChaosConfig{Agents: 2},
+		cfg:  Config{Agents: 2},
 		topo: &queue.Topology{Config: cfg},
 		jobs: map[string]*chaosJob{
 			"s1": {ID: "s1", Session: "s", Seq: 1}, "s2": {ID: "s2", Session: "s", Seq: 2},
@@ -81,7 +82,7 @@ func TestChaosTracing(t *testing.T) {
 		"t1": res("t1", "agent-1", 101, 0, 10, true),       //
 		"t2": res("t2", "agent-2", 201, 5000, 5010, false), // nothing explains it
 	}
-	rep := &ChaosReport{BreaksByCause: map[string]int{}}
+	rep := &Report{BreaksByCause: map[string]int{}}
 	r.traceAffinity(rep, final, nil)
 	if rep.AffinityBreaks != 3 || rep.BreaksByCause["worker killed"] != 1 || rep.BreaksByCause["rebalance"] != 1 || rep.Untraced != 1 {
 		t.Errorf("breaks %d by cause %v untraced %d; want 3: worker killed 1, rebalance 1, untraced 1",
@@ -92,15 +93,15 @@ func TestChaosTracing(t *testing.T) {
 	}
 	// With the execution log, t2's binding is excused: t1 also ran on
 	// 201 (a rerun whose result was dropped as a duplicate).
-	rep = &ChaosReport{BreaksByCause: map[string]int{}}
-	r.traceAffinity(rep, final, map[string][]execution{"t1": {{attempt: 1, pid: 101}, {attempt: 2, pid: 201}}})
+	rep = &Report{BreaksByCause: map[string]int{}}
+	r.traceAffinity(rep, final, map[string][]execlog.Execution{"t1": {{Attempt: 1, PID: 101}, {Attempt: 2, PID: 201}}})
 	if rep.RebindWithoutNewSession != 0 {
 		t.Errorf("%d rebinds without new_session, want 0 (t2's is explained by t1's rerun)", rep.RebindWithoutNewSession)
 	}
 
-	execs := map[string][]execution{
-		"s1": {{attempt: 1, pid: 100, line: 0}}, "s2": {{attempt: 1, pid: 100, line: 1}, {attempt: 2, pid: 101, line: 4}},
-		"s3": {{attempt: 1, pid: 101, line: 3}}, "s4": {{attempt: 1, pid: 200, line: 5}},
+	execs := map[string][]execlog.Execution{
+		"s1": {{Attempt: 1, PID: 100, Line: 0}}, "s2": {{Attempt: 1, PID: 100, Line: 1}, {Attempt: 2, PID: 101, Line: 4}},
+		"s3": {{Attempt: 1, PID: 101, Line: 3}}, "s4": {{Attempt: 1, PID: 200, Line: 5}},
 	}
 	if n := r.countReordered(final, execs); n != 1 {
 		t.Errorf("%d reordered, want 1 (s3 ran before s2's retry)", n)
@@ -124,7 +125,7 @@ func TestRunChaosShort(t *testing.T) {
 	var out bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	rep, err := RunChaos(ctx, ChaosConfig{
+	rep, err := Run(ctx, Config{
 		Duration: 3 * time.Second, Agents: 2, Workers: 2, Rate: 80, Seed: 7,
 		FaultInterval: 300 * time.Millisecond, AgentFaultShare: 0.3, MaxDownTime: 2 * time.Second,
 		WorkerCmd: argv, WorkerEnv: env, ExecLog: execLog,

@@ -1,4 +1,4 @@
-package dispatcher_test
+package bench_test
 
 import (
 	"bytes"
@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/procfleet/procfleet/dispatcher"
+	"github.com/procfleet/procfleet/cmd/dispatcher/bench"
 )
 
 // TestBenchSmoke runs the benchmark with a handful of jobs so that it cannot
@@ -18,10 +18,10 @@ func TestBenchSmoke(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		name string
-		cfg  dispatcher.BenchConfig
+		cfg  bench.Config
 	}{
-		{"anonymous", dispatcher.BenchConfig{Jobs: 30, Workers: 2, StartupWorkers: 2, StartupDelay: 10 * time.Millisecond}},
-		{"sessions closed loop", dispatcher.BenchConfig{Jobs: 12, Workers: 1, Sessions: 3, Inflight: 2, PayloadSize: 40}},
+		{"anonymous", bench.Config{Jobs: 30, Workers: 2, StartupWorkers: 2, StartupDelay: 10 * time.Millisecond}},
+		{"sessions closed loop", bench.Config{Jobs: 12, Workers: 1, Sessions: 3, Inflight: 2, PayloadSize: 40}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -30,7 +30,7 @@ func TestBenchSmoke(t *testing.T) {
 			var out bytes.Buffer
 			cfg := tc.cfg
 			cfg.Out, cfg.Progress = &out, io.Discard
-			rep, err := dispatcher.RunBench(ctx, cfg)
+			rep, err := bench.Run(ctx, cfg)
 			if err != nil {
 				t.Fatalf("bench: %v\n%s", err, out.String())
 			}

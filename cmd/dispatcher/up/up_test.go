@@ -1,4 +1,4 @@
-package dispatcher_test
+package up_test
 
 import (
 	"bytes"
@@ -15,7 +15,9 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/procfleet/procfleet/cmd/dispatcher/up"
 	"github.com/procfleet/procfleet/dispatcher"
+	"github.com/procfleet/procfleet/internal/localfleet"
 	"github.com/procfleet/procfleet/queue"
 )
 
@@ -49,7 +51,7 @@ func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
 
 func TestUpRunsAgentProcessesAndLeavesNoOrphans(t *testing.T) {
 	t.Parallel()
-	worker, err := dispatcher.FindExample("echo_worker.py")
+	worker, err := localfleet.FindExample("echo_worker.py")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +65,7 @@ func TestUpRunsAgentProcessesAndLeavesNoOrphans(t *testing.T) {
 	done := make(chan error, 1)
 	var out bytes.Buffer
 	go func() {
-		done <- dispatcher.Up(ctx, dispatcher.UpConfig{
+		done <- up.Run(ctx, up.Config{
 			Agents: 2, Port: -1, DataDir: t.TempDir(), Out: &out,
 			AgentArgs: []string{"--worker-cmd", "python3 " + strconv.Quote(worker), "--pool-size", "1", "--log-level", "warn"},
 			Ready:     func(url string, pids []int) { readyc <- ready{url, pids} },

@@ -1,4 +1,4 @@
-package dispatcher_test
+package demo_test
 
 import (
 	"bytes"
@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/procfleet/procfleet/dispatcher"
+	"github.com/procfleet/procfleet/cmd/dispatcher/demo"
 )
 
 func TestDemoSmall(t *testing.T) {
@@ -15,7 +15,7 @@ func TestDemoSmall(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var out, progress bytes.Buffer
-	rep, err := dispatcher.RunDemo(ctx, dispatcher.DemoConfig{
+	rep, err := demo.Run(ctx, demo.Config{
 		Agents: 2, Workers: 1, Sessions: 6, JobsPerSession: 4, Anonymous: 10,
 		Out: &out, Progress: &progress,
 	})

@@ -1,0 +1,290 @@
+// Package bench is `dispatcher bench`: it measures the floor (the same
+// worker program driven by a plain Go loop over pipes), the fleet (jobs
+// through NATS JetStream and in-process agents) and, optionally, an eager
+// pool start, and prints one table. Speed targets live in its output, never
+// in a unit test.
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/procfleet/procfleet/internal/localfleet"
+)
+
+// ErrInvalidConfig is wrapped by every error Run returns for a bad Config.
+var ErrInvalidConfig = errors.New("bench: invalid config")
+
+// Defaults of Config, which the command's flags show too.
+const (
+	DefaultAgents         = 1
+	DefaultWorkers        = 4
+	DefaultJobs           = 20000
+	DefaultPayloadSize    = 100
+	DefaultCommand        = "echo"
+	DefaultStartupDelay   = time.Second
+	DefaultStartupWorkers = 8 // the command line's; the library's is 0 (off)
+)
+
+// Config configures Run. The zero value runs the README's
+// benchmark: an embedded server, one agent with four echo workers, 20,000
+// anonymous jobs of 100 bytes submitted all at once.
+type Config struct {
+	// NATSURL is the server to use. Default "": an embedded server with
+	// JetStream in a temporary directory, in this process. With a URL the
+	// bench creates its own topology under a fresh prefix and deletes it
+	// afterwards.
+	NATSURL string
+	// Agents is the number of agents, all in this process. Default 1.
+	Agents int
+	// Workers is each agent's pool size, and the floor's worker count is
+	// Agents*Workers. Default 4.
+	Workers int
+	// Jobs is how many jobs each measurement runs. Default 20000.
+	Jobs int
+	// Sessions spreads the jobs round-robin over this many sessions. Default
+	// 0: anonymous jobs.
+	Sessions int
+	// PayloadSize is the size in bytes of each job's JSON payload. Default
+	// 100; at least 8.
+	PayloadSize int
+	// Inflight bounds the jobs submitted and not yet finished: 1 is a closed
+	// loop with one job at a time. Default 0: no bound, every job is
+	// submitted as fast as the client can publish.
+	Inflight int
+	// Capacity is each agent's Capacity (jobs held at once). Default 0:
+	// the agent's default, twice its pool size.
+	Capacity int
+	// WorkerCmd is the worker. Default: python3 examples/echo_worker.py,
+	// found from the current directory upwards.
+	WorkerCmd []string
+	// Command is the worker command each job runs. Default "echo".
+	Command string
+	// NoFloor skips the floor measurement (the fleet/floor ratio is then
+	// not reported). Default false.
+	NoFloor bool
+	// NoFleet skips the fleet measurement. Default false.
+	NoFleet bool
+	// StartupWorkers, when above 0, adds a start-up measurement: a pool of
+	// this many workers, each delayed by StartupDelay before it runs
+	// WorkerCmd, started with StartConcurrency equal to its size. Default 0
+	// (off); the command line's default is 8.
+	StartupWorkers int
+	// StartupDelay is the start-up measurement's per-worker delay. Default
+	// 1s.
+	StartupDelay time.Duration
+	// CPUProfile, when set, receives a CPU profile of the fleet measurement.
+	// Default nil (no profile).
+	CPUProfile io.Writer
+	// Timeout bounds each measurement. Default: 2 minutes plus 10ms per job.
+	Timeout time.Duration
+	// Out receives the table; Progress the progress lines. Defaults stdout
+	// and stderr; set Progress to io.Discard to silence it.
+	Out, Progress io.Writer
+	// Logger receives the fleet's logs. Default: none.
+	Logger *zap.Logger
+}
+
+// Report is what Run measured.
+type Report struct {
+	Agents      int                 `json:"agents"`
+	Workers     int                 `json:"workers_per_agent"`
+	Jobs        int                 `json:"jobs"`
+	Sessions    int                 `json:"sessions"`
+	PayloadSize int                 `json:"payload_size"`
+	Inflight    int                 `json:"inflight"`
+	Capacity    int                 `json:"capacity,omitempty"`
+	WorkerCmd   []string            `json:"worker_cmd"`
+	NATS        string              `json:"nats"`
+	Machine     Machine             `json:"machine"`
+	Floor       *Measurement        `json:"floor,omitempty"`
+	Fleet       *Measurement        `json:"fleet,omitempty"`
+	Ratio       float64             `json:"fleet_floor_ratio,omitempty"` // fleet throughput / floor throughput
+	Startup     *StartupMeasurement `json:"startup,omitempty"`
+}
+
+// Measurement is one measured row of the table.
+type Measurement struct {
+	Name       string  `json:"name"`
+	Jobs       int     `json:"jobs"`
+	Failed     int     `json:"failed"`
+	Throughput float64 `json:"jobs_per_sec"`
+	// Elapsed runs from the first submission to the last result.
+	Elapsed time.Duration `json:"elapsed_ns"`
+	// Latency is submission to result, per job. With Inflight 0 it
+	// includes the time a job waits behind the ones submitted before it.
+	Latency localfleet.Percentiles `json:"latency_ns"`
+	// CPUSelf is the user+system CPU time of this process during the run
+	// (getrusage): the driver loop for the floor; for the fleet the
+	// in-process agents, the bench client and, when embedded, the NATS
+	// server.
+	CPUSelf time.Duration `json:"cpu_self_ns"`
+	// CPUWorkers is the user+system CPU time the worker processes spent
+	// during the run (/proc/<pid>/stat), start-up excluded.
+	CPUWorkers time.Duration `json:"cpu_workers_ns"`
+	// PeakRSS is the largest resident set size of this process sampled
+	// during the run (workers not included).
+	PeakRSS int64 `json:"peak_rss_bytes"`
+}
+
+// CPUPer1k returns this process's and the workers' CPU seconds per 1,000
+// jobs.
+func (r *Measurement) CPUPer1k() (self, workers float64) {
+	if r.Jobs == 0 {
+		return 0, 0
+	}
+	k := float64(r.Jobs) / 1000
+	return r.CPUSelf.Seconds() / k, r.CPUWorkers.Seconds() / k
+}
+
+// StartupMeasurement is the start-up measurement: how long pool.Start took until
+// every worker was ready.
+type StartupMeasurement struct {
+	Workers int           `json:"workers"`
+	Delay   time.Duration `json:"delay_ns"`
+	Ready   time.Duration `json:"ready_ns"`
+	// ReadyOne is the same start with a single worker: the part of Ready
+	// that concurrency cannot remove.
+	ReadyOne time.Duration `json:"ready_one_ns"`
+}
+
+// Machine describes where the bench ran.
+type Machine struct {
+	OS     string `json:"os"`
+	Arch   string `json:"arch"`
+	CPUs   int    `json:"cpus"`
+	Model  string `json:"cpu_model,omitempty"`
+	Go     string `json:"go"`
+	Python string `json:"python,omitempty"`
+}
+
+func (c *Config) setDefaults() error {
+	if c.Agents == 0 {
+		c.Agents = DefaultAgents
+	}
+	if c.Workers == 0 {
+		c.Workers = DefaultWorkers
+	}
+	if c.Jobs == 0 {
+		c.Jobs = DefaultJobs
+	}
+	if c.PayloadSize == 0 {
+		c.PayloadSize = DefaultPayloadSize
+	}
+	if c.Command == "" {
+		c.Command = DefaultCommand
+	}
+	if c.StartupDelay == 0 {
+		c.StartupDelay = DefaultStartupDelay
+	}
+	if c.Timeout == 0 {
+		c.Timeout = 2*time.Minute + time.Duration(c.Jobs)*10*time.Millisecond
+	}
+	if c.Out == nil {
+		c.Out = os.Stdout
+	}
+	if c.Progress == nil {
+		c.Progress = os.Stderr
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	switch {
+	case c.Agents < 0:
+		return fmt.Errorf("%w: Agents cannot be negative", ErrInvalidConfig)
+	case c.Workers < 0:
+		return fmt.Errorf("%w: Workers cannot be negative", ErrInvalidConfig)
+	case c.Jobs < 0:
+		return fmt.Errorf("%w: Jobs cannot be negative", ErrInvalidConfig)
+	case c.Sessions < 0:
+		return fmt.Errorf("%w: Sessions cannot be negative", ErrInvalidConfig)
+	case c.PayloadSize < 8:
+		return fmt.Errorf("%w: PayloadSize must be at least 8 bytes, got %d", ErrInvalidConfig, c.PayloadSize)
+	case c.Inflight < 0:
+		return fmt.Errorf("%w: Inflight cannot be negative", ErrInvalidConfig)
+	case c.Capacity < 0:
+		return fmt.Errorf("%w: Capacity cannot be negative", ErrInvalidConfig)
+	case c.StartupWorkers < 0:
+		return fmt.Errorf("%w: StartupWorkers cannot be negative", ErrInvalidConfig)
+	case c.StartupDelay < 0:
+		return fmt.Errorf("%w: StartupDelay cannot be negative", ErrInvalidConfig)
+	}
+	if len(c.WorkerCmd) == 0 {
+		p, err := localfleet.FindExample("echo_worker.py")
+		if err != nil {
+			return err
+		}
+		c.WorkerCmd = []string{realPython(), p}
+	}
+	return nil
+}
+
+// realPython returns the interpreter python3 runs, so that a version
+// manager's shim (pyenv's is a shell script that takes a good part of a
+// second) is not paid again by every worker the bench starts.
+func realPython() string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "python3", "-c", "import sys; print(sys.executable)").Output()
+	if p := strings.TrimSpace(string(out)); err == nil && filepath.IsAbs(p) {
+		return p
+	}
+	return "python3"
+}
+
+// Run measures the floor (the same worker program and number of
+// processes driven by a plain Go loop over pipes: worker.Start and
+// worker.Call, one goroutine per worker) and then the fleet (jobs through
+// NATS JetStream, in-process agents and their pools), and writes one table
+// for both. With StartupWorkers set it also times a pool start.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	rep := &Report{
+		Agents: cfg.Agents, Workers: cfg.Workers, Jobs: cfg.Jobs, Sessions: cfg.Sessions,
+		PayloadSize: cfg.PayloadSize, Inflight: cfg.Inflight, Capacity: cfg.Capacity, WorkerCmd: cfg.WorkerCmd,
+		NATS: natsEmbedded, Machine: machine(ctx, cfg.WorkerCmd),
+	}
+	if cfg.NATSURL != "" {
+		rep.NATS = cfg.NATSURL
+	}
+	w := newWorkload(&cfg)
+	if !cfg.NoFloor {
+		fmt.Fprintf(cfg.Progress, "floor: %d x %s over pipes\n", cfg.Agents*cfg.Workers, strings.Join(cfg.WorkerCmd, " "))
+		run, err := runFloor(ctx, &cfg, w)
+		if err != nil {
+			return nil, fmt.Errorf("bench: floor: %w", err)
+		}
+		rep.Floor = run
+	}
+	if !cfg.NoFleet {
+		run, err := runFleet(ctx, &cfg, w)
+		if err != nil {
+			return nil, fmt.Errorf("bench: fleet: %w", err)
+		}
+		rep.Fleet = run
+	}
+	if rep.Floor != nil && rep.Fleet != nil && rep.Floor.Throughput > 0 {
+		rep.Ratio = rep.Fleet.Throughput / rep.Floor.Throughput
+	}
+	if cfg.StartupWorkers > 0 {
+		fmt.Fprintf(cfg.Progress, "start-up: %d workers, each %s late\n", cfg.StartupWorkers, cfg.StartupDelay)
+		run, err := runStartup(ctx, &cfg)
+		if err != nil {
+			return nil, fmt.Errorf("bench: start-up: %w", err)
+		}
+		rep.Startup = run
+	}
+	rep.WriteTable(cfg.Out)
+	return rep, nil
+}

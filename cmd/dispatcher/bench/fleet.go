@@ -1,0 +1,193 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+
+	"github.com/procfleet/procfleet/agent"
+	"github.com/procfleet/procfleet/internal/localfleet"
+	"github.com/procfleet/procfleet/queue"
+	"github.com/procfleet/procfleet/worker"
+)
+
+// runFleet runs the workload through NATS and in-process agents.
+func runFleet(ctx context.Context, cfg *Config, w *workload) (*Measurement, error) {
+	qcfg := queue.Config{}
+	if cfg.NATSURL != "" {
+		// A prefix of its own, so that the bench neither sees nor
+		// disturbs a fleet on the same server.
+		qcfg.Prefix = "bench" + strings.ToLower(nuid.Next()[:8])
+	}
+	f, err := localfleet.Start(ctx, localfleet.Config{
+		URL: cfg.NATSURL, TempPattern: "procfleet-bench-", Name: "procfleet-bench",
+		Queue: qcfg, Logger: cfg.Logger, BalanceTimeout: -1,
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		sctx := context.WithoutCancel(ctx)
+		f.StopAgents(sctx)
+		if cfg.NATSURL != "" {
+			deleteTopology(sctx, f.Client.Topology())
+		}
+		f.Stop(sctx)
+	}()
+	qcfg, nc := f.Queue(), f.NC
+	var pubErr atomic.Pointer[error]
+	js, err := jetstream.New(nc,
+		jetstream.WithPublishAsyncMaxPending(4096),
+		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, _ *nats.Msg, err error) {
+			pubErr.CompareAndSwap(nil, &err)
+		}))
+	if err != nil {
+		return nil, err
+	}
+
+	fmt.Fprintf(cfg.Progress, "fleet: NATS %s, %d agent(s) x %d workers\n", f.URL, cfg.Agents, cfg.Workers)
+	for i := range cfg.Agents {
+		acfg := agent.Config{Name: fmt.Sprintf("bench-agent-%d", i+1), Logger: cfg.Logger}
+		acfg.Pool.Size = cfg.Workers
+		acfg.Capacity = cfg.Capacity
+		acfg.Pool.Worker = worker.Config{Command: cfg.WorkerCmd, StartupTimeout: 30 * time.Second}
+		if _, err := f.StartAgent(ctx, acfg); err != nil {
+			return nil, err
+		}
+	}
+	bctx, stopWait := context.WithTimeout(ctx, localfleet.DefaultBalanceTimeout)
+	err = localfleet.WaitBalanced(bctx, f.Agents(), qcfg.Partitions)
+	stopWait()
+	if err != nil {
+		return nil, err
+	}
+	agents := f.Agents()
+
+	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	p := newPacer(w.n, cfg.Inflight)
+	run := strings.ToLower(nuid.Next()[:10])
+	prefix := "b" + run + "-"
+	resultPrefix := qcfg.ResultSubject("")
+	okMark := []byte(`"ok":true`)
+	// The result subject carries the job id, and the id carries the job's
+	// index: no decoding beyond a look for ok:true.
+	sub, err := nc.Subscribe(qcfg.ResultSubject("*"), func(m *nats.Msg) {
+		id, found := strings.CutPrefix(m.Subject, resultPrefix)
+		if !found {
+			return
+		}
+		idx, found := strings.CutPrefix(id, prefix)
+		if !found {
+			return
+		}
+		i, err := strconv.Atoi(idx)
+		if err != nil {
+			return
+		}
+		p.finish(i, bytes.Contains(m.Data, okMark))
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := sub.SetPendingLimits(-1, -1); err != nil {
+		return nil, err
+	}
+	if err := nc.FlushWithContext(ctx); err != nil {
+		return nil, err
+	}
+
+	var pids []int
+	for _, a := range agents {
+		for _, ws := range a.Pool().Stats().Workers {
+			pids = append(pids, ws.PID)
+		}
+	}
+	var prof bool
+	if cfg.CPUProfile != nil {
+		if err := pprof.StartCPUProfile(cfg.CPUProfile); err != nil {
+			return nil, fmt.Errorf("cpu profile: %w", err)
+		}
+		prof = true
+	}
+	m := startMeter(pids)
+	p.begin()
+	subErr := make(chan error, 1)
+	go func() {
+		subErr <- submitAll(ctx, js, qcfg, cfg, w, p, prefix)
+	}()
+	err = p.wait(ctx, cfg.Progress, "fleet")
+	var res Measurement
+	m.end(&res)
+	if prof {
+		pprof.StopCPUProfile()
+	}
+	cancel()
+	// The submitter's stamps are read only after it has returned.
+	if e := <-subErr; e != nil && err == nil {
+		err = e
+	}
+	if e := pubErr.Load(); e != nil && err == nil {
+		err = fmt.Errorf("publish: %w", *e)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return p.result("fleet", &res), nil
+}
+
+// submitAll publishes every job asynchronously, within the pacer's bound.
+// It is what dispatcher.Client.SubmitBatch does, minus holding a future per
+// job: publish errors reach the JetStream error handler.
+func submitAll(ctx context.Context, js jetstream.JetStream, qcfg queue.Config, cfg *Config, w *workload, p *pacer, prefix string) error {
+	subjects := make([]string, len(w.sessions))
+	for s, name := range w.sessions {
+		subjects[s] = qcfg.SessionSubject(name)
+	}
+	anySubject := qcfg.AnySubject()
+	job := &queue.Job{Command: cfg.Command, Payload: w.payload}
+	for i := range w.n {
+		if err := p.acquire(ctx, i); err != nil {
+			return nil // the wait reports it
+		}
+		job.ID = prefix + strconv.Itoa(i)
+		data, err := queue.EncodeJob(job)
+		if err != nil {
+			return err
+		}
+		subject := anySubject
+		if s := w.sessionOf(i); s >= 0 {
+			subject = subjects[s]
+		}
+		msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
+		if _, err := js.PublishMsgAsync(msg, jetstream.WithMsgID(job.ID), jetstream.WithStallWait(time.Minute)); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("submit %s: %w", job.ID, err)
+		}
+	}
+	return nil
+}
+
+// deleteTopology removes what the bench created on an external server.
+func deleteTopology(ctx context.Context, t *queue.Topology) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for _, s := range []string{t.Config.JobsStream(), t.Config.ResultsStream(), t.Config.DLQStream()} {
+		_ = t.JS.DeleteStream(ctx, s)
+	}
+	for _, b := range []string{t.Config.AgentsBucket(), t.Config.LeasesBucket()} {
+		_ = t.JS.DeleteKeyValue(ctx, b)
+	}
+}

@@ -1,0 +1,111 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// meter samples this process's CPU and peak RSS, and the workers' CPU,
+// over one measurement.
+type meter struct {
+	cpu0    time.Duration
+	wcpu0   map[int]time.Duration
+	peak    atomic.Int64
+	stop    chan struct{}
+	stopped chan struct{}
+}
+
+func startMeter(pids []int) *meter {
+	m := &meter{cpu0: selfCPU(), wcpu0: map[int]time.Duration{}, stop: make(chan struct{}), stopped: make(chan struct{})}
+	for _, pid := range pids {
+		m.wcpu0[pid] = procCPU(pid)
+	}
+	m.peak.Store(selfRSS())
+	go func() {
+		defer close(m.stopped)
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-m.stop:
+				return
+			case <-t.C:
+				if r := selfRSS(); r > m.peak.Load() {
+					m.peak.Store(r)
+				}
+			}
+		}
+	}()
+	return m
+}
+
+// end stops the meter and fills run's CPU and RSS figures. Worker CPU is
+// read before the workers stop, so their shutdown is not counted.
+func (m *meter) end(run *Measurement) {
+	close(m.stop)
+	<-m.stopped
+	run.CPUSelf = selfCPU() - m.cpu0
+	for pid, c0 := range m.wcpu0 {
+		if c := procCPU(pid); c >= c0 {
+			run.CPUWorkers += c - c0
+		}
+	}
+	run.PeakRSS = max(m.peak.Load(), selfRSS())
+}
+
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// clockTick is USER_HZ, the unit of /proc/<pid>/stat times; 100 on every
+// Linux platform Go supports.
+const clockTick = 100
+
+// procCPU reads utime+stime of pid; 0 if it cannot.
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	// The command name may hold spaces and parentheses; fields resume
+	// after the last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// f[0] is field 3 (state); utime and stime are fields 14 and 15.
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / clockTick
+}
+
+// selfRSS is VmRSS of this process in bytes.
+func selfRSS() int64 {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}

@@ -1,0 +1,124 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// machine describes this host for the report.
+func machine(ctx context.Context, workerCmd []string) Machine {
+	m := Machine{OS: runtime.GOOS, Arch: runtime.GOARCH, CPUs: runtime.NumCPU(), Go: runtime.Version()}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "model name"); ok {
+				m.Model = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	if len(workerCmd) > 0 && strings.HasPrefix(filepath.Base(workerCmd[0]), "python") {
+		m.Python = pythonVersion(ctx, workerCmd[0])
+	}
+	return m
+}
+
+func pythonVersion(ctx context.Context, py string) string {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, py, "--version").Output()
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// WriteTable prints the report: what ran where, then one row per
+// measurement and the fleet/floor ratio.
+func (r *Report) WriteTable(out io.Writer) {
+	shape := "anonymous jobs"
+	if r.Sessions > 0 {
+		shape = fmt.Sprintf("%d sessions", r.Sessions)
+	}
+	submission := "asynchronous, all at once"
+	if r.Inflight > 0 {
+		submission = fmt.Sprintf("closed loop, %d in flight", r.Inflight)
+	}
+	fmt.Fprintf(out, "\nprocfleet bench: %d agent(s) x %d workers, %d jobs of %d bytes, %s, submission %s\n",
+		r.Agents, r.Workers, r.Jobs, r.PayloadSize, shape, submission)
+	fmt.Fprintf(out, "  worker:  %s\n", strings.Join(r.WorkerCmd, " "))
+	capacity := "agent default (2 x workers)"
+	if r.Capacity > 0 {
+		capacity = strconv.Itoa(r.Capacity)
+	}
+	fmt.Fprintf(out, "  NATS:    %s; agents in this process, capacity %s\n", r.NATS, capacity)
+	mach := fmt.Sprintf("%s/%s, %d CPUs", r.Machine.OS, r.Machine.Arch, r.Machine.CPUs)
+	if r.Machine.Model != "" {
+		mach += ", " + r.Machine.Model
+	}
+	mach += ", " + r.Machine.Go
+	if r.Machine.Python != "" {
+		mach += ", " + r.Machine.Python
+	}
+	fmt.Fprintf(out, "  machine: %s\n\n", mach)
+
+	// Names are padded by hand: the numbers are right-aligned, the names
+	// read better left-aligned.
+	const nameW = 14
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "  %-*s\tjobs/s\tp50\tp90\tp99\tmax\tCPU s/1k jobs: this process\tworkers\tpeak RSS\t\n", nameW, "")
+	for _, run := range []*Measurement{r.Floor, r.Fleet} {
+		if run == nil {
+			continue
+		}
+		self, workers := run.CPUPer1k()
+		fmt.Fprintf(tw, "  %-*s\t%.0f\t%s\t%s\t%s\t%s\t%.3f\t%.3f\t%.1f MB\t\n", nameW, run.Name, run.Throughput,
+			fmtDur(run.Latency.P50), fmtDur(run.Latency.P90), fmtDur(run.Latency.P99), fmtDur(run.Latency.Max),
+			self, workers, float64(run.PeakRSS)/(1<<20))
+	}
+	if r.Ratio > 0 {
+		fmt.Fprintf(tw, "  %-*s\t%.2f\t\t\t\t\t\t\t\t\n", nameW, "fleet/floor", r.Ratio)
+	}
+	_ = tw.Flush()
+	for _, run := range []*Measurement{r.Floor, r.Fleet} {
+		if run != nil && run.Failed > 0 {
+			fmt.Fprintf(out, "  %s: %d jobs failed\n", run.Name, run.Failed)
+		}
+	}
+	server := "the embedded NATS server"
+	if !r.embedded() {
+		server = "not the NATS server, which runs elsewhere"
+	}
+	fmt.Fprintln(out, "\n  latency: submission to result. CPU: this process is getrusage(SELF): the driver")
+	fmt.Fprintf(out, "  loop; for the fleet the agents, the bench client and %s.\n", server)
+	fmt.Fprintln(out, "  workers: their /proc/<pid>/stat time during the run. RSS: this process (same")
+	fmt.Fprintln(out, "  scope), workers not included.")
+	if s := r.Startup; s != nil {
+		fmt.Fprintf(out, "\n  start-up: %d workers that each take %s to start were all ready in %s (one alone: %s)\n",
+			s.Workers, s.Delay, s.Ready.Round(time.Millisecond), s.ReadyOne.Round(time.Millisecond))
+	}
+}
+
+// embedded reports whether the fleet ran on an embedded server.
+func (r *Report) embedded() bool { return r.NATS == natsEmbedded }
+
+const natsEmbedded = "embedded (in this process)"
+
+func fmtDur(d time.Duration) string {
+	switch {
+	case d >= time.Second:
+		return fmt.Sprintf("%.2fs", d.Seconds())
+	case d >= time.Millisecond:
+		return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond))
+	default:
+		return fmt.Sprintf("%dµs", d.Microseconds())
+	}
+}

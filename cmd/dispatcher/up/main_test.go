@@ -1,0 +1,9 @@
+package up_test
+
+import (
+	"testing"
+
+	"github.com/procfleet/procfleet/internal/sharedtest"
+)
+
+func TestMain(m *testing.M) { sharedtest.TestMain(m) }
