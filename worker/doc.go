@@ -22,7 +22,8 @@
 //     timeout, Stop or Kill) is recorded once, kills the process group and
 //     is what every later operation reports.
 //
-// The package is Linux-only: it relies on Pdeathsig and on process groups.
+// Workers run on Linux only: the package relies on Pdeathsig, waitid and
+// process groups. Elsewhere it builds, and Start fails with ErrUnsupported.
 // Pdeathsig fires when the OS thread that started the child exits, so never
 // call Start from a goroutine that has called runtime.LockOSThread and may
 // end without unlocking.

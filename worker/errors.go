@@ -24,6 +24,11 @@ var (
 	ErrCanceled = errors.New("worker: call canceled")
 	// ErrStopped means Stop or Kill was called.
 	ErrStopped = errors.New("worker: stopped")
+	// ErrUnsupported means this platform cannot run workers: the package
+	// needs Linux (parent-death signal, waitid without reaping, /proc). It
+	// is the cause (Err) of Start's ErrStartup elsewhere, so that the rest
+	// of procfleet still builds and can be developed on macOS.
+	ErrUnsupported = errors.New("worker: subprocess workers need Linux")
 )
 
 // Error is the error type every failing worker operation returns.

@@ -11,6 +11,16 @@ import (
 	"unsafe"
 )
 
+func platformSupported() error { return nil }
+
+// sysProcAttr puts the worker in its own process group, so that stopping it
+// reaches its children too, and has the kernel SIGKILL it when the thread
+// that started it exits (see the package doc), so no orphan outlives a
+// crashed agent.
+func sysProcAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+}
+
 // pPID is waitid's P_PID id type (not exported by package syscall).
 const pPID = 1
 

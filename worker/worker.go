@@ -128,16 +128,17 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 
 // spawn starts the process and its three goroutines.
 func (w *Worker) spawn() error {
+	if err := platformSupported(); err != nil {
+		return err
+	}
 	cmd := exec.Command(w.cfg.Command[0], w.cfg.Command[1:]...)
 	if cmd.Err != nil {
 		return cmd.Err
 	}
 	cmd.Env = w.cfg.Env
 	cmd.Dir = w.cfg.Dir
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Setpgid:   true,
-		Pdeathsig: syscall.SIGKILL,
-	}
+	// Its own process group, killed with the agent (see proc_linux.go).
+	cmd.SysProcAttr = sysProcAttr()
 
 	// The Worker owns all three pipes instead of using exec's StdoutPipe
 	// and friends: exec closes those as soon as the process exits, which
