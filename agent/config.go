@@ -95,6 +95,14 @@ func (c *Config) deriveIntervals() {
 	}
 }
 
+// DefaultJobTimeout is Config.JobTimeout's default, which the agent
+// program's --job-timeout shows too.
+const DefaultJobTimeout = 30 * time.Second
+
+// ErrInvalidConfig is wrapped by every error New returns for a bad Config;
+// each names the field.
+var ErrInvalidConfig = errors.New("agent: invalid config")
+
 func (c *Config) setDefaults() {
 	if c.Name == "" {
 		h, _ := os.Hostname()
@@ -102,10 +110,10 @@ func (c *Config) setDefaults() {
 	}
 	c.Queue = c.Queue.WithDefaults()
 	if c.JobTimeout == 0 {
-		c.JobTimeout = 30 * time.Second
+		c.JobTimeout = DefaultJobTimeout
 	}
 	if c.Pool.Size == 0 {
-		c.Pool.Size = 4
+		c.Pool.Size = pool.DefaultSize
 	}
 	if c.Pool.Name == "" {
 		c.Pool.Name = c.Name
@@ -141,19 +149,19 @@ func (c *Config) setDefaults() {
 func (c *Config) validate() error {
 	var errs []error
 	if !queue.ValidToken(c.Name) {
-		errs = append(errs, fmt.Errorf("agent: Name %q must be 1-128 characters of [A-Za-z0-9_-]", c.Name))
+		errs = append(errs, fmt.Errorf("%w: Name %q must be 1-128 characters of [A-Za-z0-9_-]", ErrInvalidConfig, c.Name))
 	}
 	if len(c.Pool.Worker.Command) == 0 {
-		errs = append(errs, errors.New("agent: Pool.Worker.Command is required"))
+		errs = append(errs, fmt.Errorf("%w: Pool.Worker.Command is required", ErrInvalidConfig))
 	}
 	if c.Capacity < 1 {
-		errs = append(errs, errors.New("agent: Capacity must be at least 1"))
+		errs = append(errs, fmt.Errorf("%w: Capacity must be at least 1", ErrInvalidConfig))
 	}
 	if c.JobTimeout < 0 {
-		errs = append(errs, errors.New("agent: JobTimeout cannot be negative"))
+		errs = append(errs, fmt.Errorf("%w: JobTimeout cannot be negative", ErrInvalidConfig))
 	}
 	if c.RetryBackoffMax < c.RetryBackoffMin {
-		errs = append(errs, errors.New("agent: RetryBackoffMax cannot be less than RetryBackoffMin"))
+		errs = append(errs, fmt.Errorf("%w: RetryBackoffMax cannot be less than RetryBackoffMin", ErrInvalidConfig))
 	}
 	if err := c.Queue.Validate(); err != nil {
 		errs = append(errs, err)

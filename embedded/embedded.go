@@ -17,6 +17,10 @@ import (
 // ErrStart is wrapped by every error Start returns.
 var ErrStart = errors.New("embedded: cannot start nats-server")
 
+// ErrInvalidConfig is wrapped, beside ErrStart, by the errors Start returns
+// for a bad Config; each names the field.
+var ErrInvalidConfig = errors.New("embedded: invalid config")
+
 // Config describes one embedded server. The zero value is not usable:
 // StoreDir is required.
 type Config struct {
@@ -68,7 +72,8 @@ type Config struct {
 	Options *server.Options
 }
 
-func (c Config) withDefaults() Config {
+// setDefaults sets every zero field to its default.
+func (c *Config) setDefaults() {
 	if c.Host == "" {
 		c.Host = "127.0.0.1"
 	}
@@ -81,23 +86,26 @@ func (c Config) withDefaults() Config {
 	if c.ReadyTimeout == 0 {
 		c.ReadyTimeout = 10 * time.Second
 	}
-	return c
 }
 
-func (c Config) validate() error {
+// validate names the first invalid field; call it after setDefaults.
+func (c *Config) validate() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %w: %s", ErrStart, ErrInvalidConfig, fmt.Sprintf(format, args...))
+	}
 	switch {
 	case c.StoreDir == "":
-		return fmt.Errorf("%w: StoreDir is required", ErrStart)
+		return bad("StoreDir is required")
 	case c.Port < -1 || c.Port > 65535:
-		return fmt.Errorf("%w: Port must be between -1 and 65535, got %d", ErrStart, c.Port)
+		return bad("Port must be between -1 and 65535, got %d", c.Port)
 	case c.MonitorPort < -1 || c.MonitorPort > 65535:
-		return fmt.Errorf("%w: MonitorPort must be between -1 and 65535, got %d", ErrStart, c.MonitorPort)
+		return bad("MonitorPort must be between -1 and 65535, got %d", c.MonitorPort)
 	case c.MaxMemory < 0:
-		return fmt.Errorf("%w: MaxMemory cannot be negative", ErrStart)
+		return bad("MaxMemory cannot be negative")
 	case c.MaxStore < 0:
-		return fmt.Errorf("%w: MaxStore cannot be negative", ErrStart)
+		return bad("MaxStore cannot be negative")
 	case c.ReadyTimeout < 0:
-		return fmt.Errorf("%w: ReadyTimeout cannot be negative", ErrStart)
+		return bad("ReadyTimeout cannot be negative")
 	}
 	return nil
 }
@@ -107,7 +115,7 @@ func (c Config) validate() error {
 // until the caller calls Shutdown (and WaitForShutdown) on it. On error no
 // server is left running.
 func Start(ctx context.Context, cfg Config) (*server.Server, string, error) {
-	cfg = cfg.withDefaults()
+	cfg.setDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, "", err
 	}

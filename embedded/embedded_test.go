@@ -79,10 +79,10 @@ func TestStartErrors(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 
-	if _, _, err := embedded.Start(ctx, embedded.Config{}); !errors.Is(err, embedded.ErrStart) || !strings.Contains(err.Error(), "StoreDir") {
+	if _, _, err := embedded.Start(ctx, embedded.Config{}); !errors.Is(err, embedded.ErrStart) || !errors.Is(err, embedded.ErrInvalidConfig) || !strings.Contains(err.Error(), "StoreDir") {
 		t.Errorf("no StoreDir: %v", err)
 	}
-	if _, _, err := embedded.Start(ctx, embedded.Config{StoreDir: t.TempDir(), Port: 70000}); !errors.Is(err, embedded.ErrStart) || !strings.Contains(err.Error(), "Port") {
+	if _, _, err := embedded.Start(ctx, embedded.Config{StoreDir: t.TempDir(), Port: 70000}); !errors.Is(err, embedded.ErrStart) || !errors.Is(err, embedded.ErrInvalidConfig) || !strings.Contains(err.Error(), "Port") {
 		t.Errorf("bad port: %v", err)
 	}
 

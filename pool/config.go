@@ -1,7 +1,7 @@
 package pool
 
 import (
-	"errors"
+	"fmt"
 	"time"
 
 	"go.uber.org/zap"
@@ -74,11 +74,13 @@ type Config struct {
 	Logger *zap.Logger
 }
 
+// Defaults of Config; DefaultSize and DefaultSessionIdleTTL are exported
+// because the agent program's flags show them.
 const (
 	defaultName           = "pool"
-	defaultSize           = 4
+	DefaultSize           = 4
 	defaultStartConc      = 4
-	defaultSessionIdleTTL = 30 * time.Minute
+	DefaultSessionIdleTTL = 30 * time.Minute
 	defaultMaxSessions    = 100000
 	defaultMaxWaiters     = 10000
 	defaultHealthInterval = 10 * time.Second
@@ -89,20 +91,19 @@ const (
 	defaultDegradedAfter  = 3
 )
 
-// withDefaults returns a copy of c with defaults applied, or an error naming
-// the first invalid field.
-func (c Config) withDefaults() (Config, error) {
+// setDefaults sets every zero field to its default.
+func (c *Config) setDefaults() {
 	if c.Name == "" {
 		c.Name = defaultName
 	}
 	if c.Size == 0 {
-		c.Size = defaultSize
+		c.Size = DefaultSize
 	}
 	if c.StartConcurrency == 0 {
 		c.StartConcurrency = defaultStartConc
 	}
 	if c.SessionIdleTTL == 0 {
-		c.SessionIdleTTL = defaultSessionIdleTTL
+		c.SessionIdleTTL = DefaultSessionIdleTTL
 	}
 	if c.MaxSessions == 0 {
 		c.MaxSessions = defaultMaxSessions
@@ -131,35 +132,40 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
+}
+
+// validate names the first invalid field; call it after setDefaults.
+func (c *Config) validate() error {
+	bad := func(msg string) error { return fmt.Errorf("%w: %s", ErrInvalidConfig, msg) }
 	switch {
 	case len(c.Worker.Command) == 0 || c.Worker.Command[0] == "":
-		return c, errors.New("pool: Worker.Command is required")
+		return bad("Worker.Command is required")
 	case c.Size < 0:
-		return c, errors.New("pool: Size cannot be less than 1")
+		return bad("Size cannot be less than 1")
 	case c.StartConcurrency < 0:
-		return c, errors.New("pool: StartConcurrency cannot be less than 1")
+		return bad("StartConcurrency cannot be less than 1")
 	case c.MaxJobs < 0:
-		return c, errors.New("pool: MaxJobs cannot be negative")
+		return bad("MaxJobs cannot be negative")
 	case c.TTL < 0:
-		return c, errors.New("pool: TTL cannot be negative")
+		return bad("TTL cannot be negative")
 	case c.IdleTTL < 0:
-		return c, errors.New("pool: IdleTTL cannot be negative")
+		return bad("IdleTTL cannot be negative")
 	case c.MaxRSS < 0:
-		return c, errors.New("pool: MaxRSS cannot be negative")
+		return bad("MaxRSS cannot be negative")
 	case c.MaxSessions < 0:
-		return c, errors.New("pool: MaxSessions cannot be negative")
+		return bad("MaxSessions cannot be negative")
 	case c.MaxWaiters < 0:
-		return c, errors.New("pool: MaxWaiters cannot be negative")
+		return bad("MaxWaiters cannot be negative")
 	case c.HealthTimeout < 0:
-		return c, errors.New("pool: HealthTimeout cannot be negative")
+		return bad("HealthTimeout cannot be negative")
 	case c.HealthFailures < 0:
-		return c, errors.New("pool: HealthFailures cannot be negative")
+		return bad("HealthFailures cannot be negative")
 	case c.BackoffMin < 0:
-		return c, errors.New("pool: BackoffMin cannot be negative")
+		return bad("BackoffMin cannot be negative")
 	case c.BackoffMax < c.BackoffMin:
-		return c, errors.New("pool: BackoffMax cannot be less than BackoffMin")
+		return bad("BackoffMax cannot be less than BackoffMin")
 	case c.DegradedAfter < 0:
-		return c, errors.New("pool: DegradedAfter cannot be negative")
+		return bad("DegradedAfter cannot be negative")
 	}
-	return c, nil
+	return nil
 }

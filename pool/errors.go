@@ -6,6 +6,10 @@ import (
 	"strings"
 )
 
+// ErrInvalidConfig is wrapped by the error New returns for a bad Config; it
+// names the field.
+var ErrInvalidConfig = errors.New("pool: invalid config")
+
 // Reasons a checkout fails. Every error from Reserve, Ticket.Wait, Checkout
 // and the checkout step of Do is a *CheckoutError whose Reason is one of
 // these; it matches ErrCheckout and its Reason with errors.Is.

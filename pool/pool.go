@@ -91,8 +91,8 @@ type Pool struct {
 
 // New returns a pool that starts no worker until Start.
 func New(cfg Config) (*Pool, error) {
-	cfg, err := cfg.withDefaults()
-	if err != nil {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
 	p := &Pool{

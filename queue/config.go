@@ -82,13 +82,19 @@ type Config struct {
 	MaxAckPending int
 }
 
+// Defaults of Config that the programs' flags show too.
+const (
+	DefaultPrefix     = "fleet"
+	DefaultPartitions = 64
+)
+
 // WithDefaults returns c with every zero field set to its default.
 func (c Config) WithDefaults() Config {
 	if c.Prefix == "" {
-		c.Prefix = "fleet"
+		c.Prefix = DefaultPrefix
 	}
 	if c.Partitions == 0 {
-		c.Partitions = 64
+		c.Partitions = DefaultPartitions
 	}
 	if c.Replicas == 0 {
 		c.Replicas = 1

@@ -1,7 +1,6 @@
 package worker
 
 import (
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"time"
@@ -42,22 +41,22 @@ type Config struct {
 	Logger *zap.Logger
 }
 
+// Defaults of Config that the programs' flags show too.
 const (
-	defaultStartupTimeout = 30 * time.Second
-	defaultStopGrace      = 5 * time.Second
+	DefaultStartupTimeout = 30 * time.Second
+	DefaultStopGrace      = 5 * time.Second
 )
 
-// withDefaults returns a copy of c with defaults applied, or an error naming
-// the first invalid field.
-func (c Config) withDefaults() (Config, error) {
+// setDefaults sets every zero field to its default.
+func (c *Config) setDefaults() {
 	if c.ID == "" {
 		c.ID = fmt.Sprintf("w-%08x", rand.Uint32())
 	}
 	if c.StartupTimeout == 0 {
-		c.StartupTimeout = defaultStartupTimeout
+		c.StartupTimeout = DefaultStartupTimeout
 	}
 	if c.StopGrace == 0 {
-		c.StopGrace = defaultStopGrace
+		c.StopGrace = DefaultStopGrace
 	}
 	if c.MaxFrame == 0 {
 		c.MaxFrame = protocol.DefaultMaxFrame
@@ -65,15 +64,20 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
+}
+
+// validate names the first invalid field; call it after setDefaults.
+func (c *Config) validate() error {
+	bad := func(msg string) error { return fmt.Errorf("%w: %s", ErrInvalidConfig, msg) }
 	switch {
 	case len(c.Command) == 0 || c.Command[0] == "":
-		return c, errors.New("Command is required")
+		return bad("Command is required")
 	case c.StartupTimeout < 0:
-		return c, errors.New("StartupTimeout cannot be negative")
+		return bad("StartupTimeout cannot be negative")
 	case c.StopGrace < 0:
-		return c, errors.New("StopGrace cannot be negative")
+		return bad("StopGrace cannot be negative")
 	case c.MaxFrame < 0:
-		return c, errors.New("MaxFrame cannot be negative")
+		return bad("MaxFrame cannot be negative")
 	}
-	return c, nil
+	return nil
 }

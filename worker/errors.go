@@ -24,6 +24,9 @@ var (
 	ErrCanceled = errors.New("worker: call canceled")
 	// ErrStopped means Stop or Kill was called.
 	ErrStopped = errors.New("worker: stopped")
+	// ErrInvalidConfig is wrapped by the error Start returns for a bad
+	// Config (as the cause of an ErrStartup *Error); it names the field.
+	ErrInvalidConfig = errors.New("worker: invalid config")
 	// ErrUnsupported means this platform cannot run workers: the package
 	// needs Linux (parent-death signal, waitid without reaping, /proc). It
 	// is the cause (Err) of Start's ErrStartup elsewhere, so that the rest

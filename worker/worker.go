@@ -86,8 +86,8 @@ type reply struct {
 // until Stop, Kill or its own death. On failure the process group has been
 // killed and reaped, and the error is an *Error with Reason ErrStartup.
 func Start(ctx context.Context, cfg Config) (*Worker, error) {
-	cfg, err := cfg.withDefaults()
-	if err != nil {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
 		return nil, &Error{WorkerID: cfg.ID, Reason: ErrStartup, Err: err}
 	}
 	w := &Worker{

@@ -65,10 +65,10 @@ func TestStartFailure(t *testing.T) {
 			},
 			wantText: `first frame is "pong"`,
 		},
-		{name: "no command", edit: func(c *worker.Config) { c.Command = nil }, wantText: "Command is required"},
-		{name: "negative startup timeout", edit: func(c *worker.Config) { c.StartupTimeout = -1 }, wantText: "StartupTimeout cannot be negative"},
-		{name: "negative stop grace", edit: func(c *worker.Config) { c.StopGrace = -1 }, wantText: "StopGrace cannot be negative"},
-		{name: "negative max frame", edit: func(c *worker.Config) { c.MaxFrame = -1 }, wantText: "MaxFrame cannot be negative"},
+		{name: "no command", edit: func(c *worker.Config) { c.Command = nil }, wantCause: worker.ErrInvalidConfig, wantText: "Command is required"},
+		{name: "negative startup timeout", edit: func(c *worker.Config) { c.StartupTimeout = -1 }, wantCause: worker.ErrInvalidConfig, wantText: "StartupTimeout cannot be negative"},
+		{name: "negative stop grace", edit: func(c *worker.Config) { c.StopGrace = -1 }, wantCause: worker.ErrInvalidConfig, wantText: "StopGrace cannot be negative"},
+		{name: "negative max frame", edit: func(c *worker.Config) { c.MaxFrame = -1 }, wantCause: worker.ErrInvalidConfig, wantText: "MaxFrame cannot be negative"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/procfleet/procfleet/agent"
 	"github.com/procfleet/procfleet/internal/cli"
+	"github.com/procfleet/procfleet/pool"
 	"github.com/procfleet/procfleet/queue"
 	"github.com/procfleet/procfleet/worker"
 )
@@ -36,18 +37,18 @@ func run(args []string) error {
 		natsURL        = fs.String("nats", cli.DefaultNATSURL(), "NATS server URL (default from NATS_URL)")
 		workerCmd      cli.Argv
 		workerDir      = fs.String("worker-dir", "", "working directory of workers (default: current)")
-		poolSize       = fs.Int("pool-size", 4, "number of workers")
+		poolSize       = fs.Int("pool-size", pool.DefaultSize, "number of workers")
 		name           = fs.String("name", "", "agent name (default <hostname>-<pid>)")
 		maxJobs        = fs.Int("max-jobs", 0, "recycle a worker after this many jobs, once it holds no live session (0 = never)")
 		ttl            = fs.Duration("ttl", 0, "recycle a worker after this age, once it holds no live session (0 = never)")
 		idleTTL        = fs.Duration("idle-ttl", 0, "recycle a worker idle this long (0 = never)")
 		maxRSS         cli.Bytes
-		sessionIdle    = fs.Duration("session-idle-ttl", 30*time.Minute, "end a session idle this long")
-		startupTimeout = fs.Duration("startup-timeout", 30*time.Second, "a worker must be ready within this")
-		jobTimeout     = fs.Duration("job-timeout", 30*time.Second, "default job timeout (a job's timeout_ms wins)")
+		sessionIdle    = fs.Duration("session-idle-ttl", pool.DefaultSessionIdleTTL, "end a session idle this long")
+		startupTimeout = fs.Duration("startup-timeout", worker.DefaultStartupTimeout, "a worker must be ready within this")
+		jobTimeout     = fs.Duration("job-timeout", agent.DefaultJobTimeout, "default job timeout (a job's timeout_ms wins)")
 		capacity       = fs.Int("capacity", 0, "jobs held at once, running or waiting (default 2 x pool size)")
-		prefix         = fs.String("prefix", "fleet", "subject prefix")
-		partitions     = fs.Int("partitions", 64, "session partitions (must match the stream)")
+		prefix         = fs.String("prefix", queue.DefaultPrefix, "subject prefix")
+		partitions     = fs.Int("partitions", queue.DefaultPartitions, "session partitions (must match the stream)")
 		metrics        = fs.String("metrics", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9101 (default off)")
 		logFormat      = fs.String("log-format", "console", "console or json")
 		logLevel       = fs.String("log-level", "info", "debug, info, warn or error")

@@ -97,6 +97,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 }
 
+// Defaults the serve and up commands share for their embedded server.
+const (
+	defaultListen  = "127.0.0.1:4222"
+	defaultDataDir = "./procfleet-data"
+)
+
 // common holds the flags every command shares.
 type common struct {
 	nats      string
@@ -108,7 +114,7 @@ type common struct {
 
 func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.nats, "nats", cli.DefaultNATSURL(), "NATS server URL (default from NATS_URL)")
-	fs.StringVar(&c.prefix, "prefix", "fleet", "subject prefix")
+	fs.StringVar(&c.prefix, "prefix", queue.DefaultPrefix, "subject prefix")
 	fs.StringVar(&c.logFormat, "log-format", "console", "console or json")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	c.auth.Register(fs)
@@ -133,10 +139,10 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := newFlags("serve", "serve [--nats URL | --embedded [--listen 127.0.0.1:4222] [--data DIR]] [--http ADDR]", stderr)
 	c.register(fs)
 	emb := fs.Bool("embedded", false, "run an embedded NATS server with JetStream instead of connecting to --nats")
-	listen := fs.String("listen", "127.0.0.1:4222", "embedded server's client address")
-	data := fs.String("data", "./procfleet-data", "embedded server's JetStream directory")
+	listen := fs.String("listen", defaultListen, "embedded server's client address")
+	data := fs.String("data", defaultDataDir, "embedded server's JetStream directory")
 	httpAddr := fs.String("http", "", "also serve the API over HTTP on this address, e.g. 127.0.0.1:8080 (default off)")
-	partitions := fs.Int("partitions", 64, "session partitions, fixed when the stream is created")
+	partitions := fs.Int("partitions", queue.DefaultPartitions, "session partitions, fixed when the stream is created")
 	metrics := fs.String("metrics", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9100 (default off)")
 	if err := cli.Parse(fs, args); err != nil {
 		return err
@@ -223,7 +229,7 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	payload := fs.String("payload", "null", "JSON payload")
 	id := fs.String("id", "", "job id (default generated); resubmitting an id is deduplicated")
 	timeout := fs.Duration("timeout", 0, "job timeout (default: the agent's)")
-	attempts := fs.Int("max-attempts", 0, "attempts before the job is dead-lettered (default 5)")
+	attempts := fs.Int("max-attempts", 0, fmt.Sprintf("attempts before the job is dead-lettered (default %d)", queue.DefaultMaxAttempts))
 	requireSession := fs.Bool("require-session", false, "fail with session_lost rather than run on a fresh worker")
 	wait := fs.Bool("wait", false, "wait for the result and print it")
 	waitFor := fs.Duration("wait-timeout", 60*time.Second, "with --wait: give up after this long")

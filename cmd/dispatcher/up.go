@@ -14,9 +14,9 @@ func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("up", `up [--agents N] [--worker-cmd "python3 worker.py"] [--pool-size N] [--listen 127.0.0.1:4222] [--data DIR]`, stderr)
 	agents := fs.Int("agents", up.DefaultAgents, "agent processes to run")
 	workerCmd := fs.String("worker-cmd", "", "worker command for every agent (default: python3 examples/programs_worker.py)")
-	poolSize := fs.Int("pool-size", 2, "workers per agent")
-	listen := fs.String("listen", "127.0.0.1:4222", "embedded NATS server's client address")
-	data := fs.String("data", "./procfleet-data", "embedded server's JetStream directory")
+	poolSize := fs.Int("pool-size", up.DefaultPoolSize, "workers per agent")
+	listen := fs.String("listen", defaultListen, "embedded NATS server's client address")
+	data := fs.String("data", defaultDataDir, "embedded server's JetStream directory")
 	agentBin := fs.String("agent-bin", "", "agent program (default: next to this program, on PATH as procfleet-agent, or built from the checkout)")
 	var extra cli.List
 	fs.Var(&extra, "agent-arg", "extra flag for every agent, e.g. --agent-arg=--max-jobs=1000 (repeatable)")

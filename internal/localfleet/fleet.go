@@ -55,7 +55,8 @@ type Config struct {
 	Logger *zap.Logger
 }
 
-func (c *Config) setDefaults() error {
+// setDefaults sets every zero field to its default.
+func (c *Config) setDefaults() {
 	if c.TempPattern == "" {
 		c.TempPattern = "procfleet-"
 	}
@@ -71,6 +72,10 @@ func (c *Config) setDefaults() error {
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
+}
+
+// validate names the first invalid field; call it after setDefaults.
+func (c *Config) validate() error {
 	if c.Agents < 0 {
 		return fmt.Errorf("%w: Agents cannot be negative", ErrInvalidConfig)
 	}
@@ -105,7 +110,8 @@ type Member struct {
 // topology, then starts cfg.Agents agents and waits until they are
 // balanced. On error everything started is stopped again.
 func Start(ctx context.Context, cfg Config) (_ *Fleet, err error) {
-	if err := cfg.setDefaults(); err != nil {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
 	f := &Fleet{cfg: cfg, URL: cfg.URL, stopServer: func() {}}

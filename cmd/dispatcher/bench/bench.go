@@ -167,7 +167,8 @@ type Machine struct {
 	Python string `json:"python,omitempty"`
 }
 
-func (c *Config) setDefaults() error {
+// setDefaults sets every zero field to its default.
+func (c *Config) setDefaults() {
 	if c.Agents == 0 {
 		c.Agents = DefaultAgents
 	}
@@ -198,6 +199,10 @@ func (c *Config) setDefaults() error {
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
+}
+
+// validate names the first invalid field; call it after setDefaults.
+func (c *Config) validate() error {
 	switch {
 	case c.Agents < 0:
 		return fmt.Errorf("%w: Agents cannot be negative", ErrInvalidConfig)
@@ -217,13 +222,6 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("%w: StartupWorkers cannot be negative", ErrInvalidConfig)
 	case c.StartupDelay < 0:
 		return fmt.Errorf("%w: StartupDelay cannot be negative", ErrInvalidConfig)
-	}
-	if len(c.WorkerCmd) == 0 {
-		p, err := localfleet.FindExample("echo_worker.py")
-		if err != nil {
-			return err
-		}
-		c.WorkerCmd = []string{realPython(), p}
 	}
 	return nil
 }
@@ -247,8 +245,16 @@ func realPython() string {
 // NATS JetStream, in-process agents and their pools), and writes one table
 // for both. With StartupWorkers set it also times a pool start.
 func Run(ctx context.Context, cfg Config) (*Report, error) {
-	if err := cfg.setDefaults(); err != nil {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
 		return nil, err
+	}
+	if len(cfg.WorkerCmd) == 0 {
+		p, err := localfleet.FindExample("echo_worker.py")
+		if err != nil {
+			return nil, err
+		}
+		cfg.WorkerCmd = []string{realPython(), p}
 	}
 	rep := &Report{
 		Agents: cfg.Agents, Workers: cfg.Workers, Jobs: cfg.Jobs, Sessions: cfg.Sessions,

@@ -3,6 +3,7 @@ package bench_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"strings"
 	"testing"
@@ -50,5 +51,21 @@ func TestBenchSmoke(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestBenchConfigErrors: a bad Config is refused before anything starts,
+// with an error that wraps ErrInvalidConfig and names the field.
+func TestBenchConfigErrors(t *testing.T) {
+	t.Parallel()
+	for field, cfg := range map[string]bench.Config{
+		"PayloadSize": {PayloadSize: 4},
+		"Inflight":    {Inflight: -1},
+		"Agents":      {Agents: -1},
+	} {
+		_, err := bench.Run(context.Background(), cfg)
+		if !errors.Is(err, bench.ErrInvalidConfig) || !strings.Contains(err.Error(), field) {
+			t.Errorf("%s: got %v, want ErrInvalidConfig naming the field", field, err)
+		}
 	}
 }

@@ -100,7 +100,8 @@ type Config struct {
 	Logger *zap.Logger
 }
 
-func (c *Config) setDefaults() error {
+// setDefaults sets every zero field to its default.
+func (c *Config) setDefaults() {
 	if c.Duration == 0 {
 		c.Duration = DefaultDuration
 	}
@@ -152,6 +153,10 @@ func (c *Config) setDefaults() error {
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
+}
+
+// validate names every invalid field; call it after setDefaults.
+func (c *Config) validate() error {
 	var errs []error
 	if c.Duration < 0 {
 		errs = append(errs, fmt.Errorf("%w: Duration cannot be negative", ErrInvalidConfig))
@@ -254,7 +259,8 @@ type Report struct {
 // report to cfg.Out and returns it; the error wraps ErrJobsLost when an
 // accepted job has no result.
 func Run(ctx context.Context, cfg Config) (*Report, error) {
-	if err := cfg.setDefaults(); err != nil {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
 	f, err := localfleet.Start(ctx, localfleet.Config{

@@ -23,8 +23,8 @@ func TestChaosConfigErrors(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_, err := Run(ctx, Config{Agents: -1, AnonymousShare: 2, Payload: json.RawMessage(`{`)})
-	if err == nil {
-		t.Fatal("want an error")
+	if !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("got %v, want ErrInvalidConfig", err)
 	}
 	for _, field := range []string{"WorkerCmd", "Agents", "AnonymousShare", "Payload"} {
 		if !strings.Contains(err.Error(), field) {

@@ -77,7 +77,8 @@ type SessionRun struct {
 	InOrder bool
 }
 
-func (c *Config) setDefaults() error {
+// setDefaults sets every zero field to its default.
+func (c *Config) setDefaults() {
 	if c.Agents == 0 {
 		c.Agents = DefaultAgents
 	}
@@ -102,15 +103,12 @@ func (c *Config) setDefaults() error {
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
+}
+
+// validate names the first invalid field; call it after setDefaults.
+func (c *Config) validate() error {
 	if c.Agents < 0 || c.Workers < 0 || c.Sessions < 0 || c.JobsPerSession < 0 || c.Anonymous < 0 {
 		return fmt.Errorf("%w: Agents, Workers, Sessions, JobsPerSession and Anonymous cannot be negative", ErrInvalidConfig)
-	}
-	if len(c.WorkerCmd) == 0 {
-		p, err := localfleet.FindExample("programs_worker.py")
-		if err != nil {
-			return err
-		}
-		c.WorkerCmd = []string{"python3", p}
 	}
 	return nil
 }
@@ -120,8 +118,16 @@ func (c *Config) setDefaults() error {
 // workload; it prints progress and a summary: throughput, latency
 // percentiles and the agent and worker behind each session.
 func Run(ctx context.Context, cfg Config) (*Report, error) {
-	if err := cfg.setDefaults(); err != nil {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
 		return nil, err
+	}
+	if len(cfg.WorkerCmd) == 0 {
+		p, err := localfleet.FindExample("programs_worker.py")
+		if err != nil {
+			return nil, err
+		}
+		cfg.WorkerCmd = []string{"python3", p}
 	}
 	acfg := agent.Config{Logger: cfg.Logger}
 	acfg.Pool.Size = cfg.Workers

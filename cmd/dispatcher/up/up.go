@@ -28,6 +28,7 @@ var ErrInvalidConfig = errors.New("up: invalid config")
 // Defaults of Config, which the command's flags show too.
 const (
 	DefaultAgents      = 2
+	DefaultPoolSize    = 2 // workers per agent, for the command line's --pool-size
 	DefaultHost        = "127.0.0.1"
 	DefaultPort        = 4222
 	DefaultStopTimeout = 30 * time.Second
@@ -60,32 +61,50 @@ type Config struct {
 	Ready func(url string, pids []int)
 }
 
+// setDefaults sets every zero field to its default.
+func (c *Config) setDefaults() {
+	if c.Agents == 0 {
+		c.Agents = DefaultAgents
+	}
+	if c.Host == "" {
+		c.Host = DefaultHost
+	}
+	if c.Port == 0 {
+		c.Port = DefaultPort
+	}
+	if c.StopTimeout == 0 {
+		c.StopTimeout = DefaultStopTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	if c.Out == nil {
+		c.Out = os.Stdout
+	}
+}
+
+// validate names the first invalid field; call it after setDefaults.
+func (c *Config) validate() error {
+	switch {
+	case c.DataDir == "":
+		return fmt.Errorf("%w: DataDir is required", ErrInvalidConfig)
+	case c.Agents < 0:
+		return fmt.Errorf("%w: Agents cannot be negative", ErrInvalidConfig)
+	case c.StopTimeout < 0:
+		return fmt.Errorf("%w: StopTimeout cannot be negative", ErrInvalidConfig)
+	}
+	return nil
+}
+
 // Run runs a local stack until ctx ends: an embedded NATS server with
 // JetStream, the dispatcher service, and cfg.Agents agent processes. Then it
 // stops the agents gracefully (SIGTERM, which drains their jobs; SIGKILL
 // after StopTimeout), the service and the server, leaving no process
 // behind. Agents that exit on their own are restarted after a pause.
 func Run(ctx context.Context, cfg Config) error {
-	if cfg.Agents <= 0 {
-		cfg.Agents = DefaultAgents
-	}
-	if cfg.Host == "" {
-		cfg.Host = DefaultHost
-	}
-	if cfg.Port == 0 {
-		cfg.Port = DefaultPort
-	}
-	if cfg.StopTimeout == 0 {
-		cfg.StopTimeout = DefaultStopTimeout
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = zap.NewNop()
-	}
-	if cfg.Out == nil {
-		cfg.Out = os.Stdout
-	}
-	if cfg.DataDir == "" {
-		return fmt.Errorf("%w: DataDir is required", ErrInvalidConfig)
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return err
 	}
 	log := cfg.Logger.Named("up")
 	if cfg.AgentBin == "" {
