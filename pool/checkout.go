@@ -391,3 +391,22 @@ func (p *Pool) demandLocked(now int64) {
 		}
 	}
 }
+
+// pickIdleLocked returns the idle worker that may take a new session or an
+// anonymous job and holds the fewest sessions, or nil.
+func (p *Pool) pickIdleLocked() *pw {
+	var best *pw
+	for _, s := range p.slots {
+		W := s.w
+		if W == nil || W.state != wIdle || W.retiring {
+			continue
+		}
+		if best == nil || len(W.sessions) < len(best.sessions) {
+			best = W
+			if len(W.sessions) == 0 {
+				break
+			}
+		}
+	}
+	return best
+}

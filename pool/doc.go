@@ -31,4 +31,11 @@
 // limits (MaxJobs, TTL, IdleTTL) retire a worker once it holds no session;
 // MaxRSS removes it at once. Stop drains leases and stops every worker; Kill
 // kills them; either leaves no process and no goroutine behind.
+//
+// Files, one concept each: pool.go (New, Start, Stop, Kill), checkout.go
+// (Reserve, Wait, the lines), lease.go (what a holder does with a worker),
+// checkin.go (the one path every lease ends on), sessions.go (binding and
+// routing a session's jobs), lifecycle.go (slots: start, restart, retire,
+// remove), health.go (pings, session_end, the memory limit),
+// supervisor.go (the timer loop), list.go (the intrusive lists), stats.go.
 package pool

@@ -2,7 +2,6 @@ package pool
 
 import (
 	"context"
-	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -73,67 +72,4 @@ func (l *Lease) Remove(reason error) {
 		reason = errRemovedByHolder
 	}
 	l.p.checkin(l, reason)
-}
-
-// checkin takes l's worker back. It reports whether l's session had state
-// on the worker that is now lost with it.
-func (p *Pool) checkin(l *Lease, removeErr error) (lost bool) {
-	if !l.released.CompareAndSwap(false, true) {
-		return false
-	}
-	W := l.w
-	reason := removeErr
-	if reason == nil {
-		reason = l.err
-	}
-	hard := false
-	if reason == nil && p.cfg.MaxRSS > 0 && l.calls > 0 {
-		if n, err := W.w.RSS(); err == nil && n > p.cfg.MaxRSS {
-			hard = true
-		}
-	}
-
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	now := p.now()
-	s := l.tk.sess
-	if s != nil {
-		if s.active == l {
-			s.active = nil
-		}
-		if s.w == W && l.calls > 0 {
-			s.seen = true
-		}
-	}
-	if W.removed {
-		// The pool let go of the worker meanwhile (it is shutting down).
-		if s != nil && s.active == nil {
-			p.advanceSessionLocked(s, now)
-		}
-		return false
-	}
-	W.lastUsed = now
-	W.jobs += l.calls
-	switch {
-	case reason != nil:
-		lost = s != nil && s.w == W && s.seen
-		p.removeLocked(W, reason, s, kindRemove, now)
-	case hard:
-		p.removeLocked(W, fmt.Errorf("pool: worker over MaxRSS (%d bytes)", p.cfg.MaxRSS), nil, kindHardRSS, now)
-	default:
-		if p.cfg.MaxJobs > 0 && W.jobs >= p.cfg.MaxJobs {
-			W.retiring = true
-		}
-		if s != nil {
-			// Before freeing W, so that the session's next job is in W's
-			// pending list and keeps its turn.
-			p.advanceSessionLocked(s, now)
-		}
-		p.freeWorkerLocked(W, now)
-		return false
-	}
-	if s != nil && s.active == nil {
-		p.advanceSessionLocked(s, now)
-	}
-	return lost
 }

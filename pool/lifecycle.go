@@ -1,7 +1,6 @@
 package pool
 
 import (
-	"context"
 	"fmt"
 	"math/rand/v2"
 	"time"
@@ -228,64 +227,6 @@ func (p *Pool) scheduleRestartLocked(s *slot, now int64) {
 	p.startDueLocked(now)
 }
 
-// freeWorkerLocked is called whenever W (busy) becomes free: it hands W
-// straight to the next waiter, or idles, retires or stops it.
-func (p *Pool) freeWorkerLocked(W *pw, now int64) {
-	if p.state != stRunning {
-		p.retireLocked(W, false, now)
-		return
-	}
-	if len(W.pendingEnds) > 0 {
-		// session_end frames go out before the next job so that a session
-		// rebound to this worker never has its new state dropped.
-		p.startOpLocked(W, false)
-		return
-	}
-	var t *Ticket
-	if s := W.pending.head; s != nil {
-		t = s.q.head
-	}
-	if !W.retiring {
-		if a := p.anyQ.head; a != nil && (t == nil || a.seq < t.seq) {
-			t = a
-		}
-	}
-	if t != nil {
-		p.grantLocked(t, W, now)
-		return
-	}
-	if W.retiring && len(W.sessions) == 0 {
-		p.retireLocked(W, true, now)
-		return
-	}
-	p.setStateLocked(W, wIdle)
-	if p.cfg.IdleTTL > 0 && !W.retiring {
-		p.wakeAtLocked(W.lastUsed + int64(p.cfg.IdleTTL))
-	}
-	if p.cfg.HealthInterval > 0 {
-		p.wakeAtLocked(max(W.lastUsed, W.lastCheck) + int64(p.cfg.HealthInterval))
-	}
-}
-
-// pickIdleLocked returns the idle worker that may take a new session or an
-// anonymous job and holds the fewest sessions, or nil.
-func (p *Pool) pickIdleLocked() *pw {
-	var best *pw
-	for _, s := range p.slots {
-		W := s.w
-		if W == nil || W.state != wIdle || W.retiring {
-			continue
-		}
-		if best == nil || len(W.sessions) < len(best.sessions) {
-			best = W
-			if len(W.sessions) == 0 {
-				break
-			}
-		}
-	}
-	return best
-}
-
 // detachLocked takes W out of its slot and into the stopping set.
 func (p *Pool) detachLocked(W *pw) {
 	W.removed = true
@@ -370,60 +311,4 @@ func (p *Pool) removeLocked(W *pw, reason error, reporter *session, kind removeK
 				zap.Int("sessions", len(affected)), zap.Error(reason))
 		}
 	}
-}
-
-// startOpLocked takes the idle (or just freed) W for pool business: pending
-// session_end frames, and a health check when ping is set.
-func (p *Pool) startOpLocked(W *pw, ping bool) {
-	ends := W.pendingEnds
-	W.pendingEnds = nil
-	p.setStateLocked(W, wBusy)
-	if !p.goLocked(func() { p.runOp(W, ends, ping) }) {
-		W.pendingEnds = ends
-	}
-}
-
-func (p *Pool) runOp(W *pw, ends []string, ping bool) {
-	var err error
-	for _, s := range ends {
-		if err = W.w.SessionEnd(s); err != nil {
-			break
-		}
-	}
-	hard := false
-	if err == nil && ping {
-		ctx, cancel := context.WithTimeout(p.opCtx, p.cfg.HealthTimeout)
-		err = W.w.Ping(ctx)
-		cancel()
-		if err == nil && p.cfg.MaxRSS > 0 {
-			if n, rerr := W.w.RSS(); rerr == nil && n > p.cfg.MaxRSS {
-				hard = true
-			}
-		}
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	now := p.now()
-	if ping {
-		W.lastCheck = now
-	}
-	if W.removed {
-		return
-	}
-	switch {
-	case err != nil:
-		if ping {
-			W.pingFails++
-		}
-		if W.w.Validate() != nil || !ping || W.pingFails >= p.cfg.HealthFailures {
-			p.removeLocked(W, err, nil, kindRemove, now)
-			return
-		}
-	case hard:
-		p.removeLocked(W, fmt.Errorf("pool: worker over MaxRSS (%d bytes)", p.cfg.MaxRSS), nil, kindHardRSS, now)
-		return
-	case ping:
-		W.pingFails = 0
-	}
-	p.freeWorkerLocked(W, now)
 }
