@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/procfleet/procfleet/fleettest"
 	"github.com/procfleet/procfleet/queue"
 )
 
@@ -54,20 +55,16 @@ func fetchOne(t *testing.T, cons jetstream.Consumer) jetstream.Msg {
 // waitFor polls cond until it holds or 10s pass.
 func waitFor(t *testing.T, what string, cond func() (bool, error)) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	fleettest.Eventually(t, 10*time.Second, func() error {
 		ok, err := cond()
 		if err != nil {
 			t.Fatalf("%s: %v", what, err)
 		}
-		if ok {
-			return
+		if !ok {
+			return errors.New("not yet: " + what)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(20 * time.Millisecond) // poll interval, not synchronisation
-	}
+		return nil
+	})
 }
 
 func streamMsgs(t *testing.T, s jetstream.Stream) uint64 {

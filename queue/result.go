@@ -5,11 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/procfleet/procfleet/internal/jsonappend"
 )
 
 // Error kinds of a failed result.
@@ -80,82 +81,27 @@ func (t *Topology) resultMsg(r *Result) (*nats.Msg, error) {
 // leaving r to json.Marshal, when a string needs escaping, the value is not
 // valid JSON, or a time does not fit RFC 3339.
 func appendResult(b []byte, r *Result) ([]byte, bool) {
-	str := func(key, v string, omitEmpty bool) bool {
-		if v == "" && omitEmpty {
-			return true
-		}
-		if !plainString(v) {
-			return false
-		}
-		b = append(b, key...)
-		b = append(b, '"')
-		b = append(b, v...)
-		b = append(b, '"')
-		return true
-	}
-	tm := func(key string, t time.Time) bool {
-		if t.IsZero() {
-			return true
-		}
-		if y := t.Year(); y < 0 || y > 9999 {
-			return false
-		}
-		b = append(b, key...)
-		b = append(b, '"')
-		b = t.AppendFormat(b, time.RFC3339Nano)
-		b = append(b, '"')
-		return true
-	}
-	b = append(b, '{')
-	if !str(`"id":`, r.ID, false) {
-		return nil, false
-	}
-	b = append(b, `,"ok":`...)
-	b = strconv.AppendBool(b, r.OK)
-	if len(r.Result) > 0 {
-		if !json.Valid(r.Result) {
-			return nil, false
-		}
-		b = append(b, `,"result":`...)
-		b = append(b, r.Result...)
-	}
+	o := jsonappend.Start(b, `{`)
+	o.String(`"id":`, r.ID, false)
+	o.Bool(`,"ok":`, r.OK, false)
+	o.Raw(`,"result":`, r.Result)
 	if e := r.Error; e != nil {
-		b = append(b, `,"error":{`...)
-		if !str(`"kind":`, e.Kind, false) || !str(`,"message":`, e.Message, false) || !str(`,"type":`, e.Type, true) {
-			return nil, false
-		}
-		b = append(b, '}')
+		o.Open(`,"error":{`)
+		o.String(`"kind":`, e.Kind, false)
+		o.String(`,"message":`, e.Message, false)
+		o.String(`,"type":`, e.Type, true)
+		o.Close()
 	}
-	if !str(`,"session":`, r.Session, true) || !str(`,"agent":`, r.Agent, true) || !str(`,"worker":`, r.Worker, true) {
-		return nil, false
-	}
-	if r.WorkerPID != 0 {
-		b = append(b, `,"worker_pid":`...)
-		b = strconv.AppendInt(b, int64(r.WorkerPID), 10)
-	}
-	if r.NewSession {
-		b = append(b, `,"new_session":true`...)
-	}
-	if r.Attempt != 0 {
-		b = append(b, `,"attempt":`...)
-		b = strconv.AppendInt(b, int64(r.Attempt), 10)
-	}
-	if !tm(`,"enqueued_at":`, r.EnqueuedAt) || !tm(`,"started_at":`, r.StartedAt) || !tm(`,"finished_at":`, r.FinishedAt) {
-		return nil, false
-	}
-	return append(b, '}'), true
-}
-
-// plainString reports whether s is printable ASCII that encoding/json
-// writes unchanged: no quote, backslash or HTML-escaped character.
-func plainString(s string) bool {
-	for i := 0; i < len(s); i++ {
-		switch c := s[i]; {
-		case c < 0x20 || c > 0x7e, c == '"', c == '\\', c == '<', c == '>', c == '&':
-			return false
-		}
-	}
-	return true
+	o.String(`,"session":`, r.Session, true)
+	o.String(`,"agent":`, r.Agent, true)
+	o.String(`,"worker":`, r.Worker, true)
+	o.Int(`,"worker_pid":`, int64(r.WorkerPID))
+	o.Bool(`,"new_session":`, r.NewSession, true)
+	o.Int(`,"attempt":`, int64(r.Attempt))
+	o.Time(`,"enqueued_at":`, r.EnqueuedAt)
+	o.Time(`,"started_at":`, r.StartedAt)
+	o.Time(`,"finished_at":`, r.FinishedAt)
+	return o.End()
 }
 
 // StoreResult stores r and returns once the stream acked it. A duplicate

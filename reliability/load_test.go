@@ -11,6 +11,7 @@ import (
 	"github.com/procfleet/procfleet/dispatcher"
 	"github.com/procfleet/procfleet/fleettest"
 	"github.com/procfleet/procfleet/internal/localfleet"
+	"github.com/procfleet/procfleet/internal/sharedtest"
 	"github.com/procfleet/procfleet/queue"
 )
 
@@ -220,17 +221,7 @@ func checkSessions(t *testing.T, results map[string]*queue.Result, gone func(age
 // cost a read of a whole stream.
 func poll(t *testing.T, timeout, interval time.Duration, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s: %v", timeout, err)
-		}
-		if !sleepCtx(context.Background(), interval) {
-			return
-		}
+	if err := sharedtest.Poll(timeout, interval, cond); err != nil {
+		t.Fatalf("condition not met within %s: %v", timeout, err)
 	}
 }

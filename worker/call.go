@@ -6,9 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
+	"github.com/procfleet/procfleet/internal/jsonappend"
 	"github.com/procfleet/procfleet/worker/protocol"
 )
 
@@ -349,61 +349,14 @@ func appendCall(b []byte, m *protocol.Message) ([]byte, bool) {
 	if m.Protocol != 0 || m.PID != 0 || m.Commands != nil || m.OK != nil || m.Result != nil || m.Error != nil || m.Data != nil {
 		return nil, false
 	}
-	b = append(b, `{"type":"call"`...)
-	if m.ID != 0 {
-		b = append(b, `,"id":`...)
-		b = strconv.AppendUint(b, m.ID, 10)
-	}
-	for _, f := range [...]struct{ key, val string }{
-		{`,"command":`, m.Command}, {`,"session":`, m.Session},
-	} {
-		if f.val == "" {
-			continue
-		}
-		if !plainString(f.val) {
-			return nil, false
-		}
-		b = append(b, f.key...)
-		b = append(b, '"')
-		b = append(b, f.val...)
-		b = append(b, '"')
-	}
-	if m.NewSession {
-		b = append(b, `,"new_session":true`...)
-	}
-	if m.JobID != "" {
-		if !plainString(m.JobID) {
-			return nil, false
-		}
-		b = append(b, `,"job_id":"`...)
-		b = append(b, m.JobID...)
-		b = append(b, '"')
-	}
-	if m.Attempt != 0 {
-		b = append(b, `,"attempt":`...)
-		b = strconv.AppendInt(b, int64(m.Attempt), 10)
-	}
-	if m.DeadlineMS != 0 {
-		b = append(b, `,"deadline_ms":`...)
-		b = strconv.AppendInt(b, m.DeadlineMS, 10)
-	}
-	if len(m.Payload) > 0 {
-		if !json.Valid(m.Payload) {
-			return nil, false
-		}
-		b = append(b, `,"payload":`...)
-		b = append(b, m.Payload...)
-	}
-	return append(b, '}'), true
-}
-
-// plainString reports whether s is printable ASCII with nothing JSON
-// escapes, so that it can be written between quotes as it is.
-func plainString(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
-			return false
-		}
-	}
-	return true
+	o := jsonappend.Start(b, `{"type":"call"`)
+	o.Uint(`,"id":`, m.ID)
+	o.String(`,"command":`, m.Command, true)
+	o.String(`,"session":`, m.Session, true)
+	o.Bool(`,"new_session":`, m.NewSession, true)
+	o.String(`,"job_id":`, m.JobID, true)
+	o.Int(`,"attempt":`, int64(m.Attempt))
+	o.Int(`,"deadline_ms":`, m.DeadlineMS)
+	o.Raw(`,"payload":`, m.Payload)
+	return o.End()
 }

@@ -77,16 +77,12 @@ Flags:
 		fs.Usage()
 		return errors.New("--worker-cmd is required")
 	}
-	log, err := cli.NewLogger(*logFormat, *logLevel)
+	tel, err := cli.StartTelemetry(*logFormat, *logLevel, *metrics)
 	if err != nil {
 		return err
 	}
-	defer func() { _ = log.Sync() }()
-	reg, stopMetrics, err := cli.StartMetrics(*metrics, log)
-	if err != nil {
-		return err
-	}
-	defer stopMetrics()
+	defer tel.Close()
+	log, reg := tel.Log, tel.Registry
 
 	cfg := agent.Config{
 		Name:       *name,

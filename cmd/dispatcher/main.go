@@ -120,8 +120,6 @@ func (c *common) register(fs *flag.FlagSet) {
 	c.auth.Register(fs)
 }
 
-func (c *common) logger() (*zap.Logger, error) { return cli.NewLogger(c.logFormat, c.logLevel) }
-
 func (c *common) queue() queue.Config { return queue.Config{Prefix: c.prefix} }
 
 func newFlags(name, help string, stderr io.Writer) *flag.FlagSet {
@@ -147,16 +145,12 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
-	log, err := c.logger()
+	tel, err := cli.StartTelemetry(c.logFormat, c.logLevel, *metrics)
 	if err != nil {
 		return err
 	}
-	defer func() { _ = log.Sync() }()
-	reg, stopMetrics, err := cli.StartMetrics(*metrics, log)
-	if err != nil {
-		return err
-	}
-	defer stopMetrics()
+	defer tel.Close()
+	log, reg := tel.Log, tel.Registry
 	url := c.nats
 	if *emb {
 		host, port, err := splitHostPort(*listen)

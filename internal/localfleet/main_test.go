@@ -1,0 +1,9 @@
+package localfleet_test
+
+import (
+	"testing"
+
+	"github.com/procfleet/procfleet/internal/sharedtest"
+)
+
+func TestMain(m *testing.M) { sharedtest.TestMain(m) }
