@@ -190,15 +190,7 @@ func (c *Config) setDefaults() {
 	if c.Timeout == 0 {
 		c.Timeout = 2*time.Minute + time.Duration(c.Jobs)*10*time.Millisecond
 	}
-	if c.Out == nil {
-		c.Out = os.Stdout
-	}
-	if c.Progress == nil {
-		c.Progress = os.Stderr
-	}
-	if c.Logger == nil {
-		c.Logger = zap.NewNop()
-	}
+	c.Out, c.Progress, c.Logger = localfleet.OutputDefaults(c.Out, c.Progress, os.Stderr, c.Logger)
 }
 
 // validate names the first invalid field; call it after setDefaults.

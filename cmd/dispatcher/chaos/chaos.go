@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"os"
 	"time"
 
 	"go.uber.org/zap"
@@ -144,15 +143,7 @@ func (c *Config) setDefaults() {
 	if c.Seed == 0 {
 		c.Seed = rand.Uint64()
 	}
-	if c.Out == nil {
-		c.Out = os.Stdout
-	}
-	if c.Progress == nil {
-		c.Progress = io.Discard
-	}
-	if c.Logger == nil {
-		c.Logger = zap.NewNop()
-	}
+	c.Out, c.Progress, c.Logger = localfleet.OutputDefaults(c.Out, c.Progress, io.Discard, c.Logger)
 }
 
 // validate names every invalid field; call it after setDefaults.

@@ -94,15 +94,7 @@ func (c *Config) setDefaults() {
 	if c.Anonymous == 0 {
 		c.Anonymous = DefaultAnonymous
 	}
-	if c.Out == nil {
-		c.Out = os.Stdout
-	}
-	if c.Progress == nil {
-		c.Progress = os.Stderr
-	}
-	if c.Logger == nil {
-		c.Logger = zap.NewNop()
-	}
+	c.Out, c.Progress, c.Logger = localfleet.OutputDefaults(c.Out, c.Progress, os.Stderr, c.Logger)
 }
 
 // validate names the first invalid field; call it after setDefaults.

@@ -75,12 +75,7 @@ func (c *Config) setDefaults() {
 	if c.StopTimeout == 0 {
 		c.StopTimeout = DefaultStopTimeout
 	}
-	if c.Logger == nil {
-		c.Logger = zap.NewNop()
-	}
-	if c.Out == nil {
-		c.Out = os.Stdout
-	}
+	c.Out, _, c.Logger = localfleet.OutputDefaults(c.Out, io.Discard, io.Discard, c.Logger)
 }
 
 // validate names the first invalid field; call it after setDefaults.
