@@ -71,6 +71,18 @@ func TestDependencyRules(t *testing.T) {
 			module + "/agent", module + "/pool", module + "/worker", module + "/embedded",
 			module + "/internal/localfleet", module + "/cmd/...",
 		}},
+		{"./worker/...", []string{
+			"github.com/nats-io/...",
+			module + "/pool", module + "/queue", module + "/agent", module + "/dispatcher",
+		}},
+		{"./pool", []string{
+			"github.com/nats-io/...",
+			module + "/queue", module + "/agent", module + "/dispatcher",
+		}},
+		{"./agent", []string{
+			"github.com/nats-io/nats-server/v2/...",
+			module + "/dispatcher", module + "/embedded",
+		}},
 		{"./queue", []string{
 			"github.com/nats-io/nats-server/v2/...",
 			module + "/agent", module + "/pool", module + "/worker", module + "/dispatcher",
