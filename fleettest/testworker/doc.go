@@ -14,6 +14,11 @@
 //		goleak.VerifyTestMain(m)
 //	}
 //
+// internal/sharedtest.TestMain is that TestMain for procfleet's own packages.
+// The same worker is also a program of its own, procfleet-testworker (in
+// the directory of that name), which `dispatcher chaos` runs by default so
+// that no test code is linked into the dispatcher.
+//
 // Options choose how the worker starts (crash, never ready, slow, garbage,
 // closed stdout) and whether it ignores SIGTERM and shutdown. Once ready,
 // the call's command chooses what it does; see Commands.
