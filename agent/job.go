@@ -168,7 +168,7 @@ func (j *job) call(lease *pool.Lease, started time.Time) {
 		} else if errors.Is(err, worker.ErrCanceled) {
 			kind = queue.KindCanceled
 		}
-		if j.poisoned(lease, kind, err) {
+		if j.poisoned(lease, err) {
 			return
 		}
 		j.logger().Info("worker failed; job will be redelivered", zap.String("worker", lease.WorkerID()), zap.Error(err))

@@ -41,7 +41,7 @@ type workerDeath struct {
 	Agent   string    `json:"agent"`
 	Worker  string    `json:"worker"`
 	PID     int       `json:"pid,omitempty"`
-	Kind    string    `json:"kind"`
+	Kind    string    `json:"kind"` // crash, protocol or timeout
 	Cause   string    `json:"cause"`
 	At      time.Time `json:"at"`
 }
@@ -54,11 +54,20 @@ type deathRecord struct {
 // maxCauseLen bounds each cause kept, so that a record stays small.
 const maxCauseLen = 300
 
-// killedWorker reports whether a failed call cost its worker through the
-// job: the worker died, broke the protocol, or was killed at the timeout.
-// A canceled call (the agent stopping, the job canceled) does not count.
-func killedWorker(err error) bool {
-	return errors.Is(err, worker.ErrDead) || errors.Is(err, worker.ErrProtocol) || errors.Is(err, worker.ErrTimeout)
+// deathKind says how a failed call cost its worker through the job:
+// "crash" (the process died), "protocol" (it broke the protocol and was
+// removed) or "timeout" (killed at the job's timeout); "" when it did not,
+// e.g. a canceled call (the agent stopping, the job canceled).
+func deathKind(err error) string {
+	switch {
+	case errors.Is(err, worker.ErrDead):
+		return "crash"
+	case errors.Is(err, worker.ErrProtocol):
+		return "protocol"
+	case errors.Is(err, worker.ErrTimeout):
+		return "timeout"
+	}
+	return ""
 }
 
 // poisonKey is the job's key in the poison bucket: "<stream>.<sequence>".
@@ -70,9 +79,10 @@ func (j *job) poisonKey() string {
 // poison bound is reached, ends the job as poison and reports true. When the
 // death cannot be recorded the job is retried as before (max_attempts still
 // bounds it).
-func (j *job) poisoned(lease *pool.Lease, kind string, err error) bool {
+func (j *job) poisoned(lease *pool.Lease, err error) bool {
 	a := j.r.a
-	if !killedWorker(err) || a.baseCtx.Err() != nil || j.meta == nil || a.deaths == nil {
+	kind := deathKind(err)
+	if kind == "" || a.baseCtx.Err() != nil || j.meta == nil || a.deaths == nil {
 		return false
 	}
 	cause := err.Error()
@@ -159,8 +169,8 @@ func (j *job) poison(deaths []workerDeath) {
 }
 
 // poisonReason names every death, e.g. "2 workers died running this job
-// (poison bound 2): attempt 1 on agent a1, worker w-3 (pid 42): timeout: ...;
-// attempt 2 ...".
+// (poison bound 2): attempt 1 on agent a1: timeout: worker a1-3 (pid 42):
+// call timed out: ...; attempt 2 ...".
 func poisonReason(deaths []workerDeath, bound int) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%d workers died running this job (poison bound %d)", len(deaths), bound)
@@ -169,11 +179,7 @@ func poisonReason(deaths []workerDeath, bound int) string {
 		if i == 0 {
 			sep = ": "
 		}
-		fmt.Fprintf(&b, "%sattempt %d on agent %s, worker %s", sep, d.Attempt, d.Agent, d.Worker)
-		if d.PID > 0 {
-			fmt.Fprintf(&b, " (pid %d)", d.PID)
-		}
-		fmt.Fprintf(&b, ": %s: %s", d.Kind, d.Cause)
+		fmt.Fprintf(&b, "%sattempt %d on agent %s: %s: %s", sep, d.Attempt, d.Agent, d.Kind, d.Cause)
 	}
 	return b.String()
 }
