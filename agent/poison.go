@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -21,7 +23,8 @@ import (
 //
 // A job whose attempts keep killing workers (a crash mid-call, a protocol
 // error, a kill at the timeout) would otherwise cost one worker, and every
-// session bound to it, per attempt, up to max_attempts. The guard counts
+// session bound to it, per attempt, up to max_attempts. Workers killed from
+// outside (see deathKind) are not held against the job. The guard counts
 // those deaths per job and ends the job once Config.PoisonDeaths workers
 // died running it: a dead letter and a result of kind "poison" naming each
 // death, then Term. A job whose last allowed attempt (max_attempts) is also
@@ -55,12 +58,24 @@ type deathRecord struct {
 const maxCauseLen = 300
 
 // deathKind says how a failed call cost its worker through the job:
-// "crash" (the process died), "protocol" (it broke the protocol and was
-// removed) or "timeout" (killed at the job's timeout); "" when it did not,
-// e.g. a canceled call (the agent stopping, the job canceled).
+// "crash" (the process exited, or died of a fault signal such as SIGSEGV or
+// SIGABRT), "protocol" (it broke the protocol and was removed) or "timeout"
+// (killed at the job's timeout). It returns "" when the job is not to blame:
+// a canceled call (the agent stopping, the job canceled), or a worker ended
+// by a signal sent from outside (SIGKILL, SIGTERM, SIGINT, SIGHUP: an
+// operator, a chaos test, the kernel's OOM killer).
 func deathKind(err error) string {
 	switch {
 	case errors.Is(err, worker.ErrDead):
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			if ws, ok := exit.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+				switch ws.Signal() {
+				case syscall.SIGKILL, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP:
+					return ""
+				}
+			}
+		}
 		return "crash"
 	case errors.Is(err, worker.ErrProtocol):
 		return "protocol"

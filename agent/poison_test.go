@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -217,5 +218,42 @@ func TestUndecodablePayloadKeepsPythonWorker(t *testing.T) {
 	}
 	if st := f.Agents[0].Pool().Stats(); st.Removed != 0 || st.Restarts != 0 {
 		t.Errorf("pool removed %d, restarted %d workers; want none", st.Removed, st.Restarts)
+	}
+}
+
+// A worker killed from outside (SIGKILL: an operator, a chaos test) is not
+// the job's fault: two such kills do not make the job poison.
+func TestExternalKillsAreNotPoison(t *testing.T) {
+	t.Parallel()
+	f := fleettest.StartFleet(t, fleetConfig(1, 1))
+	id := submit(t, f, "", &queue.Job{Command: "sleep", Payload: json.RawMessage(`{"ms":3000}`), MaxAttempts: 20})
+	killed := map[int]bool{}
+	for len(killed) < 2 {
+		var pid int
+		fleettest.Eventually(t, 30*time.Second, func() error {
+			for _, w := range f.Agents[0].Pool().Stats().Workers {
+				if w.State == "busy" && w.PID > 0 && !killed[w.PID] {
+					pid = w.PID
+					return nil
+				}
+			}
+			return errors.New("no busy worker yet")
+		})
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		killed[pid] = true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	r, err := f.Client.Result(ctx, id, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.OK || r.Attempt != 3 {
+		t.Fatalf("result: %+v (error %+v), want ok at attempt 3", r, r.Error)
+	}
+	if recs := deathRecords(t, f); len(recs) != 0 {
+		t.Fatalf("death records after external kills: %v", recs)
 	}
 }
