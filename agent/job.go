@@ -165,6 +165,7 @@ func (j *job) call(lease *pool.Lease, started time.Time) {
 		kind := queue.KindApp
 		if errors.Is(err, worker.ErrTimeout) {
 			kind = queue.KindTimeout
+			err = fmt.Errorf("%w (attempt timeout %v)", err, timeout)
 		} else if errors.Is(err, worker.ErrCanceled) {
 			kind = queue.KindCanceled
 		}

@@ -131,8 +131,9 @@ func TestMaxJobTimeoutCapsAnAttempt(t *testing.T) {
 	if r.OK || r.Error == nil || r.Error.Kind != queue.KindPoison || r.Attempt != 3 {
 		t.Fatalf("result: %+v (error %+v)", r, r.Error)
 	}
-	if !strings.Contains(r.Error.Message, "3 workers died") || !strings.Contains(r.Error.Message, ": timeout: ") {
-		t.Errorf("message %q does not name 3 timeouts", r.Error.Message)
+	if !strings.Contains(r.Error.Message, "3 workers died") || strings.Count(r.Error.Message, ": timeout: ") != 3 ||
+		strings.Count(r.Error.Message, "(attempt timeout 500ms)") != 3 {
+		t.Errorf("message %q does not name 3 timeouts at the 500ms ceiling", r.Error.Message)
 	}
 	t.Logf("3 attempts capped at 500ms ended in %v", time.Since(start))
 	if st := f.Agents[0].Pool().Stats(); st.Removed != 3 {
