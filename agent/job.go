@@ -137,10 +137,7 @@ func (j *job) run() {
 
 func (j *job) call(lease *pool.Lease, started time.Time) {
 	a := j.r.a
-	timeout := a.cfg.JobTimeout
-	if j.job.TimeoutMS > 0 {
-		timeout = time.Duration(j.job.TimeoutMS) * time.Millisecond
-	}
+	timeout := a.cfg.attemptTimeout(j.job.TimeoutMS)
 	ctx, cancel := context.WithTimeout(a.baseCtx, timeout)
 	j.mu.Lock()
 	j.callCancel = cancel
@@ -168,8 +165,12 @@ func (j *job) call(lease *pool.Lease, started time.Time) {
 		kind := queue.KindApp
 		if errors.Is(err, worker.ErrTimeout) {
 			kind = queue.KindTimeout
+			err = fmt.Errorf("%w (attempt timeout %v)", err, timeout)
 		} else if errors.Is(err, worker.ErrCanceled) {
 			kind = queue.KindCanceled
+		}
+		if j.poisoned(lease, err) {
+			return
 		}
 		j.logger().Info("worker failed; job will be redelivered", zap.String("worker", lease.WorkerID()), zap.Error(err))
 		j.retry(kind, err)

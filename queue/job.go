@@ -22,6 +22,10 @@ const DefaultMaxAttempts = 5
 // a job its final verdict.
 const MaxAttemptsLimit = 20
 
+// MaxTimeoutMS is the largest timeout_ms a job may ask for: 24 hours. An
+// agent may cap it lower (agent --max-job-timeout).
+const MaxTimeoutMS = 24 * 60 * 60 * 1000
+
 // Job is the envelope of one job: the message body on "<prefix>.job.s.<session>"
 // or "<prefix>.job.any".
 type Job struct {
@@ -194,8 +198,8 @@ func checkJob(j *Job) string {
 	switch {
 	case j.Command == "":
 		return "field \"command\" is required"
-	case j.TimeoutMS < 0:
-		return fmt.Sprintf("field \"timeout_ms\" cannot be negative, got %d", j.TimeoutMS)
+	case j.TimeoutMS < 0 || j.TimeoutMS > MaxTimeoutMS:
+		return fmt.Sprintf("field \"timeout_ms\" must be between 0 and %d (24h), got %d", MaxTimeoutMS, j.TimeoutMS)
 	case j.MaxAttempts < 0 || j.MaxAttempts > MaxAttemptsLimit:
 		return fmt.Sprintf("field \"max_attempts\" must be between 0 and %d, got %d", MaxAttemptsLimit, j.MaxAttempts)
 	case len(j.Payload) > 0 && !json.Valid(j.Payload):

@@ -65,6 +65,9 @@ func TestParseJob(t *testing.T) {
 		{name: "max_attempts negative", subject: sessSubj, body: `{"id":"j1","command":"c","max_attempts":-1}`, wantJobID: "j1", reason: "max_attempts"},
 		{name: "negative timeout", subject: sessSubj, body: `{"id":"j1","command":"c","timeout_ms":-5}`, wantJobID: "j1", reason: "timeout_ms"},
 		{name: "huge timeout", subject: sessSubj, body: `{"id":"j1","command":"c","timeout_ms":1e40}`, wantJobID: "j1", reason: "timeout_ms"},
+		{name: "timeout above 24h", subject: sessSubj, body: `{"id":"j1","command":"c","timeout_ms":1000000000000}`, wantJobID: "j1", reason: "between 0 and 86400000"},
+		{name: "timeout at 24h", subject: sessSubj, body: `{"id":"j1","command":"c","timeout_ms":86400000}`,
+			want: &queue.Job{ID: "j1", Command: "c", TimeoutMS: 86400000, MaxAttempts: queue.DefaultMaxAttempts, Session: "s1"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -21,6 +21,7 @@ const (
 	KindExhausted   = "exhausted"    // attempts ran out (or the server's MaxDeliver did)
 	KindBadRequest  = "bad_request"  // the job can never run (see BadRequestError)
 	KindCanceled    = "canceled"     // the job was canceled
+	KindPoison      = "poison"       // its attempts killed workers up to the agent's poison bound
 )
 
 // Result is the envelope stored on "<prefix>.result.<id>".
@@ -52,7 +53,7 @@ type ErrorInfo struct {
 // bad_request) uses its own id so that, after the job is replayed from the
 // DLQ, the new run's result is not swallowed as a duplicate of it.
 func resultMsgID(r *Result) string {
-	if r.Error != nil && (r.Error.Kind == KindExhausted || r.Error.Kind == KindBadRequest) {
+	if r.Error != nil && (r.Error.Kind == KindExhausted || r.Error.Kind == KindBadRequest || r.Error.Kind == KindPoison) {
 		return r.ID + "-dead"
 	}
 	return r.ID

@@ -30,7 +30,7 @@ type Topology struct {
 }
 
 // Ensure creates or verifies, idempotently, the jobs, results and dead-letter
-// streams, both KV buckets and the durable job consumers ("p-0".."p-<P-1>"
+// streams, the KV buckets (agents, leases, poison) and the durable job consumers ("p-0".."p-<P-1>"
 // and "any"). Concurrent Ensure calls with the same configuration are safe.
 //
 // An existing resource that differs in a contract field (partition count,
@@ -57,6 +57,9 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config) (*Topology,
 		return nil, err
 	}
 	if t.Leases, err = ensureBucket(ctx, js, cfg.leasesBucketConfig()); err != nil {
+		return nil, err
+	}
+	if _, err = ensureBucket(ctx, js, cfg.poisonBucketConfig()); err != nil {
 		return nil, err
 	}
 	if err := t.ensureConsumers(ctx); err != nil {
@@ -258,6 +261,30 @@ func (c Config) leasesBucketConfig() jetstream.KeyValueConfig {
 		Storage:        c.Storage,
 		Replicas:       c.Replicas,
 	}
+}
+
+// PoisonTTL is how long the record of a job's worker deaths is kept after
+// its last write. A key is written only when a worker dies running the job,
+// so the bucket is empty at rest.
+const PoisonTTL = 24 * time.Hour
+
+func (c Config) poisonBucketConfig() jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:      c.PoisonBucket(),
+		Description: "procfleet worker deaths per job (key <stream>.<sequence>), for the agents' poison guard",
+		History:     1,
+		TTL:         PoisonTTL,
+		Storage:     c.Storage,
+		Replicas:    c.Replicas,
+	}
+}
+
+// OpenPoison binds to the poison bucket that Ensure creates; it returns
+// ErrNoTopology if the bucket is missing (a topology made by an older
+// version: Ensure adds it).
+func OpenPoison(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.KeyValue, error) {
+	kv, _, err := openBucket(ctx, js, cfg.WithDefaults().PoisonBucket())
+	return kv, err
 }
 
 func (c Config) consumerConfig(name, filter string) jetstream.ConsumerConfig {

@@ -46,6 +46,8 @@ func run(args []string) error {
 		sessionIdle    = fs.Duration("session-idle-ttl", pool.DefaultSessionIdleTTL, "end a session idle this long")
 		startupTimeout = fs.Duration("startup-timeout", worker.DefaultStartupTimeout, "a worker must be ready within this")
 		jobTimeout     = fs.Duration("job-timeout", agent.DefaultJobTimeout, "default job timeout (a job's timeout_ms wins)")
+		maxJobTimeout  = fs.Duration("max-job-timeout", agent.DefaultMaxJobTimeout, "ceiling of one attempt: a job asking for a longer timeout_ms runs with this")
+		poisonDeaths   = fs.Int("poison-deaths", agent.DefaultPoisonDeaths, "end a job as poison once this many workers died running it, whatever its max_attempts")
 		capacity       = fs.Int("capacity", 0, "jobs held at once, running or waiting (default 2 x pool size)")
 		prefix         = fs.String("prefix", queue.DefaultPrefix, "subject prefix")
 		partitions     = fs.Int("partitions", queue.DefaultPartitions, "session partitions (must match the stream)")
@@ -85,13 +87,15 @@ Flags:
 	log, reg := tel.Log, tel.Registry
 
 	cfg := agent.Config{
-		Name:       *name,
-		Queue:      queue.Config{Prefix: *prefix, Partitions: *partitions},
-		JobTimeout: *jobTimeout,
-		Capacity:   *capacity,
-		Logger:     log,
-		Registerer: reg,
-		WorkerEnv:  workerEnv,
+		Name:          *name,
+		Queue:         queue.Config{Prefix: *prefix, Partitions: *partitions},
+		JobTimeout:    *jobTimeout,
+		MaxJobTimeout: *maxJobTimeout,
+		PoisonDeaths:  *poisonDeaths,
+		Capacity:      *capacity,
+		Logger:        log,
+		Registerer:    reg,
+		WorkerEnv:     workerEnv,
 	}
 	cfg.WorkerEnvAllow = []string{}
 	for _, k := range strings.Split(*envAllow, ",") {
