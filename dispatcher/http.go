@@ -53,14 +53,22 @@ func listenHTTP(cfg ServeConfig, tokens *tokenSet) (net.Listener, error) {
 		return nil, fmt.Errorf("%w: an HTTPS certificate needs its key and the key its certificate (--http-tls-cert with --http-tls-key)", ErrHTTPConfig)
 	}
 	addr := cli.LocalAddr(cfg.HTTPAddr)
+	refuse := fmt.Errorf("%w: refusing to serve the HTTP API on %s, which is not a loopback address, without a token: "+
+		"set --http-token-file or PROCFLEET_HTTP_TOKEN, or listen on 127.0.0.1", ErrHTTPConfig, addr)
+	// An address that is plainly not loopback (0.0.0.0 included) is
+	// refused before it is bound; a host name is checked once bound.
+	if host, _, err := net.SplitHostPort(addr); err == nil && tokens == nil {
+		if ip := net.ParseIP(host); ip != nil && !ip.IsLoopback() {
+			return nil, refuse
+		}
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("dispatcher: http listen %s: %w", addr, err)
 	}
 	if tokens == nil && !cli.IsLoopback(ln.Addr()) {
 		_ = ln.Close()
-		return nil, fmt.Errorf("%w: refusing to serve the HTTP API on %s, which is not a loopback address, without a token: "+
-			"set --http-token-file or PROCFLEET_HTTP_TOKEN, or listen on 127.0.0.1", ErrHTTPConfig, addr)
+		return nil, refuse
 	}
 	if cfg.HTTPTLSCert != "" {
 		cert, err := newCertReloader(cfg.HTTPTLSCert, cfg.HTTPTLSKey)

@@ -47,6 +47,9 @@ type ServeConfig struct {
 	Logger *zap.Logger
 	// Ready, when set, is called once the service is up.
 	Ready func()
+	// HTTPListening, when set, is called with the HTTP API's base URL
+	// (http://127.0.0.1:PORT or https://...) once it listens, before Ready.
+	HTTPListening func(url string)
 	// Registerer, when set, receives the fleet metrics (see
 	// Client.Metrics). Default: none.
 	Registerer prometheus.Registerer
@@ -160,8 +163,11 @@ func Serve(ctx context.Context, nc *nats.Conn, cfg ServeConfig) error {
 		if cfg.HTTPTLSCert != "" {
 			scheme = "https"
 		}
-		log.Info("http api", zap.String("url", scheme+"://"+ln.Addr().String()),
-			zap.Int("tokens", len(cfg.HTTPTokens)), zap.Bool("open", tokens == nil))
+		base := scheme + "://" + ln.Addr().String()
+		log.Info("http api", zap.String("url", base), zap.Int("tokens", len(cfg.HTTPTokens)), zap.Bool("open", tokens == nil))
+		if cfg.HTTPListening != nil {
+			cfg.HTTPListening(base)
+		}
 	}
 	log.Info("dispatcher serving", zap.String("nats", nc.ConnectedUrlRedacted()), zap.String("prefix", qcfg.Prefix))
 	if cfg.Ready != nil {
