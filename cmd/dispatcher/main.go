@@ -132,7 +132,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := newFlags("serve", "serve [--nats URL | --embedded [--listen 127.0.0.1:4222] [--data DIR]] [--http ADDR]", stderr)
 	c.register(fs)
 	emb := fs.Bool("embedded", false, "run an embedded NATS server with JetStream instead of connecting to --nats")
-	listen := fs.String("listen", "127.0.0.1:4222", "embedded server's client address")
+	listen := fs.String("listen", "127.0.0.1:4222", "embedded server's client address (loopback only: it has no users)")
 	data := fs.String("data", "./procfleet-data", "embedded server's JetStream directory")
 	httpAddr := fs.String("http", "", "also serve the API over HTTP on this address, e.g. 127.0.0.1:8080; a bare :8080 binds 127.0.0.1, "+
 		"any other than loopback needs a token (default off)")
@@ -161,9 +161,15 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	defer stopMetrics()
 	url := c.nats
 	if *emb {
-		host, port, err := splitHostPort(*listen)
+		host, port, err := splitHostPort(cli.LocalAddr(*listen))
 		if err != nil {
 			return fmt.Errorf("--listen: %w", err)
+		}
+		// The embedded server has no users: whoever reaches it may read
+		// and submit every job.
+		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			return fmt.Errorf("--listen %s: the embedded server has no users, so it listens on loopback only; "+
+				"for a fleet across machines run nats-server with deploy/nats-server.conf and serve --nats", *listen)
 		}
 		srv, u, err := embedded.Start(ctx, embedded.Config{Host: host, Port: port, StoreDir: *data, Logger: log.Named("nats")})
 		if err != nil {

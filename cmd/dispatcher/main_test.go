@@ -183,6 +183,8 @@ func TestServeHTTPFlags(t *testing.T) {
 		{[]string{"--http", "127.0.0.1:0", "--http-token-file", filepath.Join(dir, "missing")}, "--http-token-file"},
 		{[]string{"--http", "127.0.0.1:0", "--http-token", "short"}, "--http-token"},
 		{[]string{"--http", "127.0.0.1:0", "--http-tls-cert", badFile}, "--http-tls-key"},
+		{[]string{"--embedded", "--listen", "0.0.0.0:0", "--data", dir}, "loopback only"},
+		{[]string{"--embedded", "--listen", "192.0.2.1:0", "--data", dir}, "loopback only"},
 	} {
 		args := append([]string{"serve", "--nats", s.URL}, tc.args...)
 		if _, _, err := runCmd(t, args...); err == nil || !strings.Contains(err.Error(), tc.says) {
