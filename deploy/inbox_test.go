@@ -181,17 +181,18 @@ func TestServeUnderDeployedPermissions(t *testing.T) {
 			Logger:        zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)),
 		})
 	}()
+	t.Cleanup(cancel)
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatalf("Serve as the dispatcher user: %v", err)
+	}
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	select {
-	case <-ready:
-	case err := <-done:
-		t.Fatalf("Serve as the dispatcher user: %v", err)
-	}
 	url := <-base
 	ac := startAgent(t, s, "serve-1", qcfg)
 	cc := s.connect(t, userClient)

@@ -73,12 +73,7 @@ func startServe(t *testing.T, nc *nats.Conn, cfg dispatcher.ServeConfig) served 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- dispatcher.Serve(ctx, nc, cfg) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	t.Cleanup(cancel)
 	select {
 	case <-ready:
 	case err := <-done:
@@ -86,6 +81,12 @@ func startServe(t *testing.T, nc *nats.Conn, cfg dispatcher.ServeConfig) served 
 	case <-time.After(30 * time.Second):
 		t.Fatal("Serve not ready within 30s")
 	}
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
 	return served{URL: <-base, NC: nc}
 }
 
