@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
@@ -364,6 +365,17 @@ func TestHTTPStatusCodes(t *testing.T) {
 	nc := srv.Connect(t)
 	s := startServe(t, nc, dispatcher.ServeConfig{})
 	max := int(nc.MaxPayload())
+	// A result that is not an envelope: a fault of ours, not the caller's,
+	// and its detail stays in the log.
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := js.Publish(ctx, "fleet.result.corrupt-1", []byte("not an envelope")); err != nil {
+		t.Fatal(err)
+	}
 	bigPayload := func(n int) string {
 		return `{"job":{"command":"echo","payload":"` + strings.Repeat("x", n) + `"}}`
 	}
@@ -375,6 +387,7 @@ func TestHTTPStatusCodes(t *testing.T) {
 		{"bad result id", "GET", "/v1/results/a.b", "", 400, "job id"},
 		{"wildcard result id", "GET", "/v1/results/a*", "", 400, "job id"},
 		{"unknown result", "GET", "/v1/results/never-submitted", "", 404, "no result"},
+		{"corrupt result", "GET", "/v1/results/corrupt-1", "", 500, `"internal error (see the dispatcher's log)"`},
 		{"malformed JSON", "POST", "/v1/jobs", `{"job":`, 400, "bad request"},
 		{"not an object", "POST", "/v1/jobs", `[1,2]`, 400, "bad request"},
 		{"two values", "POST", "/v1/jobs", `{"job":{"command":"echo"}} {}`, 400, "more than one"},
