@@ -488,3 +488,17 @@ func TestSubmitMicroCodes(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTPHeaderLimit: oversized request headers are refused before any
+// handler runs.
+func TestHTTPHeaderLimit(t *testing.T) {
+	t.Parallel()
+	s := startServe(t, nil, dispatcher.ServeConfig{})
+	r := call(t, nil, "GET", s.URL+"/v1/status", "", "", "X-Filler", strings.Repeat("f", 128<<10))
+	if r.Status != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("128 KiB of headers: %d, want 431", r.Status)
+	}
+	if r := call(t, nil, "GET", s.URL+"/v1/status", "", "", "X-Filler", strings.Repeat("f", 16<<10)); r.Status != 200 {
+		t.Fatalf("16 KiB of headers: %d, want 200", r.Status)
+	}
+}

@@ -129,14 +129,14 @@ func newFlags(name, help string, stderr io.Writer) *flag.FlagSet {
 
 func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	var c common
-	fs := newFlags("serve", "serve [--nats URL | --embedded [--listen 127.0.0.1:4222] [--data DIR]] [--http ADDR]", stderr)
+	fs := newFlags("serve", "serve [--nats URL | --embedded [--listen 127.0.0.1:4222] [--data DIR]] [--http ADDR [--http-token-file FILE] [--http-tls-cert PEM --http-tls-key PEM]]", stderr)
 	c.register(fs)
 	emb := fs.Bool("embedded", false, "run an embedded NATS server with JetStream instead of connecting to --nats")
 	listen := fs.String("listen", "127.0.0.1:4222", "embedded server's client address (loopback only: it has no users)")
 	data := fs.String("data", "./procfleet-data", "embedded server's JetStream directory")
 	httpAddr := fs.String("http", "", "also serve the API over HTTP on this address, e.g. 127.0.0.1:8080; a bare :8080 binds 127.0.0.1, "+
 		"any other than loopback needs a token (default off)")
-	httpTokenFile := fs.String("http-token-file", "", "HTTP API bearer tokens and their rights, one `token right[,right]` a line (rights: submit, read, admin)")
+	httpTokenFile := fs.String("http-token-file", "", "HTTP API bearer tokens and their rights, one 'token right[,right]' a line (rights: submit, read, admin)")
 	httpToken := fs.String("http-token", "", "one HTTP API bearer token with every right (prefer PROCFLEET_HTTP_TOKEN: flags are visible in ps)")
 	httpCert := fs.String("http-tls-cert", "", "serve HTTPS with this PEM certificate (with --http-tls-key)")
 	httpKey := fs.String("http-tls-key", "", "private key PEM of --http-tls-cert")
