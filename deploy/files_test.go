@@ -17,6 +17,7 @@ var deployFiles = []string{
 	"kubernetes/agent-scaledobject.yaml",
 	"kubernetes/agent.yaml",
 	"kubernetes/dispatcher.yaml",
+	"kubernetes/http-token.env.example",
 	"kubernetes/kustomization.yaml",
 	"kubernetes/namespace.yaml",
 	"kubernetes/nats-server.conf",
@@ -39,7 +40,7 @@ func TestDeployFilesKnown(t *testing.T) {
 			return err
 		}
 		// A local secrets file (kept out of git) is not part of the tree.
-		if path == filepath.Join(kubernetesDir, "nats-users.env") {
+		if path == filepath.Join(kubernetesDir, "nats-users.env") || path == filepath.Join(kubernetesDir, "http-token.env") {
 			return nil
 		}
 		found = append(found, filepath.ToSlash(path))

@@ -154,9 +154,12 @@ func randomHex(t testing.TB, n int) string {
 	return hex.EncodeToString(b)
 }
 
+// inboxPrefix is the reply prefix the configuration confines user to.
+func inboxPrefix(user string) string { return "_INBOX_" + user }
+
 // auth returns the flags a program started as user would be given.
 func (s *securedServer) auth(user string) *cli.Auth {
-	return &cli.Auth{User: user, Password: s.Passwords[user]}
+	return &cli.Auth{User: user, Password: s.Passwords[user], InboxPrefix: inboxPrefix(user)}
 }
 
 // userConn is a connection as one user that records the permission

@@ -186,6 +186,9 @@ func TestSystemdAgentUnit(t *testing.T) {
 	if env["PROCFLEET_USER"] != userAgent {
 		t.Errorf("agent.env.example: PROCFLEET_USER=%q, want %q", env["PROCFLEET_USER"], userAgent)
 	}
+	if got := env[cli.EnvName("inbox-prefix")]; got != inboxPrefix(userAgent) {
+		t.Errorf("agent.env.example: %s=%q, want %q", cli.EnvName("inbox-prefix"), got, inboxPrefix(userAgent))
+	}
 	if env[cli.EnvName("worker-cmd")] == "" {
 		t.Errorf("agent.env.example: %s is required", cli.EnvName("worker-cmd"))
 	}
@@ -214,6 +217,9 @@ func TestSystemdDispatcherUnit(t *testing.T) {
 	checkProgramEnv(t, "dispatcher.env.example", programFlags(t, dispatcherMain), env)
 	if env["PROCFLEET_USER"] != userDispatcher {
 		t.Errorf("dispatcher.env.example: PROCFLEET_USER=%q, want %q", env["PROCFLEET_USER"], userDispatcher)
+	}
+	if got := env[cli.EnvName("inbox-prefix")]; got != inboxPrefix(userDispatcher) {
+		t.Errorf("dispatcher.env.example: %s=%q, want %q", cli.EnvName("inbox-prefix"), got, inboxPrefix(userDispatcher))
 	}
 	if _, ok := env[cli.EnvName("embedded")]; ok {
 		t.Errorf("dispatcher.env.example: %s would start a private server next to nats-server", cli.EnvName("embedded"))

@@ -1,13 +1,14 @@
 package dispatcher
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -29,12 +30,26 @@ type ServeConfig struct {
 	// Queue is the NATS contract. Zero fields take queue's defaults.
 	Queue queue.Config
 	// HTTPAddr, when set, also serves the API over HTTP (POST /v1/jobs,
-	// GET /v1/status, GET /healthz). Default: none.
+	// GET /v1/results/{id}, GET /v1/status, GET /v1/dlq,
+	// POST /v1/dlq/{seq}/replay, GET /healthz). A bare ":port" binds
+	// 127.0.0.1. Default: none.
 	HTTPAddr string
+	// HTTPTokens are the bearer tokens the HTTP API accepts, each with its
+	// rights (see ReadHTTPTokenFile). Default none: the API is then open to
+	// every caller, and Serve refuses any address but a loopback one.
+	// /healthz needs no token.
+	HTTPTokens []HTTPToken
+	// HTTPTLSCert and HTTPTLSKey, when set, serve HTTPS with this PEM
+	// certificate and key (re-read when the files change). Default: plain
+	// HTTP.
+	HTTPTLSCert, HTTPTLSKey string
 	// Logger receives the server's logs. Default: no logging.
 	Logger *zap.Logger
 	// Ready, when set, is called once the service is up.
 	Ready func()
+	// HTTPListening, when set, is called with the HTTP API's base URL
+	// (http://127.0.0.1:PORT or https://...) once it listens, before Ready.
+	HTTPListening func(url string)
 	// Registerer, when set, receives the fleet metrics (see
 	// Client.Metrics). Default: none.
 	Registerer prometheus.Registerer
@@ -62,6 +77,23 @@ func Serve(ctx context.Context, nc *nats.Conn, cfg ServeConfig) error {
 		log = zap.NewNop()
 	}
 	log = log.Named("dispatcher")
+	// Check the HTTP settings before touching NATS: a bad token file or a
+	// refused address is a start-up error, not a half-started service.
+	var tokens *tokenSet
+	if len(cfg.HTTPTokens) > 0 {
+		var err error
+		if tokens, err = newTokenSet(cfg.HTTPTokens); err != nil {
+			return err
+		}
+	}
+	var ln net.Listener
+	if cfg.HTTPAddr != "" {
+		var err error
+		if ln, err = listenHTTP(cfg, tokens); err != nil {
+			return err
+		}
+		defer ln.Close()
+	}
 	c, err := EnsureClient(ctx, nc, cfg.Queue)
 	if err != nil {
 		return err
@@ -92,9 +124,15 @@ func Serve(ctx context.Context, nc *nats.Conn, cfg ServeConfig) error {
 	defer func() { _ = svc.Stop() }()
 	g := svc.AddGroup(qcfg.Prefix + ".api")
 	if err := g.AddEndpoint("submit", micro.HandlerFunc(func(req micro.Request) {
-		reply, code, err := c.handleSubmit(ctx, req.Data())
+		reply, err := c.handleSubmit(ctx, req.Data())
 		if err != nil {
-			_ = req.Error(code, err.Error(), nil)
+			msg := err.Error()
+			code := statusOf(err)
+			if code == http.StatusInternalServerError {
+				log.Error("submit", zap.Error(err))
+				msg = "internal error (see the dispatcher's log)"
+			}
+			_ = req.Error(strconv.Itoa(code), msg, nil)
 			return
 		}
 		_ = req.RespondJSON(reply)
@@ -116,15 +154,20 @@ func Serve(ctx context.Context, nc *nats.Conn, cfg ServeConfig) error {
 
 	var httpErr chan error
 	var srv *http.Server
-	if cfg.HTTPAddr != "" {
-		ln, err := net.Listen("tcp", cfg.HTTPAddr)
-		if err != nil {
-			return fmt.Errorf("dispatcher: http listen %s: %w", cfg.HTTPAddr, err)
-		}
-		srv = &http.Server{Handler: c.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
+	if ln != nil {
+		api := &httpAPI{c: c, log: log.Named("http"), tokens: tokens}
+		srv = newHTTPServer(api.handler(), log)
 		httpErr = make(chan error, 1)
 		go func() { httpErr <- srv.Serve(ln) }()
-		log.Info("http api", zap.String("addr", ln.Addr().String()))
+		scheme := "http"
+		if cfg.HTTPTLSCert != "" {
+			scheme = "https"
+		}
+		base := scheme + "://" + ln.Addr().String()
+		log.Info("http api", zap.String("url", base), zap.Int("tokens", len(cfg.HTTPTokens)), zap.Bool("open", tokens == nil))
+		if cfg.HTTPListening != nil {
+			cfg.HTTPListening(base)
+		}
 	}
 	log.Info("dispatcher serving", zap.String("nats", nc.ConnectedUrlRedacted()), zap.String("prefix", qcfg.Prefix))
 	if cfg.Ready != nil {
@@ -144,76 +187,26 @@ func Serve(ctx context.Context, nc *nats.Conn, cfg ServeConfig) error {
 	return nil
 }
 
-func (c *Client) handleSubmit(ctx context.Context, body []byte) (*SubmitReply, string, error) {
+func (c *Client) handleSubmit(ctx context.Context, body []byte) (*SubmitReply, error) {
+	// Strict: a misspelt field ("sesion") must not quietly submit another
+	// job than the one meant.
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
 	var req SubmitRequest
-	if err := json.Unmarshal(body, &req); err != nil {
-		return nil, "400", fmt.Errorf("bad request: body is not a submit request: %v", err)
+	if err := dec.Decode(&req); err != nil {
+		return nil, badRequest("body is not a submit request {\"session\": ..., \"job\": {...}}: %v", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, badRequest("body holds more than one JSON value")
 	}
 	if req.Job == nil {
-		return nil, "400", errors.New("bad request: missing job")
+		return nil, badRequest("missing job")
 	}
-	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	sctx, cancel := context.WithTimeout(ctx, apiTimeout)
 	defer cancel()
 	ack, err := c.topo.Submit(sctx, req.Session, req.Job)
 	if err != nil {
-		if errors.Is(err, queue.ErrBadRequest) {
-			return nil, "400", err
-		}
-		return nil, "503", err
+		return nil, err
 	}
-	return &SubmitReply{ID: req.Job.ID, Duplicate: ack != nil && ack.Duplicate}, "", nil
-}
-
-func (c *Client) httpHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		if !c.nc.IsConnected() {
-			http.Error(w, "nats disconnected", http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	mux.HandleFunc("POST /v1/jobs", func(w http.ResponseWriter, r *http.Request) {
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 64<<20))
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusRequestEntityTooLarge)
-			return
-		}
-		reply, code, err := c.handleSubmit(r.Context(), body)
-		if err != nil {
-			status := http.StatusBadRequest
-			if code != "400" {
-				status = http.StatusServiceUnavailable
-			}
-			http.Error(w, err.Error(), status)
-			return
-		}
-		writeJSON(w, reply)
-	})
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
-		st, err := c.Status(r.Context())
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		writeJSON(w, st)
-	})
-	mux.HandleFunc("GET /v1/results/{id}", func(w http.ResponseWriter, r *http.Request) {
-		res, err := c.topo.GetResult(r.Context(), r.PathValue("id"))
-		if errors.Is(err, queue.ErrResultNotFound) {
-			http.Error(w, "no result yet", http.StatusNotFound)
-			return
-		}
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		writeJSON(w, res)
-	})
-	return mux
-}
-
-func writeJSON(w http.ResponseWriter, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(v)
+	return &SubmitReply{ID: req.Job.ID, Duplicate: ack != nil && ack.Duplicate}, nil
 }

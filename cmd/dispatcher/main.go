@@ -134,15 +134,24 @@ func newFlags(name, help string, stderr io.Writer) *flag.FlagSet {
 
 func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	var c common
-	fs := newFlags("serve", "serve [--nats URL | --embedded [--listen 127.0.0.1:4222] [--data DIR]] [--http ADDR]", stderr)
+	fs := newFlags("serve", "serve [--nats URL | --embedded [--listen 127.0.0.1:4222] [--data DIR]] [--http ADDR [--http-token-file FILE] [--http-tls-cert PEM --http-tls-key PEM]]", stderr)
 	c.register(fs)
 	emb := fs.Bool("embedded", false, "run an embedded NATS server with JetStream instead of connecting to --nats")
-	listen := fs.String("listen", defaultListen, "embedded server's client address")
+	listen := fs.String("listen", defaultListen, "embedded server's client address (loopback only: it has no users)")
 	data := fs.String("data", defaultDataDir, "embedded server's JetStream directory")
-	httpAddr := fs.String("http", "", "also serve the API over HTTP on this address, e.g. 127.0.0.1:8080 (default off)")
+	httpAddr := fs.String("http", "", "also serve the API over HTTP on this address, e.g. 127.0.0.1:8080; a bare :8080 binds 127.0.0.1, "+
+		"any other than loopback needs a token (default off)")
+	httpTokenFile := fs.String("http-token-file", "", "HTTP API bearer tokens and their rights, one 'token right[,right]' a line (rights: submit, read, admin)")
+	httpToken := fs.String("http-token", "", "one HTTP API bearer token with every right (prefer PROCFLEET_HTTP_TOKEN: flags are visible in ps)")
+	httpCert := fs.String("http-tls-cert", "", "serve HTTPS with this PEM certificate (with --http-tls-key)")
+	httpKey := fs.String("http-tls-key", "", "private key PEM of --http-tls-cert")
 	partitions := fs.Int("partitions", queue.DefaultPartitions, "session partitions, fixed when the stream is created")
 	metrics := fs.String("metrics", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9100 (default off)")
 	if err := cli.Parse(fs, args); err != nil {
+		return err
+	}
+	tokens, err := httpTokens(*httpTokenFile, *httpToken)
+	if err != nil {
 		return err
 	}
 	tel, err := cli.StartTelemetry(c.logFormat, c.logLevel, *metrics)
@@ -153,9 +162,15 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	log, reg := tel.Log, tel.Registry
 	url := c.nats
 	if *emb {
-		host, port, err := splitHostPort(*listen)
+		host, port, err := splitHostPort(cli.LocalAddr(*listen))
 		if err != nil {
 			return fmt.Errorf("--listen: %w", err)
+		}
+		// The embedded server has no users: whoever reaches it may read
+		// and submit every job.
+		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			return fmt.Errorf("--listen %s: the embedded server has no users, so it listens on loopback only; "+
+				"for a fleet across machines run nats-server with deploy/nats-server.conf and serve --nats", *listen)
 		}
 		srv, u, err := embedded.Start(ctx, embedded.Config{Host: host, Port: port, StoreDir: *data, Logger: log.Named("nats")})
 		if err != nil {
@@ -182,7 +197,28 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	defer nc.Close()
 	qc := c.queue()
 	qc.Partitions = *partitions
-	return dispatcher.Serve(ctx, nc, dispatcher.ServeConfig{Queue: qc, HTTPAddr: *httpAddr, Logger: log, Registerer: reg})
+	return dispatcher.Serve(ctx, nc, dispatcher.ServeConfig{Queue: qc, HTTPAddr: *httpAddr, HTTPTokens: tokens,
+		HTTPTLSCert: *httpCert, HTTPTLSKey: *httpKey, Logger: log, Registerer: reg})
+}
+
+// httpTokens gathers the HTTP API's tokens: those of the token file, plus
+// the single all-rights token of --http-token (PROCFLEET_HTTP_TOKEN).
+func httpTokens(file, token string) ([]dispatcher.HTTPToken, error) {
+	var tokens []dispatcher.HTTPToken
+	if file != "" {
+		t, err := dispatcher.ReadHTTPTokenFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("--http-token-file: %w", err)
+		}
+		tokens = t
+	}
+	if token != "" {
+		if err := dispatcher.ValidateToken(token); err != nil {
+			return nil, fmt.Errorf("--http-token (PROCFLEET_HTTP_TOKEN): %w", err)
+		}
+		tokens = append(tokens, dispatcher.HTTPToken{Token: token, Rights: dispatcher.RightAll})
+	}
+	return tokens, nil
 }
 
 func splitHostPort(s string) (string, int, error) {
@@ -205,6 +241,10 @@ func connectClient(ctx context.Context, c *common) (*dispatcher.Client, *nats.Co
 	nc, err := nats.Connect(c.nats, append([]nats.Option{nats.Name("procfleet-cli"), nats.Timeout(5 * time.Second)}, opts...)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("cannot reach NATS at %s: %w", c.nats, err)
+	}
+	if err := cli.CheckInbox(nc, 5*time.Second); err != nil {
+		nc.Close()
+		return nil, nil, err
 	}
 	client, err := dispatcher.NewClient(ctx, nc, c.queue())
 	if err != nil {
@@ -302,13 +342,30 @@ func cmdDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	c.register(fs)
 	asJSON := fs.Bool("json", false, "list: print JSON")
 	limit := fs.Int("limit", 100, "list: at most this many")
-	if len(args) == 0 {
+	// Flags may stand anywhere: dlq replay 7 --user dispatcher works.
+	if err := cli.ParseArgs(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() == 0 {
 		fs.Usage()
 		return errors.New("dlq needs list or replay")
 	}
-	sub := args[0]
-	if err := cli.Parse(fs, args[1:]); err != nil {
-		return err
+	sub, rest := fs.Arg(0), fs.Args()[1:]
+	switch {
+	case sub != "list" && sub != "replay":
+		return fmt.Errorf("dlq: unknown subcommand %q (list or replay)", sub)
+	case sub == "list" && len(rest) > 0:
+		return fmt.Errorf("dlq list: unexpected argument %q (it takes flags only)", rest[0])
+	case sub == "replay" && len(rest) == 0:
+		return errors.New("dlq replay needs at least one sequence number (see dlq list)")
+	}
+	seqs := make([]uint64, len(rest))
+	for i, a := range rest {
+		seq, err := strconv.ParseUint(a, 10, 64)
+		if err != nil || seq == 0 {
+			return fmt.Errorf("dlq replay: bad sequence %q (a positive number from dlq list)", a)
+		}
+		seqs[i] = seq
 	}
 	client, nc, err := connectClient(ctx, &c)
 	if err != nil {
@@ -337,14 +394,7 @@ func cmdDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 		return nil
 	case "replay":
-		if fs.NArg() == 0 {
-			return errors.New("dlq replay needs at least one sequence number (see dlq list)")
-		}
-		for _, a := range fs.Args() {
-			seq, err := strconv.ParseUint(a, 10, 64)
-			if err != nil {
-				return fmt.Errorf("bad sequence %q", a)
-			}
+		for _, seq := range seqs {
 			if err := t.ReplayDeadLetter(ctx, seq); err != nil {
 				return fmt.Errorf("replay %d: %w", seq, err)
 			}

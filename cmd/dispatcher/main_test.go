@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -110,5 +113,82 @@ func TestUnknownCommand(t *testing.T) {
 	_, stderr, err := runCmd(t, "frobnicate")
 	if err == nil || !strings.Contains(stderr, "Usage") {
 		t.Fatalf("want usage and an error, got %v", err)
+	}
+}
+
+// TestFlagsAfterArguments: `dlq replay 1 --nats URL` uses URL (the flags
+// after a positional argument were once ignored), and a command that takes
+// no argument refuses one.
+func TestFlagsAfterArguments(t *testing.T) {
+	t.Parallel()
+	cfg := fleettest.FleetConfig{Agents: 1}
+	cfg.Agent.Pool.Size = 1
+	cfg.Agent.RetryBackoffMin = 20 * time.Millisecond
+	f := fleettest.StartFleet(t, cfg)
+	url := f.Server.URL
+
+	if _, _, err := runCmd(t, "submit", "--command", "crash", "--id", "late-flags", "--max-attempts", "1", "--wait", "--nats", url); err == nil {
+		t.Fatal("want a non-zero exit for a failed job")
+	}
+	out, _, err := runCmd(t, "dlq", "list", "--json", "--nats", url)
+	if err != nil {
+		t.Fatalf("dlq list with flags after list: %v", err)
+	}
+	var entries []queue.DeadLetterEntry
+	if err := json.Unmarshal([]byte(out), &entries); err != nil || len(entries) != 1 {
+		t.Fatalf("dlq list --json: %v\n%s", err, out)
+	}
+	seq := strconv.FormatUint(entries[0].Seq, 10)
+	out, _, err = runCmd(t, "dlq", "replay", seq, "--nats", url, "--prefix", "fleet")
+	if err != nil || !strings.Contains(out, "replayed "+seq) {
+		t.Fatalf("dlq replay %s --nats URL: %v\n%s", seq, err, out)
+	}
+
+	for _, args := range [][]string{
+		{"submit", "--nats", url, "--command", "echo", "stray"},
+		{"status", "--nats", url, "stray"},
+		{"dlq", "list", "--nats", url, "7"},
+	} {
+		if _, _, err := runCmd(t, args...); err == nil || !strings.Contains(err.Error(), "unexpected argument") {
+			t.Errorf("%q: err = %v, want an unexpected-argument error", args, err)
+		}
+	}
+	for _, args := range [][]string{
+		{"dlq", "replay", "--nats", url},
+		{"dlq", "replay", "x", "--nats", url},
+		{"dlq", "frob", "--nats", url},
+	} {
+		if _, _, err := runCmd(t, args...); err == nil {
+			t.Errorf("%q: no error", args)
+		}
+	}
+}
+
+// TestServeHTTPFlags: the serve command's HTTP settings are checked before
+// anything starts, with errors naming the flag.
+func TestServeHTTPFlags(t *testing.T) {
+	t.Parallel()
+	s := fleettest.StartServer(t)
+	dir := t.TempDir()
+	badFile := filepath.Join(dir, "tokens")
+	if err := os.WriteFile(badFile, []byte("short submit\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		says string
+	}{
+		{[]string{"--http", "0.0.0.0:0"}, "without a token"},
+		{[]string{"--http", "127.0.0.1:0", "--http-token-file", badFile}, "--http-token-file"},
+		{[]string{"--http", "127.0.0.1:0", "--http-token-file", filepath.Join(dir, "missing")}, "--http-token-file"},
+		{[]string{"--http", "127.0.0.1:0", "--http-token", "short"}, "--http-token"},
+		{[]string{"--http", "127.0.0.1:0", "--http-tls-cert", badFile}, "--http-tls-key"},
+		{[]string{"--embedded", "--listen", "0.0.0.0:0", "--data", dir}, "loopback only"},
+		{[]string{"--embedded", "--listen", "192.0.2.1:0", "--data", dir}, "loopback only"},
+	} {
+		args := append([]string{"serve", "--nats", s.URL}, tc.args...)
+		if _, _, err := runCmd(t, args...); err == nil || !strings.Contains(err.Error(), tc.says) {
+			t.Errorf("%q: err = %v, want one saying %q", args, err, tc.says)
+		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 )
@@ -49,10 +50,16 @@ type Auth struct {
 	// after a reconnect.
 	TLSCert string
 	TLSKey  string
+	// InboxPrefix is the prefix of the subjects replies come back on: JetStream
+	// API answers, pulled jobs, publish acks, request replies. Default "":
+	// nats.go's "_INBOX". A server that confines each user to its own
+	// inboxes (deploy/nats-server.conf: _INBOX_dispatcher, _INBOX_agent,
+	// _INBOX_client) needs the matching prefix here.
+	InboxPrefix string
 }
 
 // Register adds --user, --password, --token, --nkey, --creds, --tls-ca,
-// --tls-cert and --tls-key to fs.
+// --tls-cert, --tls-key and --inbox-prefix to fs.
 func (a *Auth) Register(fs *flag.FlagSet) {
 	fs.StringVar(&a.User, "user", a.User, "NATS user name (with --password)")
 	fs.StringVar(&a.Password, "password", a.Password, "NATS password (prefer PROCFLEET_PASSWORD: flags are visible in ps)")
@@ -62,6 +69,8 @@ func (a *Auth) Register(fs *flag.FlagSet) {
 	fs.StringVar(&a.TLSCA, "tls-ca", a.TLSCA, "PEM file of CAs that verify the NATS server (enables TLS)")
 	fs.StringVar(&a.TLSCert, "tls-cert", a.TLSCert, "client certificate PEM for mutual TLS (with --tls-key)")
 	fs.StringVar(&a.TLSKey, "tls-key", a.TLSKey, "client private key PEM for mutual TLS (with --tls-cert)")
+	fs.StringVar(&a.InboxPrefix, "inbox-prefix", a.InboxPrefix,
+		"subject prefix of this program's reply inboxes, e.g. _INBOX_agent when the server confines each user to its own (default _INBOX)")
 }
 
 // Options validates the flags and returns the nats.go options they stand
@@ -91,6 +100,12 @@ func (a *Auth) Options() ([]nats.Option, error) {
 	}
 
 	var opts []nats.Option
+	if a.InboxPrefix != "" {
+		if !validInboxPrefix(a.InboxPrefix) {
+			return nil, fmt.Errorf("%w: --inbox-prefix %q must be a subject without wildcards, e.g. _INBOX_agent", ErrAuthFlags, a.InboxPrefix)
+		}
+		opts = append(opts, nats.CustomInboxPrefix(a.InboxPrefix))
+	}
 	switch {
 	case a.User != "":
 		opts = append(opts, nats.UserInfo(a.User, a.Password))
@@ -166,4 +181,45 @@ func (a *Auth) tlsOption() (nats.Option, error) {
 		}
 	}
 	return nats.Secure(cfg), nil
+}
+
+// validInboxPrefix reports whether p is a literal subject: dot-separated
+// non-empty tokens without wildcards or white space.
+func validInboxPrefix(p string) bool {
+	for _, tok := range strings.Split(p, ".") {
+		if tok == "" || strings.ContainsAny(tok, "*> \t\r\n") {
+			return false
+		}
+	}
+	return true
+}
+
+// ErrInboxDenied is wrapped by CheckInbox when the server refuses the
+// connection's reply inboxes.
+var ErrInboxDenied = errors.New("cli: the NATS server refuses this user its reply inboxes")
+
+// CheckInbox proves that the server lets nc receive replies under its inbox
+// prefix. Without that every request (JetStream included) would only time
+// out; with it, a wrong or missing --inbox-prefix fails at start-up, named.
+func CheckInbox(nc *nats.Conn, timeout time.Duration) error {
+	subject := nc.NewInbox()
+	sub, err := nc.SubscribeSync(subject)
+	if err != nil {
+		return fmt.Errorf("cli: subscribe to inbox %s: %w", subject, err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	// The server answers a refused subscription before the flush's PONG,
+	// and the connection records it before Flush returns.
+	if err := nc.FlushTimeout(timeout); err != nil {
+		return fmt.Errorf("cli: flush after inbox subscription: %w", err)
+	}
+	if err := nc.LastError(); errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), subject) {
+		prefix := nc.Opts.InboxPrefix
+		if prefix == "" {
+			prefix = strings.TrimSuffix(nats.InboxPrefix, ".")
+		}
+		return fmt.Errorf("%w: may not subscribe to %s.>; set --inbox-prefix (PROCFLEET_INBOX_PREFIX) to the prefix "+
+			"the server allows this user (deploy/nats-server.conf: _INBOX_<user>)", ErrInboxDenied, prefix)
+	}
+	return nil
 }

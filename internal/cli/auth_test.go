@@ -349,3 +349,65 @@ func TestAuthMutualTLS(t *testing.T) {
 		t.Fatal("connected without a client certificate to a server that verifies clients")
 	}
 }
+
+// TestInboxPrefix: with --inbox-prefix a program gets its replies on the
+// inbox the server allows it, and without it CheckInbox (and Connect) say
+// what is wrong instead of letting every request time out.
+func TestInboxPrefix(t *testing.T) {
+	t.Parallel()
+	confined := &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: []string{">"}},
+		Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX_agent.>"}, Deny: []string{"_INBOX.>"}},
+	}
+	url := startServer(t, &server.Options{Users: []*server.User{
+		{Username: "agent", Password: "agent-pw", Permissions: confined},
+		{Username: "echo", Password: "echo-pw"},
+	}})
+	echo, err := connect(t, url, "--user", "echo", "--password", "echo-pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := echo.Subscribe("svc.echo", func(m *nats.Msg) { _ = m.Respond(m.Data) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := echo.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	nc, err := connect(t, url, "--user", "agent", "--password", "agent-pw", "--inbox-prefix", "_INBOX_agent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cli.CheckInbox(nc, 5*time.Second); err != nil {
+		t.Fatalf("CheckInbox with the allowed prefix: %v", err)
+	}
+	if m, err := nc.Request("svc.echo", []byte("hi"), 5*time.Second); err != nil || string(m.Data) != "hi" {
+		t.Fatalf("request with the allowed prefix: %v, %v", m, err)
+	}
+
+	nc, err = connect(t, url, "--user", "agent", "--password", "agent-pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = cli.CheckInbox(nc, 5*time.Second)
+	if !errors.Is(err, cli.ErrInboxDenied) || !strings.Contains(err.Error(), "_INBOX.>") || !strings.Contains(err.Error(), "--inbox-prefix") {
+		t.Fatalf("CheckInbox with the default prefix: err = %v, want ErrInboxDenied naming _INBOX.> and --inbox-prefix", err)
+	}
+
+	opts, err := (&cli.Auth{User: "agent", Password: "agent-pw"}).Options()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nc, err := cli.Connect(url, "test", zaptest.NewLogger(t), append(opts, nats.NoReconnect())...); !errors.Is(err, cli.ErrInboxDenied) {
+		if err == nil {
+			nc.Close()
+		}
+		t.Fatalf("Connect with a refused inbox: err = %v, want ErrInboxDenied", err)
+	}
+
+	for _, bad := range []string{"_INBOX.*", "_INBOX.>", "a..b", "_INBOX.", "has space"} {
+		if _, err := (&cli.Auth{InboxPrefix: bad}).Options(); !errors.Is(err, cli.ErrAuthFlags) || !strings.Contains(err.Error(), "--inbox-prefix") {
+			t.Errorf("--inbox-prefix %q: err = %v, want ErrAuthFlags naming the flag", bad, err)
+		}
+	}
+}

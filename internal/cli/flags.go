@@ -33,9 +33,45 @@ func ApplyEnv(fs *flag.FlagSet) error {
 	return err
 }
 
-// Parse parses args into fs, then applies the environment.
+// Parse parses args into fs, then applies the environment. Flags may come
+// before or after positional arguments (`dlq replay 7 --user x` and
+// `dlq replay --user x 7` mean the same); after a lone "--" every argument
+// is positional. Positional arguments are left in fs.Args(). Parse refuses
+// them: use ParseArgs for a command that takes any.
 func Parse(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
+	if err := ParseArgs(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q: %s takes flags only (they start with --)", fs.Arg(0), fs.Name())
+	}
+	return nil
+}
+
+// ParseArgs is Parse for a command that takes positional arguments: they
+// are left in fs.Args(), in order, wherever they stood among the flags.
+func ParseArgs(fs *flag.FlagSet, args []string) error {
+	var positional []string
+	for len(args) > 0 {
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			break
+		}
+		// The flag package stops at the first non-flag argument, or
+		// after a "--", which ends the flags for good.
+		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
+			positional = append(positional, rest...)
+			break
+		}
+		positional = append(positional, rest[0])
+		args = rest[1:]
+	}
+	// Leave the positional arguments in fs.Args(); "--" keeps a
+	// positional that starts with "-" from being read as a flag.
+	if err := fs.Parse(append([]string{"--"}, positional...)); err != nil {
 		return err
 	}
 	return ApplyEnv(fs)

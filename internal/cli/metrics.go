@@ -46,9 +46,7 @@ type MetricsServer struct {
 // ServeMetrics listens on addr (a bare ":port" binds 127.0.0.1 only, so
 // metrics are not exposed by accident) and serves reg at /metrics.
 func ServeMetrics(addr string, reg *prometheus.Registry, log *zap.Logger) (*MetricsServer, error) {
-	if host, port, err := net.SplitHostPort(addr); err == nil && host == "" {
-		addr = net.JoinHostPort("127.0.0.1", port)
-	}
+	addr = LocalAddr(addr)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("--metrics %s: %w", addr, err)

@@ -9,7 +9,9 @@ import (
 )
 
 // Connect dials NATS for a long-running program: it reconnects forever once
-// connected, but a first connection that fails is an error naming the URL.
+// connected, but a first connection that fails is an error naming the URL,
+// and so is a server that refuses the connection its reply inboxes (see
+// CheckInbox).
 func Connect(url, name string, log *zap.Logger, extra ...nats.Option) (*nats.Conn, error) {
 	opts := []nats.Option{
 		nats.Name(name),
@@ -38,6 +40,10 @@ func Connect(url, name string, log *zap.Logger, extra ...nats.Option) (*nats.Con
 	nc, err := nats.Connect(url, append(opts, extra...)...)
 	if err != nil {
 		return nil, fmt.Errorf("cannot reach NATS at %s: %w", url, err)
+	}
+	if err := CheckInbox(nc, 5*time.Second); err != nil {
+		nc.Close()
+		return nil, err
 	}
 	return nc, nil
 }
