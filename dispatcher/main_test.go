@@ -3,7 +3,9 @@ package dispatcher_test
 import (
 	"testing"
 
-	"go.uber.org/goleak"
+	"github.com/procfleet/procfleet/internal/sharedtest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// TestMain routes helper-worker children (the HTTP tests run a real fleet)
+// and checks for leaked goroutines.
+func TestMain(m *testing.M) { sharedtest.TestMain(m) }
