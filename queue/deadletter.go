@@ -28,7 +28,14 @@ type DeadLetter struct {
 	Job    json.RawMessage `json:"job,omitempty"`
 	JobRaw []byte          `json:"job_raw,omitempty"`
 	// Headers are the original message's headers.
-	Headers   map[string][]string `json:"headers,omitempty"`
+	Headers map[string][]string `json:"headers,omitempty"`
+	// JobSize is the original body's size in bytes.
+	JobSize int `json:"job_size,omitempty"`
+	// Omitted names what WriteDeadLetter left out so that the letter fits
+	// under the server's max payload ("job body", "job body and headers"),
+	// with the sizes; such a letter cannot be replayed. Empty when the
+	// letter is whole.
+	Omitted   string              `json:"omitted,omitempty"`
 	Kind      string              `json:"kind"` // KindExhausted, KindBadRequest, ...
 	Error     string              `json:"error"`
 	Attempts  int                 `json:"attempts"`
@@ -75,17 +82,56 @@ func (t *Topology) WriteDeadLetter(ctx context.Context, d *DeadLetter) error {
 	if len(c.Job) > 0 && !json.Valid(c.Job) {
 		c.JobRaw, c.Job = []byte(c.Job), nil
 	}
-	data, err := json.Marshal(&c)
-	if err != nil {
-		return fmt.Errorf("queue: encode dead letter %s: %w", c.JobID, err)
+	if c.JobSize == 0 {
+		c.JobSize = len(c.Job) + len(c.JobRaw)
+	}
+	if len(c.Error) > maxLetterError {
+		c.Error = c.Error[:maxLetterError] + "..."
 	}
 	key := deadLetterKey(&c)
-	msg := &nats.Msg{Subject: t.Config.DLQSubject(key), Data: data, Header: nats.Header{}}
 	msgID := "dlq-" + key + "-" + strconv.FormatUint(c.StreamSeq, 10)
+	data, err := t.fitDeadLetter(&c, msgID)
+	if err != nil {
+		return err
+	}
+	msg := &nats.Msg{Subject: t.Config.DLQSubject(key), Data: data, Header: nats.Header{}}
 	if _, err := t.JS.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID)); err != nil {
-		return fmt.Errorf("queue: write dead letter %s: %w", key, err)
+		return fmt.Errorf("queue: write dead letter %s: %w", key, t.tooLarge("dead letter of job "+key, len(data), err))
 	}
 	return nil
+}
+
+// maxLetterError bounds a dead letter's error text.
+const maxLetterError = 4 << 10
+
+// fitDeadLetter encodes c, leaving out the job body, then its headers, as
+// far as needed to fit under the server's max payload; Omitted says what
+// went and why. The job's id, subject, stream sequence and the cause stay.
+func (t *Topology) fitDeadLetter(c *DeadLetter, msgID string) ([]byte, error) {
+	limit := t.MaxPayload()
+	encode := func() ([]byte, error) {
+		data, err := json.Marshal(c)
+		if err != nil {
+			return nil, fmt.Errorf("queue: encode dead letter %s: %w", c.JobID, err)
+		}
+		return data, nil
+	}
+	data, err := encode()
+	if err != nil || limit <= 0 || len(data)+headerOverhead(msgID) <= limit {
+		return data, err
+	}
+	whole := len(data) + headerOverhead(msgID)
+	c.Job, c.JobRaw = nil, nil
+	c.Omitted = fmt.Sprintf("job body of %d bytes (the letter would be %d bytes, over the server's max payload of %d bytes)", c.JobSize, whole, limit)
+	if data, err = encode(); err != nil || len(data)+headerOverhead(msgID) <= limit {
+		return data, err
+	}
+	c.Headers = nil
+	c.Omitted = fmt.Sprintf("job body of %d bytes and headers (the letter would be %d bytes, over the server's max payload of %d bytes)", c.JobSize, whole, limit)
+	if data, err = encode(); err != nil || len(data)+headerOverhead(msgID) <= limit {
+		return data, err
+	}
+	return nil, &TooLargeError{What: "dead letter of job " + c.JobID, Size: len(data) + headerOverhead(msgID), Limit: limit}
 }
 
 // DeadLetters lists up to limit dead letters, oldest first; limit <= 0
@@ -142,6 +188,9 @@ func (t *Topology) ReplayDeadLetter(ctx context.Context, seq uint64) error {
 	if !ok {
 		return fmt.Errorf("queue: replay dead letter %d: subject %q is not a job subject", seq, e.Subject)
 	}
+	if e.Omitted != "" {
+		return fmt.Errorf("%w: dead letter %d cannot be replayed: it holds no job body (omitted %s)", ErrNotReplayable, seq, e.Omitted)
+	}
 	id := e.JobID
 	if !ValidToken(id) {
 		id = "seq-" + strconv.FormatUint(e.StreamSeq, 10)
@@ -167,7 +216,7 @@ func (t *Topology) ReplayDeadLetter(ctx context.Context, seq uint64) error {
 			return fmt.Errorf("queue: replay dead letter %d: purge old result: %w", seq, err)
 		}
 	}
-	replayID := id + "-replay-" + strconv.FormatUint(seq, 10)
+	replayID := id + replayInfix + strconv.FormatUint(seq, 10)
 	if _, err := t.JS.PublishMsg(ctx, msg, jetstream.WithMsgID(replayID)); err != nil {
 		return fmt.Errorf("queue: replay dead letter %d: %w", seq, err)
 	}
@@ -283,7 +332,7 @@ func (t *Topology) handleMaxDeliveries(ctx context.Context, data []byte, agent s
 	now := time.Now().UTC()
 	if id != "" {
 		r := &Result{
-			ID: id, Session: session, Agent: agent, Attempt: int(adv.Deliveries), FinishedAt: now,
+			ID: id, JobSeq: m.Sequence, Session: session, Agent: agent, Attempt: int(adv.Deliveries), FinishedAt: now,
 			Error: &ErrorInfo{Kind: KindExhausted, Message: reason},
 		}
 		if err := t.StoreResult(ctx, r); err != nil {

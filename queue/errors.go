@@ -23,6 +23,11 @@ var (
 	// ErrDeadLetterNotFound means no dead letter has that DLQ sequence.
 	ErrDeadLetterNotFound = errors.New("queue: dead letter not found")
 
+	// ErrNotReplayable means a dead letter holds no job to replay: its body
+	// was left out because the letter would not fit the server's max
+	// payload.
+	ErrNotReplayable = errors.New("queue: dead letter not replayable")
+
 	// ErrLeaseHeld means another owner holds the partition lease. The
 	// returned error is a *LeaseHeldError naming the owner.
 	ErrLeaseHeld = errors.New("queue: lease held by another agent")
@@ -81,3 +86,21 @@ func (e *LeaseHeldError) Error() string {
 
 // Unwrap makes errors.Is(err, ErrLeaseHeld) true.
 func (e *LeaseHeldError) Unwrap() error { return ErrLeaseHeld }
+
+// ErrTooLarge matches every *TooLargeError.
+var ErrTooLarge = errors.New("queue: message too large")
+
+// TooLargeError is a message the server would refuse: its size, headers
+// included, is over the server's max payload.
+type TooLargeError struct {
+	What  string // "result of job x", "dead letter of job x"
+	Size  int    // bytes, headers included
+	Limit int    // the server's max payload
+}
+
+func (e *TooLargeError) Error() string {
+	return fmt.Sprintf("queue: %s is %d bytes, over the server's max payload of %d bytes", e.What, e.Size, e.Limit)
+}
+
+// Is makes errors.Is(err, ErrTooLarge) true.
+func (e *TooLargeError) Is(target error) bool { return target == ErrTooLarge }
