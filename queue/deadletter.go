@@ -35,13 +35,13 @@ type DeadLetter struct {
 	// under the server's max payload ("job body", "job body and headers"),
 	// with the sizes; such a letter cannot be replayed. Empty when the
 	// letter is whole.
-	Omitted   string              `json:"omitted,omitempty"`
-	Kind      string              `json:"kind"` // KindExhausted, KindBadRequest, ...
-	Error     string              `json:"error"`
-	Attempts  int                 `json:"attempts"`
-	Agent     string              `json:"agent,omitempty"`
-	StreamSeq uint64              `json:"stream_seq"` // sequence in the jobs stream
-	At        time.Time           `json:"at"`
+	Omitted   string    `json:"omitted,omitempty"`
+	Kind      string    `json:"kind"` // KindExhausted, KindBadRequest, ...
+	Error     string    `json:"error"`
+	Attempts  int       `json:"attempts"`
+	Agent     string    `json:"agent,omitempty"`
+	StreamSeq uint64    `json:"stream_seq"` // sequence in the jobs stream
+	At        time.Time `json:"at"`
 }
 
 // DeadLetterEntry is a stored dead letter with its DLQ stream sequence, the

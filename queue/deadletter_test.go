@@ -146,7 +146,7 @@ func TestDeadLetterReplay(t *testing.T) {
 		t.Fatal(err)
 	}
 	// What an agent does when attempts run out: result, DLQ, term.
-	if err := b.topo.StoreResult(ctx, &queue.Result{ID: job.ID, Error: &queue.ErrorInfo{Kind: queue.KindExhausted, Message: "x"}}); err != nil {
+	if err := b.topo.StoreResult(ctx, &queue.Result{ID: job.ID, JobSeq: md.Sequence.Stream, Error: &queue.ErrorInfo{Kind: queue.KindExhausted, Message: "x"}}); err != nil {
 		t.Fatal(err)
 	}
 	d := &queue.DeadLetter{
@@ -216,8 +216,9 @@ func TestDeadLetterReplay(t *testing.T) {
 	if err := m.Ack(); err != nil {
 		t.Fatal(err)
 	}
-	// The new run's verdict is stored despite the earlier exhausted one.
-	if err := b.topo.StoreResult(ctx, &queue.Result{ID: "hdr-id", OK: true}); err != nil {
+	// The new run's verdict is stored despite the earlier exhausted one:
+	// the replay is a new job message, with its own sequence.
+	if err := b.topo.StoreResult(ctx, &queue.Result{ID: "hdr-id", JobSeq: md.Sequence.Stream, OK: true}); err != nil {
 		t.Fatal(err)
 	}
 	if r, err := b.topo.GetResult(ctx, "hdr-id"); err != nil || !r.OK {
