@@ -96,7 +96,7 @@ func (t *Topology) WriteDeadLetter(ctx context.Context, d *DeadLetter) error {
 	}
 	msg := &nats.Msg{Subject: t.Config.DLQSubject(key), Data: data, Header: nats.Header{}}
 	if _, err := t.JS.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID)); err != nil {
-		return fmt.Errorf("queue: write dead letter %s: %w", key, t.tooLarge("dead letter of job "+key, len(data), err))
+		return fmt.Errorf("queue: write dead letter %s: %w", key, t.tooLarge("dead letter of job "+key, len(data)+headerOverhead(msgID), err))
 	}
 	return nil
 }

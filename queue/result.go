@@ -230,7 +230,7 @@ func (t *Topology) StoreResult(ctx context.Context, r *Result) error {
 		return err
 	}
 	if _, err := t.JS.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID)); err != nil {
-		return fmt.Errorf("queue: store result %s: %w", r.ID, t.tooLarge("result of job "+r.ID, len(msg.Data), err))
+		return fmt.Errorf("queue: store result %s: %w", r.ID, t.tooLarge("result of job "+r.ID, len(msg.Data)+headerOverhead(msgID), err))
 	}
 	return nil
 }
@@ -244,7 +244,7 @@ func (t *Topology) StoreResultAsync(r *Result) (jetstream.PubAckFuture, error) {
 	}
 	f, err := t.JS.PublishMsgAsync(msg, jetstream.WithMsgID(msgID))
 	if err != nil {
-		return nil, fmt.Errorf("queue: store result %s: %w", r.ID, t.tooLarge("result of job "+r.ID, len(msg.Data), err))
+		return nil, fmt.Errorf("queue: store result %s: %w", r.ID, t.tooLarge("result of job "+r.ID, len(msg.Data)+headerOverhead(msgID), err))
 	}
 	return f, nil
 }

@@ -1,0 +1,265 @@
+package agent_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/procfleet/procfleet/fleettest"
+	"github.com/procfleet/procfleet/queue"
+)
+
+// TestEdgesEveryMessageEnds publishes, with a plain nats.go client and no
+// procfleet code on the way, messages that used to never end or to end
+// under the wrong id: a job whose result does not fit the server's max
+// payload, jobs on wildcard session subjects, jobs with invalid or
+// disagreeing ids, an id reused by a later job, and jobs whose dead letter
+// would not fit. Each must end in exactly one stored outcome under the id
+// queue.OutcomeID documents, leave the jobs stream, and leave the agent
+// serving.
+func TestEdgesEveryMessageEnds(t *testing.T) {
+	t.Parallel()
+	cfg := fleetConfig(1, 2)
+	// A short jobs dedup window makes "an id reused after the window"
+	// reachable in a test.
+	cfg.Agent.Queue.DedupWindow = time.Second
+	f := fleettest.StartFleet(t, cfg)
+	nc := f.Server.Connect(t)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	topo := f.Topology()
+	limit := int(nc.MaxPayload())
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+
+	publish := func(subject, msgID string, hdr nats.Header, body []byte) *jetstream.PubAck {
+		t.Helper()
+		m := nats.NewMsg(subject)
+		for k, v := range hdr {
+			m.Header[k] = v
+		}
+		if msgID != "" {
+			m.Header.Set(nats.MsgIdHdr, msgID)
+		}
+		m.Data = body
+		ack, err := js.PublishMsg(ctx, m)
+		if err != nil {
+			t.Fatalf("publish to %s: %v", subject, err)
+		}
+		return ack
+	}
+	// outcome waits for the result of the job message at seq under id and
+	// checks that it is the only one of that job message.
+	outcome := func(id string, seq uint64) *queue.Result {
+		t.Helper()
+		wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		defer cancel()
+		r, err := f.Client.ResultFor(wctx, id, seq, nil)
+		if err != nil {
+			t.Fatalf("result of %s (job seq %d): %v", id, seq, err)
+		}
+		if r.ID != id || r.JobSeq != seq {
+			t.Fatalf("result of %s (job seq %d) is %s (job seq %d)", id, seq, r.ID, r.JobSeq)
+		}
+		return r
+	}
+	results := func(id string) uint64 {
+		t.Helper()
+		subj := "fleet.result." + id
+		info, err := topo.Results.Info(ctx, jetstream.WithSubjectFilter(subj))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.State.Subjects[subj]
+	}
+	letter := func(id string) queue.DeadLetterEntry {
+		t.Helper()
+		var found []queue.DeadLetterEntry
+		fleettest.Eventually(t, 30*time.Second, func() error {
+			all, err := topo.DeadLetters(ctx, 0)
+			if err != nil {
+				return err
+			}
+			found = found[:0]
+			for _, d := range all {
+				if d.JobID == id {
+					found = append(found, d)
+				}
+			}
+			if len(found) != 1 {
+				return fmt.Errorf("%d dead letters for %s, want 1", len(found), id)
+			}
+			return nil
+		})
+		return found[0]
+	}
+	gone := func(seq uint64) {
+		t.Helper()
+		fleettest.Eventually(t, 30*time.Second, func() error {
+			if _, err := topo.Jobs.GetMsg(ctx, seq); err == nil {
+				return fmt.Errorf("job at stream sequence %d still in %s", seq, topo.Config.JobsStream())
+			}
+			return nil
+		})
+	}
+	wantErr := func(r *queue.Result, kind string, in ...string) {
+		t.Helper()
+		if r.OK || r.Error == nil || r.Error.Kind != kind {
+			t.Fatalf("result %s: ok=%v error %+v, want kind %s", r.ID, r.OK, r.Error, kind)
+		}
+		for _, s := range in {
+			if !strings.Contains(r.Error.Message, s) {
+				t.Errorf("result %s: message %q does not mention %q", r.ID, r.Error.Message, s)
+			}
+		}
+	}
+
+	t.Run("result too large to store", func(t *testing.T) {
+		// The job fits, its echo (payload plus envelope) does not.
+		body := []byte(`{"id":"huge-1","command":"echo","payload":"`)
+		body = append(body, strings.Repeat("x", limit-150-len(body)-2)...)
+		body = append(body, `"}`...)
+		if len(body) != limit-150 {
+			t.Fatalf("body is %d bytes", len(body))
+		}
+		ack := publish("fleet.job.any", "", nil, body)
+		r := outcome("huge-1", ack.Sequence)
+		wantErr(r, queue.KindTooLarge, fmt.Sprint(limit), "max payload")
+		gone(ack.Sequence)
+		if n := results("huge-1"); n != 1 {
+			t.Errorf("%d results stored, want 1", n)
+		}
+	})
+
+	t.Run("wildcard session tokens", func(t *testing.T) {
+		for i, subj := range []string{"fleet.job.s.*", "fleet.job.s.>"} {
+			id := fmt.Sprintf("wild-%d", i)
+			ack := publish(subj, "", nil, []byte(`{"id":"`+id+`","command":"echo"}`))
+			wantErr(outcome(id, ack.Sequence), queue.KindBadRequest, "session id")
+			gone(ack.Sequence)
+			if d := letter(id); d.Kind != queue.KindBadRequest || d.StreamSeq != ack.Sequence {
+				t.Errorf("dead letter of %s: %+v", id, d)
+			}
+		}
+	})
+
+	t.Run("invalid body id", func(t *testing.T) {
+		ack := publish("fleet.job.any", "good-hdr", nil, []byte(`{"id":"a.b","command":"echo"}`))
+		wantErr(outcome("good-hdr", ack.Sequence), queue.KindBadRequest, `"a.b"`)
+		gone(ack.Sequence)
+		letter("good-hdr")
+
+		ack = publish("fleet.job.s.ids", "", nil, []byte(`{"id":"a.b","command":"echo"}`))
+		seqID := fmt.Sprintf("seq-%d", ack.Sequence)
+		wantErr(outcome(seqID, ack.Sequence), queue.KindBadRequest, `"a.b"`)
+		gone(ack.Sequence)
+		letter(seqID)
+
+		// Not UTF-8, in the body and in the header.
+		ack = publish("fleet.job.any", "bad\xffhdr", nil, []byte("{\"id\":\"\xfe\xff\",\"command\":\"echo\"}"))
+		seqID = fmt.Sprintf("seq-%d", ack.Sequence)
+		wantErr(outcome(seqID, ack.Sequence), queue.KindBadRequest)
+		gone(ack.Sequence)
+	})
+
+	t.Run("id squatting", func(t *testing.T) {
+		// A body id that disagrees with the Nats-Msg-Id is a bad request,
+		// filed under the Nats-Msg-Id: it cannot take the body id.
+		ack := publish("fleet.job.any", "att-x", nil, []byte(`{"id":"squat-1","command":"echo","payload":"attacker"}`))
+		wantErr(outcome("att-x", ack.Sequence), queue.KindBadRequest, "disagrees")
+		gone(ack.Sequence)
+		if n := results("squat-1"); n != 0 {
+			t.Fatalf("%d results under the squatted id", n)
+		}
+		ack = publish("fleet.job.any", "squat-1", nil, []byte(`{"id":"squat-1","command":"echo","payload":"owner"}`))
+		if r := outcome("squat-1", ack.Sequence); !r.OK || string(r.Result) != `"owner"` {
+			t.Fatalf("owner's result: %+v", r)
+		}
+	})
+
+	t.Run("id reused after the jobs dedup window", func(t *testing.T) {
+		first := publish("fleet.job.any", "reuse-1", nil, []byte(`{"id":"reuse-1","command":"echo","payload":"first"}`))
+		if r := outcome("reuse-1", first.Sequence); !r.OK || string(r.Result) != `"first"` {
+			t.Fatalf("first job's result: %+v", r)
+		}
+		// Republish until the jobs stream no longer takes it for a
+		// duplicate: the id is now a new job's.
+		var second *jetstream.PubAck
+		fleettest.Eventually(t, 30*time.Second, func() error {
+			second = publish("fleet.job.any", "reuse-1", nil, []byte(`{"id":"reuse-1","command":"echo","payload":"second"}`))
+			if second.Duplicate {
+				return fmt.Errorf("still a duplicate of sequence %d", second.Sequence)
+			}
+			return nil
+		})
+		if r := outcome("reuse-1", second.Sequence); !r.OK || string(r.Result) != `"second"` {
+			t.Fatalf("second job's result: %+v (first job's answer?)", r)
+		}
+		if r := outcome("reuse-1", first.Sequence); string(r.Result) != `"first"` {
+			t.Fatalf("first job's result changed: %+v", r)
+		}
+		if n := results("reuse-1"); n != 2 {
+			t.Errorf("%d results under the reused id, want 2 (one per job)", n)
+		}
+	})
+
+	t.Run("dead letter too large to store", func(t *testing.T) {
+		// A bad request near the max payload: the letter cannot hold the
+		// body, so it keeps the headers and the stream sequence instead.
+		body := []byte(`{"id":"bigbad","command":7,"payload":"`)
+		body = append(body, strings.Repeat("x", limit-300-len(body)-2)...)
+		body = append(body, `"}`...)
+		ack := publish("fleet.job.any", "", nats.Header{"Trace-Id": {"t-1"}}, body)
+		wantErr(outcome("bigbad", ack.Sequence), queue.KindBadRequest, `"command"`)
+		gone(ack.Sequence)
+		d := letter("bigbad")
+		if len(d.Job) != 0 || d.JobSize != len(body) || d.StreamSeq != ack.Sequence ||
+			d.Headers["Trace-Id"][0] != "t-1" || !strings.Contains(d.Omitted, "job body") {
+			t.Errorf("oversize dead letter: job %d bytes, size %d, seq %d, headers %v, omitted %q",
+				len(d.Job), d.JobSize, d.StreamSeq, d.Headers, d.Omitted)
+		}
+		if err := topo.ReplayDeadLetter(ctx, d.Seq); err == nil {
+			t.Error("replay of a letter without its body succeeded")
+		}
+
+		// Headers as large as the jobs stream takes (64 KiB) next to a
+		// body that fills the rest.
+		fat := nats.Header{"Fat": {strings.Repeat("h", 60<<10)}}
+		body = []byte(`{"id":"fathdr","command":"echo","max_attempts":-1,"payload":"`)
+		body = append(body, strings.Repeat("x", limit-(60<<10)-300-len(body)-2)...)
+		body = append(body, `"}`...)
+		ack = publish("fleet.job.any", "", fat, body)
+		wantErr(outcome("fathdr", ack.Sequence), queue.KindBadRequest, "max_attempts")
+		gone(ack.Sequence)
+		if d := letter("fathdr"); len(d.Headers["Fat"]) != 1 || len(d.Job) != 0 || !strings.Contains(d.Omitted, "job body") {
+			t.Errorf("fat-header letter: headers %d, job %d bytes, omitted %q", len(d.Headers), len(d.Job), d.Omitted)
+		}
+	})
+
+	// The agent still serves, and the fleet holds no job.
+	r, err := f.Client.SubmitAndWait(ctx, "after", &queue.Job{Command: "echo", Payload: json.RawMessage(`"still here"`)})
+	if err != nil || !r.OK {
+		t.Fatalf("agent after the edge cases: %+v, %v", r, err)
+	}
+	fleettest.Eventually(t, 30*time.Second, func() error {
+		info, err := topo.Jobs.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if info.State.Msgs != 0 {
+			return fmt.Errorf("%d jobs left in the jobs stream", info.State.Msgs)
+		}
+		return nil
+	})
+	if c := f.Agents[0].Counters(); c.Exhausted != 0 {
+		t.Errorf("counters %+v: no job should have exhausted its attempts", c)
+	}
+}
