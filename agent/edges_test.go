@@ -40,7 +40,7 @@ func TestEdgesEveryMessageEnds(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 
-	publish := func(subject, msgID string, hdr nats.Header, body []byte) *jetstream.PubAck {
+	publish := func(t *testing.T, subject, msgID string, hdr nats.Header, body []byte) *jetstream.PubAck {
 		t.Helper()
 		m := nats.NewMsg(subject)
 		for k, v := range hdr {
@@ -58,7 +58,7 @@ func TestEdgesEveryMessageEnds(t *testing.T) {
 	}
 	// outcome waits for the result of the job message at seq under id and
 	// checks that it is the only one of that job message.
-	outcome := func(id string, seq uint64) *queue.Result {
+	outcome := func(t *testing.T, id string, seq uint64) *queue.Result {
 		t.Helper()
 		wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 		defer cancel()
@@ -71,7 +71,7 @@ func TestEdgesEveryMessageEnds(t *testing.T) {
 		}
 		return r
 	}
-	results := func(id string) uint64 {
+	results := func(t *testing.T, id string) uint64 {
 		t.Helper()
 		subj := "fleet.result." + id
 		info, err := topo.Results.Info(ctx, jetstream.WithSubjectFilter(subj))
@@ -80,7 +80,7 @@ func TestEdgesEveryMessageEnds(t *testing.T) {
 		}
 		return info.State.Subjects[subj]
 	}
-	letter := func(id string) queue.DeadLetterEntry {
+	letter := func(t *testing.T, id string) queue.DeadLetterEntry {
 		t.Helper()
 		var found []queue.DeadLetterEntry
 		fleettest.Eventually(t, 30*time.Second, func() error {
@@ -101,7 +101,7 @@ func TestEdgesEveryMessageEnds(t *testing.T) {
 		})
 		return found[0]
 	}
-	gone := func(seq uint64) {
+	gone := func(t *testing.T, seq uint64) {
 		t.Helper()
 		fleettest.Eventually(t, 30*time.Second, func() error {
 			if _, err := topo.Jobs.GetMsg(ctx, seq); err == nil {
@@ -110,7 +110,7 @@ func TestEdgesEveryMessageEnds(t *testing.T) {
 			return nil
 		})
 	}
-	wantErr := func(r *queue.Result, kind string, in ...string) {
+	wantErr := func(t *testing.T, r *queue.Result, kind string, in ...string) {
 		t.Helper()
 		if r.OK || r.Error == nil || r.Error.Kind != kind {
 			t.Fatalf("result %s: ok=%v error %+v, want kind %s", r.ID, r.OK, r.Error, kind)
@@ -130,11 +130,11 @@ func TestEdgesEveryMessageEnds(t *testing.T) {
 		if len(body) != limit-150 {
 			t.Fatalf("body is %d bytes", len(body))
 		}
-		ack := publish("fleet.job.any", "", nil, body)
-		r := outcome("huge-1", ack.Sequence)
-		wantErr(r, queue.KindTooLarge, fmt.Sprint(limit), "max payload")
-		gone(ack.Sequence)
-		if n := results("huge-1"); n != 1 {
+		ack := publish(t, "fleet.job.any", "", nil, body)
+		r := outcome(t, "huge-1", ack.Sequence)
+		wantErr(t, r, queue.KindTooLarge, fmt.Sprint(limit), "max payload")
+		gone(t, ack.Sequence)
+		if n := results(t, "huge-1"); n != 1 {
 			t.Errorf("%d results stored, want 1", n)
 		}
 	})
@@ -142,71 +142,71 @@ func TestEdgesEveryMessageEnds(t *testing.T) {
 	t.Run("wildcard session tokens", func(t *testing.T) {
 		for i, subj := range []string{"fleet.job.s.*", "fleet.job.s.>"} {
 			id := fmt.Sprintf("wild-%d", i)
-			ack := publish(subj, "", nil, []byte(`{"id":"`+id+`","command":"echo"}`))
-			wantErr(outcome(id, ack.Sequence), queue.KindBadRequest, "session id")
-			gone(ack.Sequence)
-			if d := letter(id); d.Kind != queue.KindBadRequest || d.StreamSeq != ack.Sequence {
+			ack := publish(t, subj, "", nil, []byte(`{"id":"`+id+`","command":"echo"}`))
+			wantErr(t, outcome(t, id, ack.Sequence), queue.KindBadRequest, "session id")
+			gone(t, ack.Sequence)
+			if d := letter(t, id); d.Kind != queue.KindBadRequest || d.StreamSeq != ack.Sequence {
 				t.Errorf("dead letter of %s: %+v", id, d)
 			}
 		}
 	})
 
 	t.Run("invalid body id", func(t *testing.T) {
-		ack := publish("fleet.job.any", "good-hdr", nil, []byte(`{"id":"a.b","command":"echo"}`))
-		wantErr(outcome("good-hdr", ack.Sequence), queue.KindBadRequest, `"a.b"`)
-		gone(ack.Sequence)
-		letter("good-hdr")
+		ack := publish(t, "fleet.job.any", "good-hdr", nil, []byte(`{"id":"a.b","command":"echo"}`))
+		wantErr(t, outcome(t, "good-hdr", ack.Sequence), queue.KindBadRequest, `"a.b"`)
+		gone(t, ack.Sequence)
+		letter(t, "good-hdr")
 
-		ack = publish("fleet.job.s.ids", "", nil, []byte(`{"id":"a.b","command":"echo"}`))
+		ack = publish(t, "fleet.job.s.ids", "", nil, []byte(`{"id":"a.b","command":"echo"}`))
 		seqID := fmt.Sprintf("seq-%d", ack.Sequence)
-		wantErr(outcome(seqID, ack.Sequence), queue.KindBadRequest, `"a.b"`)
-		gone(ack.Sequence)
-		letter(seqID)
+		wantErr(t, outcome(t, seqID, ack.Sequence), queue.KindBadRequest, `"a.b"`)
+		gone(t, ack.Sequence)
+		letter(t, seqID)
 
 		// Not UTF-8, in the body and in the header.
-		ack = publish("fleet.job.any", "bad\xffhdr", nil, []byte("{\"id\":\"\xfe\xff\",\"command\":\"echo\"}"))
+		ack = publish(t, "fleet.job.any", "bad\xffhdr", nil, []byte("{\"id\":\"\xfe\xff\",\"command\":\"echo\"}"))
 		seqID = fmt.Sprintf("seq-%d", ack.Sequence)
-		wantErr(outcome(seqID, ack.Sequence), queue.KindBadRequest)
-		gone(ack.Sequence)
+		wantErr(t, outcome(t, seqID, ack.Sequence), queue.KindBadRequest)
+		gone(t, ack.Sequence)
 	})
 
 	t.Run("id squatting", func(t *testing.T) {
 		// A body id that disagrees with the Nats-Msg-Id is a bad request,
 		// filed under the Nats-Msg-Id: it cannot take the body id.
-		ack := publish("fleet.job.any", "att-x", nil, []byte(`{"id":"squat-1","command":"echo","payload":"attacker"}`))
-		wantErr(outcome("att-x", ack.Sequence), queue.KindBadRequest, "disagrees")
-		gone(ack.Sequence)
-		if n := results("squat-1"); n != 0 {
+		ack := publish(t, "fleet.job.any", "att-x", nil, []byte(`{"id":"squat-1","command":"echo","payload":"attacker"}`))
+		wantErr(t, outcome(t, "att-x", ack.Sequence), queue.KindBadRequest, "disagrees")
+		gone(t, ack.Sequence)
+		if n := results(t, "squat-1"); n != 0 {
 			t.Fatalf("%d results under the squatted id", n)
 		}
-		ack = publish("fleet.job.any", "squat-1", nil, []byte(`{"id":"squat-1","command":"echo","payload":"owner"}`))
-		if r := outcome("squat-1", ack.Sequence); !r.OK || string(r.Result) != `"owner"` {
+		ack = publish(t, "fleet.job.any", "squat-1", nil, []byte(`{"id":"squat-1","command":"echo","payload":"owner"}`))
+		if r := outcome(t, "squat-1", ack.Sequence); !r.OK || string(r.Result) != `"owner"` {
 			t.Fatalf("owner's result: %+v", r)
 		}
 	})
 
 	t.Run("id reused after the jobs dedup window", func(t *testing.T) {
-		first := publish("fleet.job.any", "reuse-1", nil, []byte(`{"id":"reuse-1","command":"echo","payload":"first"}`))
-		if r := outcome("reuse-1", first.Sequence); !r.OK || string(r.Result) != `"first"` {
+		first := publish(t, "fleet.job.any", "reuse-1", nil, []byte(`{"id":"reuse-1","command":"echo","payload":"first"}`))
+		if r := outcome(t, "reuse-1", first.Sequence); !r.OK || string(r.Result) != `"first"` {
 			t.Fatalf("first job's result: %+v", r)
 		}
 		// Republish until the jobs stream no longer takes it for a
 		// duplicate: the id is now a new job's.
 		var second *jetstream.PubAck
 		fleettest.Eventually(t, 30*time.Second, func() error {
-			second = publish("fleet.job.any", "reuse-1", nil, []byte(`{"id":"reuse-1","command":"echo","payload":"second"}`))
+			second = publish(t, "fleet.job.any", "reuse-1", nil, []byte(`{"id":"reuse-1","command":"echo","payload":"second"}`))
 			if second.Duplicate {
 				return fmt.Errorf("still a duplicate of sequence %d", second.Sequence)
 			}
 			return nil
 		})
-		if r := outcome("reuse-1", second.Sequence); !r.OK || string(r.Result) != `"second"` {
+		if r := outcome(t, "reuse-1", second.Sequence); !r.OK || string(r.Result) != `"second"` {
 			t.Fatalf("second job's result: %+v (first job's answer?)", r)
 		}
-		if r := outcome("reuse-1", first.Sequence); string(r.Result) != `"first"` {
+		if r := outcome(t, "reuse-1", first.Sequence); string(r.Result) != `"first"` {
 			t.Fatalf("first job's result changed: %+v", r)
 		}
-		if n := results("reuse-1"); n != 2 {
+		if n := results(t, "reuse-1"); n != 2 {
 			t.Errorf("%d results under the reused id, want 2 (one per job)", n)
 		}
 	})
@@ -217,10 +217,10 @@ func TestEdgesEveryMessageEnds(t *testing.T) {
 		body := []byte(`{"id":"bigbad","command":7,"payload":"`)
 		body = append(body, strings.Repeat("x", limit-300-len(body)-2)...)
 		body = append(body, `"}`...)
-		ack := publish("fleet.job.any", "", nats.Header{"Trace-Id": {"t-1"}}, body)
-		wantErr(outcome("bigbad", ack.Sequence), queue.KindBadRequest, `"command"`)
-		gone(ack.Sequence)
-		d := letter("bigbad")
+		ack := publish(t, "fleet.job.any", "", nats.Header{"Trace-Id": {"t-1"}}, body)
+		wantErr(t, outcome(t, "bigbad", ack.Sequence), queue.KindBadRequest, `"command"`)
+		gone(t, ack.Sequence)
+		d := letter(t, "bigbad")
 		if len(d.Job) != 0 || d.JobSize != len(body) || d.StreamSeq != ack.Sequence ||
 			d.Headers["Trace-Id"][0] != "t-1" || !strings.Contains(d.Omitted, "job body") {
 			t.Errorf("oversize dead letter: job %d bytes, size %d, seq %d, headers %v, omitted %q",
@@ -236,10 +236,10 @@ func TestEdgesEveryMessageEnds(t *testing.T) {
 		body = []byte(`{"id":"fathdr","command":"echo","max_attempts":-1,"payload":"`)
 		body = append(body, strings.Repeat("x", limit-(60<<10)-300-len(body)-2)...)
 		body = append(body, `"}`...)
-		ack = publish("fleet.job.any", "", fat, body)
-		wantErr(outcome("fathdr", ack.Sequence), queue.KindBadRequest, "max_attempts")
-		gone(ack.Sequence)
-		if d := letter("fathdr"); len(d.Headers["Fat"]) != 1 || len(d.Job) != 0 || !strings.Contains(d.Omitted, "job body") {
+		ack = publish(t, "fleet.job.any", "", fat, body)
+		wantErr(t, outcome(t, "fathdr", ack.Sequence), queue.KindBadRequest, "max_attempts")
+		gone(t, ack.Sequence)
+		if d := letter(t, "fathdr"); len(d.Headers["Fat"]) != 1 || len(d.Job) != 0 || !strings.Contains(d.Omitted, "job body") {
 			t.Errorf("fat-header letter: headers %d, job %d bytes, omitted %q", len(d.Headers), len(d.Job), d.Omitted)
 		}
 	})
