@@ -211,14 +211,25 @@ func (t *Topology) ReplayDeadLetter(ctx context.Context, seq uint64) error {
 		}
 		msg.Header[k] = append([]string(nil), vs...)
 	}
+	replayID := id + replayInfix + strconv.FormatUint(seq, 10)
+	// Refuse what the server would, before the old result is purged: the
+	// id written into the body can push a job that just fitted over.
+	size := len(body) + headerOverhead(replayID)
+	for k, vs := range msg.Header {
+		for _, v := range vs {
+			size += len(k) + len(v) + 4
+		}
+	}
+	if limit := t.MaxPayload(); limit > 0 && size > limit {
+		return fmt.Errorf("queue: replay dead letter %d: %w", seq, &TooLargeError{What: "replayed job " + id, Size: size, Limit: limit})
+	}
 	if ValidToken(e.JobID) {
 		if err := t.Results.Purge(ctx, jetstream.WithPurgeSubject(t.Config.ResultSubject(e.JobID))); err != nil {
 			return fmt.Errorf("queue: replay dead letter %d: purge old result: %w", seq, err)
 		}
 	}
-	replayID := id + replayInfix + strconv.FormatUint(seq, 10)
 	if _, err := t.JS.PublishMsg(ctx, msg, jetstream.WithMsgID(replayID)); err != nil {
-		return fmt.Errorf("queue: replay dead letter %d: %w", seq, err)
+		return fmt.Errorf("queue: replay dead letter %d: %w", seq, t.tooLarge("replayed job "+id, size, err))
 	}
 	if err := t.DLQ.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 		return fmt.Errorf("queue: replay dead letter %d: delete: %w", seq, err)
