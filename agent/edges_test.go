@@ -230,6 +230,19 @@ func TestEdgesEveryMessageEnds(t *testing.T) {
 			t.Error("replay of a letter without its body succeeded")
 		}
 
+		// A job near the limit that kills its worker: exhausted, and
+		// its letter, too, keeps all but the body.
+		body = []byte(`{"id":"bigcrash","command":"crash","max_attempts":1,"payload":"`)
+		body = append(body, strings.Repeat("x", limit-300-len(body)-2)...)
+		body = append(body, `"}`...)
+		ack = publish(t, "fleet.job.s.crashes", "bigcrash", nil, body)
+		wantErr(t, outcome(t, "bigcrash", ack.Sequence), queue.KindExhausted, "exit status 3")
+		gone(t, ack.Sequence)
+		if d := letter(t, "bigcrash"); d.Kind != queue.KindExhausted || len(d.Job) != 0 || d.Session != "crashes" ||
+			d.Subject != "fleet.job.s.crashes" || !strings.Contains(d.Omitted, "job body") {
+			t.Errorf("exhausted oversize letter: %+v", d.DeadLetter)
+		}
+
 		// Headers as large as the jobs stream takes (64 KiB) next to a
 		// body that fills the rest.
 		fat := nats.Header{"Fat": {strings.Repeat("h", 60<<10)}}
@@ -259,7 +272,7 @@ func TestEdgesEveryMessageEnds(t *testing.T) {
 		}
 		return nil
 	})
-	if c := f.Agents[0].Counters(); c.Exhausted != 0 {
-		t.Errorf("counters %+v: no job should have exhausted its attempts", c)
+	if c := f.Agents[0].Counters(); c.Exhausted > 1 {
+		t.Errorf("counters %+v: only bigcrash should have exhausted its attempts", c)
 	}
 }

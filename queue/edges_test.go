@@ -163,6 +163,21 @@ func TestAnyConsumerTakesUntransformedSessionSubjects(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// Open, as an agent that may update consumers, upgrades it too.
+	if _, err := queue.Open(ctx, b.js, b.cfg); err != nil {
+		t.Fatal(err)
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := info.Config.FilterSubjects; len(got) != 2 || got[1] != "fleet.job.s.>" {
+		t.Fatalf("after Open, the shared consumer filters %q %q", info.Config.FilterSubject, got)
+	}
+	if _, err := b.js.UpdateConsumer(ctx, b.cfg.JobsStream(), legacy); err != nil {
+		t.Fatal(err)
+	}
+
 	for i, subj := range []string{"fleet.job.s.*", "fleet.job.s.>"} {
 		m := nats.NewMsg(subj)
 		m.Header.Set(nats.MsgIdHdr, fmt.Sprintf("w%d", i))
@@ -220,7 +235,7 @@ func TestAnyConsumerTakesUntransformedSessionSubjects(t *testing.T) {
 	if m := fetchOne(t, pc); !strings.HasPrefix(m.Subject(), "fleet.job.p.") {
 		t.Errorf("session job on %q", m.Subject())
 	}
-	info, err := c.Info(ctx)
+	info, err = c.Info(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
