@@ -8,9 +8,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/procfleet/procfleet/embedded"
 	"github.com/procfleet/procfleet/fleettest"
 	"github.com/procfleet/procfleet/queue"
 )
@@ -274,5 +276,82 @@ func TestEdgesEveryMessageEnds(t *testing.T) {
 	})
 	if c := f.Agents[0].Counters(); c.Exhausted > 1 {
 		t.Errorf("counters %+v: only bigcrash should have exhausted its attempts", c)
+	}
+}
+
+// TestTinyMaxPayloadEndsEveryMessage: on a server whose max payload is
+// small, an outcome can be too large to store even without the job body: a
+// result echoing its payload, and the dead letter of a job whose subject
+// holds a long invalid session token. Each message still ends, once, and
+// the agent keeps serving.
+func TestTinyMaxPayloadEndsEveryMessage(t *testing.T) {
+	t.Parallel()
+	const maxPayload = 2048
+	cfg := fleetConfig(1, 1)
+	cfg.Server = fleettest.StartServer(t, fleettest.WithServerConfig(func(c *embedded.Config) {
+		c.Options = &server.Options{MaxPayload: maxPayload}
+	}))
+	f := fleettest.StartFleet(t, cfg)
+	nc := f.Server.Connect(t)
+	if got := nc.MaxPayload(); got != maxPayload {
+		t.Fatalf("server max payload %d, want %d", got, maxPayload)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	publish := func(subject, body string) *jetstream.PubAck {
+		t.Helper()
+		ack, err := js.Publish(ctx, subject, []byte(body))
+		if err != nil {
+			t.Fatalf("publish to %s: %v", subject, err)
+		}
+		return ack
+	}
+	wait := func(id string, seq uint64) *queue.Result {
+		t.Helper()
+		r, err := f.Client.ResultFor(ctx, id, seq, nil)
+		if err != nil {
+			t.Fatalf("result of %s: %v", id, err)
+		}
+		return r
+	}
+
+	echo := publish("fleet.job.any", `{"id":"tiny-echo","command":"echo","payload":"`+strings.Repeat("x", maxPayload-200)+`"}`)
+	if r := wait("tiny-echo", echo.Sequence); r.OK || r.Error == nil || r.Error.Kind != queue.KindTooLarge ||
+		!strings.Contains(r.Error.Message, fmt.Sprint(maxPayload)) {
+		t.Errorf("echo over the max payload: %+v (error %+v)", r, r.Error)
+	}
+
+	longSession := strings.Repeat("s", 1500) + "!"
+	bad := publish("fleet.job.s."+longSession, `{"id":"tiny-bad","command":"echo"}`)
+	r := wait("tiny-bad", bad.Sequence)
+	if r.OK || r.Error == nil || r.Error.Kind != queue.KindBadRequest || !strings.Contains(r.Error.Message, "session id") || r.Session != "" {
+		t.Errorf("long invalid session: %+v (error %+v)", r, r.Error)
+	}
+	fleettest.Eventually(t, 30*time.Second, func() error {
+		dl, err := f.Topology().DeadLetters(ctx, 0)
+		if err != nil {
+			return err
+		}
+		if len(dl) != 1 || dl[0].JobID != "tiny-bad" || !strings.Contains(dl[0].Omitted, "subject") {
+			return fmt.Errorf("dead letters %+v", dl)
+		}
+		return nil
+	})
+	fleettest.Eventually(t, 30*time.Second, func() error {
+		info, err := f.Topology().Jobs.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if info.State.Msgs != 0 {
+			return fmt.Errorf("%d jobs left in the jobs stream", info.State.Msgs)
+		}
+		return nil
+	})
+	if r, err := f.Client.SubmitAndWait(ctx, "after", &queue.Job{Command: "echo", Payload: json.RawMessage(`"ok"`)}); err != nil || !r.OK {
+		t.Fatalf("agent after the edge cases: %+v, %v", r, err)
 	}
 }

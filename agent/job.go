@@ -344,7 +344,13 @@ func (j *job) badRequest() {
 	}
 	var bre *queue.BadRequestError
 	if errors.As(j.parsErr, &bre) && bre.JobID != "" && j.meta != nil {
-		j.job = &queue.Job{ID: bre.JobID, Session: bre.Session}
+		// An invalid session token is named in the message, truncated;
+		// the session field holds only a valid one.
+		session := bre.Session
+		if !queue.ValidToken(session) {
+			session = ""
+		}
+		j.job = &queue.Job{ID: bre.JobID, Session: session}
 		if !j.store(&queue.Result{OK: false, Error: &queue.ErrorInfo{Kind: queue.KindBadRequest, Message: msg}}, time.Now()) {
 			return
 		}
@@ -383,7 +389,15 @@ func (j *job) deadLetter(kind, why string) bool {
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(a.baseCtx), storeTimeout)
 	defer cancel()
-	if err := a.topo.WriteDeadLetter(ctx, d); err != nil {
+	err := a.topo.WriteDeadLetter(ctx, d)
+	if errors.Is(err, queue.ErrTooLarge) {
+		// Even without body and headers the letter does not fit (a server
+		// with a tiny max payload): retrying cannot help, and the job's
+		// result still records its end.
+		j.logger().Error("dead letter too large to store even without the job; not written", zap.Error(err))
+		return true
+	}
+	if err != nil {
 		j.requeue("dead letter write", err)
 		return false
 	}

@@ -131,6 +131,12 @@ func (t *Topology) fitDeadLetter(c *DeadLetter, msgID string) ([]byte, error) {
 	if data, err = encode(); err != nil || len(data)+headerOverhead(msgID) <= limit {
 		return data, err
 	}
+	// A long session token (a bad request's) is all that is left.
+	c.Subject, c.Session = truncate(c.Subject), truncate(c.Session)
+	c.Omitted = fmt.Sprintf("job body of %d bytes, headers, and the end of its subject (the letter would be %d bytes, over the server's max payload of %d bytes)", c.JobSize, whole, limit)
+	if data, err = encode(); err != nil || len(data)+headerOverhead(msgID) <= limit {
+		return data, err
+	}
 	return nil, &TooLargeError{What: "dead letter of job " + c.JobID, Size: len(data) + headerOverhead(msgID), Limit: limit}
 }
 

@@ -110,6 +110,9 @@ func (t *Topology) resultMsg(r *Result) (*nats.Msg, string, error) {
 func TooLargeResult(r *Result, err error) *Result {
 	c := *r
 	c.OK, c.Result = false, nil
+	if !ValidToken(c.Session) {
+		c.Session = "" // a bad request's session token can be long
+	}
 	what := "the result"
 	if r.Error != nil {
 		what = "the error result (" + r.Error.Kind + ")"
