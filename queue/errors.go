@@ -57,7 +57,7 @@ func (e *MismatchError) Error() string {
 // command, has a bad id or session, or an out-of-range field. Retrying
 // cannot help; agents store a bad_request result and dead-letter it.
 type BadRequestError struct {
-	JobID   string // the job's id if it is known and valid, else ""
+	JobID   string // the id the outcome is filed under (OutcomeID); from ParseJob always a valid token
 	Session string // the session token from the subject, as found
 	Reason  string
 }

@@ -26,7 +26,8 @@ const MaxAttemptsLimit = 20
 // or "<prefix>.job.any".
 type Job struct {
 	// ID identifies the job end to end (result subject, dedup). Optional
-	// on the wire: Nats-Msg-Id, then "seq-<stream sequence>" stand in.
+	// on the wire: Nats-Msg-Id, then "seq-<stream sequence>" stand in (see
+	// OutcomeID). When both are sent they must agree.
 	ID      string          `json:"id,omitempty"`
 	Command string          `json:"command"`
 	Payload json.RawMessage `json:"payload,omitempty"`
