@@ -259,6 +259,34 @@ func TestEdgesEveryMessageEnds(t *testing.T) {
 		}
 	})
 
+	t.Run("dead letter replay", func(t *testing.T) {
+		// A replay is a new job message: its outcome is stored next to
+		// the first run's, not deduplicated against it.
+		ack := publish(t, "fleet.job.s.replays", "replay-1", nil, []byte(`{"id":"replay-1","command":"retry","max_attempts":1}`))
+		wantErr(t, outcome(t, "replay-1", ack.Sequence), queue.KindExhausted, "try again")
+		d := letter(t, "replay-1")
+		if err := topo.ReplayDeadLetter(ctx, d.Seq); err != nil {
+			t.Fatal(err)
+		}
+		var r *queue.Result
+		fleettest.Eventually(t, 30*time.Second, func() error {
+			var err error
+			r, err = topo.GetResult(ctx, "replay-1")
+			if err != nil {
+				return err
+			}
+			if r.JobSeq == ack.Sequence {
+				return fmt.Errorf("only the first run's result")
+			}
+			return nil
+		})
+		wantErr(t, r, queue.KindExhausted, "try again")
+		gone(t, r.JobSeq)
+		if r.Session != "replays" {
+			t.Errorf("replayed job ran in session %q", r.Session)
+		}
+	})
+
 	// The agent still serves, and the fleet holds no job.
 	r, err := f.Client.SubmitAndWait(ctx, "after", &queue.Job{Command: "echo", Payload: json.RawMessage(`"still here"`)})
 	if err != nil || !r.OK {
@@ -274,8 +302,8 @@ func TestEdgesEveryMessageEnds(t *testing.T) {
 		}
 		return nil
 	})
-	if c := f.Agents[0].Counters(); c.Exhausted > 1 {
-		t.Errorf("counters %+v: only bigcrash should have exhausted its attempts", c)
+	if c := f.Agents[0].Counters(); c.Exhausted > 3 {
+		t.Errorf("counters %+v: only bigcrash and replay-1 (twice) should have exhausted their attempts", c)
 	}
 }
 

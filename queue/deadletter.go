@@ -176,8 +176,9 @@ func decodeDeadLetter(m *jetstream.RawStreamMsg) (*DeadLetterEntry, error) {
 // body if it only lived in a header or was derived from the stream
 // sequence) but gets a new Nats-Msg-Id, "<id>-replay-<seq>", so the jobs
 // stream does not drop it as a duplicate while a second replay of the same
-// entry still is. Any stored result of the job is purged first, so that
-// WaitResult waits for the new run.
+// entry still is. The dead job's stored result (its JobSeq is the letter's
+// StreamSeq, or it has none) is deleted first, so that WaitResult waits for
+// the new run; results of other jobs that reused the id stay.
 func (t *Topology) ReplayDeadLetter(ctx context.Context, seq uint64) error {
 	m, err := t.DLQ.GetMsg(ctx, seq)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -230,8 +231,8 @@ func (t *Topology) ReplayDeadLetter(ctx context.Context, seq uint64) error {
 		return fmt.Errorf("queue: replay dead letter %d: %w", seq, &TooLargeError{What: "replayed job " + id, Size: size, Limit: limit})
 	}
 	if ValidToken(e.JobID) {
-		if err := t.Results.Purge(ctx, jetstream.WithPurgeSubject(t.Config.ResultSubject(e.JobID))); err != nil {
-			return fmt.Errorf("queue: replay dead letter %d: purge old result: %w", seq, err)
+		if err := t.deleteResultsOf(ctx, e.JobID, e.StreamSeq); err != nil {
+			return fmt.Errorf("queue: replay dead letter %d: delete old result: %w", seq, err)
 		}
 	}
 	if _, err := t.JS.PublishMsg(ctx, msg, jetstream.WithMsgID(replayID)); err != nil {
@@ -241,6 +242,31 @@ func (t *Topology) ReplayDeadLetter(ctx context.Context, seq uint64) error {
 		return fmt.Errorf("queue: replay dead letter %d: delete: %w", seq, err)
 	}
 	return nil
+}
+
+// deleteResultsOf deletes the stored results of the job message at jobSeq
+// under id (and any without a JobSeq, which may be its).
+func (t *Topology) deleteResultsOf(ctx context.Context, id string, jobSeq uint64) error {
+	subject := t.Config.ResultSubject(id)
+	for next := uint64(1); ; {
+		m, err := t.Results.GetMsg(ctx, next, jetstream.WithGetMsgSubject(subject))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		next = m.Sequence + 1
+		var r struct {
+			JobSeq uint64 `json:"job_seq"`
+		}
+		if json.Unmarshal(m.Data, &r) == nil && r.JobSeq != 0 && r.JobSeq != jobSeq {
+			continue // another job's
+		}
+		if err := t.Results.DeleteMsg(ctx, m.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return err
+		}
+	}
 }
 
 // withJobID returns body with "id" set when body is a JSON object without
