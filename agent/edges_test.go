@@ -287,6 +287,31 @@ func TestEdgesEveryMessageEnds(t *testing.T) {
 		}
 	})
 
+	t.Run("results stream max message size lowered under a running agent", func(t *testing.T) {
+		// The agent read the stream's limits at start: the stream, not
+		// the agent's size check, refuses the result.
+		setMax := func(n int32) {
+			t.Helper()
+			info, err := topo.Results.Info(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := info.Config
+			c.MaxMsgSize = n
+			if _, err := js.UpdateStream(ctx, c); err != nil {
+				t.Fatal(err)
+			}
+		}
+		setMax(4096)
+		defer setMax(-1)
+		ack := publish(t, "fleet.job.any", "", nil, []byte(`{"id":"msgsize-1","command":"echo","payload":"`+strings.Repeat("x", 5000)+`"}`))
+		wantErr(t, outcome(t, "msgsize-1", ack.Sequence), queue.KindTooLarge, "maximum")
+		gone(t, ack.Sequence)
+		if n := results(t, "msgsize-1"); n != 1 {
+			t.Errorf("%d results stored, want 1", n)
+		}
+	})
+
 	// The agent still serves, and the fleet holds no job.
 	r, err := f.Client.SubmitAndWait(ctx, "after", &queue.Job{Command: "echo", Payload: json.RawMessage(`"still here"`)})
 	if err != nil || !r.OK {

@@ -36,6 +36,9 @@ type job struct {
 	// handedOff is set when the job's verdict waits for its result's
 	// PubAck: the runner's acker then ends the job, not run's caller.
 	handedOff bool
+	// result is the result handed off, kept for the acker in case the
+	// stream refuses it for its size.
+	result *queue.Result
 }
 
 func newJob(r *runner, msg jetstream.Msg) *job {
@@ -206,7 +209,7 @@ func (j *job) finish(res *queue.Result, started time.Time) {
 		j.requeue("store result", err)
 		return
 	}
-	j.handedOff = true
+	j.handedOff, j.result = true, res
 	j.r.acks <- pendingAck{j: j, f: f}
 }
 
@@ -252,6 +255,15 @@ func (j *job) acked(f jetstream.PubAckFuture) {
 			return
 		}
 		t.Stop()
+	}
+	if errors.Is(err, jetstream.ErrStreamMessageExceedsMaximum) {
+		// The results stream refused it for its size (its max message
+		// size was lowered after this agent read it): every rerun would be
+		// refused too, so store the smaller stand-in, here.
+		if !j.store(j.tooLarge(j.result, err), j.result.StartedAt) {
+			return
+		}
+		err = nil
 	}
 	if err != nil {
 		j.requeue("store result", err)

@@ -96,7 +96,7 @@ func (t *Topology) WriteDeadLetter(ctx context.Context, d *DeadLetter) error {
 	}
 	msg := &nats.Msg{Subject: t.Config.DLQSubject(key), Data: data, Header: nats.Header{}}
 	if _, err := t.JS.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID)); err != nil {
-		return fmt.Errorf("queue: write dead letter %s: %w", key, t.tooLarge("dead letter of job "+key, len(data)+headerOverhead(msgID), err))
+		return fmt.Errorf("queue: write dead letter %s: %w", key, t.tooLarge(t.DLQ, "dead letter of job "+key, len(data)+headerOverhead(msgID), err))
 	}
 	return nil
 }
@@ -108,7 +108,7 @@ const maxLetterError = 4 << 10
 // far as needed to fit under the server's max payload; Omitted says what
 // went and why. The job's id, subject, stream sequence and the cause stay.
 func (t *Topology) fitDeadLetter(c *DeadLetter, msgID string) ([]byte, error) {
-	limit := t.MaxPayload()
+	limit, whose := t.sizeLimit(t.DLQ)
 	encode := func() ([]byte, error) {
 		data, err := json.Marshal(c)
 		if err != nil {
@@ -122,22 +122,22 @@ func (t *Topology) fitDeadLetter(c *DeadLetter, msgID string) ([]byte, error) {
 	}
 	whole := len(data) + headerOverhead(msgID)
 	c.Job, c.JobRaw = nil, nil
-	c.Omitted = fmt.Sprintf("job body of %d bytes (the letter would be %d bytes, over the server's max payload of %d bytes)", c.JobSize, whole, limit)
+	c.Omitted = fmt.Sprintf("job body of %d bytes (the letter would be %d bytes, over %s of %d bytes)", c.JobSize, whole, whose, limit)
 	if data, err = encode(); err != nil || len(data)+headerOverhead(msgID) <= limit {
 		return data, err
 	}
 	c.Headers = nil
-	c.Omitted = fmt.Sprintf("job body of %d bytes and headers (the letter would be %d bytes, over the server's max payload of %d bytes)", c.JobSize, whole, limit)
+	c.Omitted = fmt.Sprintf("job body of %d bytes and headers (the letter would be %d bytes, over %s of %d bytes)", c.JobSize, whole, whose, limit)
 	if data, err = encode(); err != nil || len(data)+headerOverhead(msgID) <= limit {
 		return data, err
 	}
 	// A long session token (a bad request's) is all that is left.
 	c.Subject, c.Session = truncate(c.Subject), truncate(c.Session)
-	c.Omitted = fmt.Sprintf("job body of %d bytes, headers, and the end of its subject (the letter would be %d bytes, over the server's max payload of %d bytes)", c.JobSize, whole, limit)
+	c.Omitted = fmt.Sprintf("job body of %d bytes, headers, and the end of its subject (the letter would be %d bytes, over %s of %d bytes)", c.JobSize, whole, whose, limit)
 	if data, err = encode(); err != nil || len(data)+headerOverhead(msgID) <= limit {
 		return data, err
 	}
-	return nil, &TooLargeError{What: "dead letter of job " + c.JobID, Size: len(data) + headerOverhead(msgID), Limit: limit}
+	return nil, &TooLargeError{What: "dead letter of job " + c.JobID, Size: len(data) + headerOverhead(msgID), Limit: limit, Of: whose}
 }
 
 // DeadLetters lists up to limit dead letters, oldest first; limit <= 0
@@ -227,8 +227,8 @@ func (t *Topology) ReplayDeadLetter(ctx context.Context, seq uint64) error {
 			size += len(k) + len(v) + 4
 		}
 	}
-	if limit := t.MaxPayload(); limit > 0 && size > limit {
-		return fmt.Errorf("queue: replay dead letter %d: %w", seq, &TooLargeError{What: "replayed job " + id, Size: size, Limit: limit})
+	if limit, whose := t.sizeLimit(t.Jobs); limit > 0 && size > limit {
+		return fmt.Errorf("queue: replay dead letter %d: %w", seq, &TooLargeError{What: "replayed job " + id, Size: size, Limit: limit, Of: whose})
 	}
 	if ValidToken(e.JobID) {
 		if err := t.deleteResultsOf(ctx, e.JobID, e.StreamSeq); err != nil {
@@ -236,7 +236,7 @@ func (t *Topology) ReplayDeadLetter(ctx context.Context, seq uint64) error {
 		}
 	}
 	if _, err := t.JS.PublishMsg(ctx, msg, jetstream.WithMsgID(replayID)); err != nil {
-		return fmt.Errorf("queue: replay dead letter %d: %w", seq, t.tooLarge("replayed job "+id, size, err))
+		return fmt.Errorf("queue: replay dead letter %d: %w", seq, t.tooLarge(t.Jobs, "replayed job "+id, size, err))
 	}
 	if err := t.DLQ.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 		return fmt.Errorf("queue: replay dead letter %d: delete: %w", seq, err)

@@ -109,6 +109,36 @@ func TestOutcomesThatDoNotFit(t *testing.T) {
 		t.Fatalf("stand-in result %+v (error %+v), want too_large naming %d and %d", got, got.Error, tl.Size, limit)
 	}
 
+	// A results stream with a smaller max message size: known at Open, it
+	// is checked before publishing; lowered later, the stream's refusal
+	// is mapped to the same error.
+	info, err := b.topo.Results.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := info.Config
+	rc.MaxMsgSize = 4096
+	if _, err := b.js.UpdateStream(ctx, rc); err != nil {
+		t.Fatal(err)
+	}
+	mid := &queue.Result{ID: "mid", JobSeq: 8, OK: true, Result: json.RawMessage(`"` + strings.Repeat("m", 5000) + `"`)}
+	err = b.topo.StoreResult(ctx, mid)
+	if !errors.As(err, &tl) || tl.Limit != 0 || !strings.Contains(err.Error(), "max message size") {
+		t.Errorf("StoreResult refused by the stream: %v, want a *TooLargeError", err)
+	}
+	reopened, err := queue.Open(ctx, b.js, b.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = reopened.StoreResult(ctx, mid)
+	if !errors.As(err, &tl) || tl.Limit != 4096 || !strings.Contains(err.Error(), "FLEET_RESULTS's max message size of 4096 bytes") {
+		t.Errorf("StoreResult over a known stream limit: %v, want a *TooLargeError naming 4096", err)
+	}
+	rc.MaxMsgSize = -1
+	if _, err := b.js.UpdateStream(ctx, rc); err != nil {
+		t.Fatal(err)
+	}
+
 	// A dead letter of a body that fits the jobs stream but not a letter.
 	body := []byte(`{"id":"bigdl","command":"crash","payload":` + string(huge) + `}`)
 	hdr := nats.Header{"Nats-Msg-Id": []string{"bigdl"}, "Trace-Id": []string{"t-9"}}

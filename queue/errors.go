@@ -91,15 +91,25 @@ func (e *LeaseHeldError) Unwrap() error { return ErrLeaseHeld }
 var ErrTooLarge = errors.New("queue: message too large")
 
 // TooLargeError is a message the server would refuse: its size, headers
-// included, is over the server's max payload.
+// included, is over the server's max payload or its stream's max message
+// size.
 type TooLargeError struct {
 	What  string // "result of job x", "dead letter of job x"
 	Size  int    // bytes, headers included
-	Limit int    // the server's max payload
+	Limit int    // bytes; 0 if not known
+	Of    string // whose limit: "the server's max payload", "stream X's max message size"
 }
 
 func (e *TooLargeError) Error() string {
-	return fmt.Sprintf("queue: %s is %d bytes, over the server's max payload of %d bytes", e.What, e.Size, e.Limit)
+	return "queue: " + e.What + " is " + e.Sizes()
+}
+
+// Sizes says "<size> bytes, over <whose limit> of <limit> bytes".
+func (e *TooLargeError) Sizes() string {
+	if e.Limit <= 0 {
+		return fmt.Sprintf("%d bytes, over %s", e.Size, e.Of)
+	}
+	return fmt.Sprintf("%d bytes, over %s of %d bytes", e.Size, e.Of, e.Limit)
 }
 
 // Is makes errors.Is(err, ErrTooLarge) true.

@@ -83,6 +83,21 @@ func (t *Topology) MaxPayload() int {
 	return int(t.JS.Conn().MaxPayload())
 }
 
+// sizeLimit is the largest message stream s takes: the server's max
+// payload, or the stream's MaxMsgSize (as last read) when smaller; 0 if
+// unknown. whose names it.
+func (t *Topology) sizeLimit(s jetstream.Stream) (limit int, whose string) {
+	limit, whose = t.MaxPayload(), "the server's max payload"
+	if s == nil {
+		return limit, whose
+	}
+	if info := s.CachedInfo(); info != nil {
+		if m := int(info.Config.MaxMsgSize); m > 0 && (limit <= 0 || m < limit) {
+			return m, "stream " + info.Config.Name + "'s max message size"
+		}
+	}
+	return limit, whose
+}
 func (t *Topology) resultMsg(r *Result) (*nats.Msg, string, error) {
 	if r == nil {
 		return nil, "", errors.New("queue: store result: result is nil")
@@ -98,8 +113,8 @@ func (t *Topology) resultMsg(r *Result) (*nats.Msg, string, error) {
 		}
 	}
 	msgID := resultMsgID(r)
-	if limit := t.MaxPayload(); limit > 0 && len(data)+headerOverhead(msgID) > limit {
-		return nil, "", &TooLargeError{What: "result of job " + r.ID, Size: len(data) + headerOverhead(msgID), Limit: limit}
+	if limit, whose := t.sizeLimit(t.Results); limit > 0 && len(data)+headerOverhead(msgID) > limit {
+		return nil, "", &TooLargeError{What: "result of job " + r.ID, Size: len(data) + headerOverhead(msgID), Limit: limit, Of: whose}
 	}
 	return &nats.Msg{Subject: t.Config.ResultSubject(r.ID), Data: data, Header: nats.Header{}}, msgID, nil
 }
@@ -120,16 +135,27 @@ func TooLargeResult(r *Result, err error) *Result {
 	msg := what + " is too large to store"
 	var tl *TooLargeError
 	if errors.As(err, &tl) {
-		msg = fmt.Sprintf("%s: %d bytes, over the server's max payload of %d bytes", msg, tl.Size, tl.Limit)
+		msg += ": " + tl.Sizes()
+	} else if err != nil {
+		msg += ": " + err.Error()
 	}
 	c.Error = &ErrorInfo{Kind: KindTooLarge, Message: msg}
 	return &c
 }
 
-// tooLarge maps the client's max-payload refusal to a *TooLargeError.
-func (t *Topology) tooLarge(what string, size int, err error) error {
-	if errors.Is(err, nats.ErrMaxPayload) {
-		return &TooLargeError{What: what, Size: size, Limit: t.MaxPayload()}
+// tooLarge maps a refusal for size, the client's (over the server's max
+// payload) or the stream's (over its max message size), to a
+// *TooLargeError; other errors are returned as they are.
+func (t *Topology) tooLarge(s jetstream.Stream, what string, size int, err error) error {
+	switch {
+	case errors.Is(err, nats.ErrMaxPayload):
+		return &TooLargeError{What: what, Size: size, Limit: t.MaxPayload(), Of: "the server's max payload"}
+	case errors.Is(err, jetstream.ErrStreamMessageExceedsMaximum):
+		tl := &TooLargeError{What: what, Size: size, Of: "the stream's max message size"}
+		if limit, whose := t.sizeLimit(s); limit > 0 && limit < size {
+			tl.Limit, tl.Of = limit, whose
+		}
+		return tl
 	}
 	return err
 }
@@ -233,7 +259,7 @@ func (t *Topology) StoreResult(ctx context.Context, r *Result) error {
 		return err
 	}
 	if _, err := t.JS.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID)); err != nil {
-		return fmt.Errorf("queue: store result %s: %w", r.ID, t.tooLarge("result of job "+r.ID, len(msg.Data)+headerOverhead(msgID), err))
+		return fmt.Errorf("queue: store result %s: %w", r.ID, t.tooLarge(t.Results, "result of job "+r.ID, len(msg.Data)+headerOverhead(msgID), err))
 	}
 	return nil
 }
@@ -247,7 +273,7 @@ func (t *Topology) StoreResultAsync(r *Result) (jetstream.PubAckFuture, error) {
 	}
 	f, err := t.JS.PublishMsgAsync(msg, jetstream.WithMsgID(msgID))
 	if err != nil {
-		return nil, fmt.Errorf("queue: store result %s: %w", r.ID, t.tooLarge("result of job "+r.ID, len(msg.Data)+headerOverhead(msgID), err))
+		return nil, fmt.Errorf("queue: store result %s: %w", r.ID, t.tooLarge(t.Results, "result of job "+r.ID, len(msg.Data)+headerOverhead(msgID), err))
 	}
 	return f, nil
 }
