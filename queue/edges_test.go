@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -271,5 +272,59 @@ func TestAnyConsumerTakesUntransformedSessionSubjects(t *testing.T) {
 	}
 	if info.NumPending != 0 {
 		t.Errorf("shared consumer has %d pending, want 0", info.NumPending)
+	}
+}
+
+// TestWaitReturnsTheStoredResult: a result seen on the wire is only a cue;
+// the waiter returns what the stream stored. Here the stream refuses the
+// sent result for its size and a smaller stand-in is stored instead.
+func TestWaitReturnsTheStoredResult(t *testing.T) {
+	t.Parallel()
+	b := setup(t, queue.Config{})
+	ctx := testCtx(t)
+	info, err := b.topo.Results.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := info.Config
+	rc.MaxMsgSize = 4096
+	if _, err := b.js.UpdateStream(ctx, rc); err != nil {
+		t.Fatal(err)
+	}
+	type outcome struct {
+		r   *queue.Result
+		err error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		r, err := b.topo.WaitJobResult(ctx, b.nc, "wire", 3)
+		done <- outcome{r, err}
+	}()
+	big := &queue.Result{ID: "wire", JobSeq: 3, OK: true, Result: json.RawMessage(`"` + strings.Repeat("w", 5000) + `"`)}
+	// Send the refused result until the waiter has certainly seen it on
+	// the wire (it subscribes within moments); it must not return it.
+	deadline := time.Now().Add(time.Second)
+	var refused error
+	for time.Now().Before(deadline) {
+		refused = b.topo.StoreResult(ctx, big)
+		if !errors.Is(refused, queue.ErrTooLarge) {
+			t.Fatalf("oversize result: %v, want ErrTooLarge", refused)
+		}
+		select {
+		case o := <-done:
+			t.Fatalf("the waiter returned a result the stream refused: ok=%v err=%v", o.r != nil && o.r.OK, o.err)
+		case <-time.After(20 * time.Millisecond): // pacing the sends
+		}
+	}
+	if err := b.topo.StoreResult(ctx, queue.TooLargeResult(big, refused)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case o := <-done:
+		if o.err != nil || o.r.OK || o.r.Error == nil || o.r.Error.Kind != queue.KindTooLarge {
+			t.Fatalf("waiter returned %+v, %v; want the stored too_large result", o.r, o.err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the waiter did not return the stored result")
 	}
 }

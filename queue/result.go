@@ -344,11 +344,14 @@ func decodeResult(id string, data []byte) (*Result, error) {
 	return &r, nil
 }
 
-// WaitResult returns the result of job id, waiting for it if needed. nc is
-// a core connection (it may be the JetStream one). It subscribes to the
-// result subject and makes sure the server registered the subscription
-// before it looks in the stream, so a result stored in between is seen one
-// way or the other. Because the stream stores asynchronously from the core
+// WaitResult returns the stored result of job id, waiting for it if
+// needed. nc is a core connection (it may be the JetStream one). It
+// subscribes to the result subject and makes sure the server registered the
+// subscription before it looks in the stream, so a result stored in between
+// is seen one way or the other. A result arriving on the subscription only
+// says when to look: what is returned is always what the stream stored
+// (which, for a duplicate or a result the stream refused for its size, is
+// not what was sent). Because the stream stores asynchronously from the core
 // delivery, it also looks again on a backing-off timer: a result whose core
 // delivery raced the subscription can still only be missed for a moment.
 func (t *Topology) WaitResult(ctx context.Context, nc *nats.Conn, id string) (*Result, error) {
@@ -379,9 +382,19 @@ func (t *Topology) WaitJobResult(ctx context.Context, nc *nats.Conn, id string, 
 		select {
 		case m := <-ch:
 			r, err := decodeResult(id, m.Data)
-			if err != nil || r.matches(seq) {
-				return r, err
+			if err != nil || !r.matches(seq) {
+				continue // not a result, or another job's
 			}
+			if seq == 0 {
+				seq = r.JobSeq // wait for this job's result now
+			}
+			// A result on the wire is not yet the stored one: the stream
+			// may still be storing it, or refuse it (a rerun's duplicate,
+			// or over the stream's max message size, when a smaller
+			// stand-in is stored instead). Look in the stream now, then
+			// again soon.
+			recheck = time.Millisecond
+			timer.Reset(0)
 		case <-timer.C:
 			r, err := t.GetJobResult(ctx, id, seq)
 			if err == nil {
