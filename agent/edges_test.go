@@ -147,7 +147,9 @@ func TestEdgesEveryMessageEnds(t *testing.T) {
 			ack := publish(t, subj, "", nil, []byte(`{"id":"`+id+`","command":"echo"}`))
 			wantErr(t, outcome(t, id, ack.Sequence), queue.KindBadRequest, "session id")
 			gone(t, ack.Sequence)
-			if d := letter(t, id); d.Kind != queue.KindBadRequest || d.StreamSeq != ack.Sequence {
+			// The letter keeps the subject: replayed, it is the same bad
+			// request, not an anonymous job.
+			if d := letter(t, id); d.Kind != queue.KindBadRequest || d.StreamSeq != ack.Sequence || d.Subject != subj {
 				t.Errorf("dead letter of %s: %+v", id, d)
 			}
 		}

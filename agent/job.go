@@ -423,7 +423,7 @@ func originalSubject(cfg queue.Config, j *job) string {
 	if j.job != nil && j.job.Session != "" {
 		return cfg.SessionSubject(j.job.Session)
 	}
-	if j.r.partition < 0 {
+	if j.r.partition < 0 && j.msg.Subject() == cfg.AnySubject() {
 		return cfg.AnySubject()
 	}
 	var bre *queue.BadRequestError
