@@ -157,7 +157,8 @@ func FuzzParseJob(f *testing.F) {
 			if !errors.As(err, &bre) || !errors.Is(err, queue.ErrBadRequest) {
 				t.Fatalf("error is not a *BadRequestError: %v", err)
 			}
-			if bre.JobID != "" && !queue.ValidToken(bre.JobID) {
+			// Every outcome is filed under a valid id (queue.OutcomeID).
+			if !queue.ValidToken(bre.JobID) {
 				t.Fatalf("BadRequestError carries invalid job id %q", bre.JobID)
 			}
 			return
@@ -165,6 +166,11 @@ func FuzzParseJob(f *testing.F) {
 		if !queue.ValidToken(j.ID) || (j.Session != "" && !queue.ValidToken(j.Session)) || j.Command == "" ||
 			j.MaxAttempts < 1 || j.MaxAttempts > queue.MaxAttemptsLimit || j.TimeoutMS < 0 {
 			t.Fatalf("ParseJob accepted an invalid job: %+v", j)
+		}
+		// An accepted job's id is the one the stream deduplicated on, when
+		// there is one (or its replay form).
+		if msgID != "" && msgID != j.ID && !strings.HasPrefix(msgID, j.ID+"-replay-") {
+			t.Fatalf("accepted job %q under Nats-Msg-Id %q", j.ID, msgID)
 		}
 		// What ParseJob accepts, EncodeJob can write and ParseJob reads back
 		// the same.
