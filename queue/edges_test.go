@@ -32,18 +32,19 @@ func TestResultIdentityIsIDAndJobSeq(t *testing.T) {
 	store(10, `"first job"`)
 	store(10, `"first job, rerun"`) // same job message: dropped
 	store(20, `"second job"`)       // a new job reusing the id: kept
+	store(5, `"an earlier job"`)    // finished last: results are filed in store order
 
 	info, err := b.topo.Results.Info(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info.State.Msgs != 2 {
-		t.Fatalf("%d results stored, want 2 (one per job message)", info.State.Msgs)
+	if info.State.Msgs != 3 {
+		t.Fatalf("%d results stored, want 3 (one per job message)", info.State.Msgs)
 	}
 	for _, tt := range []struct {
 		seq  uint64
 		want string
-	}{{10, `"first job"`}, {20, `"second job"`}, {0, `"second job"`}} {
+	}{{10, `"first job"`}, {20, `"second job"`}, {5, `"an earlier job"`}, {0, `"an earlier job"`}} {
 		r, err := b.topo.GetJobResult(ctx, "reused", tt.seq)
 		if err != nil {
 			t.Fatalf("GetJobResult(seq %d): %v", tt.seq, err)
@@ -69,7 +70,7 @@ func TestResultIdentityIsIDAndJobSeq(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(m.Data), `"job_seq":20`) {
+	if !strings.Contains(string(m.Data), `"job_seq":5`) {
 		t.Errorf("stored result %s has no job_seq", m.Data)
 	}
 }

@@ -312,11 +312,8 @@ func (t *Topology) GetJobResult(ctx context.Context, id string, seq uint64) (*Re
 	if err != nil || r.matches(seq) {
 		return r, err
 	}
-	if r.JobSeq < seq {
-		// The latest result is an older job's: this one's is not stored yet.
-		return nil, notFound(jetstream.ErrMsgNotFound)
-	}
-	// A later job reused the id: look through the id's results in order.
+	// Another job reused the id (results are filed in the order they are
+	// stored, not by job sequence): look through the id's results.
 	for next := uint64(1); ; next = m.Sequence + 1 {
 		m, err = t.Results.GetMsg(ctx, next, jetstream.WithGetMsgSubject(subject))
 		if err != nil {
