@@ -63,7 +63,12 @@ type SubmitRequest struct {
 
 // SubmitReply is the submit endpoint's answer.
 type SubmitReply struct {
-	ID        string `json:"id"`
+	ID string `json:"id"`
+	// Seq is the job's sequence in the jobs stream (for a duplicate, the
+	// sequence of the job it duplicates): pass it to GET
+	// /v1/results/{id}?seq= so that a later job reusing the id is never
+	// taken for this one.
+	Seq       uint64 `json:"seq"`
 	Duplicate bool   `json:"duplicate,omitempty"`
 }
 
@@ -188,8 +193,28 @@ func Serve(ctx context.Context, nc *nats.Conn, cfg ServeConfig) error {
 }
 
 func (c *Client) handleSubmit(ctx context.Context, body []byte) (*SubmitReply, error) {
-	// Strict: a misspelt field ("sesion") must not quietly submit another
-	// job than the one meant.
+	req, err := parseSubmit(body)
+	if err != nil {
+		return nil, err
+	}
+	sctx, cancel := context.WithTimeout(ctx, apiTimeout)
+	defer cancel()
+	ack, err := c.topo.Submit(sctx, req.Session, req.Job)
+	if err != nil {
+		return nil, err
+	}
+	reply := &SubmitReply{ID: req.Job.ID, Seq: ack.Sequence, Duplicate: ack.Duplicate}
+	if ack.Duplicate {
+		if err := c.checkDuplicate(sctx, req, ack.Sequence); err != nil {
+			return nil, err
+		}
+	}
+	return reply, nil
+}
+
+// parseSubmit decodes one submit request, strictly: a misspelt field
+// ("sesion") must not quietly submit another job than the one meant.
+func parseSubmit(body []byte) (*SubmitRequest, error) {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	var req SubmitRequest
@@ -202,11 +227,5 @@ func (c *Client) handleSubmit(ctx context.Context, body []byte) (*SubmitReply, e
 	if req.Job == nil {
 		return nil, badRequest("missing job")
 	}
-	sctx, cancel := context.WithTimeout(ctx, apiTimeout)
-	defer cancel()
-	ack, err := c.topo.Submit(sctx, req.Session, req.Job)
-	if err != nil {
-		return nil, err
-	}
-	return &SubmitReply{ID: req.Job.ID, Duplicate: ack != nil && ack.Duplicate}, nil
+	return &req, nil
 }

@@ -1,0 +1,124 @@
+package dispatcher_test
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/procfleet/procfleet/dispatcher"
+)
+
+// handlerCodes is every status each route's handler can answer, beyond the
+// 401/403 of the token guard (added for every route but /healthz). Keep it
+// next to the handlers' writeError/fail calls: a new code in a handler goes
+// here and in openapi.yaml.
+var handlerCodes = map[string][]int{
+	"GET /healthz":               {200, 503},
+	"GET /v1/openapi.yaml":       {200},
+	"POST /v1/jobs":              {200, 400, 409, 413, 500, 503},
+	"POST /v1/jobs/batch":        {200, 400, 413},
+	"GET /v1/jobs/{id}/progress": {200, 400, 500, 503},
+	"GET /v1/results/{id}":       {200, 400, 404, 500, 503},
+	"GET /v1/status":             {200, 500, 503},
+	"GET /v1/agents":             {200, 500, 503},
+	"GET /v1/queues":             {200, 500, 503},
+	"GET /v1/dlq":                {200, 400, 500, 503},
+	"DELETE /v1/dlq":             {200, 400, 500, 503},
+	"GET /v1/dlq/{seq}":          {200, 400, 404, 500, 503},
+	"POST /v1/dlq/{seq}/replay":  {200, 400, 404, 409, 413, 500, 503},
+	"POST /v1/dlq/replay":        {200, 400, 413},
+}
+
+// openRoutes need no token.
+var openRoutes = map[string]bool{"GET /healthz": true}
+
+type openAPIDoc struct {
+	OpenAPI string                                 `yaml:"openapi"`
+	Paths   map[string]map[string]openAPIOperation `yaml:"paths"`
+}
+
+type openAPIOperation struct {
+	Security  *[]map[string][]string `yaml:"security"`
+	Responses map[string]any         `yaml:"responses"`
+}
+
+// documentedRoutes reads openapi.yaml into "METHOD /path" -> operation.
+func documentedRoutes(t *testing.T) map[string]openAPIOperation {
+	t.Helper()
+	var doc openAPIDoc
+	if err := yaml.Unmarshal(dispatcher.OpenAPI, &doc); err != nil {
+		t.Fatalf("openapi.yaml: %v", err)
+	}
+	if !strings.HasPrefix(doc.OpenAPI, "3.1") {
+		t.Fatalf("openapi.yaml is OpenAPI %q, want 3.1.x", doc.OpenAPI)
+	}
+	out := map[string]openAPIOperation{}
+	for path, ops := range doc.Paths {
+		for method, op := range ops {
+			switch method {
+			case "get", "put", "post", "delete", "patch", "head", "options":
+				out[strings.ToUpper(method)+" "+path] = op
+			}
+		}
+	}
+	return out
+}
+
+// TestOpenAPIMatchesRoutes holds openapi.yaml and the mux together: every
+// served route is documented, every documented route is served, each
+// documents exactly its handler's status codes (plus 401 and 403 where a
+// token is needed), and only /healthz is documented as open.
+func TestOpenAPIMatchesRoutes(t *testing.T) {
+	t.Parallel()
+	served := dispatcher.HTTPRoutes()
+	docs := documentedRoutes(t)
+	for _, route := range served {
+		op, ok := docs[route]
+		if !ok {
+			t.Errorf("route %s is served but not in openapi.yaml", route)
+			continue
+		}
+		codes, ok := handlerCodes[route]
+		if !ok {
+			t.Errorf("route %s has no entry in handlerCodes (openapi_test.go)", route)
+			continue
+		}
+		want := slices.Clone(codes)
+		if !openRoutes[route] {
+			want = append(want, 401, 403)
+		}
+		slices.Sort(want)
+		var got []int
+		for c := range op.Responses {
+			n, err := strconv.Atoi(c)
+			if err != nil {
+				t.Errorf("%s: response %q is not a status code", route, c)
+				continue
+			}
+			got = append(got, n)
+		}
+		sort.Ints(got)
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("%s: openapi.yaml documents %v, the handler answers %v", route, got, want)
+		}
+		open := op.Security != nil && len(*op.Security) == 0
+		if open != openRoutes[route] {
+			t.Errorf("%s: documented as open=%v, served open=%v", route, open, openRoutes[route])
+		}
+	}
+	for route := range docs {
+		if !slices.Contains(served, route) {
+			t.Errorf("openapi.yaml documents %s, which is not served", route)
+		}
+	}
+	for route := range handlerCodes {
+		if !slices.Contains(served, route) {
+			t.Errorf("handlerCodes lists %s, which is not served", route)
+		}
+	}
+}
