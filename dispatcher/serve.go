@@ -29,9 +29,8 @@ const ServiceName = "procfleet"
 type ServeConfig struct {
 	// Queue is the NATS contract. Zero fields take queue's defaults.
 	Queue queue.Config
-	// HTTPAddr, when set, also serves the API over HTTP (POST /v1/jobs,
-	// GET /v1/results/{id}, GET /v1/status, GET /v1/dlq,
-	// POST /v1/dlq/{seq}/replay, GET /healthz). A bare ":port" binds
+	// HTTPAddr, when set, also serves the API over HTTP (the routes of
+	// HTTPRoutes, described in openapi.yaml). A bare ":port" binds
 	// 127.0.0.1. Default: none.
 	HTTPAddr string
 	// HTTPTokens are the bearer tokens the HTTP API accepts, each with its
