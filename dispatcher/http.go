@@ -44,6 +44,8 @@ type httpAPI struct {
 	c      *Client
 	log    *zap.Logger
 	tokens *tokenSet // nil: no token configured, open on loopback only
+	// heartbeat is the idle interval of event streams; 0: 15 s.
+	heartbeat time.Duration
 }
 
 // listenHTTP opens the HTTP API's listener as cfg says: a bare ":port"

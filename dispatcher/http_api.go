@@ -38,11 +38,14 @@ const (
 	// maxBatch caps the jobs of one POST /v1/jobs/batch and the sequences
 	// of one POST /v1/dlq/replay.
 	maxBatch = 1000
+	// maxBatchBody bounds the body of POST /v1/jobs/batch (unless one job
+	// of the server's max payload needs more).
+	maxBatchBody = 32 << 20
 	// maxWait caps ?wait= of GET /v1/results/{id}.
 	maxWait = 60 * time.Second
-	// sseHeartbeat is how often an idle progress stream sends a comment,
-	// so that proxies keep it open and a gone client is noticed.
-	sseHeartbeat = 15 * time.Second
+	// defaultSSEHeartbeat is how often an idle progress stream sends a
+	// comment, so that proxies keep it open and a gone client is noticed.
+	defaultSSEHeartbeat = 15 * time.Second
 )
 
 // routeMux is an http.ServeMux that remembers its patterns, so that a test
@@ -155,8 +158,10 @@ func (a *httpAPI) readBody(w http.ResponseWriter, r *http.Request, limit int64, 
 
 func (a *httpAPI) submitBatch(w http.ResponseWriter, r *http.Request) {
 	maxPayload := a.c.nc.MaxPayload()
-	limit := int64(maxBatch) * (min(maxPayload, 1<<20) + submitSlack)
-	body, ok := a.readBody(w, r, limit, fmt.Sprintf("a batch holds at most %d jobs of up to 1 MiB each; send bigger jobs one by one", maxBatch))
+	// Read whole before anything is published: bounded, and never below
+	// what one job of the largest size needs.
+	limit := max(maxBatchBody, maxPayload+submitSlack)
+	body, ok := a.readBody(w, r, limit, fmt.Sprintf("a batch holds at most %d bytes (and %d jobs); send big jobs one by one", limit, maxBatch))
 	if !ok {
 		return
 	}
@@ -343,7 +348,7 @@ func (a *httpAPI) result(w http.ResponseWriter, r *http.Request) {
 //	event: result
 //	data: <the stored result>    (then the stream ends)
 //
-// and a ": heartbeat" comment every sseHeartbeat while nothing happens.
+// and a ": heartbeat" comment every ServeConfig.HTTPHeartbeat (15 s).
 // Progress is core NATS: reports published before the stream opened are
 // not replayed. A job whose result is already stored gets only the result.
 func (a *httpAPI) progress(w http.ResponseWriter, r *http.Request) {
@@ -424,7 +429,11 @@ func (a *httpAPI) progress(w http.ResponseWriter, r *http.Request) {
 	if !send(": subscribed\n\n") {
 		return
 	}
-	heartbeat := time.NewTicker(sseHeartbeat)
+	every := a.heartbeat
+	if every <= 0 {
+		every = defaultSSEHeartbeat
+	}
+	heartbeat := time.NewTicker(every)
 	defer heartbeat.Stop()
 	// A result on the wire says when to look; the stream's copy is what
 	// is sent. Looked for again on a backing-off timer, as WaitJobResult.

@@ -473,3 +473,31 @@ func TestHTTPDeadLetters(t *testing.T) {
 		t.Errorf("purge through=x: %d", r.Status)
 	}
 }
+
+// TestHTTPProgressHeartbeat: an idle progress stream sends heartbeat
+// comments at the configured interval.
+func TestHTTPProgressHeartbeat(t *testing.T) {
+	t.Parallel()
+	s := startServe(t, nil, dispatcher.ServeConfig{HTTPHeartbeat: 50 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, "GET", s.URL+"/v1/jobs/hb-1/progress", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	ch := make(chan sseEvent, 16)
+	go readEvents(resp, ch)
+	for i, want := range []sseEvent{{":", "subscribed"}, {":", "heartbeat"}, {":", "heartbeat"}} {
+		if ev := next(t, ch); ev != want {
+			t.Fatalf("event %d: %+v, want %+v", i, ev, want)
+		}
+	}
+	cancel()
+	for range ch { // the reader ends with the request
+	}
+}

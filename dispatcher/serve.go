@@ -42,6 +42,10 @@ type ServeConfig struct {
 	// certificate and key (re-read when the files change). Default: plain
 	// HTTP.
 	HTTPTLSCert, HTTPTLSKey string
+	// HTTPHeartbeat is how often an idle event stream (GET
+	// /v1/jobs/{id}/progress) sends a comment, so that proxies keep it
+	// open and a client that left is noticed. Default 15s.
+	HTTPHeartbeat time.Duration
 	// Logger receives the server's logs. Default: no logging.
 	Logger *zap.Logger
 	// Ready, when set, is called once the service is up.
@@ -159,7 +163,7 @@ func Serve(ctx context.Context, nc *nats.Conn, cfg ServeConfig) error {
 	var httpErr chan error
 	var srv *http.Server
 	if ln != nil {
-		api := &httpAPI{c: c, log: log.Named("http"), tokens: tokens}
+		api := &httpAPI{c: c, log: log.Named("http"), tokens: tokens, heartbeat: cfg.HTTPHeartbeat}
 		srv = newHTTPServer(api.handler(), log)
 		httpErr = make(chan error, 1)
 		go func() { httpErr <- srv.Serve(ln) }()
