@@ -46,6 +46,9 @@ type httpAPI struct {
 	tokens *tokenSet // nil: no token configured, open on loopback only
 	// heartbeat is the idle interval of event streams; 0: 15 s.
 	heartbeat time.Duration
+	// closing ends when the server shuts down (nil: never): it ends long
+	// polls and event streams.
+	closing context.Context
 }
 
 // listenHTTP opens the HTTP API's listener as cfg says: a bare ":port"

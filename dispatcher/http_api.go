@@ -317,10 +317,12 @@ func (a *httpAPI) result(w http.ResponseWriter, r *http.Request) {
 	} else {
 		// The long poll ends with the request: a client that goes away
 		// cancels it.
-		ctx, cancel := context.WithTimeout(r.Context(), wait)
+		sctx, stop := a.streamContext(r)
+		defer stop()
+		ctx, cancel := context.WithTimeout(sctx, wait)
 		defer cancel()
 		res, err = a.c.topo.WaitJobResult(ctx, a.c.nc, id, seq)
-		if err != nil && errors.Is(err, context.DeadlineExceeded) && r.Context().Err() == nil {
+		if err != nil && errors.Is(err, context.DeadlineExceeded) && sctx.Err() == nil {
 			notFound()
 			return
 		}
@@ -332,6 +334,10 @@ func (a *httpAPI) result(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		if r.Context().Err() != nil {
 			return // the client is gone
+		}
+		if a.closing != nil && a.closing.Err() != nil {
+			a.fail(w, r, http.StatusServiceUnavailable, "the dispatcher is shutting down, retry")
+			return
 		}
 		a.writeError(w, r, err)
 		return
@@ -365,7 +371,8 @@ func (a *httpAPI) progress(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	ctx := r.Context()
+	ctx, stop := a.streamContext(r)
+	defer stop()
 	cfg := a.c.topo.Config
 	progress := make(chan *nats.Msg, 256)
 	results := make(chan *nats.Msg, 4)
@@ -710,4 +717,16 @@ func (a *httpAPI) dlqPurge(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, PurgeReply{Purged: resp.Purged, Through: through})
+}
+
+// streamContext is the request's context, also ended when the server shuts
+// down: long polls and event streams never go idle by themselves, so
+// http.Server.Shutdown would otherwise wait for them in vain.
+func (a *httpAPI) streamContext(r *http.Request) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(r.Context())
+	if a.closing == nil {
+		return ctx, cancel
+	}
+	stop := context.AfterFunc(a.closing, cancel)
+	return ctx, func() { stop(); cancel() }
 }

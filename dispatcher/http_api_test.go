@@ -501,3 +501,69 @@ func TestHTTPProgressHeartbeat(t *testing.T) {
 	for range ch { // the reader ends with the request
 	}
 }
+
+// TestHTTPShutdownEndsStreams: stopping Serve ends open event streams and
+// long polls (they never go idle by themselves), and Serve returns.
+func TestHTTPShutdownEndsStreams(t *testing.T) {
+	t.Parallel()
+	nc := fleettest.StartServer(t).Connect(t)
+	base := make(chan string, 1)
+	ready := make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- dispatcher.Serve(ctx, nc, dispatcher.ServeConfig{HTTPAddr: "127.0.0.1:0",
+			HTTPListening: func(u string) { base <- u }, Ready: func() { close(ready) }})
+	}()
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatal(err)
+	}
+	url := <-base
+	resp, err := http.Get(url + "/v1/jobs/never/progress")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	events := make(chan sseEvent, 16)
+	go readEvents(resp, events)
+	next(t, events) // subscribed
+	poll := make(chan reply, 1)
+	go func() {
+		resp, err := http.Get(url + "/v1/results/never?wait=60s")
+		if err != nil {
+			poll <- reply{Status: -1, Body: err.Error()}
+			return
+		}
+		defer resp.Body.Close()
+		poll <- reply{Status: resp.StatusCode}
+	}()
+	fleettest.Eventually(t, 10*time.Second, func() error {
+		if n := nc.NumSubscriptions(); n < 3 { // the stream's two, the poll's one
+			return fmt.Errorf("%d subscriptions", n)
+		}
+		return nil
+	})
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Serve: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("Serve did not return within 60s of its end")
+	}
+	drained := time.After(30 * time.Second)
+	for open := true; open; {
+		select {
+		case _, open = <-events:
+		case <-drained:
+			t.Fatal("the event stream is still open 30s after Serve ended")
+		}
+	}
+	if r := <-poll; r.Status != 503 {
+		t.Errorf("long poll at shutdown: %+v, want 503", r)
+	}
+}

@@ -163,8 +163,11 @@ func Serve(ctx context.Context, nc *nats.Conn, cfg ServeConfig) error {
 	var httpErr chan error
 	var srv *http.Server
 	if ln != nil {
-		api := &httpAPI{c: c, log: log.Named("http"), tokens: tokens, heartbeat: cfg.HTTPHeartbeat}
+		closing, closeStreams := context.WithCancel(context.Background())
+		defer closeStreams()
+		api := &httpAPI{c: c, log: log.Named("http"), tokens: tokens, heartbeat: cfg.HTTPHeartbeat, closing: closing}
 		srv = newHTTPServer(api.handler(), log)
+		srv.RegisterOnShutdown(closeStreams)
 		httpErr = make(chan error, 1)
 		go func() { httpErr <- srv.Serve(ln) }()
 		scheme := "http"
