@@ -45,6 +45,13 @@ type Agent struct {
 	kaCancel context.CancelFunc
 	kaLoop   sync.WaitGroup
 
+	// reg is the registry as the agents bucket watch shows it; kick asks
+	// the membership loop for a rebalance.
+	reg  registry
+	kick chan struct{}
+	// beatOK is when the last heartbeat that got through was sent (Unix ns).
+	beatOK atomic.Int64
+
 	mu        sync.Mutex
 	runners   map[int]*runner // by partition
 	anyRunner *runner
@@ -115,6 +122,7 @@ func New(nc *nats.Conn, cfg Config) (*Agent, error) {
 		pool:    p,
 		held:    newGate(cfg.Capacity),
 		runners: make(map[int]*runner),
+		kick:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
 	}
 	a.metrics = newMetrics(a)
@@ -201,7 +209,7 @@ func (a *Agent) start(ctx context.Context) error {
 		return fmt.Errorf("agent: anonymous consumer: %w", err)
 	}
 	a.mu.Lock()
-	a.anyRunner = a.newRunner(-1, anyCons, nil)
+	a.anyRunner = a.newRunner(-1, anyCons, nil, time.Time{})
 	a.mu.Unlock()
 
 	svc, err := a.startService()
@@ -211,7 +219,9 @@ func (a *Agent) start(ctx context.Context) error {
 	}
 	a.svc = svc
 
-	a.loops.Add(1)
+	a.loops.Add(3)
+	go a.registryLoop()
+	go a.heartbeatLoop()
 	go a.membershipLoop()
 	a.kaLoop.Add(1)
 	go a.keepAliveLoop()
@@ -353,7 +363,12 @@ func (a *Agent) info() *queue.AgentInfo {
 }
 
 func (a *Agent) heartbeat(ctx context.Context) error {
-	return a.topo.Heartbeat(ctx, a.info())
+	sent := time.Now()
+	if err := a.topo.Heartbeat(ctx, a.info()); err != nil {
+		return err
+	}
+	a.beatOK.Store(sent.UnixNano())
+	return nil
 }
 
 // keepAliveLoop marks every held message InProgress, so jobs waiting for a
