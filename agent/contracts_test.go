@@ -265,3 +265,31 @@ func TestNoConsumeWithoutLease(t *testing.T) {
 		t.Fatalf("after the release: %+v", r)
 	}
 }
+
+// TestCrashFailoverBeforeLeaseExpiry: when an agent dies (Kill: no release,
+// no goodbye), the survivors take its partitions once its registry entry
+// expires, long before its leases would. The lease TTL here is ten times
+// the agent TTL, so waiting for the leases cannot pass.
+func TestCrashFailoverBeforeLeaseExpiry(t *testing.T) {
+	t.Parallel()
+	cfg := fleetConfig(3, 1)
+	cfg.Agent.Queue.AgentTTL = 2 * time.Second
+	cfg.Agent.Queue.LeaseTTL = 20 * time.Second
+	f := fleettest.StartFleet(t, cfg)
+	f.WaitBalanced(t, 30*time.Second)
+	victim := f.Agents[2]
+	if len(victim.Partitions()) == 0 {
+		t.Fatal("the victim owns no partition; the test proves nothing")
+	}
+	killed := time.Now()
+	victim.Kill()
+	f.WaitBalanced(t, 60*time.Second)
+	took := time.Since(killed)
+	t.Logf("agent killed: its partitions moved to the survivors in %s", took.Round(time.Millisecond))
+	// Expected: AgentTTL less up to one heartbeat interval, plus the
+	// server's expiry lag: about 2 s. The bound leaves twice that and more,
+	// and stays far below the lease TTL.
+	if bound := f.Topology().Config.LeaseTTL / 4; took > bound {
+		t.Errorf("failover took %s, want at most %s (the dead agent's leases were waited out)", took, bound)
+	}
+}
