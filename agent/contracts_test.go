@@ -293,3 +293,70 @@ func TestCrashFailoverBeforeLeaseExpiry(t *testing.T) {
 		t.Errorf("failover took %s, want at most %s (the dead agent's leases were waited out)", took, bound)
 	}
 }
+
+// TestNoPullWhenHeartbeatsFail: an agent whose heartbeats stop getting
+// through may be declared dead, and then the others take its partitions at
+// once; so before its entry can expire it stops pulling from them, and it
+// pulls again once a heartbeat gets through.
+func TestNoPullWhenHeartbeatsFail(t *testing.T) {
+	t.Parallel()
+	cfg, execLog := withExecLog(t, fleetConfig(1, 1))
+	cfg.Agent.Queue.AgentTTL = 2 * time.Second
+	f := fleettest.StartFleet(t, cfg)
+	f.WaitBalanced(t, 30*time.Second)
+	a := f.Agents[0]
+	topo := f.Topology()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	// The registry refuses every heartbeat from now on: each is bigger than
+	// it takes (the server's own expiry markers, empty, still fit).
+	js := f.Server.JetStream(t)
+	stream, err := js.Stream(ctx, "KV_"+topo.Config.AgentsBucket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := info.Config
+	full := open
+	full.MaxMsgSize = 16
+	if _, err := js.UpdateStream(ctx, full); err != nil {
+		t.Fatal(err)
+	}
+	if err := topo.Heartbeat(ctx, &queue.AgentInfo{Name: a.Name()}); err == nil {
+		t.Fatal("the full registry took a heartbeat; the test proves nothing")
+	}
+	refused := time.Now()
+	// Past the TTL every heartbeat since the refusal has failed.
+	ttl := topo.Config.AgentTTL
+	fleettest.Eventually(t, 30*time.Second, func() error {
+		if time.Since(refused) < ttl {
+			return errors.New("within the TTL")
+		}
+		return nil
+	})
+	id := submit(t, f, "s1", &queue.Job{ID: "unbeaten", Command: "echo", Payload: json.RawMessage(`1`)})
+	window := time.NewTimer(ttl)
+	defer window.Stop()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for waiting := true; waiting; {
+		select {
+		case <-window.C:
+			waiting = false
+		case <-tick.C:
+			if n := len(fleettest.ReadExecLog(t, execLog)[id]); n != 0 {
+				t.Fatalf("job %s ran while the agent's heartbeats failed for %s", id, time.Since(refused).Round(time.Millisecond))
+			}
+		}
+	}
+	if _, err := js.UpdateStream(ctx, open); err != nil {
+		t.Fatal(err)
+	}
+	if r := result(t, f, id); !r.OK || r.Agent != a.Name() {
+		t.Fatalf("after the registry took heartbeats again: %+v", r)
+	}
+}
