@@ -22,34 +22,47 @@ import (
 type registry struct {
 	mu    sync.Mutex
 	ready bool                 // the watch has delivered every current entry
-	live  map[string]struct{}  // agents with a live entry
+	live  map[string]time.Time // agents with a live entry, and when it was last seen written
 	gone  map[string]time.Time // agents whose entry was removed or expired, and when
 }
 
+// reset forgets everything, for a new watch.
+func (g *registry) reset() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.ready = false
+	g.live, g.gone = map[string]time.Time{}, map[string]time.Time{}
+}
+
 // view returns the live agents (sorted) and the gone ones; ok is false until
-// the watch has caught up.
-func (g *registry) view() (live []string, gone map[string]time.Time, ok bool) {
+// the watch has caught up. An entry not seen written for longer than stale
+// counts as neither: its expiry marker was missed (the watch was away
+// longer than the server keeps markers), so the agent is taken for dead,
+// but its leases are left to expire, since when it went is unknown.
+func (g *registry) view(stale time.Duration) (live []string, gone map[string]time.Time, ok bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if !g.ready {
 		return nil, nil, false
 	}
 	live = make([]string, 0, len(g.live))
-	for n := range g.live {
-		live = append(live, n)
+	for n, seen := range g.live {
+		if time.Since(seen) <= stale {
+			live = append(live, n)
+		}
 	}
 	slices.Sort(live)
 	return live, maps.Clone(g.gone), true
 }
 
-// apply folds one watch event in and reports whether membership changed.
-// forget drops gone entries older than it, whose leases have expired on
-// their own by then.
+// apply folds one watch event in (nil: the watch has caught up) and
+// reports whether membership changed. forget drops gone entries older than
+// it, whose leases have expired on their own by then.
 func (g *registry) apply(e jetstream.KeyValueEntry, forget time.Duration) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.live == nil {
-		g.live, g.gone = map[string]struct{}{}, map[string]time.Time{}
+		g.live, g.gone = map[string]time.Time{}, map[string]time.Time{}
 	}
 	if e == nil {
 		changed := !g.ready
@@ -62,15 +75,14 @@ func (g *registry) apply(e jetstream.KeyValueEntry, forget time.Duration) bool {
 			delete(g.gone, n)
 		}
 	}
+	_, was := g.live[name]
 	switch e.Operation() {
 	case jetstream.KeyValueDelete, jetstream.KeyValuePurge:
-		_, was := g.live[name]
 		delete(g.live, name)
 		g.gone[name] = e.Created()
 		return was && g.ready
 	default:
-		_, was := g.live[name]
-		g.live[name] = struct{}{}
+		g.live[name] = time.Now()
 		delete(g.gone, name)
 		return !was && g.ready
 	}
@@ -94,6 +106,7 @@ func (a *Agent) registryLoop() {
 			}
 			continue
 		}
+		a.reg.reset()
 		a.watchRegistry(ctx, w, forget)
 		_ = w.Stop()
 		if !sleepCtx(ctx, 100*time.Millisecond) {
@@ -103,11 +116,27 @@ func (a *Agent) registryLoop() {
 }
 
 func (a *Agent) watchRegistry(ctx context.Context, w jetstream.KeyWatcher, forget time.Duration) {
+	// This agent's own heartbeats come back through the watch. A watch
+	// that stops relaying them while they get through has silently broken
+	// (say, across a server restart), so it is opened again.
+	ttl := a.cfg.Queue.AgentTTL
+	check := time.NewTicker(ttl)
+	defer check.Stop()
+	lastSelf := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-check.C:
+			beat := time.Unix(0, a.beatOK.Load())
+			if time.Since(lastSelf) > ttl && beat.After(lastSelf.Add(a.cfg.HeartbeatInterval)) {
+				a.log.Warn("agents watch relays nothing; watching again", zap.Duration("silent", time.Since(lastSelf)))
+				return
+			}
 		case e, ok := <-w.Updates():
+			if e != nil && e.Key() == a.cfg.Name && e.Operation() == jetstream.KeyValuePut {
+				lastSelf = time.Now()
+			}
 			if !ok {
 				if ctx.Err() == nil {
 					a.log.Warn("agents watch closed; watching again")
@@ -205,7 +234,7 @@ func (a *Agent) renewLeases(ctx context.Context) {
 // held by an agent that has gone (its registry entry expired: it died) is
 // taken at once rather than after the lease expires.
 func (a *Agent) rebalance(ctx context.Context) {
-	names, gone, ok := a.reg.view()
+	names, gone, ok := a.reg.view(2 * a.cfg.Queue.AgentTTL)
 	if !ok {
 		return // the registry watch has not caught up yet
 	}
