@@ -49,8 +49,11 @@ type Agent struct {
 	// the membership loop for a rebalance.
 	reg  registry
 	kick chan struct{}
-	// beatOK is when the last heartbeat that got through was sent (Unix ns).
+	// beatOK is when the last heartbeat that got through was sent (see
+	// stamp).
 	beatOK atomic.Int64
+	// epoch anchors stamp on the monotonic clock.
+	epoch time.Time
 
 	mu        sync.Mutex
 	runners   map[int]*runner // by partition
@@ -124,6 +127,7 @@ func New(nc *nats.Conn, cfg Config) (*Agent, error) {
 		runners: make(map[int]*runner),
 		kick:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
+		epoch:   time.Now(),
 	}
 	a.metrics = newMetrics(a)
 	if cfg.Registerer != nil {
@@ -367,9 +371,15 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 	if err := a.topo.Heartbeat(ctx, a.info()); err != nil {
 		return err
 	}
-	a.beatOK.Store(sent.UnixNano())
+	a.beatOK.Store(a.stamp(sent))
 	return nil
 }
+
+// stamp turns t into a number for an atomic, on the monotonic clock, so
+// that a step of the wall clock cannot stretch a claim; at turns it back.
+func (a *Agent) stamp(t time.Time) int64 { return int64(t.Sub(a.epoch)) }
+
+func (a *Agent) at(stamp int64) time.Time { return a.epoch.Add(time.Duration(stamp)) }
 
 // keepAliveLoop marks every held message InProgress, so jobs waiting for a
 // worker or running long are not redelivered while this agent lives.

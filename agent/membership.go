@@ -128,7 +128,7 @@ func (a *Agent) watchRegistry(ctx context.Context, w jetstream.KeyWatcher, forge
 		case <-ctx.Done():
 			return
 		case <-check.C:
-			beat := time.Unix(0, a.beatOK.Load())
+			beat := a.at(a.beatOK.Load())
 			if time.Since(lastSelf) > ttl && beat.After(lastSelf.Add(a.cfg.HeartbeatInterval)) {
 				a.log.Warn("agents watch relays nothing; watching again", zap.Duration("silent", time.Since(lastSelf)))
 				return
@@ -215,7 +215,7 @@ func (a *Agent) renewLeases(ctx context.Context) {
 		err := a.topo.RenewLease(ctx, r.lease)
 		switch {
 		case err == nil:
-			r.leaseOK.Store(sent.UnixNano())
+			r.leaseOK.Store(a.stamp(sent))
 		case errors.Is(err, queue.ErrLeaseLost):
 			// Someone else may own it now: stop pulling at once. Running
 			// jobs still finish; their acks are valid on the shared consumer.

@@ -39,7 +39,7 @@ type runner struct {
 	closeAcks sync.Once
 
 	// leaseOK is when the last successful write of the lease (acquire or
-	// renewal) was sent, in Unix ns; see pullDeadline.
+	// renewal) was sent (Agent.stamp); see pullDeadline.
 	leaseOK atomic.Int64
 
 	// runAvg is a moving average of how long this runner's jobs ran on a
@@ -65,7 +65,7 @@ func (a *Agent) newRunner(partition int, cons jetstream.Consumer, lease *queue.L
 		acks:    make(chan pendingAck, a.cfg.Capacity+64),
 		ackDone: make(chan struct{}),
 	}
-	r.leaseOK.Store(leaseAt.UnixNano())
+	r.leaseOK.Store(a.stamp(leaseAt))
 	r.fetchCtx, r.fetchCancel = context.WithCancel(a.baseCtx)
 	r.waitCtx, r.waitCancel = context.WithCancel(a.baseCtx)
 	go r.ackLoop()
@@ -142,8 +142,8 @@ func (r *runner) pullDeadline() (deadline time.Time, owned bool) {
 		return now.Add(r.a.cfg.FetchWait), true
 	}
 	q := r.a.cfg.Queue
-	lease := time.Unix(0, r.leaseOK.Load()).Add(q.LeaseTTL - q.LeaseTTL/claimMargin)
-	beat := time.Unix(0, r.a.beatOK.Load()).Add(q.AgentTTL - q.AgentTTL/claimMargin)
+	lease := r.a.at(r.leaseOK.Load()).Add(q.LeaseTTL - q.LeaseTTL/claimMargin)
+	beat := r.a.at(r.a.beatOK.Load()).Add(q.AgentTTL - q.AgentTTL/claimMargin)
 	deadline = lease
 	if beat.Before(deadline) {
 		deadline = beat
