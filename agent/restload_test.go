@@ -25,7 +25,7 @@ func TestRestLoad(t *testing.T) {
 	}
 	start := time.Now()
 	// The window is what is measured, not a synchronisation.
-	time.Sleep(10 * time.Second)
+	time.Sleep(5 * time.Second)
 	v1, err := f.Server.Varz(nil)
 	if err != nil {
 		t.Fatal(err)
