@@ -96,7 +96,9 @@ func (a *Agent) registryLoop() {
 	ctx := a.loopCtx
 	forget := 2 * (a.cfg.Queue.LeaseTTL + a.cfg.Queue.AgentTTL)
 	for ctx.Err() == nil {
-		w, err := a.topo.Agents.WatchAll(ctx)
+		// Names and operations are all the view needs: the entries'
+		// bodies (the agents' stats) stay on the server.
+		w, err := a.topo.Agents.WatchAll(ctx, jetstream.MetaOnly())
 		if err != nil {
 			if ctx.Err() == nil {
 				a.log.Warn("watch agents", zap.Error(err))
