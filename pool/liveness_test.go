@@ -14,18 +14,25 @@ import (
 	"github.com/procfleet/procfleet/worker"
 )
 
-// procState returns the state letter of pid from /proc/<pid>/stat, or 0 if
-// the process no longer exists.
-func procState(pid int) byte {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+// exited reports whether the kernel shows pid as exited: gone (reaped), or
+// a zombie whose every thread has ended. A multi-threaded process whose
+// leader shows as a zombie while its other threads still exit is not dead
+// yet to waitid, so it does not count.
+func exited(pid int) bool {
+	dir := "/proc/" + strconv.Itoa(pid)
+	b, err := os.ReadFile(dir + "/stat")
 	if err != nil {
-		return 0
+		return true
 	}
 	i := strings.LastIndexByte(string(b), ')')
 	if i < 0 || i+2 >= len(b) {
-		return 0
+		return true
 	}
-	return b[i+2]
+	if s := b[i+2]; s != 'Z' && s != 'X' {
+		return false
+	}
+	tasks, err := os.ReadDir(dir + "/task")
+	return err != nil || len(tasks) <= 1
 }
 
 // TestCheckoutSeesFreshDeath: a worker that died a moment ago, before
@@ -73,10 +80,7 @@ func TestCheckoutSeesFreshDeath(t *testing.T) {
 			t.Fatal(err)
 		}
 		// Wait until the kernel shows the death: a zombie, or reaped.
-		waitFor(t, "the killed worker to exit", func() bool {
-			s := procState(pid)
-			return s == 0 || s == 'Z' || s == 'X'
-		})
+		waitFor(t, "the killed worker to exit", func() bool { return exited(pid) })
 		select {
 		case <-w.Done():
 			if round == 3 {
