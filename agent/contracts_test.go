@@ -41,6 +41,13 @@ func TestAckOnlyAfterResultStored(t *testing.T) {
 	if r := result(t, f, submit(t, f, "", &queue.Job{ID: "warm", Command: "echo", Payload: json.RawMessage(`1`)})); !r.OK {
 		t.Fatalf("warm-up job: %+v", r)
 	}
+	// Its ack follows its stored result.
+	fleettest.Eventually(t, 30*time.Second, func() error {
+		if n := jobsInStream(t, topo); n != 0 {
+			return fmt.Errorf("the warm-up job is not acked yet (%d jobs in the stream)", n)
+		}
+		return nil
+	})
 
 	// The results stream is full and refuses anything new.
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
