@@ -192,6 +192,33 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(queues[0]["agents"], len(agents))
         self.assertIn("agents", self.c.status())
 
+    def test_dead_letters(self):
+        # A retryable failure with one attempt is exhausted: dead-lettered.
+        sub = self.c.submit("retry", None, job_id=uid("dead"), max_attempts=1)
+        res = self.c.result(sub.id, wait=60, seq=sub.seq)
+        self.assertEqual(res["error"]["kind"], "exhausted")
+        letters = [d for d in self.c.dead_letters(limit=1000) if d["job_id"] == sub.id]
+        self.assertEqual(len(letters), 1, letters)
+        seq = letters[0]["seq"]
+        self.assertEqual(self.c.dead_letter(seq)["job_id"], sub.id)
+        self.assertEqual(self.c.replay(seq), {"replayed": seq})
+        with self.assertRaises(pc.NotFound):
+            self.c.dead_letter(seq)
+        # The replay runs again and dies again: a new letter.
+        deadline = time.monotonic() + 60
+        while True:
+            again = [d for d in self.c.dead_letters(limit=1000) if d["job_id"] == sub.id]
+            if again:
+                break
+            self.assertLess(time.monotonic(), deadline, "the replayed job was not dead-lettered again")
+            time.sleep(0.05)  # poll interval
+        many = self.c.replay(again[0]["seq"], 999999)
+        self.assertEqual((many["replayed"], many["failed"]), (1, 1))
+        self.assertEqual([i["status"] for i in many["items"]], [200, 404])
+        purged = self.c.purge_dead_letters()
+        self.assertGreaterEqual(purged["purged"], 0)
+        self.assertIn("through", purged)
+
     def test_cancel(self):
         # Cancellation is DELETE /v1/jobs/{id}. A dispatcher without it
         # answers with the mux's 404, raised as Unsupported (a NotFound).
