@@ -20,16 +20,6 @@ import (
 func TestHTTPRoutesNeedRights(t *testing.T) {
 	t.Parallel()
 	s := startServe(t, nil, dispatcher.ServeConfig{HTTPTokens: testTokens()})
-	// A stored result for j1, so that its progress stream ends at once.
-	if err := s.NC.Publish("fleet.result.j1", []byte(`{"id":"j1","ok":true}`)); err != nil {
-		t.Fatal(err)
-	}
-	fleettest.Eventually(t, 10*time.Second, func() error {
-		if r := call(t, nil, "GET", s.URL+"/v1/results/j1", tokRead, ""); r.Status != 200 {
-			return fmt.Errorf("result j1: %d", r.Status)
-		}
-		return nil
-	})
 	rightOf := map[string]string{
 		"GET /v1/openapi.yaml": "", "POST /v1/jobs": tokSubmit, "POST /v1/jobs/batch": tokSubmit,
 		"GET /v1/jobs/{id}/progress": tokRead, "GET /v1/results/{id}": tokRead, "GET /v1/status": tokRead,
@@ -41,20 +31,20 @@ func TestHTTPRoutesNeedRights(t *testing.T) {
 			continue
 		}
 		method, path, _ := strings.Cut(route, " ")
-		path = strings.NewReplacer("{id}", "j1", "{seq}", "1").Replace(path)
+		path = strings.NewReplacer("{id}", "j1", "{seq}", "1", "{$}", "").Replace(path)
 		right, ok := rightOf[route]
 		if !ok {
 			t.Errorf("%s: no right listed in this test", route)
 			continue
 		}
-		if r := call(t, nil, method, s.URL+path, "", ""); r.Status != 401 {
-			t.Errorf("%s without a token: %d, want 401", route, r.Status)
+		if code := statusOnly(t, method, s.URL+path, ""); code != 401 {
+			t.Errorf("%s without a token: %d, want 401", route, code)
 		}
 		for _, tok := range []string{tokSubmit, tokRead, tokAdmin} {
-			r := call(t, nil, method, s.URL+path, tok, "")
-			refused := r.Status == 401 || r.Status == 403
+			code := statusOnly(t, method, s.URL+path, tok)
+			refused := code == 401 || code == 403
 			if want := right != "" && tok != right; refused != want {
-				t.Errorf("%s with token %s: %d %s (refused=%v, want %v)", route, tok, r.Status, r.Body, refused, want)
+				t.Errorf("%s with token %s: %d (refused=%v, want %v)", route, tok, code, refused, want)
 			}
 		}
 	}
@@ -569,4 +559,25 @@ func TestHTTPShutdownEndsStreams(t *testing.T) {
 	if r := <-poll; r.Status != 503 {
 		t.Errorf("long poll at shutdown: %+v, want 503", r)
 	}
+}
+
+// statusOnly answers the status of a request without reading its body, so
+// that an event stream that would go on does not hold the test.
+func statusOnly(t *testing.T, method, url, token string) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
