@@ -336,6 +336,7 @@ func (a *httpAPI) result(w http.ResponseWriter, r *http.Request) {
 			return // the client is gone
 		}
 		if a.closing != nil && a.closing.Err() != nil {
+			w.Header().Set("Retry-After", "1")
 			a.fail(w, r, http.StatusServiceUnavailable, "the dispatcher is shutting down, retry")
 			return
 		}

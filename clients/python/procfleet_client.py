@@ -323,7 +323,10 @@ class Client:
         """Iterate over the job's server-sent events: ``Event("progress", data)``
         for each report, then ``Event("result", result)`` once stored, after
         which the iteration ends. Open it before the job starts to miss no
-        report (the first ``next()`` returns once the stream is live)."""
+        report: once ``progress()`` has returned, the stream is live. The
+        connection's read timeout is the client's ``timeout`` (30 s), above
+        the server's 15 s heartbeat: a dead dispatcher raises ``Unavailable``
+        rather than hanging."""
         path = "/v1/jobs/" + self._job_path(job_id) + "/progress"
         resp = self._request("GET", path, query={"seq": seq} if seq else None, stream=True, timeout=None)
         return _SSE(resp)
@@ -382,7 +385,11 @@ class _SSE:
     def __next__(self) -> Event:
         event, data = None, []
         while True:
-            raw = self._resp.readline()
+            try:
+                raw = self._resp.readline()
+            except (TimeoutError, OSError) as e:
+                self.close()
+                raise Unavailable("progress stream broke off: %s" % (e,)) from e
             if not raw:
                 self.close()
                 raise StopIteration
