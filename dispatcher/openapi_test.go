@@ -129,3 +129,51 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 		}
 	}
 }
+
+// TestOpenAPIRefsResolve: every $ref in openapi.yaml names a component that
+// exists, and every component is used.
+func TestOpenAPIRefsResolve(t *testing.T) {
+	t.Parallel()
+	var doc map[string]any
+	if err := yaml.Unmarshal(dispatcher.OpenAPI, &doc); err != nil {
+		t.Fatal(err)
+	}
+	used := map[string]bool{}
+	var walk func(v any)
+	walk = func(v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			for k, x := range v {
+				if s, ok := x.(string); ok && k == "$ref" {
+					used[s] = true
+				}
+				walk(x)
+			}
+		case []any:
+			for _, x := range v {
+				walk(x)
+			}
+		}
+	}
+	walk(doc)
+	components, _ := doc["components"].(map[string]any)
+	defined := map[string]bool{}
+	for kind, group := range components {
+		if kind == "securitySchemes" {
+			continue // named by security requirements, not $ref
+		}
+		for name := range group.(map[string]any) {
+			defined["#/components/"+kind+"/"+name] = true
+		}
+	}
+	for ref := range used {
+		if !defined[ref] {
+			t.Errorf("$ref %s names no component", ref)
+		}
+	}
+	for ref := range defined {
+		if !used[ref] {
+			t.Errorf("component %s is never used", ref)
+		}
+	}
+}
