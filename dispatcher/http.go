@@ -297,7 +297,8 @@ func statusOf(err error) int {
 		errors.Is(err, nats.ErrNoResponders), errors.Is(err, nats.ErrConnectionClosed),
 		errors.Is(err, nats.ErrConnectionDraining), errors.Is(err, nats.ErrConnectionReconnecting),
 		errors.Is(err, nats.ErrDisconnected), errors.Is(err, nats.ErrNoServers),
-		errors.Is(err, jetstream.ErrNoStreamResponse), errors.Is(err, jetstream.ErrServerShutdown):
+		errors.Is(err, jetstream.ErrNoStreamResponse), errors.Is(err, jetstream.ErrServerShutdown),
+		errors.Is(err, jetstream.ErrTooManyStalledMsgs):
 		return http.StatusServiceUnavailable
 	case errors.As(err, &je) && je.APIError() != nil && je.APIError().Code == http.StatusServiceUnavailable:
 		return http.StatusServiceUnavailable
