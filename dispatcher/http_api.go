@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"reflect"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -39,6 +40,8 @@ const (
 	// maxBatchBody bounds the body of POST /v1/jobs/batch (unless one job
 	// of the server's max payload needs more).
 	maxBatchBody = 32 << 20
+	// batchWorkers is how many jobs of a batch are in flight at once.
+	batchWorkers = 32
 	// maxWait caps ?wait= of GET /v1/results/{id}.
 	maxWait = 60 * time.Second
 	// defaultSSEHeartbeat is how often an idle progress stream sends a
@@ -182,15 +185,7 @@ func (a *httpAPI) submitBatch(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, badRequest("the batch holds %d jobs, at most %d are allowed", len(req.Jobs), maxBatch))
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), apiTimeout)
-	defer cancel()
 	reply := BatchReply{Items: make([]BatchItem, len(req.Jobs))}
-	type pending struct {
-		i   int
-		req *SubmitRequest
-		f   jetstream.PubAckFuture
-	}
-	var inflight []pending
 	itemErr := func(i int, err error) {
 		status, msg := statusOf(err), err.Error()
 		if status == http.StatusInternalServerError {
@@ -199,44 +194,42 @@ func (a *httpAPI) submitBatch(w http.ResponseWriter, r *http.Request) {
 		}
 		reply.Items[i] = BatchItem{Index: i, Status: status, Error: msg}
 	}
-	// Validate and publish every item without waiting, then collect the
-	// acks: one round trip for the whole batch.
+	// Each job takes the single submit's path (so that whatever a submit
+	// request may say applies to a batch's jobs alike), batchWorkers at a
+	// time; nothing is published for a job that does not parse. Jobs that
+	// name the same id go in their order: the first is stored, the next
+	// are its duplicates (or conflicts), as if sent one by one.
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, batchWorkers)
+	last := map[string]chan struct{}{} // per job id: done of its latest item
 	for i, raw := range req.Jobs {
 		sr, err := parseSubmit(raw)
-		if err == nil && int64(len(raw)) > maxPayload {
-			err = &apiError{status: http.StatusRequestEntityTooLarge, msg: fmt.Sprintf(
-				"job of %d bytes is over the NATS server's max payload (%d bytes)", len(raw), maxPayload)}
-		}
 		if err != nil {
 			itemErr(i, err)
 			continue
 		}
-		f, err := a.c.topo.SubmitAsync(sr.Session, sr.Job)
-		if err != nil {
-			itemErr(i, err)
-			continue
+		var prev <-chan struct{}
+		done := make(chan struct{})
+		if id := sr.Job.ID; id != "" {
+			prev = last[id]
+			last[id] = done
 		}
-		inflight = append(inflight, pending{i, sr, f})
-	}
-	for _, p := range inflight {
-		select {
-		case ack := <-p.f.Ok():
-			item := BatchItem{Index: p.i, Status: http.StatusOK, ID: p.req.Job.ID, Seq: ack.Sequence, Duplicate: ack.Duplicate}
-			if ack.Duplicate {
-				if err := a.c.checkDuplicate(ctx, p.req, ack.Sequence); err != nil {
-					itemErr(p.i, err)
-					continue
-				}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { close(done); <-sem; wg.Done() }()
+			if prev != nil {
+				<-prev
 			}
-			reply.Items[p.i] = item
-		case err := <-p.f.Err():
-			itemErr(p.i, fmt.Errorf("queue: submit job %s: %w", p.req.Job.ID, err))
-		case <-ctx.Done():
-			// Unknown: it may yet be stored. 503 says to retry, and a
-			// retry with the same id is deduplicated.
-			itemErr(p.i, fmt.Errorf("submit job %s: no ack in time: %w", p.req.Job.ID, ctx.Err()))
-		}
+			sub, err := a.c.submitParsed(r.Context(), sr)
+			if err != nil {
+				itemErr(i, err)
+				return
+			}
+			reply.Items[i] = BatchItem{Index: i, Status: http.StatusOK, ID: sub.ID, Seq: sub.Seq, Duplicate: sub.Duplicate}
+		}()
 	}
+	wg.Wait()
 	for _, it := range reply.Items {
 		if it.Status == http.StatusOK {
 			reply.Accepted++

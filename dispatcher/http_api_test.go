@@ -86,10 +86,24 @@ func TestHTTPSubmitSeqAndConflict(t *testing.T) {
 			t.Errorf("%s over NATS: %v %v, want code 409", name, msg, err)
 		}
 	}
+	// In a batch, jobs under one id go in their order: the first is
+	// stored, the same job again is its duplicate, another is a conflict.
+	items := make([]string, 40)
+	for i := range items {
+		items[i] = fmt.Sprintf(`{"job":{"id":"o-1","command":"echo","payload":%d}}`, i%2)
+	}
+	var br dispatcher.BatchReply
+	decode(t, call(t, nil, "POST", s.URL+"/v1/jobs/batch", "", `{"jobs":[`+strings.Join(items, ",")+`]}`), 200, &br)
+	for i, it := range br.Items {
+		want := map[bool]int{true: 200, false: 409}[i%2 == 0]
+		if it.Status != want || (i > 0 && want == 200 && (!it.Duplicate || it.Seq != br.Items[0].Seq)) {
+			t.Fatalf("batch item %d under one id: %+v, want %d (a duplicate of item 0 when 200)", i, it, want)
+		}
+	}
 	var st dispatcher.Status
 	decode(t, call(t, nil, "GET", s.URL+"/v1/status", "", ""), 200, &st)
-	if st.Pending != 1 {
-		t.Fatalf("jobs stream holds %d jobs, want 1", st.Pending)
+	if st.Pending != 2 {
+		t.Fatalf("jobs stream holds %d jobs, want 2", st.Pending)
 	}
 }
 

@@ -203,6 +203,12 @@ func (c *Client) handleSubmit(ctx context.Context, body []byte) (*SubmitReply, e
 	if err != nil {
 		return nil, err
 	}
+	return c.submitParsed(ctx, req)
+}
+
+// submitParsed publishes one decoded submit request: the one path of the
+// NATS API, POST /v1/jobs and each job of POST /v1/jobs/batch.
+func (c *Client) submitParsed(ctx context.Context, req *SubmitRequest) (*SubmitReply, error) {
 	sctx, cancel := context.WithTimeout(ctx, apiTimeout)
 	defer cancel()
 	ack, err := c.topo.Submit(sctx, req.Session, req.Job)
