@@ -3,7 +3,6 @@ package dispatcher
 import (
 	"bytes"
 	"context"
-	_ "embed"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,12 +17,6 @@ import (
 
 	"github.com/procfleet/procfleet/queue"
 )
-
-// OpenAPI is the HTTP API's OpenAPI 3.1 description, served at
-// GET /v1/openapi.yaml.
-//
-//go:embed openapi.yaml
-var OpenAPI []byte
 
 // RightAny lets any valid token through (guard checks rights&need != 0).
 const RightAny = RightAll

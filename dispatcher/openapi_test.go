@@ -50,6 +50,9 @@ type openAPIOperation struct {
 // documentedRoutes reads openapi.yaml into "METHOD /path" -> operation.
 func documentedRoutes(t *testing.T) map[string]openAPIOperation {
 	t.Helper()
+	if _, err := dispatcher.BuildOpenAPI(); err != nil {
+		t.Fatalf("openapi.yaml with its fragments: %v", err)
+	}
 	var doc openAPIDoc
 	if err := yaml.Unmarshal(dispatcher.OpenAPI, &doc); err != nil {
 		t.Fatalf("openapi.yaml: %v", err)
