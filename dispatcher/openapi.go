@@ -1,6 +1,7 @@
 package dispatcher
 
 import (
+	"bytes"
 	"embed"
 	"fmt"
 	"io/fs"
@@ -33,7 +34,7 @@ var OpenAPI = func() []byte {
 // by kind and name. The same operation or component named twice is an
 // error.
 func BuildOpenAPI() ([]byte, error) {
-	base, err := readYAML("openapi.yaml")
+	base, err := openAPIFiles.ReadFile("openapi.yaml")
 	if err != nil {
 		return nil, err
 	}
@@ -42,8 +43,29 @@ func BuildOpenAPI() ([]byte, error) {
 		return nil, err
 	}
 	slices.Sort(names)
+	frags := map[string][]byte{}
 	for _, name := range names {
-		frag, err := readYAML(name)
+		if frags[name], err = openAPIFiles.ReadFile(name); err != nil {
+			return nil, err
+		}
+	}
+	return MergeOpenAPI(base, frags)
+}
+
+// MergeOpenAPI merges fragments (file name -> YAML, taken in name order)
+// into the OpenAPI document base, as BuildOpenAPI does.
+func MergeOpenAPI(baseYAML []byte, fragments map[string][]byte) ([]byte, error) {
+	base, err := parseYAML("openapi.yaml", baseYAML)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(fragments))
+	for name := range fragments {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		frag, err := parseYAML(name, fragments[name])
 		if err != nil {
 			return nil, err
 		}
@@ -63,18 +85,19 @@ func BuildOpenAPI() ([]byte, error) {
 			}
 		}
 	}
-	out, err := yaml.Marshal(&yaml.Node{Kind: yaml.DocumentNode, Content: []*yaml.Node{base}})
-	if err != nil {
+	var out bytes.Buffer
+	enc := yaml.NewEncoder(&out)
+	enc.SetIndent(2)
+	if err := enc.Encode(&yaml.Node{Kind: yaml.DocumentNode, Content: []*yaml.Node{base}}); err != nil {
 		return nil, fmt.Errorf("dispatcher: openapi: %w", err)
 	}
-	return out, nil
+	if err := enc.Close(); err != nil {
+		return nil, fmt.Errorf("dispatcher: openapi: %w", err)
+	}
+	return out.Bytes(), nil
 }
 
-func readYAML(name string) (*yaml.Node, error) {
-	data, err := openAPIFiles.ReadFile(name)
-	if err != nil {
-		return nil, err
-	}
+func parseYAML(name string, data []byte) (*yaml.Node, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		return nil, fmt.Errorf("dispatcher: %s: %w", name, err)

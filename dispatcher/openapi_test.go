@@ -181,3 +181,59 @@ func TestOpenAPIRefsResolve(t *testing.T) {
 		}
 	}
 }
+
+// TestMergeOpenAPI: a fragment's paths and components join the document
+// (a path in both gains the fragment's operations); an operation or a
+// component described twice is an error naming it.
+func TestMergeOpenAPI(t *testing.T) {
+	t.Parallel()
+	base := []byte(`openapi: 3.1.0
+paths:
+  /v1/jobs/{id}/progress:
+    get: {operationId: progress}
+components:
+  schemas:
+    Error: {type: object}
+`)
+	frag := []byte(`# a feature's routes
+paths:
+  /v1/jobs/{id}:
+    delete: {operationId: cancel}
+  /v1/jobs/{id}/progress:
+    head: {operationId: progressHead}
+components:
+  schemas:
+    CancelReply: {type: object}
+  responses:
+    Gone: {description: gone}
+`)
+	out, err := dispatcher.MergeOpenAPI(base, map[string][]byte{"openapi_cancel.yaml": frag})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Paths map[string]map[string]struct {
+			OperationID string `yaml:"operationId"`
+		} `yaml:"paths"`
+		Components map[string]map[string]any `yaml:"components"`
+	}
+	if err := yaml.Unmarshal(out, &doc); err != nil {
+		t.Fatal(err)
+	}
+	got := fmt.Sprintln(doc.Paths["/v1/jobs/{id}"]["delete"].OperationID, doc.Paths["/v1/jobs/{id}/progress"]["get"].OperationID,
+		doc.Paths["/v1/jobs/{id}/progress"]["head"].OperationID, len(doc.Components["schemas"]), len(doc.Components["responses"]))
+	if got != "cancel progress progressHead 2 1\n" {
+		t.Fatalf("merged: %s\n%s", got, out)
+	}
+	for name, bad := range map[string]string{
+		"get progress":   "paths:\n  /v1/jobs/{id}/progress:\n    get: {operationId: again}\n",
+		"schemas Error":  "components:\n  schemas:\n    Error: {type: string}\n",
+		"openapi_x.yaml": "paths: [1, 2]\n",
+		"not a YAML map": "- a list\n",
+	} {
+		_, err := dispatcher.MergeOpenAPI(base, map[string][]byte{"openapi_x.yaml": []byte(bad)})
+		if err == nil || !strings.Contains(err.Error(), strings.Fields(name)[len(strings.Fields(name))-1]) {
+			t.Errorf("fragment %q: err = %v, want one naming %q", bad, err, name)
+		}
+	}
+}
