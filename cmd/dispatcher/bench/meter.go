@@ -16,6 +16,9 @@ import (
 type meter struct {
 	cpu0    time.Duration
 	wcpu0   map[int]time.Duration
+	server  int // pid of the NATS server process, or 0
+	scpu0   time.Duration
+	agents  map[int]time.Duration // agent process pid: CPU at the start
 	peak    atomic.Int64
 	stop    chan struct{}
 	stopped chan struct{}
@@ -45,6 +48,19 @@ func startMeter(pids []int) *meter {
 	return m
 }
 
+// parts adds the NATS server process (pid 0: none) and agent processes,
+// whose CPU is measured apart.
+func (m *meter) parts(server int, agents []int) {
+	m.server = server
+	if server > 0 {
+		m.scpu0 = procCPU(server)
+	}
+	m.agents = map[int]time.Duration{}
+	for _, pid := range agents {
+		m.agents[pid] = procCPU(pid)
+	}
+}
+
 // end stops the meter and fills run's CPU and RSS figures. Worker CPU is
 // read before the workers stop, so their shutdown is not counted.
 func (m *meter) end(run *Measurement) {
@@ -55,6 +71,12 @@ func (m *meter) end(run *Measurement) {
 		if c := procCPU(pid); c >= c0 {
 			run.CPUWorkers += c - c0
 		}
+	}
+	if m.server > 0 {
+		run.CPUServer = max(procCPU(m.server)-m.scpu0, 0)
+	}
+	for pid, c0 := range m.agents {
+		run.CPUAgents += max(procCPU(pid)-c0, 0)
 	}
 	run.PeakRSS = max(m.peak.Load(), selfRSS())
 }
