@@ -172,6 +172,9 @@ type Measurement struct {
 	// PeakRSS is the largest resident set size of this process sampled
 	// during the run (workers not included).
 	PeakRSS int64 `json:"peak_rss_bytes"`
+	// AgentPeakRSS is the largest sum of the agent processes' resident
+	// set sizes sampled during the run (AgentProcess only).
+	AgentPeakRSS int64 `json:"agent_peak_rss_bytes,omitempty"`
 }
 
 // CPUPer1k returns this process's and the workers' CPU seconds per 1,000

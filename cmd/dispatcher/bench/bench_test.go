@@ -80,8 +80,8 @@ func TestBenchProcessesApart(t *testing.T) {
 		t.Fatalf("report %+v", rep)
 	}
 	// Both processes did work for the jobs: their CPU was read apart.
-	if rep.Fleet.CPUServer <= 0 || rep.Fleet.CPUAgents <= 0 {
-		t.Errorf("CPU apart: server %v, agents %v; want both above 0", rep.Fleet.CPUServer, rep.Fleet.CPUAgents)
+	if rep.Fleet.CPUServer <= 0 || rep.Fleet.CPUAgents <= 0 || rep.Fleet.AgentPeakRSS <= 0 {
+		t.Errorf("apart: server CPU %v, agents CPU %v, agents RSS %d; want all above 0", rep.Fleet.CPUServer, rep.Fleet.CPUAgents, rep.Fleet.AgentPeakRSS)
 	}
 	rest := "1"
 	if n := runtime.NumCPU(); n > 2 {

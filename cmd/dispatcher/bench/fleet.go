@@ -166,8 +166,7 @@ func runFleet(ctx context.Context, cfg *Config, w *workload) (*Measurement, erro
 	if server != nil {
 		serverPID = server.pid()
 	}
-	m := startMeter(pids)
-	m.parts(serverPID, agentPIDs)
+	m := startMeter(pids, serverPID, agentPIDs)
 	p.begin()
 	subErr := make(chan error, 1)
 	go func() {

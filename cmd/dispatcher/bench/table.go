@@ -135,7 +135,7 @@ func (r *Report) writeParts(out io.Writer) {
 	fmt.Fprintln(out, "  fleet CPU per job:")
 	var inSelf []string
 	if r.AgentProcess {
-		fmt.Fprintf(out, "    agent process:  %s (CPUs %s)\n", perJob(f.CPUAgents, f.Jobs), f.AgentAffinity)
+		fmt.Fprintf(out, "    agent process:  %s (CPUs %s; peak RSS %.1f MB)\n", perJob(f.CPUAgents, f.Jobs), f.AgentAffinity, float64(f.AgentPeakRSS)/(1<<20))
 	} else {
 		fmt.Fprintln(out, "    agent process:  in the bench process, not apart (--agent-process)")
 		inSelf = append(inSelf, "agents")
