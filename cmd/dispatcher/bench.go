@@ -23,7 +23,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&cfg.Sessions, "sessions", 0, "spread jobs over this many sessions (0: anonymous jobs)")
 	fs.IntVar(&cfg.PayloadSize, "payload-size", bench.DefaultPayloadSize, "bytes of JSON payload per job")
 	fs.IntVar(&cfg.Inflight, "inflight", 0, "jobs submitted and not finished at most (1: closed loop; 0: submit all at once)")
-	fs.IntVar(&cfg.Capacity, "capacity", 0, "jobs each agent holds at once (0: the agent's default, 2 x workers)")
+	fs.IntVar(&cfg.Capacity, "capacity", 0, "jobs each agent holds at once (0: the agent's adaptive default, 2 x workers up to max(2 x workers, 32))")
 	serverCPUs := fs.String("server-cpus", "", "run the NATS server as a process of its own pinned to these CPUs, e.g. 0 or 0,1; the floor, the fleet and the bench client are pinned to the others")
 	fs.BoolVar(&cfg.AgentProcess, "agent-process", false, "run each agent as a cmd/agent process, so that its CPU is measured apart")
 	fs.StringVar(&cfg.AgentBin, "agent-bin", "", "agent program for --agent-process (default: next to the dispatcher, on PATH, or built from the checkout)")

@@ -55,7 +55,7 @@ func (r *Report) WriteTable(out io.Writer) {
 	fmt.Fprintf(out, "\nprocfleet bench: %d agent(s) x %d workers, %d jobs of %d bytes, %s, submission %s\n",
 		r.Agents, r.Workers, r.Jobs, r.PayloadSize, shape, submission)
 	fmt.Fprintf(out, "  worker:  %s\n", strings.Join(r.WorkerCmd, " "))
-	capacity := "agent default (2 x workers)"
+	capacity := "agent default (adaptive: 2 x workers for long jobs, up to max(2 x workers, 32) for short ones)"
 	if r.Capacity > 0 {
 		capacity = strconv.Itoa(r.Capacity)
 	}
