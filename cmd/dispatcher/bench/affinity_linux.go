@@ -99,14 +99,20 @@ func startPinned(cmd *exec.Cmd, cpus []int) error {
 			errc <- fmt.Errorf("sched_setaffinity: %w", err)
 			return
 		}
-		errc <- cmd.Start()
-		// The thread must live on: the child's parent-death signal fires
-		// when the thread that forked it ends.
-		if setAffinity(0, &prev) == nil {
-			runtime.UnlockOSThread()
-		} else {
-			select {} // keep the thread (and the child) alive, pinned
+		err = cmd.Start()
+		// The thread must live on unpinned: the child's parent-death
+		// signal fires when the thread that forked it ends.
+		if rerr := setAffinity(0, &prev); rerr != nil {
+			if err == nil {
+				_ = killChild(cmd.Process)
+				_ = cmd.Wait()
+				err = fmt.Errorf("sched_setaffinity (restore): %w", rerr)
+			}
+			errc <- err
+			return // the thread ends with the locked goroutine
 		}
+		runtime.UnlockOSThread()
+		errc <- err
 	}()
 	return <-errc
 }
