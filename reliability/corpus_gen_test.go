@@ -23,6 +23,8 @@ const (
 	wantBad = "bad_request" // a bad_request result (and a dead letter)
 	wantApp = "app"         // an app error (unknown command, ...)
 	wantErr = "error"       // any failed verdict
+	// ok, with the session's call count on its worker (a good session job)
+	wantSession = "session"
 )
 
 // How a message may kill workers, for the poison bound.
@@ -146,10 +148,14 @@ type gen struct {
 	n     int    // ids handed out
 	msgs  []*corpusMsg
 	count map[string]int // messages per label
+	// owner names the agent whose partition holds a session, so that a
+	// poison job can be aimed at the workers it kills.
+	owner func(session string) string
 }
 
-func newGen(seed uint64) *gen {
+func newGen(seed uint64, owner func(string) string) *gen {
 	return &gen{
+		owner: owner,
 		r:     rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
 		tag:   strconv.FormatUint(seed%100000, 36),
 		count: map[string]int{},
@@ -236,15 +242,25 @@ const (
 	sessPrefix = "fleet.job.s."
 )
 
-// poisonSubject is the subject of a job that may kill workers: anonymous,
-// or a session of its own, so that the corpus sessions' other jobs are only
-// hit through their shared workers.
-func (g *gen) poisonSubject() string {
+// poisonSubject is the subject of a job that may kill agent's workers:
+// anonymous, or a session of its own on that agent, so that the corpus
+// sessions' other jobs are only hit through their shared workers.
+func (g *gen) poisonSubject(agent string) string {
 	if g.r.IntN(2) == 0 {
 		return anySubject
 	}
-	g.n++
-	return fmt.Sprintf("%scp%s-%d", sessPrefix, g.tag, g.n)
+	return sessPrefix + g.sessionOn(agent)
+}
+
+// sessionOn returns a fresh session id whose partition agent owns.
+func (g *gen) sessionOn(agent string) string {
+	for {
+		g.n++
+		s := fmt.Sprintf("cp%s-%d", g.tag, g.n)
+		if g.owner(s) == agent {
+			return s
+		}
+	}
 }
 
 func (g *gen) validSubject() (subject, session string) {
@@ -339,13 +355,13 @@ func (g *gen) must() {
 	// Item 5: payloads Python's json refuses, with the largest budget.
 	for _, p := range []string{bigInt(5000), deep(3000)} {
 		id = g.id("py-poison")
-		m = g.job("payload Python cannot decode, max_attempts 20", anySubject, id,
+		m = g.job("payload Python cannot decode, max_attempts 20, on a Python worker's session", sessPrefix+g.sessionOn(pyAgent), id,
 			[]field{{"command", `"echo"`}, {"max_attempts", "20"}, {"payload", p}}, str(id))
 		m.want, m.poison, m.attempts = wantAny, poisonPython, 20
 	}
 	// A worker-killing command with the largest budget.
 	id = g.id("crash")
-	m = g.job("command that kills the Go worker, max_attempts 20", anySubject, id,
+	m = g.job("command that kills the Go worker, max_attempts 20, on a Go worker's session", sessPrefix+g.sessionOn(goAgent), id,
 		[]field{{"command", `"crash"`}, {"max_attempts", "20"}}, str(id))
 	m.want, m.poison, m.attempts = wantErr, poisonGo, 20
 	// Item 6: a huge timeout_ms on a quick job.
@@ -463,7 +479,7 @@ func (g *gen) scenario() {
 	case k < 63: // a payload only some workers can decode (item 5)
 		p := pick(g, bigInt(5000), deep(3000), "\"bad utf-8 \xff\xfe\"", bigInt(4301))
 		id := g.id("py-poison")
-		m := g.job("payload Python cannot decode", g.poisonSubject(), id,
+		m := g.job("payload Python cannot decode", g.poisonSubject(pyAgent), id,
 			[]field{{"command", `"echo"`}, {"max_attempts", pick(g, "1", "2", "3")}, {"payload", p}}, str(id))
 		m.want, m.poison, m.attempts = wantAny, poisonPython, attemptsOf(m.body)
 	case k < 71: // a command that kills (or hangs) the Go test worker
@@ -474,7 +490,7 @@ func (g *gen) scenario() {
 		if attempts != 0 {
 			fs = append(fs, field{"max_attempts", strconv.Itoa(attempts)})
 		}
-		m := g.job("command that breaks the Go worker: "+cmd, g.poisonSubject(), id, fs, str(id))
+		m := g.job("command that breaks the Go worker: "+cmd, g.poisonSubject(goAgent), id, fs, str(id))
 		m.want, m.poison, m.attempts = wantErr, poisonGo, budget(attempts)
 		if cmd == "hang" {
 			m.poison = poisonHang
@@ -562,23 +578,30 @@ func truncLabel(s string) string {
 	return s
 }
 
-// goodTraffic is what a well-behaved client publishes alongside: sessions
-// jobs in order and anonymous jobs, each echoing a unique payload.
-func (g *gen) goodTraffic(sessions, perSession, anonymous int) []*corpusMsg {
+// goodTraffic is what a well-behaved client publishes alongside: session
+// jobs in order and anonymous jobs. A session job asks its worker for the
+// session's call count there ("session" on the Go test worker,
+// "session_info" on the Python example), so that the order and affinity of
+// a session can be checked; an anonymous job echoes a unique payload.
+func (g *gen) goodTraffic(prefix string, sessions, perSession, anonymous int) []*corpusMsg {
 	var out []*corpusMsg
 	for s := range sessions {
-		sess := fmt.Sprintf("good%s-%d", g.tag, s)
+		sess := fmt.Sprintf("%s%s-%d", prefix, g.tag, s)
+		cmd := "session"
+		if g.owner(sess) == pyAgent {
+			cmd = "session_info"
+		}
 		for i := range perSession {
-			id := fmt.Sprintf("g%s-s%d-%d", g.tag, s, i)
-			payload := string(object(field{"s", str(sess)}, field{"i", strconv.Itoa(i)}, field{"nonce", str(g.nonce())}))
+			id := fmt.Sprintf("%s%s-s%d-%d", prefix, g.tag, s, i)
+			payload := string(object(field{"i", strconv.Itoa(i)}, field{"nonce", str(g.nonce())}))
 			out = append(out, &corpusMsg{label: "good session job", subject: sessPrefix + sess, hdrID: id,
-				body:   object(field{"id", str(id)}, field{"command", `"echo"`}, field{"payload", payload}),
-				bodyID: id, hasBodyID: true, bodyIDIsString: true, want: wantOK, echo: json.RawMessage(payload),
+				body:   object(field{"id", str(id)}, field{"command", str(cmd)}, field{"payload", payload}),
+				bodyID: id, hasBodyID: true, bodyIDIsString: true, want: wantSession, echo: json.RawMessage(payload),
 				attempts: queue.DefaultMaxAttempts, good: true, session: sess, index: i})
 		}
 	}
 	for i := range anonymous {
-		id := fmt.Sprintf("g%s-a%d", g.tag, i)
+		id := fmt.Sprintf("%s%s-a%d", prefix, g.tag, i)
 		payload := string(object(field{"a", strconv.Itoa(i)}, field{"nonce", str(g.nonce())}))
 		out = append(out, &corpusMsg{label: "good anonymous job", subject: anySubject, hdrID: id,
 			body:   object(field{"id", str(id)}, field{"command", `"echo"`}, field{"payload", payload}),
@@ -653,6 +676,6 @@ func (g *gen) corpus(n, sessions, perSession, anonymous int) []*corpusMsg {
 		groups = append(groups, len(g.msgs))
 		g.scenario()
 	}
-	good := g.goodTraffic(sessions, perSession, anonymous)
+	good := g.goodTraffic("good", sessions, perSession, anonymous)
 	return g.plan(good, groups)
 }

@@ -81,10 +81,9 @@ func TestCorpus(t *testing.T) {
 			t.Logf("FAILED with corpus seed %d; replay: %s", seed, replay)
 		}
 	})
-	g := newGen(seed)
-	msgs := g.corpus(corpusScenarios, goodSessions, goodPerSession, goodAnonymous)
-
 	f := startCorpusFleet(t)
+	g := newGen(seed, f.owner)
+	msgs := g.corpus(corpusScenarios, goodSessions, goodPerSession, goodAnonymous)
 	nc, err := nats.Connect(f.url, nats.Name("corpus publisher"), nats.MaxReconnects(-1))
 	if err != nil {
 		t.Fatal(err)
@@ -151,14 +150,13 @@ func TestCorpus(t *testing.T) {
 			t.Errorf("agent %s exited: %v", name, p.err)
 		}
 	}
-	after := g.goodTraffic(2, 3, 6)
-	for _, m := range after {
-		m.label = "after the corpus: " + m.label
-		m.hdrID = "after-" + m.hdrID
-		m.bodyID = m.hdrID
-		m.body = object(field{"id", str(m.hdrID)}, field{"command", `"echo"`}, field{"payload", string(m.echo)})
-	}
+	after := g.goodTraffic("after", 2, 3, 6)
 	publishCorpus(t, js, after)
+	for _, m := range after {
+		if !m.accepted() {
+			t.Errorf("%s: not accepted after the corpus: %s", m.describe(), cmp.Or(m.refused, "a duplicate"))
+		}
+	}
 	var afterSnap *corpusSnapshot
 	if err := pollUntil(60*time.Second, 250*time.Millisecond, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -188,6 +186,12 @@ type corpusFleet struct {
 	execLog string
 	agents  map[string]*proc
 	nc      *nats.Conn
+	owners  map[int]string // partition -> agent, settled
+}
+
+// owner returns the agent that runs session's jobs.
+func (f *corpusFleet) owner(session string) string {
+	return f.owners[f.topo.Config.PartitionOf(session)]
 }
 
 const (
@@ -208,17 +212,17 @@ func startCorpusFleet(t *testing.T) *corpusFleet {
 	f.nc = client.Conn()
 	parts := f.topo.Config.Partitions
 	f.agents[goAgent] = startAgentProc(t, f.url, goAgent, 2, parts, f.execLog)
-	f.agents[pyAgent] = startPythonAgentProc(t, f.url, pyAgent, 2, parts,
+	f.agents[pyAgent] = startPythonAgentProc(t, f.url, pyAgent, "programs_worker.py", 2, parts,
 		"--worker-env", "PROCFLEET_MAX_FRAME="+strconv.Itoa(pyMaxFrame))
-	waitLeases(t, f.topo, []string{goAgent, pyAgent}, 60*time.Second)
+	f.owners = waitLeases(t, f.topo, []string{goAgent, pyAgent}, 60*time.Second)
 	return f
 }
 
-// startPythonAgentProc runs cmd/agent with workers Python echo workers
-// (examples/echo_worker.py).
-func startPythonAgentProc(t *testing.T, url, name string, workers, partitions int, extra ...string) *proc {
+// startPythonAgentProc runs cmd/agent with workers Python workers, the
+// example script (under examples/).
+func startPythonAgentProc(t *testing.T, url, name, example string, workers, partitions int, extra ...string) *proc {
 	t.Helper()
-	script, err := dispatcher.FindExample("echo_worker.py")
+	script, err := dispatcher.FindExample(example)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -521,6 +525,18 @@ func checkOutcomes(t *testing.T, msgs []*corpusMsg, s *corpusSnapshot, all bool)
 					fail("%s: the result under %s is not this job's: it echoes %s, want %s", m.describe(), id,
 						strconv.Quote(truncLabel(string(r.Result))), strconv.Quote(truncLabel(string(m.echo))))
 				}
+			case wantSession:
+				var rep corpusSessionReply
+				switch {
+				case !r.OK:
+					fail("%s: want ok, got %s", m.describe(), describeResult(r))
+				case json.Unmarshal(r.Result, &rep) != nil || rep.Count < 1:
+					fail("%s: the result %s is not a session reply", m.describe(), truncLabel(string(r.Result)))
+				case r.Session != m.session || rep.PID != r.WorkerPID:
+					fail("%s: the result is another job's: session %q on pid %d (reply %+v)", m.describe(), r.Session, r.WorkerPID, rep)
+				case rep.Seq != nil && !jsonEqual(rep.Seq, m.echo):
+					fail("%s: the result is another job's: the worker saw payload %s", m.describe(), rep.Seq)
+				}
 			case wantBad, wantApp:
 				if r.OK || r.Error == nil || r.Error.Kind != m.want {
 					fail("%s: want a %s result under %s, got %s", m.describe(), m.want, id, describeResult(r))
@@ -588,19 +604,36 @@ func collateral(r *queue.Result) bool {
 	return !r.OK && r.Error != nil && r.Error.Kind == queue.KindExhausted && strings.Contains(r.Error.Message, "checkout failed")
 }
 
+// corpusSessionReply is what the good session jobs return: the Go test
+// worker's "session" and the Python example's "session_info" (which has no
+// seq).
+type corpusSessionReply struct {
+	PID        int             `json:"pid"`
+	NewSession bool            `json:"new_session"`
+	Count      int             `json:"count"`
+	Seq        json.RawMessage `json:"seq"`
+}
+
 // checkGoodTraffic checks the good sessions. A session's jobs that ran on
-// one worker are a binding: the first of them (in time) was told
-// new_session, the others were not. Only one binding may be on a worker
-// still alive: the session moves only when its worker died (killed by a
-// poison job of another session). Jobs that ran on their first delivery
-// ran in submission order; a job sent back by a fault may run later.
+// one worker (a binding) have the call counts 1, 2, ... there, and only
+// count 1 was told new_session. Only one binding may be on a worker still
+// alive: the session moves only when its worker died (killed by a poison
+// job of another session). Within a binding, the jobs that ran on their
+// first delivery ran in submission order; a job sent back by a fault may
+// run later.
 func checkGoodTraffic(t *testing.T, msgs []*corpusMsg, s *corpusSnapshot) {
 	t.Helper()
 	type binding struct {
 		agent string
 		pid   int
 	}
-	sessions := map[string][]*queue.Result{}
+	type run struct {
+		m   *corpusMsg
+		r   *queue.Result
+		rep corpusSessionReply
+	}
+	sessions := map[string][]run{}
+	lost := map[string]bool{}
 	retried, moves := 0, 0
 	for _, m := range msgs {
 		if !m.good || !m.accepted() || m.session == "" {
@@ -608,31 +641,28 @@ func checkGoodTraffic(t *testing.T, msgs []*corpusMsg, s *corpusSnapshot) {
 		}
 		rs := s.results[m.bodyID]
 		if len(rs) == 0 || !rs[len(rs)-1].r.OK {
-			sessions[m.session] = append(sessions[m.session], nil)
+			lost[m.session] = true // reported by checkOutcomes
 			continue
 		}
 		r := &rs[len(rs)-1].r
+		var rep corpusSessionReply
+		if json.Unmarshal(r.Result, &rep) != nil {
+			lost[m.session] = true
+			continue
+		}
 		if r.Attempt > 1 {
 			retried++
 		}
-		sessions[m.session] = append(sessions[m.session], r)
+		sessions[m.session] = append(sessions[m.session], run{m, r, rep})
 	}
-	for sess, rs := range sessions {
-		if slices.Contains(rs, nil) {
-			continue // reported by checkOutcomes
+	for sess, runs := range sessions {
+		if lost[sess] {
+			continue
 		}
-		bindings := map[binding][]*queue.Result{}
-		var prevFirst *queue.Result
-		for _, r := range rs {
-			b := binding{r.Agent, r.WorkerPID}
-			bindings[b] = append(bindings[b], r)
-			if r.Attempt == 1 {
-				if prevFirst != nil && !r.FinishedAt.After(prevFirst.FinishedAt) {
-					t.Errorf("good session %s: job %s finished at %v, before job %s submitted earlier (%v), both on their first delivery: out of order",
-						sess, r.ID, r.FinishedAt.Format(time.StampMicro), prevFirst.ID, prevFirst.FinishedAt.Format(time.StampMicro))
-				}
-				prevFirst = r
-			}
+		bindings := map[binding][]run{}
+		for _, x := range runs {
+			b := binding{x.r.Agent, x.r.WorkerPID}
+			bindings[b] = append(bindings[b], x)
 		}
 		moves += len(bindings) - 1
 		live := 0
@@ -640,10 +670,22 @@ func checkGoodTraffic(t *testing.T, msgs []*corpusMsg, s *corpusSnapshot) {
 			if !gone(b.pid) {
 				live++
 			}
-			slices.SortFunc(brs, func(x, y *queue.Result) int { return x.FinishedAt.Compare(y.FinishedAt) })
-			for i, r := range brs {
-				if (i == 0) != r.NewSession {
-					t.Errorf("good session %s on %s/%d: job %s (#%d there) has new_session=%v", sess, b.agent, b.pid, r.ID, i+1, r.NewSession)
+			slices.SortFunc(brs, func(x, y run) int { return x.rep.Count - y.rep.Count })
+			last := -1
+			for i, x := range brs {
+				if i > 0 && x.rep.Count == brs[i-1].rep.Count {
+					t.Errorf("good session %s on %s/%d: jobs %s and %s both have call count %d", sess, b.agent, b.pid, brs[i-1].r.ID, x.r.ID, x.rep.Count)
+				}
+				if (x.rep.Count == 1) != x.r.NewSession || x.rep.NewSession != x.r.NewSession {
+					t.Errorf("good session %s on %s/%d: job %s has call count %d there, but new_session=%v (the worker saw %v)",
+						sess, b.agent, b.pid, x.r.ID, x.rep.Count, x.r.NewSession, x.rep.NewSession)
+				}
+				if x.r.Attempt == 1 {
+					if x.m.index < last {
+						t.Errorf("good session %s on %s/%d: job %s (#%d) ran after job #%d, both on their first delivery: out of order",
+							sess, b.agent, b.pid, x.r.ID, x.m.index, last)
+					}
+					last = x.m.index
 				}
 			}
 		}
