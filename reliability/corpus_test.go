@@ -316,9 +316,17 @@ func (m *corpusMsg) describe() string {
 
 // storedResult is one message of the results stream.
 type storedResult struct {
-	seq   uint64
-	msgID string
-	r     queue.Result
+	seq    uint64 // in the results stream
+	jobSeq uint64 // the job's sequence in the jobs stream, when the result says
+	msgID  string
+	r      queue.Result
+}
+
+// resultEnvelope reads a result with its job_seq, which identifies the job
+// message it is the outcome of (0 when the agent does not write it).
+type resultEnvelope struct {
+	queue.Result
+	JobSeq uint64 `json:"job_seq"`
 }
 
 // storedDeadLetter is one message of the dead-letter stream.
@@ -347,13 +355,13 @@ func readSnapshot(ctx context.Context, topo *queue.Topology) (*corpusSnapshot, e
 	}
 	resultPrefix := topo.Config.ResultSubject("")
 	err := readStream(ctx, topo.JS, topo.Results, func(m jetstream.Msg, seq uint64) {
-		var r queue.Result
+		var r resultEnvelope
 		if err := json.Unmarshal(m.Data(), &r); err != nil {
 			s.undecodable = append(s.undecodable, fmt.Sprintf("result seq %d on %s: %v", seq, m.Subject(), err))
 			return
 		}
 		id := strings.TrimPrefix(m.Subject(), resultPrefix)
-		s.results[id] = append(s.results[id], storedResult{seq: seq, msgID: m.Headers().Get(nats.MsgIdHdr), r: r})
+		s.results[id] = append(s.results[id], storedResult{seq: seq, jobSeq: r.JobSeq, msgID: m.Headers().Get(nats.MsgIdHdr), r: r.Result})
 	})
 	if err != nil {
 		return nil, err
@@ -425,11 +433,24 @@ func readStream(ctx context.Context, js jetstream.JetStream, stream jetstream.St
 	}
 }
 
-// found returns the outcome ids of m under which a result is stored.
+// mine returns the results under id that are the outcome of m: those whose
+// job_seq is m's stream sequence (what a client matches with its PubAck),
+// or, from an agent that does not write job_seq, every result under id.
+func (s *corpusSnapshot) mine(m *corpusMsg, id string) []storedResult {
+	var out []storedResult
+	for _, sr := range s.results[id] {
+		if sr.jobSeq == 0 || sr.jobSeq == m.seq {
+			out = append(out, sr)
+		}
+	}
+	return out
+}
+
+// found returns the outcome ids of m under which its result is stored.
 func (s *corpusSnapshot) found(m *corpusMsg) []string {
 	var out []string
 	for _, id := range m.outcomeIDs() {
-		if len(s.results[id]) > 0 {
+		if len(s.mine(m, id)) > 0 {
 			out = append(out, id)
 		}
 	}
@@ -453,11 +474,13 @@ func checkOutcomes(t *testing.T, msgs []*corpusMsg, s *corpusSnapshot, all bool)
 	// How many accepted messages may end under each id.
 	claims := map[string]int{}
 	seqs := map[uint64]bool{}
+	bySeq := map[uint64][]string{} // stream sequence -> outcome ids
 	for _, m := range msgs {
 		if m.accepted() {
 			seqs[m.seq] = true
 			for _, id := range m.outcomeIDs() {
 				claims[id]++
+				bySeq[m.seq] = append(bySeq[m.seq], id)
 			}
 		}
 	}
@@ -470,6 +493,14 @@ func checkOutcomes(t *testing.T, msgs []*corpusMsg, s *corpusSnapshot, all bool)
 		}
 	}
 	for _, m := range msgs {
+		if m.dup {
+			// The stream dropped it as a duplicate; its PubAck named the
+			// first job's sequence, whose result its client gets.
+			if len(s.found(m)) == 0 {
+				fail("%s: dropped as a duplicate, but no result of the job it duplicates (seq %d) under %v", m.describe(), m.seq, m.outcomeIDs())
+			}
+			continue
+		}
 		if !m.accepted() {
 			continue
 		}
@@ -488,8 +519,8 @@ func checkOutcomes(t *testing.T, msgs []*corpusMsg, s *corpusSnapshot, all bool)
 			fail("%s: results under both %v", m.describe(), found)
 		}
 		id := found[0]
-		rs := s.results[id]
-		if len(rs) > claims[id] {
+		rs := s.mine(m, id)
+		if len(rs) > 1 && (rs[0].jobSeq != 0 || len(rs) > claims[id]) {
 			var all []string
 			for _, sr := range rs {
 				all = append(all, describeResult(&sr.r))
@@ -549,9 +580,9 @@ func checkOutcomes(t *testing.T, msgs []*corpusMsg, s *corpusSnapshot, all bool)
 		}
 		// A dead letter exactly when the verdict says so, for this
 		// message, under the same id.
-		dead := !r.OK && r.Error != nil && (r.Error.Kind == queue.KindExhausted || r.Error.Kind == queue.KindBadRequest)
+		dead := !r.OK && r.Error != nil && slices.Contains([]string{queue.KindExhausted, queue.KindBadRequest, "poison"}, r.Error.Kind)
 		switch {
-		case claims[id] > 1:
+		case claims[id] > 1 && rs[0].jobSeq == 0:
 			// Several accepted messages end under this id (a resubmission
 			// without Nats-Msg-Id): only one of them ran to the verdict.
 		case dead && len(dl) == 0:
@@ -568,8 +599,13 @@ func checkOutcomes(t *testing.T, msgs []*corpusMsg, s *corpusSnapshot, all bool)
 	// Nothing stored that no accepted message accounts for.
 	var stray []string
 	for id, rs := range s.results {
-		if all && claims[id] == 0 {
-			stray = append(stray, fmt.Sprintf("result under %s: %s", id, describeResult(&rs[0].r)))
+		for _, sr := range rs {
+			if !all {
+				break
+			}
+			if claims[id] == 0 || (sr.jobSeq != 0 && !slices.Contains(bySeq[sr.jobSeq], id)) {
+				stray = append(stray, fmt.Sprintf("result under %s for job_seq %d: %s", id, sr.jobSeq, describeResult(&sr.r)))
+			}
 		}
 	}
 	for seq, dls := range s.deadLetters {
@@ -639,7 +675,7 @@ func checkGoodTraffic(t *testing.T, msgs []*corpusMsg, s *corpusSnapshot) {
 		if !m.good || !m.accepted() || m.session == "" {
 			continue
 		}
-		rs := s.results[m.bodyID]
+		rs := s.mine(m, m.bodyID)
 		if len(rs) == 0 || !rs[len(rs)-1].r.OK {
 			lost[m.session] = true // reported by checkOutcomes
 			continue
@@ -717,9 +753,13 @@ func checkPoisonBound(t *testing.T, f *corpusFleet, msgs []*corpusMsg, s *corpus
 				}
 			}
 		case poisonHang:
-			// A timeout kills the worker; the guard may or may not count
-			// it, so a hanging job may use its whole budget.
-			allow[goAgent] += m.attempts
+			// A timeout kills the worker: a death like any other.
+			allow[goAgent] += min(poisonBound, m.attempts)
+			for _, id := range m.outcomeIDs() {
+				if n := len(execs[id]); n > poisonBound {
+					t.Errorf("%s: timed out %d times, each killing a Go worker (max_attempts %d); the poison bound is %d", m.describe(), n, m.attempts, poisonBound)
+				}
+			}
 		case poisonPython:
 			allow[pyAgent] += min(poisonBound, m.attempts)
 		}
