@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -33,6 +34,7 @@ const (
 	poisonGo     // its command kills the Go test worker on every attempt
 	poisonPython // its payload kills a Python SDK worker (today's SDK: item 5; a frame over the worker's max frame)
 	poisonHang   // it hangs the Go test worker until its timeout, which kills the worker
+	poisonAny    // its timeout is so short that it may kill any worker
 )
 
 // pyMaxFrame is the Python workers' max frame (PROCFLEET_MAX_FRAME): smaller
@@ -49,6 +51,13 @@ type corpusMsg struct {
 	subject string
 	hdrID   string // Nats-Msg-Id; "" sends none
 	body    []byte
+	// extra headers, sent after Nats-Msg-Id (a second Nats-Msg-Id value
+	// goes here).
+	extra map[string][]string
+	// altHdrID is another reading of hdrID that the stream or the agent
+	// may take (surrounding blanks trimmed): the outcome may be under
+	// either reading.
+	altHdrID string
 
 	// bodyID is the envelope's "id" as a string when it has one (it may
 	// be an invalid token); bodyIDIsString is false for a non-string id.
@@ -98,20 +107,32 @@ func (m *corpusMsg) accepted() bool { return m.refused == "" && !m.dup && m.seq 
 // Usually one id; two where the body breaks after its id, so that whether
 // the id counts is the implementation's choice.
 func (m *corpusMsg) outcomeIDs() []string {
+	ids := m.outcomeIDsFor(m.hdrID)
+	if m.altHdrID != "" {
+		for _, id := range m.outcomeIDsFor(m.altHdrID) {
+			if !slices.Contains(ids, id) {
+				ids = append(ids, id)
+			}
+		}
+	}
+	return ids
+}
+
+func (m *corpusMsg) outcomeIDsFor(hdrID string) []string {
 	seqID := "seq-" + strconv.FormatUint(m.seq, 10)
-	hdrOK := m.hdrID != "" && queue.ValidToken(m.hdrID)
+	hdrOK := hdrID != "" && queue.ValidToken(hdrID)
 	rule := func(bodySet bool) string {
 		bodyOK := bodySet && m.bodyIDIsString && queue.ValidToken(m.bodyID)
 		switch {
-		case bodySet && m.hdrID != "" && !agrees(m.bodyID, m.hdrID):
+		case bodySet && hdrID != "" && !agrees(m.bodyID, hdrID):
 			if hdrOK {
-				return m.hdrID
+				return hdrID
 			}
 			return seqID
 		case bodyOK:
 			return m.bodyID
 		case hdrOK:
-			return m.hdrID
+			return hdrID
 		default:
 			return seqID
 		}
@@ -399,6 +420,36 @@ func (g *gen) must() {
 	m = g.job("command that kills the Go worker, max_attempts 20, on a Go worker's session", sessPrefix+g.sessionOn(goAgent), id,
 		[]field{{"command", `"crash"`}, {"max_attempts", "20"}}, str(id))
 	m.want, m.poison, m.attempts = wantErr, poisonGo, 20
+	// Outcomes of big messages must still fit: a bad request and a poison
+	// job near the max payload, with 60 KB headers (the server's limit is
+	// 64 KB), so that their dead letters can hold neither the body nor, with
+	// it, the headers; and a Nats-Msg-Id of 60 KB (not a valid id).
+	const hdrPad = 60 << 10
+	id = g.id("near-max-bad")
+	head = object(field{"id", str(id)}, field{"command", `"echo"`}, field{"timeout_ms", `"soon"`}, field{"meta", `{"pad":""}`})
+	m = g.job("bad request near the server's max payload, 60 KB header", anySubject, id,
+		[]field{{"command", `"echo"`}, {"timeout_ms", `"soon"`}, {"meta", `{"pad":` + str(strings.Repeat("m", serverMaxPayload-hdrPad-300-len(head)-len(id))) + `}`}},
+		str(id))
+	m.want, m.extra = wantBad, map[string][]string{"X-Pad": {strings.Repeat("p", hdrPad)}}
+	id = g.id("near-max-crash")
+	head = object(field{"id", str(id)}, field{"command", `"crash"`}, field{"max_attempts", "20"}, field{"meta", `{"pad":""}`})
+	m = g.job("poison job near the server's max payload, 60 KB header, on a Go worker's session", sessPrefix+g.sessionOn(goAgent), id,
+		[]field{{"command", `"crash"`}, {"max_attempts", "20"}, {"meta", `{"pad":` + str(strings.Repeat("m", serverMaxPayload-hdrPad-300-len(head)-len(id))) + `}`}},
+		str(id))
+	m.want, m.poison, m.attempts = wantErr, poisonGo, 20
+	m.extra = map[string][]string{"X-Pad": {strings.Repeat("p", hdrPad)}}
+	g.job("Nats-Msg-Id of 60 KB, no body id", anySubject, strings.Repeat("H", hdrPad),
+		[]field{{"command", `"echo"`}}, "").want = wantBad
+	// Ids at the length limit; a replay-shaped Nats-Msg-Id that agrees
+	// with a body id of 128 characters, though it is longer itself.
+	padID := func(kind string, c string) string {
+		s := g.id(kind) + "-"
+		return s + strings.Repeat(c, 128-len(s))
+	}
+	g.echoJobWithID("body id and Nats-Msg-Id of 128 characters, session of 128", sessPrefix+strings.Repeat("S", 128), padID("long", "L"))
+	m = g.echoJobWithID("body id of 128 characters, Nats-Msg-Id <id>-replay-1", anySubject, padID("rlong", "R"))
+	m.hdrID = m.bodyID + "-replay-1"
+
 	// Item 6: a huge timeout_ms on a quick job.
 	id = g.id("timeout")
 	g.job("timeout_ms 10^12", anySubject, id,
@@ -585,11 +636,32 @@ func (g *gen) scenario() {
 				[]field{{"command", `"echo"`}, {"payload", g.echoPayload()}}, str(id))
 			m.want, m.sharedID = wantAny, true
 		}
-	case k < 96: // missing ids
+	case k < 95: // missing ids
 		m := g.job("no body id, no Nats-Msg-Id", subject, "", nil, "")
 		payload := g.echoPayload()
 		m.body = object(field{"command", `"echo"`}, field{"payload", payload})
 		m.want, m.echo = wantOK, json.RawMessage(payload)
+	case k < 97: // Nats-Msg-Id headers a careless client sends
+		id := g.id("hdrs")
+		payload := g.echoPayload()
+		fs := []field{{"command", `"echo"`}, {"payload", payload}}
+		switch g.r.IntN(4) {
+		case 0: // two values: the stream and the agent read the first
+			m := g.job("two Nats-Msg-Id values, the first agrees", subject, id, fs, str(id))
+			m.extra = map[string][]string{"Nats-Msg-Id": {g.id("second")}}
+			m.want, m.echo = wantOK, json.RawMessage(payload)
+		case 1: // the header name in lower case is not Nats-Msg-Id
+			m := g.job("nats-msg-id in lower case, no body id", subject, "", fs, "")
+			m.extra = map[string][]string{"nats-msg-id": {id}}
+			m.want, m.echo = wantOK, json.RawMessage(payload)
+		case 2: // blanks around the id
+			hdr := pick(g, " "+id, id+" ", "\t"+id, id+"\t", " "+id+" ")
+			m := g.job("Nats-Msg-Id with blanks around it "+strconv.Quote(hdr), subject, hdr, fs, "")
+			m.altHdrID, m.want = id, wantAny
+		default: // a timeout too short for any worker
+			m := g.job("timeout_ms 1", subject, id, append(fs, field{"timeout_ms", "1"}, field{"max_attempts", "3"}), str(id))
+			m.want, m.poison, m.attempts = wantAny, poisonAny, 3
+		}
 	default: // subjects no job should use
 		s := pick(g, "fleet.job.any.x", "fleet.job.s.a.b", "fleet.job.p.3.x", "fleet.job.x", "fleet.jobs.any",
 			"fleet.job.S.x", "fleet.job.s.*.x", "fleet.job.*", "fleet.job.>")

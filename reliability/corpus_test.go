@@ -251,6 +251,9 @@ func publishCorpus(t *testing.T, js jetstream.JetStream, msgs []*corpusMsg) {
 		if m.hdrID != "" {
 			msg.Header.Set(nats.MsgIdHdr, m.hdrID)
 		}
+		for k, vs := range m.extra {
+			msg.Header[k] = append(msg.Header[k], vs...)
+		}
 		msg.Data = m.body
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		ack, err := js.PublishMsg(ctx, msg)
@@ -740,13 +743,25 @@ func checkPoisonBound(t *testing.T, f *corpusFleet, msgs []*corpusMsg, s *corpus
 	t.Helper()
 	execs := fleettest.ReadExecLog(t, f.execLog)
 	allow := map[string]int{}
+	// Only a job that reached a Go worker (it is in the execution log) may
+	// have killed one.
+	reachedGo := func(m *corpusMsg) bool {
+		for _, id := range m.outcomeIDs() {
+			if len(execs[id]) > 0 {
+				return true
+			}
+		}
+		return false
+	}
 	for _, m := range msgs {
 		if !m.accepted() {
 			continue
 		}
 		switch m.poison {
 		case poisonGo:
-			allow[goAgent] += min(poisonBound, m.attempts)
+			if reachedGo(m) {
+				allow[goAgent] += min(poisonBound, m.attempts)
+			}
 			for _, id := range m.outcomeIDs() {
 				if n := len(execs[id]); n > poisonBound {
 					t.Errorf("%s: killed %d Go workers (max_attempts %d); the poison bound is %d", m.describe(), n, m.attempts, poisonBound)
@@ -754,7 +769,9 @@ func checkPoisonBound(t *testing.T, f *corpusFleet, msgs []*corpusMsg, s *corpus
 			}
 		case poisonHang:
 			// A timeout kills the worker: a death like any other.
-			allow[goAgent] += min(poisonBound, m.attempts)
+			if reachedGo(m) {
+				allow[goAgent] += min(poisonBound, m.attempts)
+			}
 			for _, id := range m.outcomeIDs() {
 				if n := len(execs[id]); n > poisonBound {
 					t.Errorf("%s: timed out %d times, each killing a Go worker (max_attempts %d); the poison bound is %d", m.describe(), n, m.attempts, poisonBound)
@@ -762,6 +779,10 @@ func checkPoisonBound(t *testing.T, f *corpusFleet, msgs []*corpusMsg, s *corpus
 			}
 		case poisonPython:
 			allow[pyAgent] += min(poisonBound, m.attempts)
+		case poisonAny:
+			allow[goAgent] += min(poisonBound, m.attempts)
+			allow[pyAgent] += min(poisonBound, m.attempts)
+
 		}
 	}
 	for _, name := range []string{goAgent, pyAgent} {
