@@ -673,7 +673,7 @@ func checkGoodTraffic(t *testing.T, msgs []*corpusMsg, s *corpusSnapshot) {
 	}
 	sessions := map[string][]run{}
 	lost := map[string]bool{}
-	retried, moves := 0, 0
+	retried, moves, maxAttempt := 0, 0, 0
 	for _, m := range msgs {
 		if !m.good || !m.accepted() || m.session == "" {
 			continue
@@ -692,6 +692,7 @@ func checkGoodTraffic(t *testing.T, msgs []*corpusMsg, s *corpusSnapshot) {
 		if r.Attempt > 1 {
 			retried++
 		}
+		maxAttempt = max(maxAttempt, r.Attempt)
 		sessions[m.session] = append(sessions[m.session], run{m, r, rep})
 	}
 	for sess, runs := range sessions {
@@ -732,8 +733,8 @@ func checkGoodTraffic(t *testing.T, msgs []*corpusMsg, s *corpusSnapshot) {
 			t.Errorf("good session %s ran on %d workers that are still alive: it moved without a fault (%d bindings)", sess, live, len(bindings))
 		}
 	}
-	t.Logf("good traffic: %d sessions, %d session moves (each after its worker died), %d good session jobs delivered more than once",
-		len(sessions), moves, retried)
+	t.Logf("good traffic: %d sessions, %d session moves (each after its worker died), %d good session jobs delivered more than once (at most %d times)",
+		len(sessions), moves, retried, maxAttempt)
 }
 
 // checkPoisonBound checks that no job killed more workers than the poison
