@@ -467,7 +467,7 @@ func (g *gen) echoJobWithID(label, subject, id string) *corpusMsg {
 // scenario adds one random case: one message, or a few that collide.
 func (g *gen) scenario() {
 	subject, _ := g.validSubject()
-	switch k := g.r.IntN(100); {
+	switch k := g.r.IntN(112); {
 	case k < 14: // valid, odd content everywhere it is allowed
 		extra := []field{{"meta", string(g.oddObject(2))}}
 		if g.r.IntN(2) == 0 {
@@ -641,27 +641,8 @@ func (g *gen) scenario() {
 		payload := g.echoPayload()
 		m.body = object(field{"command", `"echo"`}, field{"payload", payload})
 		m.want, m.echo = wantOK, json.RawMessage(payload)
-	case k < 97: // Nats-Msg-Id headers a careless client sends
-		id := g.id("hdrs")
-		payload := g.echoPayload()
-		fs := []field{{"command", `"echo"`}, {"payload", payload}}
-		switch g.r.IntN(4) {
-		case 0: // two values: the stream and the agent read the first
-			m := g.job("two Nats-Msg-Id values, the first agrees", subject, id, fs, str(id))
-			m.extra = map[string][]string{"Nats-Msg-Id": {g.id("second")}}
-			m.want, m.echo = wantOK, json.RawMessage(payload)
-		case 1: // the header name in lower case is not Nats-Msg-Id
-			m := g.job("nats-msg-id in lower case, no body id", subject, "", fs, "")
-			m.extra = map[string][]string{"nats-msg-id": {id}}
-			m.want, m.echo = wantOK, json.RawMessage(payload)
-		case 2: // blanks around the id
-			hdr := pick(g, " "+id, id+" ", "\t"+id, id+"\t", " "+id+" ")
-			m := g.job("Nats-Msg-Id with blanks around it "+strconv.Quote(hdr), subject, hdr, fs, "")
-			m.altHdrID, m.want = id, wantAny
-		default: // a timeout too short for any worker
-			m := g.job("timeout_ms 1", subject, id, append(fs, field{"timeout_ms", "1"}, field{"max_attempts", "3"}), str(id))
-			m.want, m.poison, m.attempts = wantAny, poisonAny, 3
-		}
+	case k < 97 || k >= 100: // headers a careless or hostile client sends
+		g.headerCase(subject)
 	default: // subjects no job should use
 		s := pick(g, "fleet.job.any.x", "fleet.job.s.a.b", "fleet.job.p.3.x", "fleet.job.x", "fleet.jobs.any",
 			"fleet.job.S.x", "fleet.job.s.*.x", "fleet.job.*", "fleet.job.>")
@@ -676,6 +657,46 @@ func budget(n int) int {
 		return queue.DefaultMaxAttempts
 	}
 	return n
+}
+
+// headerCase adds a job with headers a careless or hostile client sends.
+func (g *gen) headerCase(subject string) {
+	id := g.id("hdrs")
+	payload := g.echoPayload()
+	fs := []field{{"command", `"echo"`}, {"payload", payload}}
+	switch g.r.IntN(6) {
+	case 4: // JetStream control headers a hostile client adds: each is
+		// refused, or the job ends as usual and takes nobody else's
+		// job with it (a rollup would purge the other jobs).
+		kv := pick(g,
+			[2]string{"Nats-Rollup", "all"}, [2]string{"Nats-Rollup", "sub"},
+			[2]string{"Nats-TTL", "1s"}, [2]string{"Nats-TTL", "never"},
+			[2]string{"Nats-Expected-Stream", "OTHER"}, [2]string{"Nats-Expected-Last-Sequence", "1"},
+			[2]string{"Nats-Expected-Last-Subject-Sequence", "0"},
+		)
+		m := g.job("JetStream header "+kv[0]+": "+kv[1], subject, id, fs, str(id))
+		m.extra = map[string][]string{kv[0]: {kv[1]}}
+		m.want, m.echo = wantOK, json.RawMessage(payload)
+	case 5: // an empty Nats-Msg-Id is none
+		m := g.job("empty Nats-Msg-Id, no body id", subject, "", fs, "")
+		m.extra = map[string][]string{"Nats-Msg-Id": {""}}
+		m.want, m.echo = wantOK, json.RawMessage(payload)
+	case 0: // two values: the stream and the agent read the first
+		m := g.job("two Nats-Msg-Id values, the first agrees", subject, id, fs, str(id))
+		m.extra = map[string][]string{"Nats-Msg-Id": {g.id("second")}}
+		m.want, m.echo = wantOK, json.RawMessage(payload)
+	case 1: // the header name in lower case is not Nats-Msg-Id
+		m := g.job("nats-msg-id in lower case, no body id", subject, "", fs, "")
+		m.extra = map[string][]string{"nats-msg-id": {id}}
+		m.want, m.echo = wantOK, json.RawMessage(payload)
+	case 2: // blanks around the id
+		hdr := pick(g, " "+id, id+" ", "\t"+id, id+"\t", " "+id+" ")
+		m := g.job("Nats-Msg-Id with blanks around it "+strconv.Quote(hdr), subject, hdr, fs, "")
+		m.altHdrID, m.want = id, wantAny
+	default: // a timeout too short for any worker
+		m := g.job("timeout_ms 1", subject, id, append(fs, field{"timeout_ms", "1"}, field{"max_attempts", "3"}), str(id))
+		m.want, m.poison, m.attempts = wantAny, poisonAny, 3
+	}
 }
 
 // attemptsOf reads max_attempts from a body the generator wrote.
