@@ -32,37 +32,41 @@ const envCorpusSeed = "PROCFLEET_CORPUS_SEED"
 // default guard), whatever its max_attempts says.
 const poisonBound = 2
 
-// The corpus size: random scenarios (one to two messages each) after the
-// fixed cases, and the good traffic alongside.
+// The corpus size: the fixed cases, then random scenarios (one or two
+// messages each), and the good traffic alongside: about 310 messages.
 const (
 	corpusScenarios  = 160
 	goodSessions     = 8
 	goodPerSession   = 8
 	goodAnonymous    = 48
-	corpusDrainLimit = 150 * time.Second // measured drains take 5-25 s
+	corpusDrainLimit = 150 * time.Second // measured: 4-9 s after the last publish
 )
 
 // TestCorpus is the property test through the fleet. A seeded random corpus
 // of job envelopes, valid and invalid, on valid and invalid subjects (wrong
-// types, extreme numbers, deep nesting, odd unicode, oversize values,
-// wildcards, colliding and missing ids), is published by a plain nats.go
-// client, interleaved with good session and anonymous traffic, to a real
-// fleet: `dispatcher serve --embedded` and two cmd/agent processes, one with
-// Go test workers, one with the Python echo worker (its max frame lowered
-// to 256 KiB). Then:
+// types, extreme numbers, deep nesting, odd unicode, oversize values and
+// headers, wildcards, colliding, missing and duplicated ids, JetStream
+// control headers), is published by a plain nats.go client, interleaved
+// with good session and anonymous traffic, to a real fleet:
+// `dispatcher serve --embedded` and two cmd/agent processes, one with Go
+// test workers, one with the Python example worker (programs_worker.py, on
+// the Python SDK, its max frame lowered to 256 KiB). Poison jobs are aimed
+// at the agent whose workers they kill. Then:
 //
-//   - every message the jobs stream accepted has exactly one outcome, found
-//     by the documented rule (body id if a valid token, else Nats-Msg-Id if
-//     valid, else seq-<stream sequence>): one result, plus one dead letter
-//     (for that stream sequence, under the same id) exactly when the result
-//     is exhausted or bad_request; the verdict is the expected one, and a
-//     result is never another job's;
+//   - every message the jobs stream accepted has exactly one outcome that a
+//     client finds by the documented rule (see corpusMsg.outcomeIDs): one
+//     result under the outcome id whose job_seq is the message's stream
+//     sequence, plus one dead letter for that sequence, under the same id,
+//     exactly when the result is exhausted, bad_request or poison; the
+//     verdict is the expected one, and a result is never another job's; a
+//     message the stream dropped as a duplicate finds the first one's;
 //   - nothing is stored that no accepted message accounts for;
-//   - good traffic loses nothing: every good job has its ok result, and each
-//     good session stays on one worker, in order, unless that worker died;
+//   - good traffic loses nothing: every good job has its ok result; a good
+//     session stays on one worker, in order, and moves (with new_session)
+//     only when that worker died;
 //   - no poison job kills more than poisonBound workers, per job (from the
 //     Go workers' execution log) and per agent (from its pool stats);
-//   - the jobs stream drains to empty and both agents still serve.
+//   - the jobs stream drains to empty, and both agents still serve.
 //
 // The seed is logged; PROCFLEET_CORPUS_SEED=<seed> replays the corpus.
 func TestCorpus(t *testing.T) {
