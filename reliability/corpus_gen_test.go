@@ -310,13 +310,14 @@ func (g *gen) poisonSubject(agent string) string {
 
 // sessionOn returns a fresh session id whose partition agent owns.
 func (g *gen) sessionOn(agent string) string {
-	for {
+	for range 100000 {
 		g.n++
 		s := fmt.Sprintf("cp%s-%d", g.tag, g.n)
 		if g.owner(s) == agent {
 			return s
 		}
 	}
+	panic("corpus: agent " + agent + " owns no partition")
 }
 
 func (g *gen) validSubject() (subject, session string) {
