@@ -75,10 +75,9 @@ type corpusMsg struct {
 	echo     json.RawMessage // the payload, for wantOK
 	poison   int
 	attempts int // the attempt budget the agent applies (max_attempts, default 5)
-	// sharedID: a different job with the same body id and no Nats-Msg-Id
-	// is published too. No rule can tell the two apart, so only the
-	// existence of an outcome is checked.
-	sharedID bool
+	// wantDup: the stream must drop it as a duplicate (its Nats-Msg-Id
+	// was published moments before, inside the job dedup window).
+	wantDup bool
 
 	// Good traffic.
 	good    bool
@@ -387,7 +386,7 @@ func (g *gen) must() {
 	// Item 2: wildcards in the session token.
 	for _, s := range []string{"*", ">"} {
 		id = g.id("wild")
-		g.job("wildcard session subject", sessPrefix+s, id, []field{{"command", `"echo"`}}, str(id)).want = wantAny
+		g.job("wildcard session subject", sessPrefix+s, id, []field{{"command", `"echo"`}}, str(id)).want = wantBad
 	}
 	// Item 3: an invalid body id with a valid Nats-Msg-Id.
 	g.job("invalid body id, valid Nats-Msg-Id", anySubject, g.id("hdr"),
@@ -621,7 +620,7 @@ func (g *gen) scenario() {
 	case k < 88: // an id reused: the stream drops the second as a duplicate
 		id := g.id("reuse")
 		g.echoJobWithID("id reused (first)", subject, id)
-		g.echoJobWithID("id reused within the dedup window (dropped)", subject, id)
+		g.echoJobWithID("id reused within the dedup window (dropped)", subject, id).wantDup = true
 	case k < 91: // a resubmission without Nats-Msg-Id: the same job twice
 		id := g.id("resub")
 		payload := g.echoPayload()
@@ -630,12 +629,14 @@ func (g *gen) scenario() {
 				[]field{{"command", `"echo"`}, {"payload", payload}}, str(id))
 			m.want, m.echo = wantOK, json.RawMessage(payload)
 		}
-	case k < 93: // two different jobs with one body id, no Nats-Msg-Id
+	case k < 93: // two different jobs with one body id, no Nats-Msg-Id:
+		// each is a new job with its own result, told apart by job_seq
 		id := g.id("shared")
 		for range 2 {
+			payload := g.echoPayload()
 			m := g.job("two jobs share a body id, no Nats-Msg-Id", subject, "",
-				[]field{{"command", `"echo"`}, {"payload", g.echoPayload()}}, str(id))
-			m.want, m.sharedID = wantAny, true
+				[]field{{"command", `"echo"`}, {"payload", payload}}, str(id))
+			m.want, m.echo = wantOK, json.RawMessage(payload)
 		}
 	case k < 95: // missing ids
 		m := g.job("no body id, no Nats-Msg-Id", subject, "", nil, "")

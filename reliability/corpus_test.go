@@ -500,6 +500,9 @@ func checkOutcomes(t *testing.T, msgs []*corpusMsg, s *corpusSnapshot, all bool)
 		}
 	}
 	for _, m := range msgs {
+		if m.wantDup && !m.dup && m.refused == "" {
+			fail("%s: published again inside the job dedup window, but the stream did not drop it as a duplicate", m.describe())
+		}
 		if m.dup {
 			// The stream dropped it as a duplicate; its PubAck named the
 			// first job's sequence, whose result its client gets.
@@ -548,7 +551,6 @@ func checkOutcomes(t *testing.T, msgs []*corpusMsg, s *corpusSnapshot, all bool)
 			fail("%s: the result under %s names job %q", m.describe(), id, r.ID)
 		}
 		switch {
-		case m.sharedID:
 		case !m.good && m.want != wantBad && collateral(r):
 			// It never ran: every attempt found its session's worker
 			// killed by another job (today's agent charges that to the
