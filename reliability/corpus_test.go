@@ -146,7 +146,7 @@ func TestCorpus(t *testing.T) {
 
 	checkOutcomes(t, msgs, snap, true)
 	checkGoodTraffic(t, msgs, snap)
-	checkPoisonBound(t, f, msgs, snap)
+	checkPoisonBound(t, f, msgs)
 
 	// The agents are still up and serving.
 	for name, p := range f.agents {
@@ -746,7 +746,7 @@ func checkGoodTraffic(t *testing.T, msgs []*corpusMsg, s *corpusSnapshot) {
 // checkPoisonBound checks that no job killed more workers than the poison
 // bound allows: per job, from the Go workers' execution log (every run of a
 // worker-killing command is a death), and per agent, from its pool stats.
-func checkPoisonBound(t *testing.T, f *corpusFleet, msgs []*corpusMsg, s *corpusSnapshot) {
+func checkPoisonBound(t *testing.T, f *corpusFleet, msgs []*corpusMsg) {
 	t.Helper()
 	execs := fleettest.ReadExecLog(t, f.execLog)
 	allow := map[string]int{}
