@@ -29,6 +29,8 @@ type Agent struct {
 	log  *zap.Logger
 	topo *queue.Topology
 	pool *pool.Pool
+	// deaths is the poison guard's bucket (see poison.go).
+	deaths jetstream.KeyValue
 
 	held *gate
 
@@ -230,7 +232,9 @@ func (a *Agent) openTopology(ctx context.Context, js jetstream.JetStream) (*queu
 		if err == nil {
 			// Open checks the streams; the consumers come last in Ensure.
 			if _, err = topo.AnyConsumer(ctx); err == nil {
-				return topo, nil
+				if a.deaths, err = queue.OpenPoison(ctx, js, a.cfg.Queue); err == nil {
+					return topo, nil
+				}
 			}
 		}
 		if !errors.Is(err, queue.ErrNoTopology) {
@@ -238,7 +242,9 @@ func (a *Agent) openTopology(ctx context.Context, js jetstream.JetStream) (*queu
 		}
 		topo, err = queue.Ensure(ctx, js, a.cfg.Queue)
 		if err == nil {
-			return topo, nil
+			if a.deaths, err = queue.OpenPoison(ctx, js, a.cfg.Queue); err == nil {
+				return topo, nil
+			}
 		}
 		if attempt == 0 {
 			a.log.Warn("topology not found and not created here; waiting for the dispatcher to create it", zap.Error(err))

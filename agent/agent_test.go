@@ -231,7 +231,9 @@ func TestPoisonJobEndsInDLQ(t *testing.T) {
 	f := fleettest.StartFleet(t, fleetConfig(1, 2))
 	col := collect(t, f)
 	col.Expect("poison")
-	submit(t, f, "victim", &queue.Job{ID: "poison", Command: "crash", MaxAttempts: 3})
+	// max_attempts 20, but the poison guard stops the job after 2 workers
+	// died running it (Config.PoisonDeaths default).
+	submit(t, f, "victim", &queue.Job{ID: "poison", Command: "crash", MaxAttempts: 20})
 	var ids []string
 	for i := range 20 {
 		ids = append(ids, submit(t, f, fmt.Sprintf("ok%d", i%4), &queue.Job{ID: fmt.Sprintf("fine-%d", i), Command: "echo", Payload: json.RawMessage(`1`)}))
@@ -239,8 +241,13 @@ func TestPoisonJobEndsInDLQ(t *testing.T) {
 	col.Expect(ids...)
 	waitAll(t, col, 60*time.Second)
 	r, _, _ := col.Result("poison")
-	if r.OK || r.Error == nil || r.Error.Kind != queue.KindExhausted || r.Attempt != 3 {
+	if r.OK || r.Error == nil || r.Error.Kind != queue.KindPoison || r.Attempt != 2 {
 		t.Fatalf("poison result: %+v (error %+v)", r, r.Error)
+	}
+	for _, want := range []string{"2 workers died", "poison bound 2", "attempt 1 on agent agent-1", "attempt 2 on agent agent-1", "exit status 3"} {
+		if !strings.Contains(r.Error.Message, want) {
+			t.Errorf("poison result message %q does not say %q", r.Error.Message, want)
+		}
 	}
 	for _, id := range ids {
 		if r, _, _ := col.Result(id); !r.OK {
@@ -253,13 +260,27 @@ func TestPoisonJobEndsInDLQ(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(dl) != 1 || dl[0].JobID != "poison" || dl[0].Attempts != 3 || dl[0].Kind != queue.KindExhausted {
+	if len(dl) != 1 || dl[0].JobID != "poison" || dl[0].Attempts != 2 || dl[0].Kind != queue.KindPoison || !strings.Contains(dl[0].Error, "exit status 3") {
 		t.Fatalf("dead letters: %+v", dl)
 	}
+	// The job is gone from the stream, so no third worker dies for it.
+	fleettest.Eventually(t, 10*time.Second, func() error {
+		info, err := f.Topology().Jobs.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if info.State.Msgs != 0 {
+			return fmt.Errorf("%d jobs still in the stream", info.State.Msgs)
+		}
+		return nil
+	})
+	if st := f.Agents[0].Pool().Stats(); st.Removed != 2 {
+		t.Errorf("pool removed %d workers, want exactly 2", st.Removed)
+	}
 	// Other sessions bound to a worker the poison job killed were naked
-	// once and rerun; only the poison job was exhausted.
-	if c := f.Agents[0].Counters(); c.Exhausted != 1 {
-		t.Errorf("counters %+v: want exactly 1 exhausted job", c)
+	// once and rerun; nothing was exhausted.
+	if c := f.Agents[0].Counters(); c.Exhausted != 0 {
+		t.Errorf("counters %+v: want no exhausted job", c)
 	}
 }
 
@@ -275,6 +296,7 @@ func TestMalformedEnvelope(t *testing.T) {
 		{"bad-types", "fleet.job.any", `{"command":42}`},
 		{"bad-attempts", "fleet.job.s.m2", `{"command":"echo","max_attempts":-3}`},
 		{"no-command", "fleet.job.any", `{"payload":{}}`},
+		{"bad-timeout", "fleet.job.any", `{"command":"echo","timeout_ms":1000000000000}`},
 	}
 	for _, c := range cases {
 		col.Expect(c.id)

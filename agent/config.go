@@ -30,6 +30,18 @@ type Config struct {
 	// Default 30s.
 	JobTimeout time.Duration
 
+	// MaxJobTimeout is the ceiling of one attempt: a job whose timeout_ms
+	// asks for more runs with MaxJobTimeout instead (and times out there).
+	// Default 1h; JobTimeout may not exceed it.
+	MaxJobTimeout time.Duration
+
+	// PoisonDeaths is the poison guard's bound: a job during whose attempts
+	// this many workers died (crashed, broke the protocol, or were killed
+	// at the timeout) ends as "poison" in the dead-letter stream, whatever
+	// its max_attempts. Deaths are counted in the poison KV bucket, so the
+	// count survives redelivery to another agent. Default 2.
+	PoisonDeaths int
+
 	// Capacity is how many jobs the agent holds at once (running plus
 	// waiting for a worker). Held jobs count as delivered in JetStream, so
 	// this is what "pull only what you can run soon" means. Default: twice
@@ -104,6 +116,12 @@ func (c *Config) setDefaults() {
 	if c.JobTimeout == 0 {
 		c.JobTimeout = 30 * time.Second
 	}
+	if c.MaxJobTimeout == 0 {
+		c.MaxJobTimeout = DefaultMaxJobTimeout
+	}
+	if c.PoisonDeaths == 0 {
+		c.PoisonDeaths = DefaultPoisonDeaths
+	}
 	if c.Pool.Size == 0 {
 		c.Pool.Size = 4
 	}
@@ -152,6 +170,14 @@ func (c *Config) validate() error {
 	if c.JobTimeout < 0 {
 		errs = append(errs, errors.New("agent: JobTimeout cannot be negative"))
 	}
+	if c.MaxJobTimeout < 0 {
+		errs = append(errs, errors.New("agent: MaxJobTimeout cannot be negative"))
+	} else if c.JobTimeout > c.MaxJobTimeout {
+		errs = append(errs, fmt.Errorf("agent: JobTimeout %v cannot exceed MaxJobTimeout %v", c.JobTimeout, c.MaxJobTimeout))
+	}
+	if c.PoisonDeaths < 0 {
+		errs = append(errs, errors.New("agent: PoisonDeaths cannot be negative"))
+	}
 	if c.RetryBackoffMax < c.RetryBackoffMin {
 		errs = append(errs, errors.New("agent: RetryBackoffMax cannot be less than RetryBackoffMin"))
 	}
@@ -159,6 +185,25 @@ func (c *Config) validate() error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// Defaults of Config fields.
+const (
+	DefaultMaxJobTimeout = time.Hour
+	DefaultPoisonDeaths  = 2
+)
+
+// attemptTimeout is the timeout of one attempt of a job asking for
+// timeoutMS: the job's own, else JobTimeout, never above MaxJobTimeout.
+func (c *Config) attemptTimeout(timeoutMS int64) time.Duration {
+	d := c.JobTimeout
+	if timeoutMS > 0 {
+		if timeoutMS >= c.MaxJobTimeout.Milliseconds() {
+			return c.MaxJobTimeout
+		}
+		d = time.Duration(timeoutMS) * time.Millisecond
+	}
+	return min(d, c.MaxJobTimeout)
 }
 
 // sanitizeToken maps s onto the subject-token alphabet.

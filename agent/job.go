@@ -36,6 +36,9 @@ type job struct {
 	// handedOff is set when the job's verdict waits for its result's
 	// PubAck: the runner's acker then ends the job, not run's caller.
 	handedOff bool
+	// result is the result handed off, kept for the acker in case the
+	// stream refuses it for its size.
+	result *queue.Result
 }
 
 func newJob(r *runner, msg jetstream.Msg) *job {
@@ -137,10 +140,7 @@ func (j *job) run() {
 
 func (j *job) call(lease *pool.Lease, started time.Time) {
 	a := j.r.a
-	timeout := a.cfg.JobTimeout
-	if j.job.TimeoutMS > 0 {
-		timeout = time.Duration(j.job.TimeoutMS) * time.Millisecond
-	}
+	timeout := a.cfg.attemptTimeout(j.job.TimeoutMS)
 	ctx, cancel := context.WithTimeout(a.baseCtx, timeout)
 	j.mu.Lock()
 	j.callCancel = cancel
@@ -168,8 +168,12 @@ func (j *job) call(lease *pool.Lease, started time.Time) {
 		kind := queue.KindApp
 		if errors.Is(err, worker.ErrTimeout) {
 			kind = queue.KindTimeout
+			err = fmt.Errorf("%w (attempt timeout %v)", err, timeout)
 		} else if errors.Is(err, worker.ErrCanceled) {
 			kind = queue.KindCanceled
+		}
+		if j.poisoned(lease, err) {
+			return
 		}
 		j.logger().Info("worker failed; job will be redelivered", zap.String("worker", lease.WorkerID()), zap.Error(err))
 		j.retry(kind, err)
@@ -199,13 +203,32 @@ func (j *job) call(lease *pool.Lease, started time.Time) {
 func (j *job) finish(res *queue.Result, started time.Time) {
 	j.fill(res, started)
 	f, err := j.r.a.topo.StoreResultAsync(res)
+	if errors.Is(err, queue.ErrTooLarge) {
+		f, err = j.r.a.topo.StoreResultAsync(j.tooLarge(res, err))
+	}
 	if err != nil {
-		j.logger().Warn("store result failed; job will be redelivered", zap.Error(err))
-		_ = j.msg.NakWithDelay(j.backoff())
+		j.requeue("store result", err)
 		return
 	}
-	j.handedOff = true
+	j.handedOff, j.result = true, res
 	j.r.acks <- pendingAck{j: j, f: f}
+}
+
+// tooLarge is the outcome stored instead of res when res cannot be: the
+// same verdict would only be refused again on every delivery, so the job
+// ends with a too_large error naming the size and the limit.
+func (j *job) tooLarge(res *queue.Result, err error) *queue.Result {
+	j.logger().Warn("result too large to store; storing a too_large error instead", zap.Error(err))
+	return queue.TooLargeResult(res, err)
+}
+
+// requeue is the answer to an outcome that could not be stored (a result or
+// a dead letter): the job is not acked but naked with a delay, so it is not
+// lost; it comes back and, once run again, its outcome is stored then (a
+// duplicate is dropped by the results stream's dedup).
+func (j *job) requeue(what string, err error) {
+	j.logger().Warn(what+" failed; job will be redelivered", zap.Error(err))
+	_ = j.msg.NakWithDelay(j.backoff())
 }
 
 // acked is the acker's half of finish: it waits for the result's PubAck,
@@ -234,11 +257,17 @@ func (j *job) acked(f jetstream.PubAckFuture) {
 		}
 		t.Stop()
 	}
+	if errors.Is(err, jetstream.ErrStreamMessageExceedsMaximum) {
+		// The results stream refused it for its size (its max message
+		// size was lowered after this agent read it): every rerun would be
+		// refused too, so store the smaller stand-in, here.
+		if !j.store(j.tooLarge(j.result, err), j.result.StartedAt) {
+			return
+		}
+		err = nil
+	}
 	if err != nil {
-		// Not stored, so not acked: the job comes back and, once run again,
-		// its result is stored then (a duplicate is dropped by dedup).
-		j.logger().Warn("store result failed; job will be redelivered", zap.Error(err))
-		_ = j.msg.NakWithDelay(j.backoff())
+		j.requeue("store result", err)
 		return
 	}
 	if err := j.msg.Ack(); err != nil {
@@ -252,6 +281,7 @@ const storeTimeout = 10 * time.Second
 // fill sets the result fields every verdict shares.
 func (j *job) fill(res *queue.Result, started time.Time) {
 	res.ID = j.job.ID
+	res.JobSeq = j.meta.Sequence.Stream
 	res.Session = j.job.Session
 	res.Agent = j.r.a.cfg.Name
 	res.Attempt = j.attempt
@@ -261,18 +291,20 @@ func (j *job) fill(res *queue.Result, started time.Time) {
 }
 
 // store fills in the common result fields and stores it, waiting for the
-// stream's ack. If that fails the job is naked, so it is not lost, and store
+// stream's ack; a result too large to store is replaced by a too_large one.
+// If storing fails the job is requeued, so it is not lost, and store
 // reports false.
 func (j *job) store(res *queue.Result, started time.Time) bool {
 	a := j.r.a
 	j.fill(res, started)
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(a.baseCtx), storeTimeout)
 	defer cancel()
-	if err := a.topo.StoreResult(ctx, res); err != nil {
-		// Not stored, so not acked: the job comes back and, once run again,
-		// its result is stored then (a duplicate is dropped by dedup).
-		j.logger().Warn("store result failed; job will be redelivered", zap.Error(err))
-		_ = j.msg.NakWithDelay(j.backoff())
+	err := a.topo.StoreResult(ctx, res)
+	if errors.Is(err, queue.ErrTooLarge) {
+		err = a.topo.StoreResult(ctx, j.tooLarge(res, err))
+	}
+	if err != nil {
+		j.requeue("store result", err)
 		return false
 	}
 	return true
@@ -312,8 +344,9 @@ func (j *job) exhaust(why string) {
 	}
 }
 
-// badRequest handles a message that is not a valid job: a bad_request result
-// where its id is known, a dead letter, and Term.
+// badRequest handles a message that is not a valid job: a dead letter, a
+// bad_request result under the id queue.OutcomeID gives (so a client finds
+// it even when the body's id is unusable), and Term.
 func (j *job) badRequest() {
 	a := j.r.a
 	a.record(outcomeBadRequest, 0)
@@ -324,7 +357,13 @@ func (j *job) badRequest() {
 	}
 	var bre *queue.BadRequestError
 	if errors.As(j.parsErr, &bre) && bre.JobID != "" && j.meta != nil {
-		j.job = &queue.Job{ID: bre.JobID, Session: bre.Session}
+		// An invalid session token is named in the message, truncated;
+		// the session field holds only a valid one.
+		session := bre.Session
+		if !queue.ValidToken(session) {
+			session = ""
+		}
+		j.job = &queue.Job{ID: bre.JobID, Session: session}
 		if !j.store(&queue.Result{OK: false, Error: &queue.ErrorInfo{Kind: queue.KindBadRequest, Message: msg}}, time.Now()) {
 			return
 		}
@@ -332,8 +371,10 @@ func (j *job) badRequest() {
 	_ = j.msg.Term()
 }
 
-// deadLetter copies the message to the DLQ; on failure the job is naked so
-// it is not lost.
+// deadLetter copies the message to the DLQ; on failure the job is requeued
+// so it is not lost. A letter over the server's max payload is stored
+// without the job body (and, if need be, its headers); see
+// queue.WriteDeadLetter.
 func (j *job) deadLetter(kind, why string) bool {
 	a := j.r.a
 	d := &queue.DeadLetter{
@@ -353,16 +394,24 @@ func (j *job) deadLetter(kind, why string) bool {
 		}
 	}
 	data := j.msg.Data()
+	d.JobSize = len(data)
 	if json.Valid(data) {
 		d.Job = data
 	} else {
 		d.JobRaw = data
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(a.baseCtx), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(a.baseCtx), storeTimeout)
 	defer cancel()
-	if err := a.topo.WriteDeadLetter(ctx, d); err != nil {
-		j.logger().Error("dead letter write failed; job will be redelivered", zap.Error(err))
-		_ = j.msg.NakWithDelay(j.backoff())
+	err := a.topo.WriteDeadLetter(ctx, d)
+	if errors.Is(err, queue.ErrTooLarge) {
+		// Even without body and headers the letter does not fit (a server
+		// with a tiny max payload): retrying cannot help, and the job's
+		// result still records its end.
+		j.logger().Error("dead letter too large to store even without the job; not written", zap.Error(err))
+		return true
+	}
+	if err != nil {
+		j.requeue("dead letter write", err)
 		return false
 	}
 	a.metrics.deadLetters.WithLabelValues(kind).Inc()
@@ -375,7 +424,7 @@ func originalSubject(cfg queue.Config, j *job) string {
 	if j.job != nil && j.job.Session != "" {
 		return cfg.SessionSubject(j.job.Session)
 	}
-	if j.r.partition < 0 {
+	if j.r.partition < 0 && j.msg.Subject() == cfg.AnySubject() {
 		return cfg.AnySubject()
 	}
 	var bre *queue.BadRequestError

@@ -17,6 +17,7 @@ const (
 	outcomeBadRequest  = "bad_request"
 	outcomeSessionLost = "session_lost"
 	outcomeRequeued    = "requeued" // handed back while draining; not a failure
+	outcomePoison      = "poison"   // stopped by the poison guard
 )
 
 // metrics are the agent's Prometheus instruments. Job counters and
@@ -28,6 +29,7 @@ type metrics struct {
 	checkoutWait prometheus.Histogram
 	redelivered  prometheus.Counter
 	deadLetters  *prometheus.CounterVec
+	workerDeaths prometheus.Counter
 }
 
 var durationBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}
@@ -36,7 +38,7 @@ func newMetrics(a *Agent) *metrics {
 	m := &metrics{
 		jobs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "procfleet", Name: "jobs_total",
-			Help: "Jobs handled by this agent, by outcome (ok, app_error, retried, exhausted, bad_request, session_lost, requeued).",
+			Help: "Jobs handled by this agent, by outcome (ok, app_error, retried, exhausted, bad_request, session_lost, requeued, poison).",
 		}, []string{"outcome"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "procfleet", Name: "job_duration_seconds",
@@ -56,9 +58,13 @@ func newMetrics(a *Agent) *metrics {
 			Namespace: "procfleet", Name: "dead_letters_total",
 			Help: "Jobs this agent wrote to the dead-letter stream, by kind.",
 		}, []string{"kind"}),
+		workerDeaths: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "procfleet", Name: "job_worker_deaths_total",
+			Help: "Workers lost while running a job (crash, protocol error, killed at the timeout), as recorded by the poison guard.",
+		}),
 	}
 	// Pre-create the label values, so dashboards see zeros, not gaps.
-	for _, o := range []string{outcomeOK, outcomeAppError, outcomeRetried, outcomeExhausted, outcomeBadRequest, outcomeSessionLost, outcomeRequeued} {
+	for _, o := range []string{outcomeOK, outcomeAppError, outcomeRetried, outcomeExhausted, outcomeBadRequest, outcomeSessionLost, outcomeRequeued, outcomePoison} {
 		m.jobs.WithLabelValues(o)
 	}
 	return m
@@ -67,7 +73,7 @@ func newMetrics(a *Agent) *metrics {
 // register adds the agent's metrics, and the pool and partition figures read
 // at scrape time, to reg.
 func (m *metrics) register(reg prometheus.Registerer, a *Agent) error {
-	cs := []prometheus.Collector{m.jobs, m.duration, m.checkoutWait, m.redelivered, m.deadLetters, &poolCollector{a: a}}
+	cs := []prometheus.Collector{m.jobs, m.duration, m.checkoutWait, m.redelivered, m.deadLetters, m.workerDeaths, &poolCollector{a: a}}
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
 			return err

@@ -123,6 +123,26 @@ func TestAgentPermissions(t *testing.T) {
 		}
 	})
 
+	t.Run("poison guard bucket", func(t *testing.T) {
+		kv, err := queue.OpenPoison(ctx, atopo.JS, atopo.Config)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := kv.Get(ctx, "FLEET_JOBS.1"); !errors.Is(err, jetstream.ErrKeyNotFound) {
+			t.Fatalf("get: err = %v, want ErrKeyNotFound", err)
+		}
+		rev, err := kv.Create(ctx, "FLEET_JOBS.1", []byte(`{"deaths":[{"attempt":1}]}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := kv.Update(ctx, "FLEET_JOBS.1", []byte(`{"deaths":[{"attempt":1},{"attempt":2}]}`), rev); err != nil {
+			t.Fatal(err)
+		}
+		if e, err := kv.Get(ctx, "FLEET_JOBS.1"); err != nil || e.Revision() <= rev {
+			t.Fatalf("get after update: %v, %v", e, err)
+		}
+	})
+
 	t.Run("session job: pull, in progress, nak, result, ack", func(t *testing.T) {
 		cons, err := atopo.PartitionConsumer(ctx, p)
 		if err != nil {
@@ -343,6 +363,7 @@ func TestClientPermissions(t *testing.T) {
 		client.denyPublish(t, "fleet.dlq.job-any")
 		client.denyPublish(t, "$KV.fleet_agents.rogue")
 		client.denyPublish(t, "$KV.fleet_leases.p-0")
+		client.denyPublish(t, "$KV.fleet_poison.FLEET_JOBS.1")
 		client.denySubscribe(t, "fleet.job.>")
 
 		anyCons, err := dtopo.AnyConsumer(ctx)
@@ -465,6 +486,7 @@ func TestDispatcherPermissions(t *testing.T) {
 		dispatcher.denyPublish(t, "$JS.API.CONSUMER.MSG.NEXT.FLEET_JOBS.any")
 		dispatcher.denyPublish(t, "$JS.ACK.FLEET_JOBS.any.1.2.2.0.0")
 		dispatcher.denyPublish(t, "$KV.fleet_leases.p-3")
+		dispatcher.denyPublish(t, "$KV.fleet_poison.FLEET_JOBS.1")
 		dispatcher.denyPublish(t, "$JS.API.STREAM.DELETE.FLEET_JOBS")
 		dispatcher.denyPublish(t, "$JS.API.STREAM.CREATE.OTHER")
 		dispatcher.denySubscribe(t, "fleet.job.>")

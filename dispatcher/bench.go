@@ -858,7 +858,7 @@ func deleteTopology(ctx context.Context, t *queue.Topology) {
 	for _, s := range []string{t.Config.JobsStream(), t.Config.ResultsStream(), t.Config.DLQStream()} {
 		_ = t.JS.DeleteStream(ctx, s)
 	}
-	for _, b := range []string{t.Config.AgentsBucket(), t.Config.LeasesBucket()} {
+	for _, b := range []string{t.Config.AgentsBucket(), t.Config.LeasesBucket(), t.Config.PoisonBucket()} {
 		_ = t.JS.DeleteKeyValue(ctx, b)
 	}
 }

@@ -61,10 +61,20 @@ func (c *Client) Conn() *nats.Conn { return c.nc }
 // id. A job without an id gets one; the id is also the Nats-Msg-Id, so
 // resubmitting the same id within the dedup window is a no-op.
 func (c *Client) Submit(ctx context.Context, session string, job *queue.Job) (string, error) {
-	if _, err := c.topo.Submit(ctx, session, job); err != nil {
-		return "", err
+	id, _, err := c.SubmitSeq(ctx, session, job)
+	return id, err
+}
+
+// SubmitSeq is Submit that also returns the job's sequence in the jobs
+// stream (for a duplicate, the sequence of the job it duplicates). Pass it
+// to ResultFor: an id may be reused by a later job once the jobs stream's
+// dedup window has passed, and the sequence tells the two results apart.
+func (c *Client) SubmitSeq(ctx context.Context, session string, job *queue.Job) (string, uint64, error) {
+	ack, err := c.topo.Submit(ctx, session, job)
+	if err != nil {
+		return "", 0, err
 	}
-	return job.ID, nil
+	return job.ID, ack.Sequence, nil
 }
 
 // Submission is one job for SubmitBatch.
@@ -96,12 +106,19 @@ func (c *Client) SubmitBatch(ctx context.Context, jobs []Submission) error {
 	return nil
 }
 
-// Result waits for the result of job id. While it waits it checks the agent
-// registry; if no agent is registered it calls noAgents once (when not nil),
-// so a caller can say so instead of hanging without a word.
+// Result waits for the (latest) result of job id. While it waits it checks
+// the agent registry; if no agent is registered it calls noAgents once (when
+// not nil), so a caller can say so instead of hanging without a word.
 func (c *Client) Result(ctx context.Context, id string, noAgents func()) (*queue.Result, error) {
+	return c.ResultFor(ctx, id, 0, noAgents)
+}
+
+// ResultFor is Result for the job the jobs stream stored at sequence seq
+// (from SubmitSeq; 0 for any): the result of another job that reused the id
+// is never returned.
+func (c *Client) ResultFor(ctx context.Context, id string, seq uint64, noAgents func()) (*queue.Result, error) {
 	if noAgents == nil {
-		return c.topo.WaitResult(ctx, c.nc, id)
+		return c.topo.WaitJobResult(ctx, c.nc, id, seq)
 	}
 	wctx, cancel := context.WithCancel(ctx)
 	watcherDone := make(chan struct{})
@@ -126,14 +143,14 @@ func (c *Client) Result(ctx context.Context, id string, noAgents func()) (*queue
 			}
 		}
 	}()
-	return c.topo.WaitResult(wctx, c.nc, id)
+	return c.topo.WaitJobResult(wctx, c.nc, id, seq)
 }
 
-// SubmitAndWait submits a job and waits for its result.
+// SubmitAndWait submits a job and waits for its own result.
 func (c *Client) SubmitAndWait(ctx context.Context, session string, job *queue.Job) (*queue.Result, error) {
-	id, err := c.Submit(ctx, session, job)
+	id, seq, err := c.SubmitSeq(ctx, session, job)
 	if err != nil {
 		return nil, err
 	}
-	return c.Result(ctx, id, nil)
+	return c.ResultFor(ctx, id, seq, nil)
 }

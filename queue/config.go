@@ -172,6 +172,10 @@ func (c Config) AgentsBucket() string { return c.Prefix + "_agents" }
 // LeasesBucket is the partition leases' KV bucket, e.g. "fleet_leases".
 func (c Config) LeasesBucket() string { return c.Prefix + "_leases" }
 
+// PoisonBucket is the KV bucket of worker deaths per job, e.g.
+// "fleet_poison": the agents' poison guard (see PoisonTTL).
+func (c Config) PoisonBucket() string { return c.Prefix + "_poison" }
+
 // PartitionConsumerName is the durable consumer of partition p, "p-<p>".
 func PartitionConsumerName(p int) string { return "p-" + strconv.Itoa(p) }
 

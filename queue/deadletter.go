@@ -28,13 +28,20 @@ type DeadLetter struct {
 	Job    json.RawMessage `json:"job,omitempty"`
 	JobRaw []byte          `json:"job_raw,omitempty"`
 	// Headers are the original message's headers.
-	Headers   map[string][]string `json:"headers,omitempty"`
-	Kind      string              `json:"kind"` // KindExhausted, KindBadRequest, ...
-	Error     string              `json:"error"`
-	Attempts  int                 `json:"attempts"`
-	Agent     string              `json:"agent,omitempty"`
-	StreamSeq uint64              `json:"stream_seq"` // sequence in the jobs stream
-	At        time.Time           `json:"at"`
+	Headers map[string][]string `json:"headers,omitempty"`
+	// JobSize is the original body's size in bytes.
+	JobSize int `json:"job_size,omitempty"`
+	// Omitted names what WriteDeadLetter left out so that the letter fits
+	// under the server's max payload ("job body", "job body and headers"),
+	// with the sizes; such a letter cannot be replayed. Empty when the
+	// letter is whole.
+	Omitted   string    `json:"omitted,omitempty"`
+	Kind      string    `json:"kind"` // KindExhausted, KindBadRequest, ...
+	Error     string    `json:"error"`
+	Attempts  int       `json:"attempts"`
+	Agent     string    `json:"agent,omitempty"`
+	StreamSeq uint64    `json:"stream_seq"` // sequence in the jobs stream
+	At        time.Time `json:"at"`
 }
 
 // DeadLetterEntry is a stored dead letter with its DLQ stream sequence, the
@@ -75,17 +82,62 @@ func (t *Topology) WriteDeadLetter(ctx context.Context, d *DeadLetter) error {
 	if len(c.Job) > 0 && !json.Valid(c.Job) {
 		c.JobRaw, c.Job = []byte(c.Job), nil
 	}
-	data, err := json.Marshal(&c)
-	if err != nil {
-		return fmt.Errorf("queue: encode dead letter %s: %w", c.JobID, err)
+	if c.JobSize == 0 {
+		c.JobSize = len(c.Job) + len(c.JobRaw)
+	}
+	if len(c.Error) > maxLetterError {
+		c.Error = c.Error[:maxLetterError] + "..."
 	}
 	key := deadLetterKey(&c)
-	msg := &nats.Msg{Subject: t.Config.DLQSubject(key), Data: data, Header: nats.Header{}}
 	msgID := "dlq-" + key + "-" + strconv.FormatUint(c.StreamSeq, 10)
+	data, err := t.fitDeadLetter(&c, msgID)
+	if err != nil {
+		return err
+	}
+	msg := &nats.Msg{Subject: t.Config.DLQSubject(key), Data: data, Header: nats.Header{}}
 	if _, err := t.JS.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID)); err != nil {
-		return fmt.Errorf("queue: write dead letter %s: %w", key, err)
+		return fmt.Errorf("queue: write dead letter %s: %w", key, t.tooLarge(t.DLQ, "dead letter of job "+key, len(data)+headerOverhead(msgID), err))
 	}
 	return nil
+}
+
+// maxLetterError bounds a dead letter's error text.
+const maxLetterError = 4 << 10
+
+// fitDeadLetter encodes c, leaving out the job body, then its headers, as
+// far as needed to fit under the server's max payload; Omitted says what
+// went and why. The job's id, subject, stream sequence and the cause stay.
+func (t *Topology) fitDeadLetter(c *DeadLetter, msgID string) ([]byte, error) {
+	limit, whose := t.sizeLimit(t.DLQ)
+	encode := func() ([]byte, error) {
+		data, err := json.Marshal(c)
+		if err != nil {
+			return nil, fmt.Errorf("queue: encode dead letter %s: %w", c.JobID, err)
+		}
+		return data, nil
+	}
+	data, err := encode()
+	if err != nil || limit <= 0 || len(data)+headerOverhead(msgID) <= limit {
+		return data, err
+	}
+	whole := len(data) + headerOverhead(msgID)
+	c.Job, c.JobRaw = nil, nil
+	c.Omitted = fmt.Sprintf("job body of %d bytes (the letter would be %d bytes, over %s of %d bytes)", c.JobSize, whole, whose, limit)
+	if data, err = encode(); err != nil || len(data)+headerOverhead(msgID) <= limit {
+		return data, err
+	}
+	c.Headers = nil
+	c.Omitted = fmt.Sprintf("job body of %d bytes and headers (the letter would be %d bytes, over %s of %d bytes)", c.JobSize, whole, whose, limit)
+	if data, err = encode(); err != nil || len(data)+headerOverhead(msgID) <= limit {
+		return data, err
+	}
+	// A long session token (a bad request's) is all that is left.
+	c.Subject, c.Session = truncate(c.Subject), truncate(c.Session)
+	c.Omitted = fmt.Sprintf("job body of %d bytes, headers, and the end of its subject (the letter would be %d bytes, over %s of %d bytes)", c.JobSize, whole, whose, limit)
+	if data, err = encode(); err != nil || len(data)+headerOverhead(msgID) <= limit {
+		return data, err
+	}
+	return nil, &TooLargeError{What: "dead letter of job " + c.JobID, Size: len(data) + headerOverhead(msgID), Limit: limit, Of: whose}
 }
 
 // DeadLetters lists up to limit dead letters, oldest first; limit <= 0
@@ -124,8 +176,9 @@ func decodeDeadLetter(m *jetstream.RawStreamMsg) (*DeadLetterEntry, error) {
 // body if it only lived in a header or was derived from the stream
 // sequence) but gets a new Nats-Msg-Id, "<id>-replay-<seq>", so the jobs
 // stream does not drop it as a duplicate while a second replay of the same
-// entry still is. Any stored result of the job is purged first, so that
-// WaitResult waits for the new run.
+// entry still is. The dead job's stored result (its JobSeq is the letter's
+// StreamSeq, or it has none) is deleted first, so that WaitResult waits for
+// the new run; results of other jobs that reused the id stay.
 func (t *Topology) ReplayDeadLetter(ctx context.Context, seq uint64) error {
 	m, err := t.DLQ.GetMsg(ctx, seq)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -141,6 +194,9 @@ func (t *Topology) ReplayDeadLetter(ctx context.Context, seq uint64) error {
 	subject, ok := t.Config.publishSubject(e.Subject)
 	if !ok {
 		return fmt.Errorf("queue: replay dead letter %d: subject %q is not a job subject", seq, e.Subject)
+	}
+	if e.Omitted != "" {
+		return fmt.Errorf("%w: dead letter %d cannot be replayed: it holds no job body (omitted %s)", ErrNotReplayable, seq, e.Omitted)
 	}
 	id := e.JobID
 	if !ValidToken(id) {
@@ -162,19 +218,55 @@ func (t *Topology) ReplayDeadLetter(ctx context.Context, seq uint64) error {
 		}
 		msg.Header[k] = append([]string(nil), vs...)
 	}
-	if ValidToken(e.JobID) {
-		if err := t.Results.Purge(ctx, jetstream.WithPurgeSubject(t.Config.ResultSubject(e.JobID))); err != nil {
-			return fmt.Errorf("queue: replay dead letter %d: purge old result: %w", seq, err)
+	replayID := id + replayInfix + strconv.FormatUint(seq, 10)
+	// Refuse what the server would, before the old result is purged: the
+	// id written into the body can push a job that just fitted over.
+	size := len(body) + headerOverhead(replayID)
+	for k, vs := range msg.Header {
+		for _, v := range vs {
+			size += len(k) + len(v) + 4
 		}
 	}
-	replayID := id + "-replay-" + strconv.FormatUint(seq, 10)
+	if limit, whose := t.sizeLimit(t.Jobs); limit > 0 && size > limit {
+		return fmt.Errorf("queue: replay dead letter %d: %w", seq, &TooLargeError{What: "replayed job " + id, Size: size, Limit: limit, Of: whose})
+	}
+	if ValidToken(e.JobID) {
+		if err := t.deleteResultsOf(ctx, e.JobID, e.StreamSeq); err != nil {
+			return fmt.Errorf("queue: replay dead letter %d: delete old result: %w", seq, err)
+		}
+	}
 	if _, err := t.JS.PublishMsg(ctx, msg, jetstream.WithMsgID(replayID)); err != nil {
-		return fmt.Errorf("queue: replay dead letter %d: %w", seq, err)
+		return fmt.Errorf("queue: replay dead letter %d: %w", seq, t.tooLarge(t.Jobs, "replayed job "+id, size, err))
 	}
 	if err := t.DLQ.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 		return fmt.Errorf("queue: replay dead letter %d: delete: %w", seq, err)
 	}
 	return nil
+}
+
+// deleteResultsOf deletes the stored results of the job message at jobSeq
+// under id (and any without a JobSeq, which may be its).
+func (t *Topology) deleteResultsOf(ctx context.Context, id string, jobSeq uint64) error {
+	subject := t.Config.ResultSubject(id)
+	for next := uint64(1); ; {
+		m, err := t.Results.GetMsg(ctx, next, jetstream.WithGetMsgSubject(subject))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		next = m.Sequence + 1
+		var r struct {
+			JobSeq uint64 `json:"job_seq"`
+		}
+		if json.Unmarshal(m.Data, &r) == nil && r.JobSeq != 0 && r.JobSeq != jobSeq {
+			continue // another job's
+		}
+		if err := t.Results.DeleteMsg(ctx, m.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return err
+		}
+	}
 }
 
 // withJobID returns body with "id" set when body is a JSON object without
@@ -283,7 +375,7 @@ func (t *Topology) handleMaxDeliveries(ctx context.Context, data []byte, agent s
 	now := time.Now().UTC()
 	if id != "" {
 		r := &Result{
-			ID: id, Session: session, Agent: agent, Attempt: int(adv.Deliveries), FinishedAt: now,
+			ID: id, JobSeq: m.Sequence, Session: session, Agent: agent, Attempt: int(adv.Deliveries), FinishedAt: now,
 			Error: &ErrorInfo{Kind: KindExhausted, Message: reason},
 		}
 		if err := t.StoreResult(ctx, r); err != nil {

@@ -146,7 +146,12 @@ func TestDeadLetterReplay(t *testing.T) {
 		t.Fatal(err)
 	}
 	// What an agent does when attempts run out: result, DLQ, term.
-	if err := b.topo.StoreResult(ctx, &queue.Result{ID: job.ID, Error: &queue.ErrorInfo{Kind: queue.KindExhausted, Message: "x"}}); err != nil {
+	if err := b.topo.StoreResult(ctx, &queue.Result{ID: job.ID, JobSeq: md.Sequence.Stream, Error: &queue.ErrorInfo{Kind: queue.KindExhausted, Message: "x"}}); err != nil {
+		t.Fatal(err)
+	}
+	// Another job that reused the id (an hour later, say) has its own
+	// result, which the replay must leave alone.
+	if err := b.topo.StoreResult(ctx, &queue.Result{ID: job.ID, JobSeq: md.Sequence.Stream + 1000, OK: true, Result: json.RawMessage(`"other"`)}); err != nil {
 		t.Fatal(err)
 	}
 	d := &queue.DeadLetter{
@@ -191,10 +196,15 @@ func TestDeadLetterReplay(t *testing.T) {
 	if err := b.topo.ReplayDeadLetter(ctx, first.Seq); !errors.Is(err, queue.ErrDeadLetterNotFound) {
 		t.Errorf("second replay: %v, want ErrDeadLetterNotFound", err)
 	}
-	// The old exhausted result is gone, so a waiter waits for the new run.
-	if _, err := b.topo.GetResult(ctx, "hdr-id"); !errors.Is(err, queue.ErrResultNotFound) {
-		t.Errorf("old result after replay: %v", err)
+	// The old exhausted result is gone, so a waiter waits for the new run;
+	// the other job's result stays.
+	if r, err := b.topo.GetJobResult(ctx, "hdr-id", md.Sequence.Stream); !errors.Is(err, queue.ErrResultNotFound) {
+		t.Errorf("old result after replay: %+v, %v", r, err)
 	}
+	if r, err := b.topo.GetJobResult(ctx, "hdr-id", md.Sequence.Stream+1000); err != nil || string(r.Result) != `"other"` {
+		t.Errorf("the other job's result after replay: %+v, %v", r, err)
+	}
+	oldSeq := md.Sequence.Stream
 	m = fetchOne(t, c)
 	md, err = m.Metadata()
 	if err != nil {
@@ -216,11 +226,12 @@ func TestDeadLetterReplay(t *testing.T) {
 	if err := m.Ack(); err != nil {
 		t.Fatal(err)
 	}
-	// The new run's verdict is stored despite the earlier exhausted one.
-	if err := b.topo.StoreResult(ctx, &queue.Result{ID: "hdr-id", OK: true}); err != nil {
+	// The new run's verdict is stored despite the earlier exhausted one:
+	// the replay is a new job message, with its own sequence.
+	if err := b.topo.StoreResult(ctx, &queue.Result{ID: "hdr-id", JobSeq: md.Sequence.Stream, OK: true}); err != nil {
 		t.Fatal(err)
 	}
-	if r, err := b.topo.GetResult(ctx, "hdr-id"); err != nil || !r.OK {
+	if r, err := b.topo.GetJobResult(ctx, "hdr-id", md.Sequence.Stream); err != nil || !r.OK || md.Sequence.Stream == oldSeq {
 		t.Errorf("result after replay = %+v, %v", r, err)
 	}
 	list, err = b.topo.DeadLetters(ctx, 0)

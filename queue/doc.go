@@ -36,9 +36,16 @@
 //
 // # Results and dead letters
 //
-// A result is stored with Nats-Msg-Id = job id, so a re-run's duplicate is
-// dropped; dead-letter verdicts (exhausted, bad_request) use "<id>-dead" so
-// that a job replayed from the DLQ can still store its new result. Jobs the
-// server gives up on (MaxDeliver reached without a verdict) are moved to the
-// DLQ by WatchMaxDeliveries.
+// Every accepted job message ends in exactly one stored outcome, filed under
+// the id OutcomeID gives (body id, else Nats-Msg-Id, else
+// "seq-<stream sequence>"; a body id that disagrees with Nats-Msg-Id is a bad
+// request filed under the Nats-Msg-Id). A result carries the job's stream
+// sequence (JobSeq) and is stored with Nats-Msg-Id "<id>-<JobSeq>", so a
+// re-run of the same message is dropped while a new job reusing the id (after
+// the jobs dedup window, or a job replayed from the DLQ) stores its own;
+// GetJobResult and WaitJobResult match a submission's PubAck sequence. An
+// outcome over the server's max payload is a *TooLargeError: the agent
+// stores TooLargeResult instead, and WriteDeadLetter leaves the body out.
+// Jobs the server gives up on (MaxDeliver reached without a verdict) are
+// moved to the DLQ by WatchMaxDeliveries.
 package queue

@@ -23,6 +23,11 @@ var (
 	// ErrDeadLetterNotFound means no dead letter has that DLQ sequence.
 	ErrDeadLetterNotFound = errors.New("queue: dead letter not found")
 
+	// ErrNotReplayable means a dead letter holds no job to replay: its body
+	// was left out because the letter would not fit the server's max
+	// payload.
+	ErrNotReplayable = errors.New("queue: dead letter not replayable")
+
 	// ErrLeaseHeld means another owner holds the partition lease. The
 	// returned error is a *LeaseHeldError naming the owner.
 	ErrLeaseHeld = errors.New("queue: lease held by another agent")
@@ -52,7 +57,7 @@ func (e *MismatchError) Error() string {
 // command, has a bad id or session, or an out-of-range field. Retrying
 // cannot help; agents store a bad_request result and dead-letter it.
 type BadRequestError struct {
-	JobID   string // the job's id if it is known and valid, else ""
+	JobID   string // the id the outcome is filed under (OutcomeID); from ParseJob always a valid token
 	Session string // the session token from the subject, as found
 	Reason  string
 }
@@ -81,3 +86,31 @@ func (e *LeaseHeldError) Error() string {
 
 // Unwrap makes errors.Is(err, ErrLeaseHeld) true.
 func (e *LeaseHeldError) Unwrap() error { return ErrLeaseHeld }
+
+// ErrTooLarge matches every *TooLargeError.
+var ErrTooLarge = errors.New("queue: message too large")
+
+// TooLargeError is a message the server would refuse: its size, headers
+// included, is over the server's max payload or its stream's max message
+// size.
+type TooLargeError struct {
+	What  string // "result of job x", "dead letter of job x"
+	Size  int    // bytes, headers included
+	Limit int    // bytes; 0 if not known
+	Of    string // whose limit: "the server's max payload", "stream X's max message size"
+}
+
+func (e *TooLargeError) Error() string {
+	return "queue: " + e.What + " is " + e.Sizes()
+}
+
+// Sizes says "<size> bytes, over <whose limit> of <limit> bytes".
+func (e *TooLargeError) Sizes() string {
+	if e.Limit <= 0 {
+		return fmt.Sprintf("%d bytes, over %s", e.Size, e.Of)
+	}
+	return fmt.Sprintf("%d bytes, over %s of %d bytes", e.Size, e.Of, e.Limit)
+}
+
+// Is makes errors.Is(err, ErrTooLarge) true.
+func (e *TooLargeError) Is(target error) bool { return target == ErrTooLarge }

@@ -22,11 +22,16 @@ const DefaultMaxAttempts = 5
 // a job its final verdict.
 const MaxAttemptsLimit = 20
 
+// MaxTimeoutMS is the largest timeout_ms a job may ask for: 24 hours. An
+// agent may cap it lower (agent --max-job-timeout).
+const MaxTimeoutMS = 24 * 60 * 60 * 1000
+
 // Job is the envelope of one job: the message body on "<prefix>.job.s.<session>"
 // or "<prefix>.job.any".
 type Job struct {
 	// ID identifies the job end to end (result subject, dedup). Optional
-	// on the wire: Nats-Msg-Id, then "seq-<stream sequence>" stand in.
+	// on the wire: Nats-Msg-Id, then "seq-<stream sequence>" stand in (see
+	// OutcomeID). When both are sent they must agree.
 	ID      string          `json:"id,omitempty"`
 	Command string          `json:"command"`
 	Payload json.RawMessage `json:"payload,omitempty"`
@@ -46,45 +51,42 @@ type Job struct {
 
 // ParseJob validates a delivered job. subject is the stored subject
 // (the partition subject for session jobs); the session is taken from it.
-// The id is the envelope's id, else the Nats-Msg-Id header, else
-// "seq-<streamSeq>", which is stable across redeliveries. MaxAttempts 0
-// becomes DefaultMaxAttempts. Every error is a *BadRequestError carrying the
-// job id when it is known and valid.
+// The job's id, and the id its outcome is stored under even when the job is
+// a bad request, is OutcomeID's: stable across redeliveries, always a valid
+// token. MaxAttempts 0 becomes DefaultMaxAttempts. Every error is a
+// *BadRequestError carrying that outcome id.
 func ParseJob(subject string, hdr nats.Header, data []byte, streamSeq uint64, cfg Config) (*Job, error) {
 	cfg = cfg.WithDefaults()
 	session, subjectOK := cfg.jobSubject(subject)
 
 	var j Job
 	decodeProblem := decodeJob(data, &j)
-	var id, idProblem string
-	if decodeProblem == "" {
-		id = j.ID
-		if id == "" {
-			id = fallbackJobID(hdr, streamSeq)
-		}
-	} else {
+	bodyID, idProblem := j.ID, ""
+	if decodeProblem != "" {
 		// The body is broken: dig the id out of what can be read, so the
-		// error still names the job.
-		id, idProblem = jobID(hdr, data, streamSeq)
+		// outcome is still stored under the id its publisher looks for.
+		bodyID, idProblem = rawBodyID(data)
 	}
+	hdrID := hdr.Get(jetstream.MsgIDHeader)
+	id := OutcomeID(bodyID, hdrID, streamSeq)
 	bad := func(format string, args ...any) error {
-		e := &BadRequestError{Session: session, Reason: fmt.Sprintf(format, args...)}
-		if ValidToken(id) {
-			e.JobID = id
-		}
-		return e
+		return &BadRequestError{JobID: id, Session: session, Reason: fmt.Sprintf(format, args...)}
 	}
 	switch {
 	case !subjectOK:
-		return nil, bad("subject %q is not a job subject under %q", subject, cfg.Prefix)
+		return nil, bad("subject %q is not a job subject under %q", truncate(subject), cfg.Prefix)
 	case session != "" && !ValidToken(session):
 		return nil, bad("session id %q must be 1-128 characters of [A-Za-z0-9_-]", truncate(session))
 	case idProblem != "":
 		return nil, bad("%s", idProblem)
 	case decodeProblem != "":
 		return nil, bad("%s", decodeProblem)
-	case !ValidToken(id):
-		return nil, bad("job id %q must be 1-128 characters of [A-Za-z0-9_-]", truncate(id))
+	case bodyID != "" && hdrID != "" && !idsAgree(bodyID, hdrID):
+		return nil, bad("body id %q disagrees with Nats-Msg-Id %q: send the same id in both, or only one of them", truncate(bodyID), truncate(hdrID))
+	case bodyID != "" && !ValidToken(bodyID):
+		return nil, bad("job id %q must be 1-128 characters of [A-Za-z0-9_-]", truncate(bodyID))
+	case bodyID == "" && hdrID != "" && !ValidToken(hdrID):
+		return nil, bad("job id (Nats-Msg-Id) %q must be 1-128 characters of [A-Za-z0-9_-]", truncate(hdrID))
 	}
 	if reason := checkJob(&j); reason != "" {
 		return nil, bad("%s", reason)
@@ -96,28 +98,63 @@ func ParseJob(subject string, hdr nats.Header, data []byte, streamSeq uint64, cf
 	return &j, nil
 }
 
-func fallbackJobID(hdr nats.Header, streamSeq uint64) string {
-	if v := hdr.Get(jetstream.MsgIDHeader); v != "" {
-		return v
+// OutcomeID is the id a delivered message's outcome (result, dead letter) is
+// stored under, whatever the message holds; it is always a valid token:
+//
+//   - when the body id and the Nats-Msg-Id header are both set and disagree
+//     (the job is then a bad request), the Nats-Msg-Id, which the jobs
+//     stream deduplicated on, so that a body id cannot squat another job's
+//     id; "seq-<stream sequence>" if that header is not a valid token;
+//   - otherwise the body id if it is a valid token, else the Nats-Msg-Id if
+//     it is one, else "seq-<stream sequence>".
+//
+// A Nats-Msg-Id of "<body id>-replay-<n>" agrees with the body id: that is
+// how ReplayDeadLetter republishes a job.
+func OutcomeID(bodyID, msgID string, streamSeq uint64) string {
+	seqID := "seq-" + strconv.FormatUint(streamSeq, 10)
+	if bodyID != "" && msgID != "" && !idsAgree(bodyID, msgID) {
+		if ValidToken(msgID) {
+			return msgID
+		}
+		return seqID
 	}
-	return "seq-" + strconv.FormatUint(streamSeq, 10)
+	switch {
+	case ValidToken(bodyID):
+		return bodyID
+	case ValidToken(msgID):
+		return msgID
+	}
+	return seqID
 }
 
-// jobID picks the job id of an undecodable body by the same precedence.
-// A non-string envelope id is reported, not skipped: the publisher meant
-// something by it.
-func jobID(hdr nats.Header, data []byte, streamSeq uint64) (id, problem string) {
-	if raw, found := envelopeID(data); found {
-		if err := json.Unmarshal(raw, &id); err != nil {
-			problem = "field \"id\" must be a string"
-		} else if id != "" {
-			return id, ""
-		}
+// idsAgree reports whether a body id and a Nats-Msg-Id name the same job.
+func idsAgree(bodyID, msgID string) bool {
+	if bodyID == msgID {
+		return true
 	}
-	if problem != "" && hdr.Get(jetstream.MsgIDHeader) == "" {
-		return "", problem
+	rest, ok := strings.CutPrefix(msgID, bodyID+replayInfix)
+	if !ok || rest == "" {
+		return false
 	}
-	return fallbackJobID(hdr, streamSeq), problem
+	_, err := strconv.ParseUint(rest, 10, 64)
+	return err == nil
+}
+
+// replayInfix joins a job id and a DLQ sequence in the Nats-Msg-Id of a
+// replayed dead letter.
+const replayInfix = "-replay-"
+
+// rawBodyID reads the id of an undecodable body. A non-string envelope id
+// is reported, not skipped: the publisher meant something by it.
+func rawBodyID(data []byte) (id, problem string) {
+	raw, found := envelopeID(data)
+	if !found {
+		return "", ""
+	}
+	if err := json.Unmarshal(raw, &id); err != nil {
+		return "", "field \"id\" must be a string"
+	}
+	return id, ""
 }
 
 // envelopeID reads the top-level "id" of a JSON object, streaming so that
@@ -194,8 +231,8 @@ func checkJob(j *Job) string {
 	switch {
 	case j.Command == "":
 		return "field \"command\" is required"
-	case j.TimeoutMS < 0:
-		return fmt.Sprintf("field \"timeout_ms\" cannot be negative, got %d", j.TimeoutMS)
+	case j.TimeoutMS < 0 || j.TimeoutMS > MaxTimeoutMS:
+		return fmt.Sprintf("field \"timeout_ms\" must be between 0 and %d (24h), got %d", MaxTimeoutMS, j.TimeoutMS)
 	case j.MaxAttempts < 0 || j.MaxAttempts > MaxAttemptsLimit:
 		return fmt.Sprintf("field \"max_attempts\" must be between 0 and %d, got %d", MaxAttemptsLimit, j.MaxAttempts)
 	case len(j.Payload) > 0 && !json.Valid(j.Payload):

@@ -31,8 +31,12 @@ func TestParseJob(t *testing.T) {
 			want: &queue.Job{ID: "j1", Command: "predict", Payload: json.RawMessage(`{"x":1}`), TimeoutMS: 500, MaxAttempts: 3, RequireSession: true, Meta: json.RawMessage(`{"k":"v"}`), Session: "s1"}},
 		{name: "id from header", subject: sessSubj, hdr: hdr("h1"), body: `{"command":"c"}`,
 			want: &queue.Job{ID: "h1", Command: "c", MaxAttempts: queue.DefaultMaxAttempts, Session: "s1"}},
-		{name: "envelope id wins", subject: sessSubj, hdr: hdr("h1"), body: `{"id":"e1","command":"c"}`,
+		{name: "envelope id agrees with header", subject: sessSubj, hdr: hdr("e1"), body: `{"id":"e1","command":"c"}`,
 			want: &queue.Job{ID: "e1", Command: "c", MaxAttempts: queue.DefaultMaxAttempts, Session: "s1"}},
+		{name: "replayed dead letter's header agrees", subject: sessSubj, hdr: hdr("e1-replay-17"), body: `{"id":"e1","command":"c"}`,
+			want: &queue.Job{ID: "e1", Command: "c", MaxAttempts: queue.DefaultMaxAttempts, Session: "s1"}},
+		{name: "empty envelope id", subject: sessSubj, hdr: hdr("h1"), body: `{"id":"","command":"c"}`,
+			want: &queue.Job{ID: "h1", Command: "c", MaxAttempts: queue.DefaultMaxAttempts, Session: "s1"}},
 		{name: "id from sequence", subject: "fleet.job.any", body: `{"command":"c","payload":null}`,
 			want: &queue.Job{ID: "seq-42", Command: "c", MaxAttempts: queue.DefaultMaxAttempts}},
 		{name: "unpartitioned session subject", subject: "fleet.job.s.abc", body: `{"command":"c"}`,
@@ -53,9 +57,18 @@ func TestParseJob(t *testing.T) {
 		{name: "timeout fractional", subject: sessSubj, body: `{"id":"j1","command":"c","timeout_ms":1.5}`, wantJobID: "j1", reason: "timeout_ms"},
 		{name: "require_session wrong type", subject: sessSubj, body: `{"id":"j1","command":"c","require_session":"yes"}`, wantJobID: "j1", reason: "require_session"},
 		{name: "id wrong type", subject: sessSubj, hdr: hdr("h1"), body: `{"id":5,"command":"c"}`, wantJobID: "h1", reason: `"id" must be a string`},
-		{name: "bad id token", subject: sessSubj, body: `{"id":"a.b","command":"c"}`, wantJobID: "", reason: "job id"},
-		{name: "id too long", subject: sessSubj, body: `{"id":"` + long + `","command":"c"}`, wantJobID: "", reason: "job id"},
-		{name: "bad header id", subject: sessSubj, hdr: hdr("has space"), body: `{"command":"c"}`, wantJobID: "", reason: "job id"},
+		// The outcome id rule: body id if valid, else Nats-Msg-Id if valid,
+		// else seq-<stream sequence>; on disagreement the Nats-Msg-Id.
+		{name: "bad id token", subject: sessSubj, body: `{"id":"a.b","command":"c"}`, wantJobID: "seq-42", reason: "job id"},
+		{name: "bad id token with header", subject: sessSubj, hdr: hdr("good-hdr"), body: `{"id":"a.b","command":"c"}`, wantJobID: "good-hdr", reason: "disagrees"},
+		{name: "id too long", subject: sessSubj, body: `{"id":"` + long + `","command":"c"}`, wantJobID: "seq-42", reason: "job id"},
+		{name: "bad header id", subject: sessSubj, hdr: hdr("has space"), body: `{"command":"c"}`, wantJobID: "seq-42", reason: "job id"},
+		{name: "non-UTF-8 header id", subject: sessSubj, hdr: hdr("\xff\xfe"), body: `{"command":"c"}`, wantJobID: "seq-42", reason: "job id"},
+		{name: "body id disagrees with header", subject: sessSubj, hdr: hdr("att-x"), body: `{"id":"squat-1","command":"c"}`, wantJobID: "att-x", reason: "disagrees"},
+		{name: "body id disagrees with a bad header", subject: sessSubj, hdr: hdr("a b"), body: `{"id":"squat-1","command":"c"}`, wantJobID: "seq-42", reason: "disagrees"},
+		{name: "not a replay form", subject: sessSubj, hdr: hdr("e1-replay-x"), body: `{"id":"e1","command":"c"}`, wantJobID: "e1-replay-x", reason: "disagrees"},
+		{name: "wildcard session token", subject: "fleet.job.s.*", body: `{"id":"w1","command":"c"}`, wantJobID: "w1", reason: "session id"},
+		{name: "full wildcard session token", subject: "fleet.job.s.>", body: `{"id":"w2","command":"c"}`, wantJobID: "w2", reason: "session id"},
 		{name: "bad session token", subject: "fleet.job.p.3.a:b", body: `{"id":"j1","command":"c"}`, wantJobID: "j1", reason: "session id"},
 		{name: "session too long", subject: "fleet.job.p.3." + long, body: `{"id":"j1","command":"c"}`, wantJobID: "j1", reason: "session id"},
 		{name: "foreign subject", subject: "other.job.any", body: `{"id":"j1","command":"c"}`, wantJobID: "j1", reason: "not a job subject"},
@@ -65,6 +78,9 @@ func TestParseJob(t *testing.T) {
 		{name: "max_attempts negative", subject: sessSubj, body: `{"id":"j1","command":"c","max_attempts":-1}`, wantJobID: "j1", reason: "max_attempts"},
 		{name: "negative timeout", subject: sessSubj, body: `{"id":"j1","command":"c","timeout_ms":-5}`, wantJobID: "j1", reason: "timeout_ms"},
 		{name: "huge timeout", subject: sessSubj, body: `{"id":"j1","command":"c","timeout_ms":1e40}`, wantJobID: "j1", reason: "timeout_ms"},
+		{name: "timeout above 24h", subject: sessSubj, body: `{"id":"j1","command":"c","timeout_ms":1000000000000}`, wantJobID: "j1", reason: "between 0 and 86400000"},
+		{name: "timeout at 24h", subject: sessSubj, body: `{"id":"j1","command":"c","timeout_ms":86400000}`,
+			want: &queue.Job{ID: "j1", Command: "c", TimeoutMS: 86400000, MaxAttempts: queue.DefaultMaxAttempts, Session: "s1"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -144,7 +160,8 @@ func FuzzParseJob(f *testing.F) {
 			if !errors.As(err, &bre) || !errors.Is(err, queue.ErrBadRequest) {
 				t.Fatalf("error is not a *BadRequestError: %v", err)
 			}
-			if bre.JobID != "" && !queue.ValidToken(bre.JobID) {
+			// Every outcome is filed under a valid id (queue.OutcomeID).
+			if !queue.ValidToken(bre.JobID) {
 				t.Fatalf("BadRequestError carries invalid job id %q", bre.JobID)
 			}
 			return
@@ -152,6 +169,11 @@ func FuzzParseJob(f *testing.F) {
 		if !queue.ValidToken(j.ID) || (j.Session != "" && !queue.ValidToken(j.Session)) || j.Command == "" ||
 			j.MaxAttempts < 1 || j.MaxAttempts > queue.MaxAttemptsLimit || j.TimeoutMS < 0 {
 			t.Fatalf("ParseJob accepted an invalid job: %+v", j)
+		}
+		// An accepted job's id is the one the stream deduplicated on, when
+		// there is one (or its replay form).
+		if msgID != "" && msgID != j.ID && !strings.HasPrefix(msgID, j.ID+"-replay-") {
+			t.Fatalf("accepted job %q under Nats-Msg-Id %q", j.ID, msgID)
 		}
 		// What ParseJob accepts, EncodeJob can write and ParseJob reads back
 		// the same.

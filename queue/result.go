@@ -20,11 +20,24 @@ const (
 	KindExhausted   = "exhausted"    // attempts ran out (or the server's MaxDeliver did)
 	KindBadRequest  = "bad_request"  // the job can never run (see BadRequestError)
 	KindCanceled    = "canceled"     // the job was canceled
+	// KindTooLarge: the job's real outcome (its result, or its error
+	// message) is too big to store under the server's max payload; the
+	// message names the size and the limit. Final: a rerun would produce
+	// the same outcome.
+	KindTooLarge = "too_large"
+	// KindPoison: its attempts killed workers up to the agent\'s poison bound.
+	KindPoison = "poison"
 )
 
 // Result is the envelope stored on "<prefix>.result.<id>".
 type Result struct {
-	ID         string          `json:"id"`
+	ID string `json:"id"`
+	// JobSeq is the job's sequence in the jobs stream: with ID, the
+	// result's identity. A rerun of the same message (redelivery, crash)
+	// has the same JobSeq and is deduplicated; a new job that reuses an id
+	// (after the jobs stream's dedup window, or a replayed dead letter) has
+	// a new JobSeq and stores its own result. 0 when unknown.
+	JobSeq     uint64          `json:"job_seq,omitempty"`
 	OK         bool            `json:"ok"`
 	Result     json.RawMessage `json:"result,omitempty"`
 	Error      *ErrorInfo      `json:"error,omitempty"`
@@ -46,32 +59,107 @@ type ErrorInfo struct {
 	Type    string `json:"type,omitempty"` // the worker's exception type, for KindApp
 }
 
-// resultMsgID is the dedup id of a result. A verdict uses the job id, so a
-// re-run after a crash is dropped. A dead-letter verdict (exhausted,
-// bad_request) uses its own id so that, after the job is replayed from the
-// DLQ, the new run's result is not swallowed as a duplicate of it.
+// resultMsgID is the dedup id of a result: "<id>-<job stream sequence>",
+// so that a rerun of the same job message is dropped while a new job that
+// reuses the id stores its own result. Without a JobSeq it is the id.
 func resultMsgID(r *Result) string {
-	if r.Error != nil && (r.Error.Kind == KindExhausted || r.Error.Kind == KindBadRequest) {
-		return r.ID + "-dead"
+	if r.JobSeq == 0 {
+		return r.ID
 	}
-	return r.ID
+	return r.ID + "-" + strconv.FormatUint(r.JobSeq, 10)
 }
 
-func (t *Topology) resultMsg(r *Result) (*nats.Msg, error) {
+// headerOverhead bounds what the NATS header block of a message holding
+// only a Nats-Msg-Id adds to its size ("NATS/1.0\r\n", the header line,
+// the closing "\r\n").
+func headerOverhead(msgID string) int {
+	return len("NATS/1.0\r\n"+jetstream.MsgIDHeader+": \r\n\r\n") + len(msgID)
+}
+
+// MaxPayload is the largest message (headers included) the server takes,
+// as the connection last heard it; 0 if unknown.
+func (t *Topology) MaxPayload() int {
+	if t.JS == nil || t.JS.Conn() == nil {
+		return 0
+	}
+	return int(t.JS.Conn().MaxPayload())
+}
+
+// sizeLimit is the largest message stream s takes: the server's max
+// payload, or the stream's MaxMsgSize (as last read) when smaller; 0 if
+// unknown. whose names it.
+func (t *Topology) sizeLimit(s jetstream.Stream) (limit int, whose string) {
+	limit, whose = t.MaxPayload(), "the server's max payload"
+	if s == nil {
+		return limit, whose
+	}
+	if info := s.CachedInfo(); info != nil {
+		if m := int(info.Config.MaxMsgSize); m > 0 && (limit <= 0 || m < limit) {
+			return m, "stream " + info.Config.Name + "'s max message size"
+		}
+	}
+	return limit, whose
+}
+func (t *Topology) resultMsg(r *Result) (*nats.Msg, string, error) {
 	if r == nil {
-		return nil, errors.New("queue: store result: result is nil")
+		return nil, "", errors.New("queue: store result: result is nil")
 	}
 	if !ValidToken(r.ID) {
-		return nil, fmt.Errorf("queue: store result: job id %q must be 1-128 characters of [A-Za-z0-9_-]", truncate(r.ID))
+		return nil, "", fmt.Errorf("queue: store result: job id %q must be 1-128 characters of [A-Za-z0-9_-]", truncate(r.ID))
 	}
 	data, ok := appendResult(make([]byte, 0, len(r.Result)+320), r)
 	if !ok {
 		var err error
 		if data, err = json.Marshal(r); err != nil {
-			return nil, fmt.Errorf("queue: encode result %s: %w", r.ID, err)
+			return nil, "", fmt.Errorf("queue: encode result %s: %w", r.ID, err)
 		}
 	}
-	return &nats.Msg{Subject: t.Config.ResultSubject(r.ID), Data: data, Header: nats.Header{}}, nil
+	msgID := resultMsgID(r)
+	if limit, whose := t.sizeLimit(t.Results); limit > 0 && len(data)+headerOverhead(msgID) > limit {
+		return nil, "", &TooLargeError{What: "result of job " + r.ID, Size: len(data) + headerOverhead(msgID), Limit: limit, Of: whose}
+	}
+	return &nats.Msg{Subject: t.Config.ResultSubject(r.ID), Data: data, Header: nats.Header{}}, msgID, nil
+}
+
+// TooLargeResult is what is stored instead of r when r is too big (err, a
+// *TooLargeError): a failed result of kind too_large naming the size and
+// the limit, with r's identity and timings. It always fits.
+func TooLargeResult(r *Result, err error) *Result {
+	c := *r
+	c.OK, c.Result = false, nil
+	if !ValidToken(c.Session) {
+		c.Session = "" // a bad request's session token can be long
+	}
+	what := "the result"
+	if r.Error != nil {
+		what = "the error result (" + r.Error.Kind + ")"
+	}
+	msg := what + " is too large to store"
+	var tl *TooLargeError
+	if errors.As(err, &tl) {
+		msg += ": " + tl.Sizes()
+	} else if err != nil {
+		msg += ": " + err.Error()
+	}
+	c.Error = &ErrorInfo{Kind: KindTooLarge, Message: msg}
+	return &c
+}
+
+// tooLarge maps a refusal for size, the client's (over the server's max
+// payload) or the stream's (over its max message size), to a
+// *TooLargeError; other errors are returned as they are.
+func (t *Topology) tooLarge(s jetstream.Stream, what string, size int, err error) error {
+	switch {
+	case errors.Is(err, nats.ErrMaxPayload):
+		return &TooLargeError{What: what, Size: size, Limit: t.MaxPayload(), Of: "the server's max payload"}
+	case errors.Is(err, jetstream.ErrStreamMessageExceedsMaximum):
+		tl := &TooLargeError{What: what, Size: size, Of: "the stream's max message size"}
+		if limit, whose := t.sizeLimit(s); limit > 0 && limit < size {
+			tl.Limit, tl.Of = limit, whose
+		}
+		return tl
+	}
+	return err
 }
 
 // appendResult appends r as the JSON object json.Marshal would write, for
@@ -109,6 +197,10 @@ func appendResult(b []byte, r *Result) ([]byte, bool) {
 	b = append(b, '{')
 	if !str(`"id":`, r.ID, false) {
 		return nil, false
+	}
+	if r.JobSeq != 0 {
+		b = append(b, `,"job_seq":`...)
+		b = strconv.AppendUint(b, r.JobSeq, 10)
 	}
 	b = append(b, `,"ok":`...)
 	b = strconv.AppendBool(b, r.OK)
@@ -159,15 +251,17 @@ func plainString(s string) bool {
 }
 
 // StoreResult stores r and returns once the stream acked it. A duplicate
-// (the same job's verdict stored before, within ResultsDedup) is success:
-// the first result stands.
+// (the same job message's result stored before, within ResultsDedup) is
+// success: the first result stands. A result over the server's max payload
+// is a *TooLargeError (errors.Is ErrTooLarge) and nothing is stored; store
+// TooLargeResult(r, err) instead.
 func (t *Topology) StoreResult(ctx context.Context, r *Result) error {
-	msg, err := t.resultMsg(r)
+	msg, msgID, err := t.resultMsg(r)
 	if err != nil {
 		return err
 	}
-	if _, err := t.JS.PublishMsg(ctx, msg, jetstream.WithMsgID(resultMsgID(r))); err != nil {
-		return fmt.Errorf("queue: store result %s: %w", r.ID, err)
+	if _, err := t.JS.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID)); err != nil {
+		return fmt.Errorf("queue: store result %s: %w", r.ID, t.tooLarge(t.Results, "result of job "+r.ID, len(msg.Data)+headerOverhead(msgID), err))
 	}
 	return nil
 }
@@ -175,30 +269,67 @@ func (t *Topology) StoreResult(ctx context.Context, r *Result) error {
 // StoreResultAsync is StoreResult without waiting; the future resolves to
 // the ack. Ack the job only after the future succeeds.
 func (t *Topology) StoreResultAsync(r *Result) (jetstream.PubAckFuture, error) {
-	msg, err := t.resultMsg(r)
+	msg, msgID, err := t.resultMsg(r)
 	if err != nil {
 		return nil, err
 	}
-	f, err := t.JS.PublishMsgAsync(msg, jetstream.WithMsgID(resultMsgID(r)))
+	f, err := t.JS.PublishMsgAsync(msg, jetstream.WithMsgID(msgID))
 	if err != nil {
-		return nil, fmt.Errorf("queue: store result %s: %w", r.ID, err)
+		return nil, fmt.Errorf("queue: store result %s: %w", r.ID, t.tooLarge(t.Results, "result of job "+r.ID, len(msg.Data)+headerOverhead(msgID), err))
 	}
 	return f, nil
 }
 
-// GetResult returns the stored result of job id, or ErrResultNotFound.
+// GetResult returns the latest stored result of job id, or
+// ErrResultNotFound.
 func (t *Topology) GetResult(ctx context.Context, id string) (*Result, error) {
+	return t.GetJobResult(ctx, id, 0)
+}
+
+// GetJobResult returns the result of the job message that the jobs stream
+// stored at sequence seq (a submission's PubAck.Sequence) under id, or
+// ErrResultNotFound. Results are filed by id; an id reused by a later job
+// files that job's result under it too, and JobSeq tells them apart.
+// seq 0 takes the latest result of id. A result without a JobSeq (stored by
+// an older agent) matches any seq.
+func (t *Topology) GetJobResult(ctx context.Context, id string, seq uint64) (*Result, error) {
 	if !ValidToken(id) {
 		return nil, fmt.Errorf("queue: get result: job id %q must be 1-128 characters of [A-Za-z0-9_-]", truncate(id))
 	}
-	m, err := t.Results.GetLastMsgForSubject(ctx, t.Config.ResultSubject(id))
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return nil, fmt.Errorf("%w: %s", ErrResultNotFound, id)
+	subject := t.Config.ResultSubject(id)
+	notFound := func(err error) error {
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			if seq != 0 {
+				return fmt.Errorf("%w: %s (job sequence %d)", ErrResultNotFound, id, seq)
+			}
+			return fmt.Errorf("%w: %s", ErrResultNotFound, id)
+		}
+		return fmt.Errorf("queue: get result %s: %w", id, err)
 	}
+	m, err := t.Results.GetLastMsgForSubject(ctx, subject)
 	if err != nil {
-		return nil, fmt.Errorf("queue: get result %s: %w", id, err)
+		return nil, notFound(err)
 	}
-	return decodeResult(id, m.Data)
+	r, err := decodeResult(id, m.Data)
+	if err != nil || r.matches(seq) {
+		return r, err
+	}
+	// Another job reused the id (results are filed in the order they are
+	// stored, not by job sequence): look through the id's results.
+	for next := uint64(1); ; next = m.Sequence + 1 {
+		m, err = t.Results.GetMsg(ctx, next, jetstream.WithGetMsgSubject(subject))
+		if err != nil {
+			return nil, notFound(err)
+		}
+		if r, err := decodeResult(id, m.Data); err == nil && r.matches(seq) {
+			return r, nil
+		}
+	}
+}
+
+// matches reports whether r is the result of the job message at seq.
+func (r *Result) matches(seq uint64) bool {
+	return seq == 0 || r.JobSeq == 0 || r.JobSeq == seq
 }
 
 func decodeResult(id string, data []byte) (*Result, error) {
@@ -212,14 +343,24 @@ func decodeResult(id string, data []byte) (*Result, error) {
 	return &r, nil
 }
 
-// WaitResult returns the result of job id, waiting for it if needed. nc is
-// a core connection (it may be the JetStream one). It subscribes to the
-// result subject and makes sure the server registered the subscription
-// before it looks in the stream, so a result stored in between is seen one
-// way or the other. Because the stream stores asynchronously from the core
+// WaitResult returns the stored result of job id, waiting for it if
+// needed. nc is a core connection (it may be the JetStream one). It
+// subscribes to the result subject and makes sure the server registered the
+// subscription before it looks in the stream, so a result stored in between
+// is seen one way or the other. A result arriving on the subscription only
+// says when to look: what is returned is always what the stream stored
+// (which, for a duplicate or a result the stream refused for its size, is
+// not what was sent). Because the stream stores asynchronously from the core
 // delivery, it also looks again on a backing-off timer: a result whose core
 // delivery raced the subscription can still only be missed for a moment.
 func (t *Topology) WaitResult(ctx context.Context, nc *nats.Conn, id string) (*Result, error) {
+	return t.WaitJobResult(ctx, nc, id, 0)
+}
+
+// WaitJobResult is WaitResult for the job message the jobs stream stored at
+// sequence seq (its submission's PubAck.Sequence; 0 for any): a result of
+// another job that reused the id is skipped. See GetJobResult.
+func (t *Topology) WaitJobResult(ctx context.Context, nc *nats.Conn, id string, seq uint64) (*Result, error) {
 	if !ValidToken(id) {
 		return nil, fmt.Errorf("queue: wait result: job id %q must be 1-128 characters of [A-Za-z0-9_-]", truncate(id))
 	}
@@ -239,9 +380,22 @@ func (t *Topology) WaitResult(ctx context.Context, nc *nats.Conn, id string) (*R
 	for {
 		select {
 		case m := <-ch:
-			return decodeResult(id, m.Data)
+			r, err := decodeResult(id, m.Data)
+			if err != nil || !r.matches(seq) {
+				continue // not a result, or another job's
+			}
+			if seq == 0 {
+				seq = r.JobSeq // wait for this job's result now
+			}
+			// A result on the wire is not yet the stored one: the stream
+			// may still be storing it, or refuse it (a rerun's duplicate,
+			// or over the stream's max message size, when a smaller
+			// stand-in is stored instead). Look in the stream now, then
+			// again soon.
+			recheck = time.Millisecond
+			timer.Reset(0)
 		case <-timer.C:
-			r, err := t.GetResult(ctx, id)
+			r, err := t.GetJobResult(ctx, id, seq)
 			if err == nil {
 				return r, nil
 			}

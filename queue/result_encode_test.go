@@ -18,7 +18,7 @@ func TestAppendResultMatchesMarshal(t *testing.T) {
 		r      Result
 		wantOK bool
 	}{
-		{"ok", Result{ID: "j1", OK: true, Result: json.RawMessage(`{"d": [1, "two"]}`), Session: "s1", Agent: "a-1",
+		{"ok", Result{ID: "j1", JobSeq: 18446744073709551615, OK: true, Result: json.RawMessage(`{"d": [1, "two"]}`), Session: "s1", Agent: "a-1",
 			Worker: "a-1-3", WorkerPID: 4242, NewSession: true, Attempt: 2,
 			EnqueuedAt: now.Add(-time.Second), StartedAt: now.In(time.FixedZone("x", 3600)), FinishedAt: now.Add(time.Millisecond)}, true},
 		{"minimal", Result{ID: "j2"}, true},

@@ -30,7 +30,7 @@ type Topology struct {
 }
 
 // Ensure creates or verifies, idempotently, the jobs, results and dead-letter
-// streams, both KV buckets and the durable job consumers ("p-0".."p-<P-1>"
+// streams, the KV buckets (agents, leases, poison) and the durable job consumers ("p-0".."p-<P-1>"
 // and "any"). Concurrent Ensure calls with the same configuration are safe.
 //
 // An existing resource that differs in a contract field (partition count,
@@ -57,6 +57,9 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config) (*Topology,
 		return nil, err
 	}
 	if t.Leases, err = ensureBucket(ctx, js, cfg.leasesBucketConfig()); err != nil {
+		return nil, err
+	}
+	if _, err = ensureBucket(ctx, js, cfg.poisonBucketConfig()); err != nil {
 		return nil, err
 	}
 	if err := t.ensureConsumers(ctx); err != nil {
@@ -138,6 +141,16 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Topology, e
 		have := c.CachedInfo().Config
 		cfg.AckWait, cfg.MaxDeliver, cfg.MaxAckPending = have.AckWait, have.MaxDeliver, have.MaxAckPending
 		t.cacheConsumer(AnyConsumerName, c)
+		if slices.Equal(consumerFilters(have), cfg.legacyAnyFilters()) {
+			// A topology from before the untransformed session subjects
+			// were filtered: upgrade it if this user may (an agent with
+			// least privilege may not; then the dispatcher's Ensure does).
+			// Best effort and bounded: a denied request only times out.
+			t.Config = cfg
+			uctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			_, _ = t.upgradeAnyConsumer(uctx, have)
+			cancel()
+		}
 	} else if !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return nil, fmt.Errorf("queue: consumer %s/%s: %w", cfg.JobsStream(), AnyConsumerName, err)
 	}
@@ -260,16 +273,83 @@ func (c Config) leasesBucketConfig() jetstream.KeyValueConfig {
 	}
 }
 
-func (c Config) consumerConfig(name, filter string) jetstream.ConsumerConfig {
-	return jetstream.ConsumerConfig{
+// PoisonTTL is how long the record of a job's worker deaths is kept after
+// its last write. A key is written only when a worker dies running the job,
+// so the bucket is empty at rest.
+const PoisonTTL = 24 * time.Hour
+
+func (c Config) poisonBucketConfig() jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:      c.PoisonBucket(),
+		Description: "procfleet worker deaths per job (key <stream>.<sequence>), for the agents' poison guard",
+		History:     1,
+		TTL:         PoisonTTL,
+		Storage:     c.Storage,
+		Replicas:    c.Replicas,
+	}
+}
+
+// OpenPoison binds to the poison bucket that Ensure creates; it returns
+// ErrNoTopology if the bucket is missing (a topology made by an older
+// version: Ensure adds it).
+func OpenPoison(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.KeyValue, error) {
+	kv, _, err := openBucket(ctx, js, cfg.WithDefaults().PoisonBucket())
+	return kv, err
+}
+
+// consumerConfig is a job consumer's configuration; a consumer with more
+// than one filter gets FilterSubjects.
+func (c Config) consumerConfig(name string, filters ...string) jetstream.ConsumerConfig {
+	cc := jetstream.ConsumerConfig{
 		Durable:       name,
-		FilterSubject: filter,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckWait:       c.AckWait,
 		MaxDeliver:    c.MaxDeliver,
 		MaxAckPending: c.MaxAckPending,
 	}
+	if len(filters) == 1 {
+		cc.FilterSubject = filters[0]
+	} else {
+		cc.FilterSubjects = filters
+	}
+	return cc
+}
+
+// anyConsumerFilters are the filters of the shared consumer: anonymous jobs,
+// and session subjects the stream stored untransformed. The partition
+// transform only applies to a literal session token; a job published on
+// "<prefix>.job.s.*" or "<prefix>.job.s.>" is stored as it is, and without
+// this filter no consumer would ever take it. The agent that does
+// dead-letters it (an invalid session) with a bad_request result. Neither
+// filter overlaps a partition's "<prefix>.job.p.<n>.*".
+func (c Config) anyConsumerFilters() []string {
+	return []string{c.AnySubject(), c.Prefix + ".job.s.>"}
+}
+
+// legacyAnyFilters are the shared consumer's filters before the
+// untransformed session subjects were added; Ensure (and, where it may,
+// Open) upgrades such a consumer in place.
+func (c Config) legacyAnyFilters() []string { return []string{c.AnySubject()} }
+
+func consumerFilters(cc jetstream.ConsumerConfig) []string {
+	fs := slices.Clone(cc.FilterSubjects)
+	if cc.FilterSubject != "" {
+		fs = append([]string{cc.FilterSubject}, fs...)
+	}
+	return fs
+}
+
+// upgradeAnyConsumer gives a shared consumer created with the legacy filter
+// the current ones.
+func (t *Topology) upgradeAnyConsumer(ctx context.Context, have jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+	have.FilterSubject, have.FilterSubjects = "", t.Config.anyConsumerFilters()
+	c, err := t.Jobs.UpdateConsumer(ctx, have)
+	if err != nil {
+		return nil, fmt.Errorf("queue: update consumer %s/%s filters: %w", t.Config.JobsStream(), have.Durable, err)
+	}
+	t.cacheConsumer(have.Durable, c)
+	return c, nil
 }
 
 // Streams.
@@ -434,7 +514,7 @@ func (t *Topology) ensureConsumers(ctx context.Context) error {
 	for p := range t.Config.Partitions {
 		wants = append(wants, t.Config.consumerConfig(PartitionConsumerName(p), t.Config.PartitionFilter(p)))
 	}
-	wants = append(wants, t.Config.consumerConfig(AnyConsumerName, t.Config.AnySubject()))
+	wants = append(wants, t.Config.consumerConfig(AnyConsumerName, t.Config.anyConsumerFilters()...))
 
 	for _, want := range wants {
 		have, ok := existing[want.Durable]
@@ -451,6 +531,13 @@ func (t *Topology) ensureConsumers(ctx context.Context) error {
 			c, err = t.Jobs.Consumer(ctx, want.Durable)
 			if err != nil {
 				return fmt.Errorf("queue: consumer %s/%s: %w", t.Config.JobsStream(), want.Durable, err)
+			}
+			have = c.CachedInfo().Config
+		}
+		if want.Durable == AnyConsumerName && slices.Equal(consumerFilters(have), t.Config.legacyAnyFilters()) {
+			c, err := t.upgradeAnyConsumer(ctx, have)
+			if err != nil {
+				return err
 			}
 			have = c.CachedInfo().Config
 		}
@@ -474,12 +561,8 @@ func (t *Topology) consumerContract(want, have jetstream.ConsumerConfig) error {
 	mismatch := func(field string, w, h any) error {
 		return &MismatchError{Resource: "consumer " + t.Config.JobsStream() + "/" + want.Durable, Field: field, Want: w, Have: h}
 	}
-	haveFilters := have.FilterSubjects
-	if have.FilterSubject != "" {
-		haveFilters = append([]string{have.FilterSubject}, haveFilters...)
-	}
-	if !slices.Equal(haveFilters, []string{want.FilterSubject}) {
-		return mismatch("FilterSubject", want.FilterSubject, haveFilters)
+	if haveFilters, wantFilters := consumerFilters(have), consumerFilters(want); !sameSet(haveFilters, wantFilters) {
+		return mismatch("FilterSubject", wantFilters, haveFilters)
 	}
 	if have.AckPolicy != want.AckPolicy {
 		return mismatch("AckPolicy", want.AckPolicy, have.AckPolicy)

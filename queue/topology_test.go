@@ -3,6 +3,7 @@ package queue_test
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -113,8 +114,8 @@ func TestEnsureCreatesTopology(t *testing.T) {
 			t.Errorf("consumer p-%d: %+v", p, c)
 		}
 	}
-	if c := consumers["any"]; c.FilterSubject != "fleet.job.any" {
-		t.Errorf("consumer any filter %q", c.FilterSubject)
+	if c := consumers["any"]; c.FilterSubject != "" || !slices.Equal(c.FilterSubjects, []string{"fleet.job.any", "fleet.job.s.>"}) {
+		t.Errorf("consumer any filters %q %q", c.FilterSubject, c.FilterSubjects)
 	}
 	st, err := b.topo.Leases.Status(ctx)
 	if err != nil {

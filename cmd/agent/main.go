@@ -45,6 +45,8 @@ func run(args []string) error {
 		sessionIdle    = fs.Duration("session-idle-ttl", 30*time.Minute, "end a session idle this long")
 		startupTimeout = fs.Duration("startup-timeout", 30*time.Second, "a worker must be ready within this")
 		jobTimeout     = fs.Duration("job-timeout", 30*time.Second, "default job timeout (a job's timeout_ms wins)")
+		maxJobTimeout  = fs.Duration("max-job-timeout", agent.DefaultMaxJobTimeout, "ceiling of one attempt: a job asking for a longer timeout_ms runs with this")
+		poisonDeaths   = fs.Int("poison-deaths", agent.DefaultPoisonDeaths, "end a job as poison once this many workers died running it, whatever its max_attempts")
 		capacity       = fs.Int("capacity", 0, "jobs held at once, running or waiting (default 2 x pool size)")
 		prefix         = fs.String("prefix", "fleet", "subject prefix")
 		partitions     = fs.Int("partitions", 64, "session partitions (must match the stream)")
@@ -88,13 +90,15 @@ Flags:
 	defer stopMetrics()
 
 	cfg := agent.Config{
-		Name:       *name,
-		Queue:      queue.Config{Prefix: *prefix, Partitions: *partitions},
-		JobTimeout: *jobTimeout,
-		Capacity:   *capacity,
-		Logger:     log,
-		Registerer: reg,
-		WorkerEnv:  workerEnv,
+		Name:          *name,
+		Queue:         queue.Config{Prefix: *prefix, Partitions: *partitions},
+		JobTimeout:    *jobTimeout,
+		MaxJobTimeout: *maxJobTimeout,
+		PoisonDeaths:  *poisonDeaths,
+		Capacity:      *capacity,
+		Logger:        log,
+		Registerer:    reg,
+		WorkerEnv:     workerEnv,
 	}
 	cfg.WorkerEnvAllow = []string{}
 	for _, k := range strings.Split(*envAllow, ",") {

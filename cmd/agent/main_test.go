@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"go.uber.org/goleak"
+
+	"github.com/procfleet/procfleet/fleettest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -28,5 +30,36 @@ func TestEnvironmentSetsFlags(t *testing.T) {
 	err := run([]string{"--worker-cmd", "x"})
 	if err == nil || !strings.Contains(err.Error(), "PROCFLEET_POOL_SIZE") {
 		t.Fatalf("want an error naming PROCFLEET_POOL_SIZE, got %v", err)
+	}
+}
+
+// The poison bound and the timeout ceiling reach the agent's configuration
+// from flags and from the environment; bad combinations are refused.
+func TestPoisonAndTimeoutFlags(t *testing.T) {
+	s := fleettest.StartServer(t)
+	cases := []struct {
+		name string
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{"job timeout over the ceiling", nil, []string{"--job-timeout", "2s", "--max-job-timeout", "1s"}, "JobTimeout 2s cannot exceed MaxJobTimeout 1s"},
+		{"default ceiling", nil, []string{"--job-timeout", "2h"}, "cannot exceed MaxJobTimeout 1h0m0s"},
+		{"ceiling from the environment", map[string]string{"PROCFLEET_MAX_JOB_TIMEOUT": "1s"}, []string{"--job-timeout", "2s"}, "cannot exceed MaxJobTimeout 1s"},
+		{"bad ceiling", map[string]string{"PROCFLEET_MAX_JOB_TIMEOUT": "soon"}, nil, "PROCFLEET_MAX_JOB_TIMEOUT"},
+		{"negative poison bound", nil, []string{"--poison-deaths", "-1"}, "PoisonDeaths cannot be negative"},
+		{"poison bound from the environment", map[string]string{"PROCFLEET_POISON_DEATHS": "-2"}, nil, "PoisonDeaths cannot be negative"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			for k, v := range c.env {
+				t.Setenv(k, v)
+			}
+			args := append([]string{"--nats", s.URL, "--worker-cmd", "python3 worker.py", "--log-level", "error"}, c.args...)
+			err := run(args)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("got %v, want an error containing %q", err, c.want)
+			}
+		})
 	}
 }

@@ -243,7 +243,7 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	defer nc.Close()
 	job := &queue.Job{ID: *id, Command: *command, Payload: json.RawMessage(*payload),
 		TimeoutMS: timeout.Milliseconds(), MaxAttempts: *attempts, RequireSession: *requireSession}
-	jobID, err := client.Submit(ctx, *session, job)
+	jobID, jobSeq, err := client.SubmitSeq(ctx, *session, job)
 	if err != nil {
 		return err
 	}
@@ -253,7 +253,7 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	wctx, cancel := context.WithTimeout(ctx, *waitFor)
 	defer cancel()
-	res, err := client.Result(wctx, jobID, func() {
+	res, err := client.ResultFor(wctx, jobID, jobSeq, func() {
 		fmt.Fprintf(stderr, "warning: no agent is registered; job %s is queued and will run when an agent starts\n", jobID)
 	})
 	if err != nil {

@@ -35,13 +35,23 @@ Wire format: every frame is a 4-byte big-endian length N followed by N bytes
 of UTF-8 JSON holding one object, 1 <= N <= max frame. The max frame is the
 ``max_frame`` argument of :class:`Worker`, else the ``PROCFLEET_MAX_FRAME``
 environment variable, else 16 MiB. An incoming frame that breaks the
-protocol (too large, empty, truncated, not a JSON object) is logged and the
-worker exits with status 2: after such a frame the stream cannot be trusted.
+protocol (too large, empty, truncated, not UTF-8, not JSON, not a JSON
+object) is logged and the worker exits with status 2: after such a frame the
+stream cannot be trusted.
+
+A well-framed call whose JSON is valid but that Python's ``json`` cannot
+decode (an integer beyond ``sys.get_int_max_str_digits()``, nesting deeper
+than the recursion limit) is not a broken stream: the frame is checked again
+by a non-recursive scanner that recovers the call's id, and the call fails
+with error type ``UndecodablePayload`` (``retryable: false``) while the
+worker keeps serving. Likewise a result that ``json`` cannot encode (a set,
+NaN, a huge integer, deep nesting) fails that call only.
 The worker exits 0 on ``shutdown`` or at EOF on stdin.
 """
 
 import json
 import os
+import re
 import sys
 import time
 import traceback
@@ -55,6 +65,7 @@ __all__ = [
     "Call",
     "RetryableError",
     "FrameTooLarge",
+    "UNDECODABLE_PAYLOAD",
     "default_worker",
     "handler",
     "on_session_end",
@@ -76,6 +87,9 @@ _encode = json.JSONEncoder(
     separators=(",", ":"), ensure_ascii=True, allow_nan=False
 ).encode
 _decode = json.loads
+
+# The error type of a call whose frame is valid JSON that json cannot decode.
+UNDECODABLE_PAYLOAD = "UndecodablePayload"
 
 
 class RetryableError(Exception):
@@ -177,6 +191,179 @@ def _max_frame_from_env():
             "%s must be an integer in 1..4294967295, got %r" % (MAX_FRAME_ENV, raw)
         )
     return value
+
+
+# --- fallback frame scanner -------------------------------------------------
+#
+# json.loads refuses some valid JSON: integers longer than the interpreter's
+# int max str digits, and nesting deeper than the recursion limit. Such a
+# frame is well-framed and well-formed, so the stream is intact; only the
+# call's content is out of reach. _scan_members checks the whole frame with
+# an explicit stack (no recursion, no int conversion beyond top-level
+# scalars) and returns the top-level members, so that the call's id can be
+# answered.
+
+
+class _Undecoded:
+    """Stands for a member the fallback scanner validated but did not decode."""
+
+    __slots__ = ()
+
+    def __repr__(self):
+        return "<undecoded>"
+
+
+_UNDECODED = _Undecoded()
+
+_WS = " \t\n\r"
+# One token per match. Runs of brackets and the common '{"key":' and
+# ',"key":' count as one token, so that deep nesting costs few iterations.
+_TOKEN = re.compile(
+    r"""[ \t\n\r]*(?:
+      (?P<okey>\{[ \t\n\r]*"(?P<k1>[^"\\\x00-\x1f]*)"[ \t\n\r]*:)
+    | (?P<ckey>,[ \t\n\r]*"(?P<k2>[^"\\\x00-\x1f]*)"[ \t\n\r]*:)
+    | (?P<opens>\[[\[ \t\n\r]*)
+    | (?P<closes>[\]}][\]} \t\n\r]*)
+    | (?P<open>\{)
+    | (?P<comma>,)
+    | (?P<colon>:)
+    | (?P<str>")
+    | (?P<lit>true|false|null|NaN|-?Infinity)
+    | (?P<num>-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)
+    )""",
+    re.VERBOSE,
+)
+_LITERALS = {
+    "true": True,
+    "false": False,
+    "null": None,
+    "NaN": float("nan"),
+    "Infinity": float("inf"),
+    "-Infinity": float("-inf"),
+}
+_scanstring = json.decoder.scanstring
+# A run of closing brackets, whitespace dropped, as the openers it closes.
+_CLOSERS = str.maketrans({"]": "[", "}": "{", " ": None, "\t": None, "\n": None, "\r": None})
+
+# Scanner states: what may come next.
+_S_VALUE, _S_VALUE_OR_CLOSE, _S_KEY, _S_KEY_OR_CLOSE, _S_COLON, _S_NEXT = range(6)
+
+
+def _scan_members(text):
+    """Validate text as one JSON object and return its top-level members.
+
+    Top-level scalars are decoded (an integer json cannot convert becomes
+    _UNDECODED); arrays and objects become _UNDECODED. Raises ValueError
+    when text is not JSON or not an object. Never recurses.
+    """
+    match = _TOKEN.match
+    members = {}
+    stack = bytearray()  # b"[" or b"{" per open container
+    state = _S_VALUE
+    key = None
+    pos = 0
+    while True:
+        if state == _S_NEXT and not stack:
+            if text[pos:].strip(_WS):
+                raise ValueError("extra data at offset %d" % pos)
+            return members
+        m = match(text, pos)
+        if m is None:
+            raise ValueError("invalid JSON at offset %d" % pos)
+        tok = m.lastgroup
+        at = m.start(tok)
+        pos = m.end()
+        if tok == "okey" or tok == "open":
+            if state != _S_VALUE and state != _S_VALUE_OR_CLOSE:
+                raise ValueError("unexpected '{' at offset %d" % at)
+            if len(stack) == 1:
+                members[key] = _UNDECODED
+            stack.append(0x7B)
+            if tok == "open":
+                state = _S_KEY_OR_CLOSE
+                continue
+            if len(stack) == 1:
+                key = m.group("k1")
+            state = _S_VALUE
+        elif tok == "ckey":
+            if state != _S_NEXT or not stack or stack[-1] != 0x7B:
+                raise ValueError("unexpected ',' at offset %d" % at)
+            if len(stack) == 1:
+                key = m.group("k2")
+            state = _S_VALUE
+        elif tok == "opens":
+            if state != _S_VALUE and state != _S_VALUE_OR_CLOSE:
+                raise ValueError("unexpected '[' at offset %d" % at)
+            if not stack:
+                raise ValueError("frame is not a JSON object")
+            if len(stack) == 1:
+                members[key] = _UNDECODED
+            stack.extend(b"[" * m.group(tok).count("["))
+            state = _S_VALUE_OR_CLOSE
+        elif tok == "closes":
+            raw = m.group(tok)
+            first = raw[0]
+            if not (
+                state == _S_NEXT
+                or (state == _S_VALUE_OR_CLOSE and first == "]")
+                or (state == _S_KEY_OR_CLOSE and first == "}")
+            ):
+                raise ValueError("unexpected %r at offset %d" % (first, at))
+            openers = raw.translate(_CLOSERS)[::-1].encode()
+            if not stack.endswith(openers):
+                raise ValueError("unbalanced %r at offset %d" % (raw.strip(_WS), at))
+            del stack[-len(openers) :]
+            state = _S_NEXT
+        elif tok == "comma":
+            if state != _S_NEXT or not stack:
+                raise ValueError("unexpected ',' at offset %d" % at)
+            state = _S_KEY if stack[-1] == 0x7B else _S_VALUE
+        elif tok == "colon":
+            if state != _S_COLON:
+                raise ValueError("unexpected ':' at offset %d" % at)
+            state = _S_VALUE
+        else:  # a string, number or literal
+            if tok == "str":
+                value, pos = _scanstring(text, pos, True)
+                if state == _S_KEY or state == _S_KEY_OR_CLOSE:
+                    if len(stack) == 1:
+                        key = value
+                    state = _S_COLON
+                    continue
+            elif tok == "lit":
+                value = _LITERALS[m.group(tok)]
+            else:
+                raw = m.group(tok)
+                if "." in raw or "e" in raw or "E" in raw:
+                    value = float(raw)
+                else:
+                    try:
+                        value = int(raw)
+                    except ValueError:  # beyond the int max str digits
+                        value = _UNDECODED
+            if state != _S_VALUE and state != _S_VALUE_OR_CLOSE:
+                raise ValueError("unexpected value at offset %d" % at)
+            if not stack:
+                raise ValueError("frame is not a JSON object")
+            if len(stack) == 1:
+                members[key] = value
+            state = _S_NEXT
+
+
+def _decode_fallback(body, err):
+    """The members of a frame json.loads refused with err, or _ProtocolViolation.
+
+    Only errors that json raises for valid JSON (int digit limit, recursion)
+    get a second look; a syntax or encoding error means a broken frame.
+    """
+    if isinstance(err, (json.JSONDecodeError, UnicodeDecodeError)):
+        raise _ProtocolViolation("frame is not JSON: %s" % err) from None
+    try:
+        # As json.loads reads bytes.
+        text = body.decode(json.detect_encoding(body), "surrogatepass")
+        return _scan_members(text)
+    except ValueError as e:  # incl. UnicodeDecodeError, JSONDecodeError
+        raise _ProtocolViolation("frame is not JSON: %s (%s)" % (e, err)) from None
 
 
 # --- per-job objects -------------------------------------------------------
@@ -467,13 +654,18 @@ class Worker:
                 )
             try:
                 msg = decode(body)
+                undecodable = None
             except (ValueError, RecursionError) as e:  # incl. JSONDecodeError, UnicodeDecodeError
-                raise _ProtocolViolation("frame is not JSON: %s" % e) from None
+                # Valid JSON that json cannot decode leaves the stream
+                # intact: recover the members and fail just this call.
+                msg = _decode_fallback(body, e)
+                undecodable = _message(e)
+                _log("frame of %d bytes is valid JSON that json cannot decode: %s" % (n, undecodable))
             if type(msg) is not dict:
                 raise _ProtocolViolation("frame is not a JSON object")
             kind = msg.get("type")
             if kind == "call":
-                handle_call(msg)
+                handle_call(msg, undecodable)
             elif kind == "ping":
                 self._write(_encode({"type": "pong", "id": msg.get("id")}).encode())
             elif kind == "session_end":
@@ -489,7 +681,7 @@ class Worker:
                 # A newer agent may send messages this SDK does not know.
                 _log("ignoring message of unknown type %r" % kind)
 
-    def _handle_call(self, msg):
+    def _handle_call(self, msg, undecodable=None):
         cid = msg.get("id")
         if type(cid) is not int:
             raise _ProtocolViolation("call without an integer id")
@@ -508,6 +700,16 @@ class Worker:
         else:
             sess = Session(None, self)
         sess.calls += 1
+
+        if undecodable is not None:
+            self._write_error(
+                cid,
+                UNDECODABLE_PAYLOAD,
+                "the call's payload is valid JSON that this worker's json module "
+                "cannot decode: %s" % undecodable,
+                False,
+            )
+            return
 
         fn = self._handlers.get(msg.get("command"))
         if fn is None:

@@ -108,6 +108,23 @@ TEST_WORKER = textwrap.dedent(
     def nan(payload, session):
         return float("nan")
 
+    @pw.handler("hugeint")
+    def hugeint(payload, session):
+        return 10 ** 5000
+
+    @pw.handler("deep")
+    def deep(payload, session):
+        v = []
+        for _ in range(100000):
+            v = [v]
+        return v
+
+    @pw.handler("circular")
+    def circular(payload, session):
+        v = []
+        v.append(v)
+        return v
+
     @pw.handler("progress_outside")
     def progress_outside(payload, session):
         return pw.current_call() is not None
@@ -154,6 +171,9 @@ COMMANDS = [
     "big",
     "unserialisable",
     "nan",
+    "hugeint",
+    "deep",
+    "circular",
     "progress_outside",
 ]
 
@@ -526,6 +546,100 @@ class SDKTest(WorkerTestCase):
         self.assertIn("not JSON-serialisable", r["error"]["message"])
         self.assertEqual(w.call("nan")["error"]["type"], "ValueError")
         self.assertEqual(w.call("echo", "alive")["result"], "alive")
+
+    def test_unencodable_results_fail_the_job_only(self):
+        w = self.start()
+        pid = self.ready_msg["pid"]
+        for command, etype in (
+            ("hugeint", "ValueError"),
+            ("deep", "RecursionError"),
+            ("circular", "ValueError"),
+            ("nan", "ValueError"),
+        ):
+            with self.subTest(command):
+                r = w.call(command)
+                self.assertIs(r["ok"], False, r)
+                self.assertEqual(r["error"]["type"], etype, r)
+                self.assertIn("not JSON-serialisable", r["error"]["message"])
+                self.assertIs(r["error"]["retryable"], False)
+        self.assertEqual(w.call("ctx")["result"]["id"], w._next_id)
+        self.assertIsNone(w.proc.poll())
+        self.assertEqual(self.ready_msg["pid"], pid)
+
+    # Valid JSON that Python's json refuses: more digits than
+    # sys.get_int_max_str_digits() (4300), nesting deeper than the recursion
+    # limit (1000).
+    UNDECODABLE = {
+        "5000-digit integer": "9" * 5000,
+        "negative 5000-digit integer": "-" + "1" * 5000,
+        "arrays 3000 deep": "[" * 3000 + "]" * 3000,
+        "objects 3000 deep": '{"a":' * 3000 + "1" + "}" * 3000,
+        "mixed 3000 deep": '[{"k\\u00e9": ' * 3000 + "null" + "}]" * 3000,
+        "huge integer nested": '{"x":[1,2,{"y":' + "7" * 5000 + "}]}",
+    }
+
+    def call_raw(self, w, cid, payload_json, **fields):
+        head = {"type": "call", "id": cid, "command": "counter"}
+        head.update(fields)
+        body = json.dumps(head)[:-1] + ',"payload":' + payload_json + "}"
+        data = body.encode()
+        w.send_raw(len(data).to_bytes(4, "big") + data)
+        return w.recv()
+
+    def test_undecodable_payload_fails_the_call_only(self):
+        w = self.start()
+        cid = 100
+        for name, payload in self.UNDECODABLE.items():
+            with self.subTest(name):
+                cid += 1
+                r = self.call_raw(w, cid, payload, session="s1")
+                self.assertEqual(r["type"], "result")
+                self.assertEqual(r["id"], cid)
+                self.assertIs(r["ok"], False, r)
+                self.assertEqual(r["error"]["type"], "UndecodablePayload", r)
+                self.assertIs(r["error"]["retryable"], False)
+                self.assertIn("valid JSON", r["error"]["message"])
+        self.assertIn("maximum recursion depth", w.stderr())
+        self.assertIn("4300", w.stderr())
+        # The same process keeps serving, and the session it was bound to.
+        self.assertIsNone(w.proc.poll())
+        r = w.call("counter", session="s1")
+        self.assertEqual(r["result"]["calls"], len(self.UNDECODABLE) + 1, r)
+        self.assertEqual(w.call("echo", {"x": 1})["result"], {"x": 1})
+        # Other messages with undecodable members are still understood.
+        data = ('{"type":"ping","id":77,"junk":' + "[" * 3000 + "]" * 3000 + "}").encode()
+        w.send_raw(len(data).to_bytes(4, "big") + data)
+        self.assertEqual(w.recv(), {"type": "pong", "id": 77})
+        self.shutdown(w)
+
+    def test_new_session_with_undecodable_payload_resets_state(self):
+        w = self.start()
+        self.assertEqual(w.call("counter", session="s1")["result"]["n"], 1)
+        r = self.call_raw(w, 50, "9" * 5000, session="s1", new_session=True)
+        self.assertEqual(r["error"]["type"], "UndecodablePayload", r)
+        res = w.call("counter", session="s1")["result"]
+        self.assertEqual((res["n"], res["calls"]), (1, 2), res)
+
+    def test_broken_frame_with_deep_nesting_still_exits(self):
+        # json fails on the depth first; the scanner must still see that the
+        # frame is not JSON at all and treat the stream as broken.
+        cases = {
+            "unclosed": '{"type":"call","id":1,"command":"echo","payload":' + "[" * 3000 + "}",
+            "garbage after": '{"type":"call","id":1,"payload":' + "[" * 3000 + "]" * 3000 + "}x",
+            "big int then garbage": '{"type":"call","id":1,"payload":' + "9" * 5000 + ",}",
+            "top-level array": "[" * 3000 + "]" * 3000,
+            "id undecodable": '{"type":"call","id":' + "9" * 5000 + ',"payload":1}',
+        }
+        for name, body in cases.items():
+            with self.subTest(name):
+                w = self.start()
+                data = body.encode()
+                w.send_raw(len(data).to_bytes(4, "big") + data)
+                self.assertProtocolExit(w)
+        w = self.start()
+        data = b'{"type":"call","id":1,"payload":' + b"[" * 3000 + b'"\xff"' + b"]" * 3000 + b"}"
+        w.send_raw(len(data).to_bytes(4, "big") + data)
+        self.assertProtocolExit(w, "not JSON")
 
     def assertProtocolExit(self, w, *stderr_fragments):
         rc = w.wait()

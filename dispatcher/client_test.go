@@ -1,0 +1,82 @@
+package dispatcher_test
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/procfleet/procfleet/dispatcher"
+	"github.com/procfleet/procfleet/fleettest"
+	"github.com/procfleet/procfleet/queue"
+)
+
+// TestClientWaitsForItsOwnJob: a client waiting for a job's result gets the
+// result of its own submission (matched by the PubAck's sequence), never
+// that of another job under the same id, stored before or after.
+func TestClientWaitsForItsOwnJob(t *testing.T) {
+	t.Parallel()
+	srv := fleettest.StartServer(t)
+	nc := srv.Connect(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := dispatcher.EnsureClient(ctx, nc, queue.Config{Partitions: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	topo := c.Topology()
+	id, seq, err := c.SubmitSeq(ctx, "", &queue.Job{ID: "mine", Command: "echo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id != "mine" || seq == 0 {
+		t.Fatalf("SubmitSeq = %q, %d", id, seq)
+	}
+	// A duplicate submission is the same job: same sequence.
+	if _, dupSeq, err := c.SubmitSeq(ctx, "", &queue.Job{ID: "mine", Command: "echo"}); err != nil || dupSeq != seq {
+		t.Fatalf("duplicate SubmitSeq = %d, %v; want sequence %d", dupSeq, err, seq)
+	}
+	store := func(jobSeq uint64, v string) {
+		t.Helper()
+		if err := topo.StoreResult(ctx, &queue.Result{ID: "mine", JobSeq: jobSeq, OK: true, Result: json.RawMessage(v)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Another job that reused the id finished first, and is the latest.
+	store(seq+100, `"theirs"`)
+
+	got := make(chan *queue.Result, 1)
+	errs := make(chan error, 1)
+	go func() {
+		r, err := c.ResultFor(ctx, "mine", seq, nil)
+		if err != nil {
+			errs <- err
+			return
+		}
+		got <- r
+	}()
+	// A plain Result takes the latest, whoever's it is. Whether or not the
+	// waiter has looked yet, it must not take it (checked here, and at the
+	// end by what it returns).
+	if r, err := c.Result(ctx, "mine", nil); err != nil || string(r.Result) != `"theirs"` {
+		t.Fatalf("latest result = %+v, %v", r, err)
+	}
+	select {
+	case r := <-got:
+		t.Fatalf("ResultFor returned another job's result: %s (job_seq %d)", r.Result, r.JobSeq)
+	case err := <-errs:
+		t.Fatal(err)
+	default:
+	}
+	store(seq, `"mine"`)
+	select {
+	case r := <-got:
+		if string(r.Result) != `"mine"` || r.JobSeq != seq {
+			t.Fatalf("ResultFor = %s (job_seq %d), want mine (%d)", r.Result, r.JobSeq, seq)
+		}
+	case err := <-errs:
+		t.Fatal(err)
+	case <-ctx.Done():
+		t.Fatal("ResultFor did not return its own job's result")
+	}
+}
