@@ -722,6 +722,12 @@ func truncLabel(s string) string {
 // session's call count there ("session" on the Go test worker,
 // "session_info" on the Python example), so that the order and affinity of
 // a session can be checked; an anonymous job echoes a unique payload.
+//
+// Good jobs ask for max_attempts 20: a job waiting for a worker that a
+// poison job kills is redelivered, and today each such delivery is charged
+// to the waiting job's budget (up to 5 deliveries of a good job were seen),
+// so with the default 5 an innocent job could end "exhausted" without ever
+// failing itself.
 func (g *gen) goodTraffic(prefix string, sessions, perSession, anonymous int) []*corpusMsg {
 	var out []*corpusMsg
 	for s := range sessions {
@@ -734,18 +740,18 @@ func (g *gen) goodTraffic(prefix string, sessions, perSession, anonymous int) []
 			id := fmt.Sprintf("%s%s-s%d-%d", prefix, g.tag, s, i)
 			payload := string(object(field{"i", strconv.Itoa(i)}, field{"nonce", str(g.nonce())}))
 			out = append(out, &corpusMsg{label: "good session job", subject: sessPrefix + sess, hdrID: id,
-				body:   object(field{"id", str(id)}, field{"command", str(cmd)}, field{"payload", payload}),
+				body:   object(field{"id", str(id)}, field{"command", str(cmd)}, field{"max_attempts", "20"}, field{"payload", payload}),
 				bodyID: id, hasBodyID: true, bodyIDIsString: true, want: wantSession, echo: json.RawMessage(payload),
-				attempts: queue.DefaultMaxAttempts, good: true, session: sess, index: i})
+				attempts: 20, good: true, session: sess, index: i})
 		}
 	}
 	for i := range anonymous {
 		id := fmt.Sprintf("%s%s-a%d", prefix, g.tag, i)
 		payload := string(object(field{"a", strconv.Itoa(i)}, field{"nonce", str(g.nonce())}))
 		out = append(out, &corpusMsg{label: "good anonymous job", subject: anySubject, hdrID: id,
-			body:   object(field{"id", str(id)}, field{"command", `"echo"`}, field{"payload", payload}),
+			body:   object(field{"id", str(id)}, field{"command", `"echo"`}, field{"max_attempts", "20"}, field{"payload", payload}),
 			bodyID: id, hasBodyID: true, bodyIDIsString: true, want: wantOK, echo: json.RawMessage(payload),
-			attempts: queue.DefaultMaxAttempts, good: true})
+			attempts: 20, good: true})
 	}
 	return out
 }
