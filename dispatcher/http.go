@@ -44,6 +44,11 @@ type httpAPI struct {
 	c      *Client
 	log    *zap.Logger
 	tokens *tokenSet // nil: no token configured, open on loopback only
+	// The dashboard (http_ui.go): its live state, the mux for its feature
+	// probe, and Serve's end for its streams.
+	dash *dash
+	mux  *http.ServeMux
+	done <-chan struct{}
 }
 
 // listenHTTP opens the HTTP API's listener as cfg says: a bare ":port"
@@ -149,6 +154,7 @@ func (a *httpAPI) handler() http.Handler {
 	mux.Handle("GET /v1/status", a.guard(RightRead, a.status))
 	mux.Handle("GET /v1/dlq", a.guard(RightAdmin, a.dlqList))
 	mux.Handle("POST /v1/dlq/{seq}/replay", a.guard(RightAdmin, a.dlqReplay))
+	a.uiRoutes(mux)
 	return a.front(mux)
 }
 

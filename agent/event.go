@@ -1,0 +1,137 @@
+package agent
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/procfleet/procfleet/pool"
+	"github.com/procfleet/procfleet/queue"
+	"github.com/procfleet/procfleet/worker"
+)
+
+// WorkerRow is one worker in the agent's info: what the dashboard shows.
+type WorkerRow struct {
+	ID         string    `json:"id,omitempty"`
+	PID        int       `json:"pid,omitempty"`
+	State      string    `json:"state"`
+	Retiring   bool      `json:"retiring,omitempty"`
+	RSS        int64     `json:"rss,omitempty"` // bytes; 0 when unknown
+	Jobs       int       `json:"jobs"`
+	Sessions   int       `json:"sessions"`
+	StartedAt  time.Time `json:"started_at,omitzero"`
+	CurrentJob string    `json:"current_job,omitempty"`
+}
+
+// current maps a worker id to the job it runs now.
+type current struct {
+	mu   sync.Mutex
+	jobs map[string]string
+}
+
+func (c *current) set(workerID, jobID string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.jobs == nil {
+		c.jobs = map[string]string{}
+	}
+	if jobID == "" {
+		delete(c.jobs, workerID)
+		return
+	}
+	c.jobs[workerID] = jobID
+}
+
+func (c *current) get(workerID string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.jobs[workerID]
+}
+
+// workerRows lists the pool's workers with their RSS and current job.
+func (a *Agent) workerRows(ws []pool.WorkerStats) []WorkerRow {
+	rows := make([]WorkerRow, 0, len(ws))
+	for _, w := range ws {
+		r := WorkerRow{ID: w.ID, PID: w.PID, State: w.State, Retiring: w.Retiring, Jobs: w.Jobs,
+			Sessions: w.Sessions, StartedAt: w.StartedAt}
+		if w.PID > 0 {
+			r.RSS = readRSS(w.PID)
+		}
+		if w.ID != "" {
+			r.CurrentJob = a.current.get(w.ID)
+		}
+		rows = append(rows, r)
+	}
+	return rows
+}
+
+// readRSS reads a process's resident set from /proc (Linux); 0 elsewhere or
+// when the process is gone.
+func readRSS(pid int) int64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/statm")
+	if err != nil {
+		return 0
+	}
+	f := bytes.Fields(b)
+	if len(f) < 2 {
+		return 0
+	}
+	pages, err := strconv.ParseInt(string(f[1]), 10, 64)
+	if err != nil {
+		return 0
+	}
+	return pages * int64(os.Getpagesize())
+}
+
+// maxEventError bounds the error text an attempt event carries.
+const maxEventError = 300
+
+// publishAttempt publishes the end of one attempt on a worker as a core NATS
+// event (fire and forget: one small message, no ack, no store).
+func (j *job) publishAttempt(workerID string, pid int, started time.Time, res worker.Result, err error) {
+	a := j.r.a
+	ev := queue.AttemptEvent{
+		ID: j.job.ID, Session: j.job.Session, Command: j.job.Command, TimeoutMS: j.job.TimeoutMS,
+		MaxAttempts: j.maxAttempts(), Attempt: j.attempt, Agent: a.cfg.Name, Worker: workerID, WorkerPID: pid,
+		StartedAt: started, FinishedAt: time.Now(), Outcome: "ok",
+	}
+	if j.meta != nil {
+		ev.JobSeq, ev.EnqueuedAt = j.meta.Sequence.Stream, j.meta.Timestamp
+	}
+	switch {
+	case err != nil:
+		ev.Outcome, ev.Kind, ev.Error = "retry", queue.KindApp, err.Error()
+		if errors.Is(err, worker.ErrTimeout) {
+			ev.Kind = queue.KindTimeout
+		} else if errors.Is(err, worker.ErrCanceled) {
+			ev.Kind = queue.KindCanceled
+		}
+	case !res.OK:
+		ev.Outcome, ev.Kind = "failed", queue.KindApp
+		if res.Error != nil {
+			ev.Error = res.Error.Message
+			if res.Error.Type != "" {
+				ev.Error = fmt.Sprintf("%s: %s", res.Error.Type, res.Error.Message)
+			}
+			if res.Error.Retryable {
+				ev.Outcome = "retry"
+			}
+		}
+	}
+	if ev.Outcome == "retry" && j.attempt >= j.maxAttempts() {
+		ev.Outcome = "failed"
+	}
+	if len(ev.Error) > maxEventError {
+		ev.Error = ev.Error[:maxEventError]
+	}
+	data, merr := json.Marshal(&ev)
+	if merr != nil {
+		return
+	}
+	_ = a.nc.Publish(a.cfg.Queue.AttemptEventSubject(j.job.ID), data)
+}
