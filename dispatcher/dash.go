@@ -424,3 +424,31 @@ func sseFrame(event string, data []byte) []byte {
 	b.WriteString("\n\n")
 	return b.Bytes()
 }
+
+// runningOn finds the worker that runs job id now, from the agents' last
+// info (kept while a page watches).
+func (d *dash) runningOn(id string) (agentName, workerID string, pid int, ok bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for name, raw := range d.agents {
+		if !bytes.Contains(raw, []byte(`"current_job":"`+id+`"`)) {
+			continue
+		}
+		var info struct {
+			Workers []struct {
+				ID         string `json:"id"`
+				PID        int    `json:"pid"`
+				CurrentJob string `json:"current_job"`
+			} `json:"workers"`
+		}
+		if json.Unmarshal(raw, &info) != nil {
+			continue
+		}
+		for _, w := range info.Workers {
+			if w.CurrentJob == id {
+				return name, w.ID, w.PID, true
+			}
+		}
+	}
+	return "", "", 0, false
+}

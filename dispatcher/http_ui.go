@@ -244,6 +244,8 @@ type JobView struct {
 	DeadLetter *queue.DeadLetterEntry `json:"dead_letter,omitempty"`
 	// State is "done", "failed", "dead", "running" or "unknown".
 	State string `json:"state"`
+	// RunningOn names the agent and worker that run it now, if one does.
+	RunningOn string `json:"running_on,omitempty"`
 }
 
 func (a *httpAPI) jobDetail(w http.ResponseWriter, r *http.Request) {
@@ -259,6 +261,10 @@ func (a *httpAPI) jobDetail(w http.ResponseWriter, r *http.Request) {
 		if at := a.dash.attempts(func(ev *queue.AttemptEvent) bool { return ev.ID == id }); at != nil {
 			v.Attempts = at
 			v.State = "running"
+		}
+		if agentName, workerID, pid, ok := a.dash.runningOn(id); ok {
+			v.State = "running"
+			v.RunningOn = agentName + "/" + workerID + " (pid " + strconv.Itoa(pid) + ")"
 		}
 	}
 	res, err := a.c.topo.GetResult(ctx, id)

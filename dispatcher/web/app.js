@@ -148,7 +148,8 @@ async function readSSE(body, fn) {
         else if (line.startsWith("data: ")) data.push(line.slice(6));
       }
       if (data.length) {
-        try { fn(event, JSON.parse(data.join("\n"))); } catch (x) { console.error(x); }
+        const text = data.join("\n");
+        try { fn(event, JSON.parse(text), text.length); } catch (x) { console.error(x); }
       }
     }
   }
@@ -160,16 +161,16 @@ function setLive(on) {
   l.textContent = on ? "live" : "reconnecting…";
 }
 
-function onEvent(event, d) {
+function onEvent(event, d, size) {
   switch (event) {
-  case "snap": onSnap(d); break;
+  case "snap": onSnap(d, size); break;
   case "progress": addProgress(d); break;
   case "attempt": addAttempt(d); break;
-  case "result": showResult(d); break;
+  case "result": showResult(d); if (d.id === S.job) loadJob(S.job); break;
   }
 }
 
-function onSnap(d) {
+function onSnap(d, size) {
   S.lastSnap = Date.now();
   if (d.full) {
     S.agents.clear();
@@ -188,6 +189,9 @@ function onSnap(d) {
   drawWorkers();
   drawQueues();
   if (!$("tab-queues").hidden) drawChart();
+  // For the scale measurement (TestDashboardScale).
+  if (!window.procfleetFirstRender) window.procfleetFirstRender = performance.now();
+  window.procfleetLastSnapBytes = size;
 }
 
 function applyFeatures(f) {
@@ -296,9 +300,16 @@ async function lookUp(id) {
   $("job-follow").textContent = "following live";
   follow(id);
   applyFeatures(S.features);
+  await loadJob(id);
+}
+
+// loadJob fills the detail from GET /v1/jobs/{id}; live events add to it.
+async function loadJob(id) {
   try {
     const v = await api("GET", "/v1/jobs/" + encodeURIComponent(id));
+    if (id !== S.job) return;
     $("job-state").textContent = v.state;
+    $("job-follow").textContent = v.running_on ? "running on " + v.running_on + " · following live" : "following live";
     $("job-envelope").textContent = v.envelope ? JSON.stringify(v.envelope, null, 2) : "(not known yet)";
     for (const a of v.attempts || []) addAttempt(a);
     if (v.result) showResult(v.result);
