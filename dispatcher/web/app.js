@@ -263,7 +263,7 @@ function svg(tag, attrs) { const e = document.createElementNS(SVGNS, tag); for (
 
 function drawChart() {
   const c = $("chart");
-  const W = 600, H = 160, pad = 18;
+  const W = 1200, H = 180, pad = 22;
   const h = S.history;
   const max = Math.max(1, ...h.map((p) => Math.max(p.in, p.out)));
   const t1 = h.length ? h[h.length - 1].t : Date.now(), t0 = t1 - 300000;
@@ -277,7 +277,7 @@ function drawChart() {
   const top = svg("text", {x: 2, y: pad + 4}); top.textContent = fmtRate(max);
   const zero = svg("text", {x: 2, y: H - pad + 4}); zero.textContent = "0";
   const left = svg("text", {x: pad, y: H - 4}); left.textContent = "-5 min";
-  const right = svg("text", {x: W - 24, y: H - 4}); right.textContent = "now";
+  const right = svg("text", {x: W - 28, y: H - 4}); right.textContent = "now";
   kids.push(top, zero, left, right);
   if (h.length > 1) {
     kids.push(svg("path", {d: line("in"), class: "in"}), svg("path", {d: line("out"), class: "out"}));

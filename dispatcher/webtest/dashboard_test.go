@@ -112,6 +112,11 @@ func TestDashboardBrowser(t *testing.T) {
 		`Number(document.getElementById("c-results").textContent.replace(/,/g, "")) >= 20`)
 	waitJS(t, bctx, 10*time.Second, "the sessions counter counts the 4 sessions",
 		`Number(document.getElementById("c-sessions").textContent) >= 4`)
+	if os.Getenv("PROCFLEET_SCREENSHOTS") != "" {
+		run(t, bctx, 5*time.Second, "queues tab", chromedp.Click(chromedp.CSS(`#tabs button[data-tab="queues"]`)))
+		waitJS(t, bctx, 10*time.Second, "the chart drawn", `document.querySelectorAll("#chart path").length === 2`)
+		shot(t, bctx, "queues")
+	}
 
 	// A job looked up by id: its progress arrives while it runs.
 	if _, err := f.Client.Submit(ctx, "slow", &queue.Job{ID: "slow-1", Command: "sleep", Payload: json.RawMessage(`{"MS":6000}`)}); err != nil {
@@ -177,7 +182,6 @@ func TestDashboardBrowser(t *testing.T) {
 		}
 		return nil
 	})
-	shot(t, bctx, "dlq")
 	run(t, bctx, 5*time.Second, "fleet tab", chromedp.Click(chromedp.CSS(`#tabs button[data-tab="fleet"]`)))
 	shot(t, bctx, "fleet")
 }
@@ -205,6 +209,12 @@ func shot(t *testing.T, bctx context.Context, name string) {
 	if dir == "" {
 		return
 	}
+	// A fresh snapshot first, so the picture is current.
+	last, err := eval[float64](bctx, `S.lastSnap`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitJS(t, bctx, 5*time.Second, "a fresh snapshot", "S.lastSnap > "+strconv.FormatFloat(last, 'f', 0, 64))
 	ctx, cancel := context.WithTimeout(bctx, 10*time.Second)
 	defer cancel()
 	png, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
