@@ -101,10 +101,13 @@ type dash struct {
 	lastIn  uint64
 	lastOut uint64
 	lastAt  time.Time
+	// wake asks run for a tick now: a first page need not wait a second.
+	wake chan struct{}
 }
 
 func newDash(c *Client, log *zap.Logger, features func() map[string]bool) *dash {
-	return &dash{c: c, log: log, features: features, agents: map[string][]byte{}, subs: map[*dashSub]struct{}{}}
+	return &dash{c: c, log: log, features: features, agents: map[string][]byte{}, subs: map[*dashSub]struct{}{},
+		wake: make(chan struct{}, 1)}
 }
 
 // run samples once a second until ctx ends. It owns the attempt-event
@@ -124,6 +127,7 @@ func (d *dash) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-d.wake:
 		}
 	}
 }
@@ -400,9 +404,15 @@ func (d *dash) subscribe(job string) *dashSub {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.subs[s] = struct{}{}
-	if len(d.names) > 0 || len(d.hist) > 0 {
+	if len(d.names) > 0 {
 		s.ch <- d.fullFrameLocked(time.Now())
 		s.needFull = false
+	} else {
+		// Nothing gathered yet (no page watched so far): gather now.
+		select {
+		case d.wake <- struct{}{}:
+		default:
+		}
 	}
 	return s
 }
