@@ -85,7 +85,9 @@ func readRSS(pid int) int64 {
 	if err != nil {
 		return 0
 	}
-	return pages * int64(os.Getpagesize())
+	// In 64 KiB steps: the dashboard shows MiB, and a worker whose RSS
+	// moves by a page would be news every second.
+	return pages * int64(os.Getpagesize()) &^ (64<<10 - 1)
 }
 
 // maxEventError bounds the error text an attempt event carries.

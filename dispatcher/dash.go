@@ -381,7 +381,7 @@ func (d *dash) gatherAgents(ctx context.Context) map[string]agentInfo {
 			if json.Unmarshal(m.Data, &stats) != nil || len(stats.Endpoints) == 0 {
 				continue
 			}
-			raw := stats.Endpoints[0].Data
+			raw := dropHeartbeat(stats.Endpoints[0].Data)
 			var head struct {
 				Agent struct {
 					Name string `json:"name"`
@@ -461,4 +461,28 @@ func (d *dash) runningOn(id string) (agentName, workerID string, pid int, ok boo
 		}
 	}
 	return "", "", 0, false
+}
+
+// dropHeartbeat removes the agent's heartbeat time ("updated_at", the first
+// one: the registry entry's) from its info: it changes every heartbeat and
+// would put every agent in every delta.
+func dropHeartbeat(raw []byte) []byte {
+	key := []byte(`"updated_at":"`)
+	i := bytes.Index(raw, key)
+	if i < 0 {
+		return raw
+	}
+	j := bytes.IndexByte(raw[i+len(key):], '"')
+	if j < 0 {
+		return raw
+	}
+	end := i + len(key) + j + 1
+	if end < len(raw) && raw[end] == ',' {
+		end++
+	} else if i > 0 && raw[i-1] == ',' {
+		i--
+	}
+	out := make([]byte, 0, len(raw)-(end-i))
+	out = append(out, raw[:i]...)
+	return append(out, raw[end:]...)
 }
