@@ -47,7 +47,7 @@ type httpAPI struct {
 	// The dashboard (http_ui.go): its live state, the mux for its feature
 	// probe, and Serve's end for its streams.
 	dash *dash
-	mux  *http.ServeMux
+	mux  routeTable
 	done <-chan struct{}
 }
 

@@ -37,8 +37,17 @@ const pageCSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-sr
 // maxFailures caps GET /v1/failures?limit=.
 const maxFailures = 500
 
+// routeTable is the mux the routes go on (an *http.ServeMux, or a wrapper
+// that records its patterns): the dashboard adds its routes and later asks
+// it which optional routes exist.
+type routeTable interface {
+	Handle(pattern string, h http.Handler)
+	HandleFunc(pattern string, h func(http.ResponseWriter, *http.Request))
+	Handler(r *http.Request) (h http.Handler, pattern string)
+}
+
 // uiRoutes adds the dashboard's routes to mux.
-func (a *httpAPI) uiRoutes(mux *http.ServeMux) {
+func (a *httpAPI) uiRoutes(mux routeTable) {
 	a.mux = mux
 	mux.HandleFunc("GET /{$}", a.page)
 	mux.HandleFunc("GET /ui/{file}", a.asset)
