@@ -225,3 +225,19 @@ func shot(t *testing.T, bctx context.Context, name string) {
 		t.Fatal(err)
 	}
 }
+
+// TestDashboardOpen: without any token configured (loopback only) the page
+// opens directly and its data calls need no token.
+func TestDashboardOpen(t *testing.T) {
+	t.Parallel()
+	base := startServe(t, fleettest.StartServer(t).Connect(t), dispatcher.ServeConfig{})
+	if code, body, _ := get(t, http.MethodGet, base+"/", ""); code != http.StatusOK || !strings.Contains(body, "/ui/app.js") {
+		t.Fatalf("GET / with no token configured: %d", code)
+	}
+	if code, _, _ := get(t, http.MethodGet, base+"/v1/failures", ""); code != http.StatusOK {
+		t.Fatalf("GET /v1/failures with no token configured: %d", code)
+	}
+	if code, _, _ := get(t, http.MethodGet, base+"/ui/nope.js", ""); code != http.StatusNotFound {
+		t.Fatalf("GET /ui/nope.js: %d, want 404", code)
+	}
+}
