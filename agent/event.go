@@ -17,6 +17,7 @@ import (
 
 // WorkerRow is one worker in the agent's info: what the dashboard shows.
 type WorkerRow struct {
+	Queue      string    `json:"queue,omitempty"` // the pool's queue; empty: the default one
 	ID         string    `json:"id,omitempty"`
 	PID        int       `json:"pid,omitempty"`
 	State      string    `json:"state"`

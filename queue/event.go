@@ -10,6 +10,7 @@ import "time"
 type AttemptEvent struct {
 	ID          string    `json:"id"`
 	JobSeq      uint64    `json:"job_seq,omitempty"`
+	Queue       string    `json:"queue,omitempty"` // the job's queue; empty: the default one
 	Session     string    `json:"session,omitempty"`
 	Command     string    `json:"command,omitempty"`
 	TimeoutMS   int64     `json:"timeout_ms,omitempty"`

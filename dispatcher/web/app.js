@@ -224,7 +224,7 @@ function drawAgents() {
   body.replaceChildren(...paged("agents", rows, drawAgents).map((a) => {
     const p = a.pool, j = a.jobs || {};
     const tr = el("tr", {"data-agent": a.agent.name},
-      td(a.agent.name), td(a.agent.host), td(a.agent.pid), td(fmtAge(a.agent.started_at)),
+      td(a.agent.name), td(a.agent.host), td((a.queues || []).map((q) => q.queue).join(", ") || "default"), td(a.agent.pid), td(fmtAge(a.agent.started_at)),
       td(p.Size), td(p.Busy), td(p.Idle), td(fmtNum(p.Sessions)), td((a.partitions || []).length),
       td(fmtNum(j.Succeeded)), td(fmtNum((j.AppFailed || 0) + (j.Exhausted || 0))), td(fmtNum(j.Retried)),
       td(p.Degraded ? "degraded" : "ok", p.Degraded ? "bad" : "ok"));
@@ -239,13 +239,13 @@ function drawWorkers() {
   const names = [...S.agents.keys()].sort();
   for (const n of names) {
     for (const w of S.agents.get(n).workers || []) {
-      if (f && !(n.toLowerCase().includes(f) || (w.state || "").includes(f) || (w.current_job || "").toLowerCase().includes(f) || (w.id || "").toLowerCase().includes(f))) continue;
+      if (f && !(n.toLowerCase().includes(f) || (w.state || "").includes(f) || (w.current_job || "").toLowerCase().includes(f) || (w.id || "").toLowerCase().includes(f) || (w.queue || "default").includes(f))) continue;
       rows.push([n, w]);
     }
   }
   const body = $("workers").tBodies[0];
   body.replaceChildren(...paged("workers", rows, drawWorkers).map(([n, w]) => el("tr", {"data-worker": w.id || ""},
-    td(n), td(w.id || "–"), td(w.pid || "–"), td(w.state + (w.retiring ? " (retiring)" : ""), "state-" + w.state),
+    td(n), td(w.queue || "default"), td(w.id || "–"), td(w.pid || "–"), td(w.state + (w.retiring ? " (retiring)" : ""), "state-" + w.state),
     td(fmtBytes(w.rss)), td(fmtNum(w.jobs)), td(fmtNum(w.sessions)), td(fmtAge(w.started_at)),
     el("td", null, jobLink(w.current_job)))));
 }

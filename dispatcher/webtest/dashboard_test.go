@@ -93,7 +93,7 @@ func TestDashboardBrowser(t *testing.T) {
 	)
 	// Every worker appears, with its pid.
 	waitJS(t, bctx, 15*time.Second, "four ready workers in the table",
-		`[...document.querySelectorAll("#workers tbody tr")].filter(r => /^\d+$/.test(r.cells[2].textContent)).length >= 4`)
+		`[...document.querySelectorAll("#workers tbody tr")].filter(r => /^\d+$/.test(r.cells[3].textContent)).length >= 4`)
 
 	// Counters move as jobs run.
 	before, err := eval[string](bctx, `document.getElementById("c-results").textContent`)
