@@ -279,7 +279,8 @@ func (a *httpAPI) jobDetail(w http.ResponseWriter, r *http.Request) {
 	res, err := a.c.topo.GetResult(ctx, id)
 	switch {
 	case err == nil:
-		v.Result = res
+		// The agents' info may be a second old: a stored result wins.
+		v.Result, v.RunningOn = res, ""
 		v.State = "done"
 		if !res.OK {
 			v.State = "failed"

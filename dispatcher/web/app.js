@@ -309,7 +309,7 @@ async function loadJob(id) {
     const v = await api("GET", "/v1/jobs/" + encodeURIComponent(id));
     if (id !== S.job) return;
     $("job-state").textContent = v.state;
-    $("job-follow").textContent = v.running_on ? "running on " + v.running_on + " · following live" : "following live";
+    $("job-follow").textContent = (v.running_on ? "running on " + v.running_on + " · " : "") + (v.result ? "" : "following live");
     $("job-envelope").textContent = v.envelope ? JSON.stringify(v.envelope, null, 2) : "(not known yet)";
     for (const a of v.attempts || []) addAttempt(a);
     if (v.result) showResult(v.result);
