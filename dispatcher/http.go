@@ -41,14 +41,11 @@ const (
 
 // httpAPI is the HTTP face of the dispatcher.
 type httpAPI struct {
+	ui // the dashboard's state (http_ui.go)
+
 	c      *Client
 	log    *zap.Logger
 	tokens *tokenSet // nil: no token configured, open on loopback only
-	// The dashboard (http_ui.go): its live state, the mux for its feature
-	// probe, and Serve's end for its streams.
-	dash *dash
-	mux  routeTable
-	done <-chan struct{}
 }
 
 // listenHTTP opens the HTTP API's listener as cfg says: a bare ":port"
@@ -151,10 +148,10 @@ func (a *httpAPI) handler() http.Handler {
 	})
 	mux.Handle("POST /v1/jobs", a.guard(RightSubmit, a.submit))
 	mux.Handle("GET /v1/results/{id}", a.guard(RightRead, a.result))
+	a.uiRoutes(mux)
 	mux.Handle("GET /v1/status", a.guard(RightRead, a.status))
 	mux.Handle("GET /v1/dlq", a.guard(RightAdmin, a.dlqList))
 	mux.Handle("POST /v1/dlq/{seq}/replay", a.guard(RightAdmin, a.dlqReplay))
-	a.uiRoutes(mux)
 	return a.front(mux)
 }
 

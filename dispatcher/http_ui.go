@@ -46,6 +46,31 @@ type routeTable interface {
 	Handler(r *http.Request) (h http.Handler, pattern string)
 }
 
+// ui is the dashboard's part of httpAPI: its live state, the mux for its
+// feature probe, and Serve's end for its streams.
+type ui struct {
+	dash *dash
+	mux  routeTable
+	done <-chan struct{}
+}
+
+// startDash starts the dashboard's sampler until ctx ends (or the returned
+// stop is called, which waits for it). Call it before serving.
+func (a *httpAPI) startDash(ctx context.Context) (stop func()) {
+	a.done = ctx.Done()
+	a.dash = newDash(a.c, a.log.Named("dash"), a.features)
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		a.dash.run(ctx)
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
+}
+
 // uiRoutes adds the dashboard's routes to mux.
 func (a *httpAPI) uiRoutes(mux routeTable) {
 	a.mux = mux

@@ -155,13 +155,10 @@ func Serve(ctx context.Context, nc *nats.Conn, cfg ServeConfig) error {
 	var httpErr chan error
 	var srv *http.Server
 	if ln != nil {
-		api := &httpAPI{c: c, log: log.Named("http"), tokens: tokens, done: wctx.Done()}
-		api.dash = newDash(c, log.Named("dash"), api.features)
-		dashDone := make(chan struct{})
-		go func() { defer close(dashDone); api.dash.run(wctx) }()
-		defer func() { cancelWatch(); <-dashDone }()
+		api := &httpAPI{c: c, log: log.Named("http"), tokens: tokens}
 		srv = newHTTPServer(api.handler(), log)
 		httpErr = make(chan error, 1)
+		defer api.startDash(wctx)()
 		go func() { httpErr <- srv.Serve(ln) }()
 		scheme := "http"
 		if cfg.HTTPTLSCert != "" {
