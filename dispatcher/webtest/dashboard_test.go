@@ -155,6 +155,16 @@ func TestDashboardBrowser(t *testing.T) {
 		}
 		return nil
 	})
+	// Its failed attempt is in the recent failures, filtered by kind.
+	run(t, bctx, 10*time.Second, "recent failures",
+		chromedp.Click(chromedp.CSS(`#tabs button[data-tab="jobs"]`)),
+		chromedp.Click(chromedp.CSS("#fail-refresh")),
+		chromedp.WaitReady(chromedp.CSS(`#fail-kind option[value="app"]`)),
+		chromedp.SetValue(chromedp.CSS("#fail-kind"), "app"),
+		chromedp.Evaluate[chromedp.Void](`document.getElementById("fail-kind").dispatchEvent(new Event("change"))`),
+	)
+	waitJS(t, bctx, 10*time.Second, "dead-1 among the app failures",
+		`[...document.querySelectorAll("#failures tbody tr")].some(r => r.textContent.includes("dead-1") && r.textContent.includes("app"))`)
 	run(t, bctx, 10*time.Second, "open the dead letters",
 		chromedp.Click(chromedp.CSS(`#tabs button[data-tab="dlq"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`#dlq tbody tr[data-seq] button.replay`)),
