@@ -74,6 +74,9 @@ func chromiumPath(t *testing.T) string {
 		t.Skip("PROCFLEET_NO_BROWSER=1: the browser test is skipped on this developer machine (never in CI)")
 	}
 	if p := os.Getenv("PROCFLEET_CHROMIUM"); p != "" {
+		if st, err := os.Stat(p); err != nil || st.IsDir() || st.Mode()&0o111 == 0 {
+			t.Fatalf("PROCFLEET_CHROMIUM=%s is not an executable Chromium (%v): the dashboard's browser test needs one", p, err)
+		}
 		return p
 	}
 	for _, name := range []string{"/usr/bin/chromium", "chromium", "chromium-browser"} {
