@@ -52,7 +52,7 @@ func (a *Agent) Info() ServiceInfo {
 		Workers:    a.workerRows(st.Workers),
 		Counters:   a.Counters(),
 		Held:       a.held.held(),
-		Capacity:   a.cfg.Capacity,
+		Capacity:   a.capacity(),
 		Partitions: a.Partitions(),
 	}
 }
