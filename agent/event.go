@@ -2,13 +2,13 @@ package agent
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"strconv"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/procfleet/procfleet/pool"
 	"github.com/procfleet/procfleet/queue"
@@ -132,9 +132,91 @@ func (j *job) publishAttempt(workerID string, pid int, started time.Time, res wo
 	if len(ev.Error) > maxEventError {
 		ev.Error = ev.Error[:maxEventError]
 	}
-	data, merr := json.Marshal(&ev)
-	if merr != nil {
-		return
+	_ = a.nc.Publish(a.cfg.Queue.AttemptEventSubject(j.job.ID), appendAttemptEvent(make([]byte, 0, 384), &ev))
+}
+
+// appendAttemptEvent encodes ev as JSON, as json.Marshal would (less the
+// reflection: this runs once per attempt on the hot path).
+func appendAttemptEvent(b []byte, ev *queue.AttemptEvent) []byte {
+	b = append(b, `{"id":`...)
+	b = appendJSONString(b, ev.ID)
+	if ev.JobSeq != 0 {
+		b = strconv.AppendUint(append(b, `,"job_seq":`...), ev.JobSeq, 10)
 	}
-	_ = a.nc.Publish(a.cfg.Queue.AttemptEventSubject(j.job.ID), data)
+	str := func(key, v string) {
+		if v != "" {
+			b = appendJSONString(append(append(b, `,"`...), key+`":`...), v)
+		}
+	}
+	tm := func(key string, t time.Time) {
+		if !t.IsZero() {
+			b = append(append(b, `,"`...), key+`":"`...)
+			b = append(t.AppendFormat(b, time.RFC3339Nano), '"')
+		}
+	}
+	str("queue", ev.Queue)
+	str("session", ev.Session)
+	str("command", ev.Command)
+	if ev.TimeoutMS != 0 {
+		b = strconv.AppendInt(append(b, `,"timeout_ms":`...), ev.TimeoutMS, 10)
+	}
+	if ev.MaxAttempts != 0 {
+		b = strconv.AppendInt(append(b, `,"max_attempts":`...), int64(ev.MaxAttempts), 10)
+	}
+	b = strconv.AppendInt(append(b, `,"attempt":`...), int64(ev.Attempt), 10)
+	b = appendJSONString(append(b, `,"agent":`...), ev.Agent)
+	str("worker", ev.Worker)
+	if ev.WorkerPID != 0 {
+		b = strconv.AppendInt(append(b, `,"worker_pid":`...), int64(ev.WorkerPID), 10)
+	}
+	tm("enqueued_at", ev.EnqueuedAt)
+	tm("started_at", ev.StartedAt)
+	tm("finished_at", ev.FinishedAt)
+	b = appendJSONString(append(b, `,"outcome":`...), ev.Outcome)
+	str("kind", ev.Kind)
+	str("error", ev.Error)
+	return append(b, '}')
+}
+
+// appendJSONString appends s as a JSON string; invalid UTF-8 becomes U+FFFD,
+// as with encoding/json.
+func appendJSONString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				b = append(b, '\\', c)
+			case c == '\n':
+				b = append(b, '\\', 'n')
+			case c == '\r':
+				b = append(b, '\\', 'r')
+			case c == '\t':
+				b = append(b, '\\', 't')
+			case c == '\b':
+				b = append(b, '\\', 'b')
+			case c == '\f':
+				b = append(b, '\\', 'f')
+			case c < 0x20 || c == '<' || c == '>' || c == '&':
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			default:
+				b = append(b, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			b = append(b, `\ufffd`...)
+		case r == '\u2028' || r == '\u2029':
+			b = append(b, '\\', 'u', '2', '0', '2', hex[r&0xf])
+		default:
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(b, '"')
 }
