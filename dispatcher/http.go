@@ -41,6 +41,8 @@ const (
 
 // httpAPI is the HTTP face of the dispatcher.
 type httpAPI struct {
+	ui // the dashboard's state (http_ui.go)
+
 	c      *Client
 	log    *zap.Logger
 	tokens *tokenSet // nil: no token configured, open on loopback only
@@ -161,6 +163,7 @@ func (a *httpAPI) routes() *routeMux {
 	mux.Handle("POST /v1/jobs/batch", a.guard(RightSubmit, a.submitBatch))
 	mux.Handle("GET /v1/jobs/{id}/progress", a.guard(RightRead, a.progress))
 	mux.Handle("GET /v1/results/{id}", a.guard(RightRead, a.result))
+	a.uiRoutes(mux)
 	mux.Handle("GET /v1/status", a.guard(RightRead, a.status))
 	mux.Handle("GET /v1/agents", a.guard(RightRead, a.agents))
 	mux.Handle("GET /v1/queues", a.guard(RightRead, a.queues))

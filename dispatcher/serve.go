@@ -169,6 +169,7 @@ func Serve(ctx context.Context, nc *nats.Conn, cfg ServeConfig) error {
 		srv = newHTTPServer(api.handler(), log)
 		srv.RegisterOnShutdown(closeStreams)
 		httpErr = make(chan error, 1)
+		defer api.startDash(wctx)()
 		go func() { httpErr <- srv.Serve(ln) }()
 		scheme := "http"
 		if cfg.HTTPTLSCert != "" {
