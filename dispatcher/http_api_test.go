@@ -25,10 +25,11 @@ func TestHTTPRoutesNeedRights(t *testing.T) {
 		"GET /v1/jobs/{id}/progress": tokRead, "GET /v1/results/{id}": tokRead, "GET /v1/status": tokRead,
 		"GET /v1/agents": tokRead, "GET /v1/queues": tokRead, "GET /v1/dlq": tokAdmin, "DELETE /v1/dlq": tokAdmin,
 		"GET /v1/dlq/{seq}": tokAdmin, "POST /v1/dlq/{seq}/replay": tokAdmin, "POST /v1/dlq/replay": tokAdmin,
+		"POST /ui/login": tokRead, "GET /v1/events": tokRead, "GET /v1/jobs/{id}": tokRead, "GET /v1/failures": tokRead,
 	}
 	// Routes not behind a bearer token: open ones, and pages that
 	// authenticate otherwise (their own tests pin that).
-	notBearer := map[string]bool{"GET /healthz": true}
+	notBearer := map[string]bool{"GET /healthz": true, "GET /{$}": true, "GET /ui/{file}": true, "POST /ui/logout": true}
 	for _, route := range dispatcher.HTTPRoutes() {
 		if notBearer[route] {
 			continue

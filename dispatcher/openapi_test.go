@@ -32,10 +32,19 @@ var handlerCodes = map[string][]int{
 	"GET /v1/dlq/{seq}":          {200, 400, 404, 500, 503},
 	"POST /v1/dlq/{seq}/replay":  {200, 400, 404, 409, 413, 500, 503},
 	"POST /v1/dlq/replay":        {200, 400, 413},
+	"GET /":                      {200, 401},
+	"GET /ui/{file}":             {200, 401, 404},
+	"POST /ui/login":             {200},
+	"POST /ui/logout":            {204},
+	"GET /v1/events":             {200, 400, 500, 503},
+	"GET /v1/jobs/{id}":          {200, 400, 404, 500, 503},
+	"GET /v1/failures":           {200, 400},
 }
 
 // openRoutes need no token.
-var openRoutes = map[string]bool{"GET /healthz": true}
+// The dashboard's page, its files and its logout authenticate with the
+// page's own session cookie, not a bearer token.
+var openRoutes = map[string]bool{"GET /healthz": true, "GET /": true, "GET /ui/{file}": true, "POST /ui/logout": true}
 
 type openAPIDoc struct {
 	OpenAPI string                                 `yaml:"openapi"`
