@@ -149,6 +149,9 @@ func (a *httpAPI) handler() http.Handler {
 	mux.Handle("GET /v1/status", a.guard(RightRead, a.status))
 	mux.Handle("GET /v1/dlq", a.guard(RightAdmin, a.dlqList))
 	mux.Handle("POST /v1/dlq/{seq}/replay", a.guard(RightAdmin, a.dlqReplay))
+	mux.Handle("POST /v1/schedules", a.guard(RightSubmit, a.scheduleAdd))
+	mux.Handle("GET /v1/schedules", a.guard(RightRead, a.scheduleList))
+	mux.Handle("DELETE /v1/schedules/{name}", a.guard(RightSubmit, a.scheduleRemove))
 	return a.front(mux)
 }
 

@@ -59,12 +59,18 @@ type ServeConfig struct {
 type SubmitRequest struct {
 	Session string     `json:"session,omitempty"`
 	Job     *queue.Job `json:"job"`
+	// At (RFC 3339) or In (a Go duration, "90s") delays the job: it is
+	// delivered then, and not before. At most one. See submit_delay.go.
+	At string `json:"at,omitempty"`
+	In string `json:"in,omitempty"`
 }
 
 // SubmitReply is the submit endpoint's answer.
 type SubmitReply struct {
 	ID        string `json:"id"`
 	Duplicate bool   `json:"duplicate,omitempty"`
+	// Due is when a delayed job will be delivered.
+	Due *time.Time `json:"due,omitempty"`
 }
 
 // Serve ensures the topology, serves the submit and status API as the NATS
@@ -204,9 +210,5 @@ func (c *Client) handleSubmit(ctx context.Context, body []byte) (*SubmitReply, e
 	}
 	sctx, cancel := context.WithTimeout(ctx, apiTimeout)
 	defer cancel()
-	ack, err := c.topo.Submit(sctx, req.Session, req.Job)
-	if err != nil {
-		return nil, err
-	}
-	return &SubmitReply{ID: req.Job.ID, Duplicate: ack != nil && ack.Duplicate}, nil
+	return c.submitRequest(sctx, &req)
 }
