@@ -49,6 +49,12 @@ func (j *Job) Expired(enqueued, now time.Time) (string, bool) {
 	if !ok || now.Before(d) {
 		return "", false
 	}
-	return fmt.Sprintf("job expired at %s (%v before it could start); it never ran",
-		d.UTC().Format(time.RFC3339Nano), now.Sub(d).Round(time.Millisecond)), true
+	late := now.Sub(d)
+	if late > time.Minute {
+		late = late.Round(time.Second)
+	} else {
+		late = late.Round(time.Millisecond)
+	}
+	return fmt.Sprintf("job expired at %s, %v before it could start; it never ran",
+		d.UTC().Format(time.RFC3339Nano), late), true
 }

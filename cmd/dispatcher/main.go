@@ -309,6 +309,9 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintln(stdout, jobID)
 		return nil
 	}
+	if !due.IsZero() {
+		*waitFor += time.Until(due) // the wait starts when the job is due
+	}
 	wctx, cancel := context.WithTimeout(ctx, *waitFor)
 	defer cancel()
 	res, err := client.ResultFor(wctx, jobID, jobSeq, func() {
