@@ -226,11 +226,18 @@ func TestExpiredJobNeverRuns(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
-	// One worker, busy for 1.5 s; behind it a job with 300 ms to live.
+	// One worker, busy for 1.5 s; behind it a job with 300 ms to live,
+	// and one already past its deadline.
 	busy, err := f.Client.Submit(ctx, "x", &queue.Job{ID: "busy", Command: "sleep", Payload: []byte(`{"ms":1500}`)})
 	if err != nil {
 		t.Fatal(err)
 	}
+	fleettest.Eventually(t, 20*time.Second, func() error {
+		if len(fleettest.ReadExecLog(t, execLog)[busy]) == 0 {
+			return fmt.Errorf("the busy job has not started")
+		}
+		return nil
+	})
 	for _, j := range []struct {
 		session string
 		job     *queue.Job
@@ -243,17 +250,23 @@ func TestExpiredJobNeverRuns(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	results := map[string]*queue.Result{}
 	for id, wantKind := range map[string]string{busy: "", "short-ttl": queue.KindExpired, "past": queue.KindExpired, "long-ttl": ""} {
 		res, err := f.Client.Result(ctx, id, nil)
 		if err != nil {
 			t.Fatalf("job %s: %v", id, err)
 		}
+		results[id] = res
 		switch {
 		case wantKind == "" && !res.OK:
 			t.Fatalf("job %s: %+v, want ok", id, res)
 		case wantKind != "" && (res.OK || res.Error.Kind != wantKind || res.Worker != ""):
 			t.Fatalf("job %s: %+v, want %s without a worker", id, res, wantKind)
 		}
+	}
+	// Expired on delivery, it does not wait for the one busy worker.
+	if !results["past"].FinishedAt.Before(results[busy].FinishedAt) {
+		t.Fatalf("the expired job ended at %v, after the busy worker freed up at %v", results["past"].FinishedAt, results[busy].FinishedAt)
 	}
 	execs := fleettest.ReadExecLog(t, execLog)
 	for _, id := range []string{"short-ttl", "past"} {
