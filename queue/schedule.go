@@ -100,10 +100,20 @@ func upgradeSchedules(want jetstream.StreamConfig, have *jetstream.StreamConfig)
 }
 
 // SchedulesAllowed reports whether the jobs stream can hold schedules (see
-// ErrSchedulesUnsupported).
+// ErrSchedulesUnsupported), as it was when the topology was opened.
 func (t *Topology) SchedulesAllowed() bool {
 	cfg := t.Jobs.CachedInfo().Config
 	return cfg.AllowMsgSchedules && slices.Contains(cfg.Subjects, t.Config.DelaySubject("*"))
+}
+
+// schedulesAllowed is SchedulesAllowed, asking the server again when the
+// cached answer is no: Ensure may have upgraded the stream since.
+func (t *Topology) schedulesAllowed(ctx context.Context) bool {
+	if t.SchedulesAllowed() {
+		return true
+	}
+	_, _ = t.Jobs.Info(ctx) // refreshes CachedInfo
+	return t.SchedulesAllowed()
 }
 
 // SubmitAt publishes job for session ("" for an anonymous job) to be
@@ -125,7 +135,7 @@ func (t *Topology) SubmitAt(ctx context.Context, session string, job *Job, at ti
 	if err != nil {
 		return nil, err
 	}
-	if !t.SchedulesAllowed() {
+	if !t.schedulesAllowed(ctx) {
 		return nil, fmt.Errorf("queue: submit job %s: %w", job.ID, ErrSchedulesUnsupported)
 	}
 	target := msg.Subject
@@ -286,7 +296,7 @@ func (t *Topology) AddSchedule(ctx context.Context, s *Schedule, replace bool) (
 	if msg.Data, err = json.Marshal(&job); err != nil {
 		return nil, fmt.Errorf("queue: encode schedule %s: %w", s.Name, err)
 	}
-	if !t.SchedulesAllowed() {
+	if !t.schedulesAllowed(ctx) {
 		return nil, fmt.Errorf("queue: add schedule %s: %w", s.Name, ErrSchedulesUnsupported)
 	}
 	target := msg.Subject
@@ -348,13 +358,25 @@ func (t *Topology) removeScheduled(ctx context.Context, subject, name string) er
 // Schedules lists the periodic schedules, by name, with when each fires
 // next.
 func (t *Topology) Schedules(ctx context.Context) ([]ScheduleInfo, error) {
-	return t.listScheduled(ctx, t.Config.ScheduleSubject("*"), 0)
+	return t.listScheduled(ctx, t.Config.ScheduleSubject("*"))
 }
 
+// MaxDelayedScan bounds the delayed jobs Delayed reads (one request each):
+// above it, only their number is reported.
+const MaxDelayedScan = 1000
+
 // Delayed lists up to limit delayed jobs that have not fired yet (0: all),
-// soonest first, and how many wait in all.
+// soonest first, and how many wait in all. With more than MaxDelayedScan
+// waiting the list is empty and only the number is reported.
 func (t *Topology) Delayed(ctx context.Context, limit int) ([]ScheduleInfo, int, error) {
-	all, err := t.listScheduled(ctx, t.Config.DelaySubject("*"), 0)
+	si, err := t.Jobs.Info(ctx, jetstream.WithSubjectFilter(t.Config.DelaySubject("*")))
+	if err != nil {
+		return nil, 0, fmt.Errorf("queue: stream %s: %w", t.Config.JobsStream(), err)
+	}
+	if n := len(si.State.Subjects); n > MaxDelayedScan {
+		return []ScheduleInfo{}, n, nil
+	}
+	all, err := t.listScheduled(ctx, t.Config.DelaySubject("*"))
 	if err != nil {
 		return nil, 0, err
 	}
@@ -366,23 +388,7 @@ func (t *Topology) Delayed(ctx context.Context, limit int) ([]ScheduleInfo, int,
 	return all, n, nil
 }
 
-// CountScheduled returns how many messages in the jobs stream are
-// schedules (periodic and delayed), which are not jobs waiting.
-func (t *Topology) CountScheduled(ctx context.Context) (uint64, error) {
-	var n uint64
-	for _, f := range t.Config.scheduleSubjects() {
-		si, err := t.Jobs.Info(ctx, jetstream.WithSubjectFilter(f))
-		if err != nil {
-			return 0, fmt.Errorf("queue: stream %s: %w", t.Config.JobsStream(), err)
-		}
-		for _, c := range si.State.Subjects {
-			n += c
-		}
-	}
-	return n, nil
-}
-
-func (t *Topology) listScheduled(ctx context.Context, filter string, limit int) ([]ScheduleInfo, error) {
+func (t *Topology) listScheduled(ctx context.Context, filter string) ([]ScheduleInfo, error) {
 	si, err := t.Jobs.Info(ctx, jetstream.WithSubjectFilter(filter))
 	if err != nil {
 		return nil, fmt.Errorf("queue: stream %s: %w", t.Config.JobsStream(), err)
@@ -395,9 +401,6 @@ func (t *Topology) listScheduled(ctx context.Context, filter string, limit int) 
 	out := make([]ScheduleInfo, 0, len(subjects))
 	now := time.Now()
 	for _, subj := range subjects {
-		if limit > 0 && len(out) >= limit {
-			break
-		}
 		m, err := t.Jobs.GetLastMsgForSubject(ctx, subj)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			continue // fired or removed meanwhile
