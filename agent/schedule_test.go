@@ -62,6 +62,7 @@ func TestDelayedJobsKeepSessionOrder(t *testing.T) {
 	t.Parallel()
 	cfg, execLog := withExecLog(t, fleetConfig(2, 3))
 	f := fleettest.StartFleet(t, cfg)
+	f.WaitBalanced(t, 30*time.Second) // no partition moves while jobs fire
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 
