@@ -1,6 +1,7 @@
 package queue_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -8,8 +9,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest"
 
+	"github.com/procfleet/procfleet/embedded"
 	"github.com/procfleet/procfleet/queue"
 )
 
@@ -223,5 +228,72 @@ func TestJobDeadlineFields(t *testing.T) {
 	}
 	if _, ok := (&queue.Job{Command: "c"}).Deadline(enq); ok {
 		t.Fatal("a job without deadline has one")
+	}
+}
+
+// TestSchedulesSurviveServerRestart: the server keeps schedules durably. A
+// delayed job that fell due while the server was down fires when it is back
+// (once), and a periodic schedule is still there.
+func TestSchedulesSurviveServerRestart(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	start := func() (*server.Server, jetstream.JetStream) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		s, url, err := embedded.Start(ctx, embedded.Config{StoreDir: dir, Logger: zaptest.NewLogger(t, zaptest.Level(zapcore.WarnLevel))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, js := connect(t, url)
+		return s, js
+	}
+	ctx := testCtx(t)
+	cfg := queue.Config{Partitions: 8}
+	s1, js := start()
+	topo, err := queue.Ensure(ctx, js, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	due := time.Now().Add(time.Second)
+	if _, err := topo.SubmitAt(ctx, "s1", &queue.Job{ID: "while-down", Command: "echo"}, due); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := topo.AddSchedule(ctx, &queue.Schedule{Name: "daily", Cron: "@daily", Job: &queue.Job{Command: "echo"}}, false); err != nil {
+		t.Fatal(err)
+	}
+	s1.Shutdown()
+	s1.WaitForShutdown()
+	// Down over the due time.
+	<-time.After(time.Until(due) + 200*time.Millisecond)
+
+	s2, js := start()
+	t.Cleanup(func() {
+		s2.Shutdown()
+		s2.WaitForShutdown()
+	})
+	topo, err = queue.Open(ctx, js, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := topo.PartitionConsumer(ctx, topo.PartitionOf("s1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, func() error {
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if info.NumPending != 1 {
+			return fmt.Errorf("%d jobs pending in the partition of s1, want the delayed one", info.NumPending)
+		}
+		return nil
+	})
+	if _, n, err := topo.Delayed(ctx, 0); err != nil || n != 0 {
+		t.Fatalf("after firing: %d delayed, %v", n, err)
+	}
+	list, err := topo.Schedules(ctx)
+	if err != nil || len(list) != 1 || list[0].Name != "daily" {
+		t.Fatalf("Schedules after restart = %+v, %v", list, err)
 	}
 }
