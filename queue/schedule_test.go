@@ -297,3 +297,30 @@ func TestSchedulesSurviveServerRestart(t *testing.T) {
 		t.Fatalf("Schedules after restart = %+v, %v", list, err)
 	}
 }
+
+// TestDelayedJobReplacedAfterDedupWindow: past the job dedup window, a
+// delayed job submitted again under the same id replaces the one waiting.
+func TestDelayedJobReplacedAfterDedupWindow(t *testing.T) {
+	t.Parallel()
+	b := setup(t, queue.Config{DedupWindow: time.Second})
+	ctx := testCtx(t)
+	first := time.Now().Add(time.Hour)
+	if _, err := b.topo.SubmitAt(ctx, "s", &queue.Job{ID: "d1", Command: "echo"}, first); err != nil {
+		t.Fatal(err)
+	}
+	second := first.Add(time.Hour)
+	eventually(t, 10*time.Second, func() error {
+		ack, err := b.topo.SubmitAt(ctx, "s", &queue.Job{ID: "d1", Command: "echo"}, second)
+		if err != nil {
+			return err
+		}
+		if ack.Duplicate {
+			return errors.New("still inside the dedup window")
+		}
+		return nil
+	})
+	list, n, err := b.topo.Delayed(ctx, 0)
+	if err != nil || n != 1 || !list[0].Next.Equal(second.UTC()) {
+		t.Fatalf("Delayed = %+v, %d, %v; want d1 due %v only", list, n, err, second)
+	}
+}
