@@ -62,25 +62,35 @@ type ScheduleStatus struct {
 	Schedules []queue.ScheduleInfo `json:"schedules"`     // periodic schedules, by name
 	Delayed   []queue.ScheduleInfo `json:"delayed"`       // the soonest delayed jobs not yet due
 	NDelayed  int                  `json:"delayed_total"` // delayed jobs not yet due, in all
+	// Error says why the schedules could not be read (e.g. a user without
+	// the right to read FLEET_JOBS messages); the rest of Status stands.
+	Error string `json:"error,omitempty"`
 }
 
-// scheduleStatus fills in the schedules of st. The jobs stream's message
-// count includes the schedules: they are not jobs waiting.
-func (c *Client) scheduleStatus(ctx context.Context, st *Status) error {
+// scheduleStatus fills in the schedules of st, or says why it could not.
+// The jobs stream's message count includes the schedules: they are not jobs
+// waiting.
+func (c *Client) scheduleStatus(ctx context.Context, st *Status) {
+	var ss ScheduleStatus
 	var err error
-	if st.Schedules.Schedules, err = c.Schedules(ctx); err != nil {
-		return err
+	if ss.Schedules, err = c.Schedules(ctx); err == nil {
+		ss.Delayed, ss.NDelayed, err = c.Delayed(ctx, statusDelayedShown)
 	}
-	if st.Schedules.Delayed, st.Schedules.NDelayed, err = c.Delayed(ctx, statusDelayedShown); err != nil {
-		return err
+	if err != nil {
+		st.Schedules = ScheduleStatus{Error: err.Error()}
+		return
 	}
-	n := uint64(len(st.Schedules.Schedules) + st.Schedules.NDelayed)
+	st.Schedules = ss
+	n := uint64(len(ss.Schedules) + ss.NDelayed)
 	st.Pending -= min(n, st.Pending)
-	return nil
 }
 
 // writeSchedules prints the schedules part of the status table.
 func (s *ScheduleStatus) writeSchedules(w io.Writer, now time.Time) {
+	if s.Error != "" {
+		fmt.Fprintf(w, "\nschedules: cannot read them: %s\n", s.Error)
+		return
+	}
 	if len(s.Schedules) == 0 && s.NDelayed == 0 {
 		return
 	}

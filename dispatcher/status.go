@@ -78,9 +78,7 @@ func (c *Client) Status(ctx context.Context) (*Status, error) {
 	if si, err := t.Jobs.Info(ctx); err == nil {
 		st.Pending = si.State.Msgs
 	}
-	if err := c.scheduleStatus(ctx, st); err != nil {
-		return nil, fmt.Errorf("dispatcher: schedules: %w", err)
-	}
+	c.scheduleStatus(ctx, st)
 	if si, err := t.DLQ.Info(ctx); err == nil {
 		st.DeadLetters = si.State.Msgs
 	}
