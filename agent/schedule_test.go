@@ -227,9 +227,9 @@ func TestExpiredJobNeverRuns(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
-	// One worker, busy for 1.5 s; behind it a job with 300 ms to live,
+	// One worker, busy for 3 s; behind it a job with 300 ms to live,
 	// and one already past its deadline.
-	busy, err := f.Client.Submit(ctx, "x", &queue.Job{ID: "busy", Command: "sleep", Payload: []byte(`{"ms":1500}`)})
+	busy, err := f.Client.Submit(ctx, "x", &queue.Job{ID: "busy", Command: "sleep", Payload: []byte(`{"ms":3000}`)})
 	if err != nil {
 		t.Fatal(err)
 	}
