@@ -58,10 +58,30 @@ var (
 
 // ScheduleSubject is where the periodic schedule name lives,
 // "fleet.schedule.<name>".
-func (c Config) ScheduleSubject(name string) string { return c.Prefix + ".schedule." + name }
+func (c Config) ScheduleSubject(name string) string {
+	return c.Prefix + ".schedule." + c.scheduleQueueToken() + name
+}
 
 // DelaySubject is where the delayed job id waits, "fleet.delay.<id>".
-func (c Config) DelaySubject(id string) string { return c.Prefix + ".delay." + id }
+func (c Config) DelaySubject(id string) string {
+	return c.Prefix + ".delay." + c.scheduleQueueToken() + id
+}
+
+// scheduleQueueToken puts a queue's schedules under their own subjects: a
+// schedule must live in the stream of the job subject it targets, and
+// schedule subjects of two streams must not overlap. The default queue's
+// are "fleet.delay.<id>" and "fleet.schedule.<name>"; with named queues
+// (one jobs stream each) this returns "<queue>." for a queue other than the
+// default, giving "fleet.delay.<queue>.<id>".
+func (c Config) scheduleQueueToken() string { return "" }
+
+// isScheduleSubject reports whether a stream subject is a schedule subject
+// ("<prefix>.schedule..." or "<prefix>.delay..."), by its second token.
+func isScheduleSubject(subject string) bool {
+	_, rest, _ := strings.Cut(subject, ".")
+	second, _, _ := strings.Cut(rest, ".")
+	return second == "schedule" || second == "delay"
+}
 
 // scheduleSubjects are the jobs stream's subjects that hold schedules; no
 // job consumer's filter matches them, so the work queue keeps them until the
@@ -71,8 +91,16 @@ func (c Config) scheduleSubjects() []string {
 }
 
 // withSchedules adds the schedule subjects and flags to a jobs stream
-// configuration.
+// configuration. The server refuses schedules on a stream that discards new
+// messages when full; such a stream (a queue with message or byte limits,
+// which must refuse jobs rather than drop them) gets no schedules. Without
+// limits the discard policy never applies, and is set to the server's
+// default.
 func (c Config) withSchedules(sc jetstream.StreamConfig) jetstream.StreamConfig {
+	if sc.Discard == jetstream.DiscardNew && (sc.MaxMsgs > 0 || sc.MaxBytes > 0) {
+		return sc
+	}
+	sc.Discard = jetstream.DiscardOld
 	sc.Subjects = append(slices.Clone(sc.Subjects), c.scheduleSubjects()...)
 	sc.AllowMsgSchedules = true
 	sc.AllowRollup = true // a schedule replaces the last one on its subject
@@ -83,9 +111,7 @@ func (c Config) withSchedules(sc jetstream.StreamConfig) jetstream.StreamConfig 
 // from before schedules still passes the contract check (Open must work
 // against it; Ensure upgrades it).
 func withoutScheduleSubjects(subjects []string) []string {
-	return slices.DeleteFunc(slices.Clone(subjects), func(s string) bool {
-		return strings.HasSuffix(s, ".schedule.*") || strings.HasSuffix(s, ".delay.*")
-	})
+	return slices.DeleteFunc(slices.Clone(subjects), isScheduleSubject)
 }
 
 // upgradeSchedules turns message schedules on in have when want has them;
@@ -95,7 +121,7 @@ func upgradeSchedules(want jetstream.StreamConfig, have *jetstream.StreamConfig)
 		return false
 	}
 	have.Subjects = slices.Clone(want.Subjects)
-	have.AllowMsgSchedules, have.AllowRollup, have.DenyPurge = true, true, false
+	have.AllowMsgSchedules, have.AllowRollup, have.DenyPurge, have.Discard = true, true, false, want.Discard
 	return true
 }
 
@@ -417,7 +443,7 @@ func (t *Topology) scheduleInfo(m *jetstream.RawStreamMsg, now time.Time) Schedu
 	pattern := m.Header.Get(ScheduleHeader)
 	target := m.Header.Get(ScheduleTargetHeader)
 	info := ScheduleInfo{
-		Name:    m.Subject[strings.LastIndexByte(m.Subject, '.')+1:],
+		Name:    m.Subject[strings.LastIndexByte(m.Subject, '.')+1:], // the last token, with or without a queue token
 		Pattern: pattern, Target: target, Created: m.Time, Seq: m.Sequence,
 	}
 	if session, ok := t.Config.jobSubject(target); ok {
@@ -470,7 +496,7 @@ func nextEvery(stored time.Time, d time.Duration, now time.Time) time.Time {
 // message no periodic schedule of this fleet fired.
 func (c Config) FiringID(hdr nats.Header, stored time.Time) (string, bool) {
 	scheduler := hdr.Get(SchedulerHeader)
-	name, ok := strings.CutPrefix(scheduler, c.Prefix+".schedule.")
+	name, ok := strings.CutPrefix(scheduler, c.ScheduleSubject(""))
 	if !ok || !ValidToken(name) || stored.IsZero() {
 		return "", false
 	}
