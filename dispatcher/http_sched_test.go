@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/procfleet/procfleet/dispatcher"
 	"github.com/procfleet/procfleet/fleettest"
 	"github.com/procfleet/procfleet/queue"
@@ -49,6 +51,11 @@ func TestHTTPSchedules(t *testing.T) {
 			t.Errorf("%s: %d %.300s; want %d saying %q", tc.name, r.Status, r.Body, tc.want, tc.says)
 		}
 	}
+	// The NATS API takes the same fields.
+	msg, err := nc.Request("fleet.api.submit", []byte(`{"in":"1h","job":{"id":"d-micro","command":"echo"}}`), 10*time.Second)
+	if err != nil || !strings.Contains(string(msg.Data), `"due":"`) {
+		t.Fatalf("fleet.api.submit with in: %v %s", err, msgData(msg))
+	}
 	c, err := dispatcher.NewClient(context.Background(), nc, queue.Config{})
 	if err != nil {
 		t.Fatal(err)
@@ -59,7 +66,7 @@ func TestHTTPSchedules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Pending != 0 || st.Schedules.NDelayed != 2 || len(st.Schedules.Schedules) != 0 {
+	if st.Pending != 0 || st.Schedules.NDelayed != 3 || len(st.Schedules.Schedules) != 0 {
 		b, _ := json.Marshal(st.Schedules)
 		t.Fatalf("status: pending %d (schedules are not jobs waiting), schedules %s", st.Pending, b)
 	}
@@ -70,4 +77,11 @@ func TestHTTPSchedules(t *testing.T) {
 	if !strings.Contains(table.String(), "DELAYED JOB") || !strings.Contains(table.String(), "d-in") {
 		t.Fatalf("status table lacks the delayed jobs:\n%s", table.String())
 	}
+}
+
+func msgData(m *nats.Msg) string {
+	if m == nil {
+		return ""
+	}
+	return string(m.Data)
 }
