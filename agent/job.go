@@ -55,6 +55,9 @@ func newJob(r *runner, msg jetstream.Msg) *job {
 	}
 	j.job, j.parsErr = queue.ParseJob(msg.Subject(), msg.Headers(), msg.Data(), meta.Sequence.Stream, r.a.cfg.Queue)
 	if j.parsErr == nil {
+		j.adoptFiringID() // a periodic schedule's firing: see expire.go
+	}
+	if j.parsErr == nil {
 		limit := r.a.cfg.Pool.Worker.MaxFrame
 		if limit <= 0 {
 			limit = protocol.DefaultMaxFrame
@@ -111,6 +114,9 @@ func (j *job) run() {
 		j.exhaust(fmt.Sprintf("delivered %d times, max_attempts is %d", j.attempt, j.maxAttempts()))
 		return
 	}
+	if j.expire(nil) { // deadline passed before delivery: see expire.go
+		return
+	}
 	if j.reserveEr != nil {
 		a.counters.checkoutErrs.Add(1)
 		j.retry(queue.KindApp, j.reserveEr)
@@ -135,6 +141,9 @@ func (j *job) run() {
 		return
 	}
 	a.metrics.checkoutWait.Observe(time.Since(started).Seconds())
+	if j.expire(lease) { // deadline passed while it waited in line
+		return
+	}
 	j.call(lease, started)
 }
 

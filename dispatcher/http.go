@@ -172,6 +172,9 @@ func (a *httpAPI) routes() *routeMux {
 	mux.Handle("GET /v1/dlq/{seq}", a.guard(RightAdmin, a.dlqGet))
 	mux.Handle("POST /v1/dlq/{seq}/replay", a.guard(RightAdmin, a.dlqReplay))
 	mux.Handle("POST /v1/dlq/replay", a.guard(RightAdmin, a.dlqReplayMany))
+	mux.Handle("POST /v1/schedules", a.guard(RightSubmit, a.scheduleAdd))
+	mux.Handle("GET /v1/schedules", a.guard(RightRead, a.scheduleList))
+	mux.Handle("DELETE /v1/schedules/{name}", a.guard(RightSubmit, a.scheduleRemove))
 	return mux
 }
 

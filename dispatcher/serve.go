@@ -62,6 +62,10 @@ type ServeConfig struct {
 type SubmitRequest struct {
 	Session string     `json:"session,omitempty"`
 	Job     *queue.Job `json:"job"`
+	// At (RFC 3339) or In (a Go duration, "90s") delays the job: it is
+	// delivered then, and not before. At most one. See submit_delay.go.
+	At string `json:"at,omitempty"`
+	In string `json:"in,omitempty"`
 }
 
 // SubmitReply is the submit endpoint's answer.
@@ -73,6 +77,8 @@ type SubmitReply struct {
 	// taken for this one.
 	Seq       uint64 `json:"seq"`
 	Duplicate bool   `json:"duplicate,omitempty"`
+	// Due is when a delayed job will be delivered.
+	Due *time.Time `json:"due,omitempty"`
 }
 
 // Serve ensures the topology, serves the submit and status API as the NATS
@@ -210,8 +216,15 @@ func (c *Client) handleSubmit(ctx context.Context, body []byte) (*SubmitReply, e
 // submitParsed publishes one decoded submit request: the one path of the
 // NATS API, POST /v1/jobs and each job of POST /v1/jobs/batch.
 func (c *Client) submitParsed(ctx context.Context, req *SubmitRequest) (*SubmitReply, error) {
+	due, err := req.due(time.Now())
+	if err != nil {
+		return nil, err
+	}
 	sctx, cancel := context.WithTimeout(ctx, apiTimeout)
 	defer cancel()
+	if !due.IsZero() {
+		return c.submitDelayed(sctx, req, due)
+	}
 	ack, err := c.topo.Submit(sctx, req.Session, req.Job)
 	if err != nil {
 		return nil, err

@@ -203,7 +203,7 @@ func (t *Topology) cacheConsumer(name string, c jetstream.Consumer) {
 // Stream and bucket configurations.
 
 func (c Config) jobsStreamConfig() jetstream.StreamConfig {
-	return jetstream.StreamConfig{
+	return c.withSchedules(jetstream.StreamConfig{
 		Name:        c.JobsStream(),
 		Description: "procfleet jobs, session jobs filed by partition",
 		Subjects:    []string{c.sessionWildcard(), c.AnySubject()},
@@ -215,7 +215,7 @@ func (c Config) jobsStreamConfig() jetstream.StreamConfig {
 			Source:      c.sessionWildcard(),
 			Destination: c.partitionTransform(),
 		},
-	}
+	})
 }
 
 func (c Config) resultsStreamConfig() jetstream.StreamConfig {
@@ -376,7 +376,7 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 	if err := streamContract(want, have); err != nil {
 		return nil, err
 	}
-	if !tuneStream(want, &have) {
+	if tuned, upgraded := tuneStream(want, &have), upgradeSchedules(want, &have); !tuned && !upgraded {
 		return s, nil
 	}
 	s, err = js.UpdateStream(ctx, have)
@@ -423,7 +423,7 @@ func streamContract(want, have jetstream.StreamConfig) error {
 	if want.Storage != have.Storage {
 		return mismatch("Storage", want.Storage, have.Storage)
 	}
-	if !sameSet(want.Subjects, have.Subjects) {
+	if !sameSet(withoutScheduleSubjects(want.Subjects), withoutScheduleSubjects(have.Subjects)) {
 		return mismatch("Subjects", want.Subjects, have.Subjects)
 	}
 	wt, ht := want.SubjectTransform, have.SubjectTransform

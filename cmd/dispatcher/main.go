@@ -34,6 +34,7 @@ Commands:
   submit   publish one job (--wait prints its result)
   status   agents, partition owners, queue depth and dead letters
   dlq      list or replay dead letters: dlq list | dlq replay <seq>
+  schedule periodic jobs: schedule add NAME --every 1h | --cron "0 2 * * *" ..., schedule list, schedule rm NAME
   demo     embedded NATS + two local agents + a workload, then a summary
   bench    measure the fleet against a raw pipe to the same worker
   chaos    run load while killing workers and agents, then reconcile every job
@@ -83,6 +84,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdStatus(ctx, rest, stdout, stderr)
 	case "dlq":
 		return cmdDLQ(ctx, rest, stdout, stderr)
+	case "schedule":
+		return cmdSchedule(ctx, rest, stdout, stderr)
 	case "demo":
 		return cmdDemo(ctx, rest, stdout, stderr)
 	case "bench":
@@ -256,8 +259,10 @@ func connectClient(ctx context.Context, c *common) (*dispatcher.Client, *nats.Co
 
 func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var c common
-	fs := newFlags("submit", "submit [--session S] --command C [--payload JSON] [--id ID] [--wait]", stderr)
+	fs := newFlags("submit", "submit [--session S] --command C [--payload JSON] [--id ID] [--at TIME | --in DUR] [--expires-in DUR] [--wait]", stderr)
 	c.register(fs)
+	var steer steerFlags // delay and deadline: schedule.go
+	steer.register(fs)
 	session := fs.String("session", "", "session id (empty: an anonymous job any agent may take)")
 	command := fs.String("command", "", "the worker command to run (required)")
 	payload := fs.String("payload", "null", "JSON payload")
@@ -277,6 +282,10 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if !json.Valid([]byte(*payload)) {
 		return fmt.Errorf("--payload is not valid JSON: %s", *payload)
 	}
+	due, err := steer.due(time.Now())
+	if err != nil {
+		return err
+	}
 	client, nc, err := connectClient(ctx, &c)
 	if err != nil {
 		return err
@@ -284,13 +293,24 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	defer nc.Close()
 	job := &queue.Job{ID: *id, Command: *command, Payload: json.RawMessage(*payload),
 		TimeoutMS: timeout.Milliseconds(), MaxAttempts: *attempts, RequireSession: *requireSession}
-	jobID, jobSeq, err := client.SubmitSeq(ctx, *session, job)
+	steer.apply(job)
+	var jobID string
+	var jobSeq uint64
+	if due.IsZero() {
+		jobID, jobSeq, err = client.SubmitSeq(ctx, *session, job)
+	} else {
+		// Its stream sequence comes when it fires: wait for any.
+		jobID, err = client.SubmitAt(ctx, *session, job, due)
+	}
 	if err != nil {
 		return err
 	}
 	if !*wait {
 		fmt.Fprintln(stdout, jobID)
 		return nil
+	}
+	if !due.IsZero() {
+		*waitFor += time.Until(due) // the wait starts when the job is due
 	}
 	wctx, cancel := context.WithTimeout(ctx, *waitFor)
 	defer cancel()
