@@ -146,6 +146,7 @@ func (a *httpAPI) handler() http.Handler {
 	})
 	mux.Handle("POST /v1/jobs", a.guard(RightSubmit, a.submit))
 	mux.Handle("GET /v1/results/{id}", a.guard(RightRead, a.result))
+	mux.Handle("DELETE /v1/jobs/{id}", a.guard(RightSubmit, a.cancelJob))
 	mux.Handle("GET /v1/status", a.guard(RightRead, a.status))
 	mux.Handle("GET /v1/dlq", a.guard(RightAdmin, a.dlqList))
 	mux.Handle("POST /v1/dlq/{seq}/replay", a.guard(RightAdmin, a.dlqReplay))

@@ -68,7 +68,7 @@ func CancelCovers(cancelAt, enqueuedAt time.Time, dedupWindow time.Duration) boo
 // ran Ensure) is an error wrapping ErrNoTopology.
 func (t *Topology) Cancel(ctx context.Context, id string) error {
 	if !ValidToken(id) {
-		return fmt.Errorf("queue: cancel: job id %q must be 1-128 characters of [A-Za-z0-9_-]", truncate(id))
+		return fmt.Errorf("%w: cancel: job id %q must be 1-128 characters of [A-Za-z0-9_-]", ErrBadRequest, truncate(id))
 	}
 	_, err := t.JS.Publish(ctx, t.Config.CancelSubject(id), nil)
 	if errors.Is(err, jetstream.ErrNoStreamResponse) {
