@@ -117,6 +117,10 @@ func (t *Topology) FollowCancels(ctx context.Context, fn func(id string, at time
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		HeadersOnly:   true,
 	})
+	if errors.Is(err, context.DeadlineExceeded) {
+		// A refused request goes unanswered: name the likely cause.
+		return nil, fmt.Errorf("queue: follow %s: no answer to the consumer create (may this user create consumers on %s? see deploy/nats-server.conf): %w", name, name, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("queue: follow %s: %w", name, err)
 	}
