@@ -50,6 +50,16 @@ type Agent struct {
 	kaCancel context.CancelFunc
 	kaLoop   sync.WaitGroup
 
+	// reg is the registry as the agents bucket watch shows it; kick asks
+	// the membership loop for a rebalance.
+	reg  registry
+	kick chan struct{}
+	// beatOK is when the last heartbeat that got through was sent (see
+	// stamp).
+	beatOK atomic.Int64
+	// epoch anchors stamp on the monotonic clock.
+	epoch time.Time
+
 	mu        sync.Mutex
 	runners   map[int]*runner // by partition
 	anyRunner *runner
@@ -124,7 +134,9 @@ func New(nc *nats.Conn, cfg Config) (*Agent, error) {
 		pool:    p,
 		held:    newGate(cfg.Capacity),
 		runners: make(map[int]*runner),
+		kick:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
+		epoch:   time.Now(),
 	}
 	a.metrics = newMetrics(a)
 	if cfg.Registerer != nil {
@@ -221,7 +233,7 @@ func (a *Agent) start(ctx context.Context) (err error) {
 		return fmt.Errorf("agent: anonymous consumer: %w", err)
 	}
 	a.mu.Lock()
-	a.anyRunner = a.newRunner(-1, anyCons, nil)
+	a.anyRunner = a.newRunner(-1, anyCons, nil, time.Time{})
 	a.mu.Unlock()
 
 	svc, err := a.startService()
@@ -231,7 +243,9 @@ func (a *Agent) start(ctx context.Context) (err error) {
 	}
 	a.svc = svc
 
-	a.loops.Add(1)
+	a.loops.Add(3)
+	go a.registryLoop()
+	go a.heartbeatLoop()
 	go a.membershipLoop()
 	a.kaLoop.Add(1)
 	go a.keepAliveLoop()
@@ -383,8 +397,19 @@ func (a *Agent) info() *queue.AgentInfo {
 }
 
 func (a *Agent) heartbeat(ctx context.Context) error {
-	return a.topo.Heartbeat(ctx, a.info())
+	sent := time.Now()
+	if err := a.topo.Heartbeat(ctx, a.info()); err != nil {
+		return err
+	}
+	a.beatOK.Store(a.stamp(sent))
+	return nil
 }
+
+// stamp turns t into a number for an atomic, on the monotonic clock, so
+// that a step of the wall clock cannot stretch a claim; at turns it back.
+func (a *Agent) stamp(t time.Time) int64 { return int64(t.Sub(a.epoch)) }
+
+func (a *Agent) at(stamp int64) time.Time { return a.epoch.Add(time.Duration(stamp)) }
 
 // keepAliveLoop marks every held message InProgress, so jobs waiting for a
 // worker or running long are not redelivered while this agent lives.
