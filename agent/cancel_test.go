@@ -63,7 +63,7 @@ func TestCancelQueued(t *testing.T) {
 	for i := range 2 {
 		id := fmt.Sprintf("blocker-%d", i)
 		col.Expect(id)
-		blockers = append(blockers, submit(t, f, "", &queue.Job{ID: id, Command: "sleep", Payload: json.RawMessage(`{"ms":3000}`)}))
+		blockers = append(blockers, submit(t, f, "", &queue.Job{ID: id, Command: "sleep", Payload: json.RawMessage(`{"ms":6000}`)}))
 	}
 	for _, id := range blockers {
 		waitExecuted(t, execLog, id)
@@ -78,6 +78,29 @@ func TestCancelQueued(t *testing.T) {
 		col.Expect(id)
 		all = append(all, submit(t, f, session, &queue.Job{ID: id, Command: "sleep", Payload: json.RawMessage(`{"ms":40}`)}))
 	}
+	// Both places a queued job can be: session jobs held by the agent,
+	// waiting in the pool's line; anonymous ones still in the stream (the
+	// agent takes those only for a free worker).
+	var waiting int
+	var inStream uint64
+	fleettest.Eventually(t, 30*time.Second, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		cons, err := f.Topology().AnyConsumer(ctx)
+		if err != nil {
+			return err
+		}
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return err
+		}
+		waiting, inStream = f.Agents[0].Pool().Stats().Waiters, info.NumPending
+		if waiting < 25 || inStream < 50 {
+			return fmt.Errorf("%d jobs waiting in the agent, %d anonymous ones in the stream", waiting, inStream)
+		}
+		return nil
+	})
+	t.Logf("at cancel time: %d session jobs waiting in the agent, %d anonymous jobs in the stream", waiting, inStream)
 	canceled := map[string]bool{}
 	for i, id := range all {
 		if i%4 < 2 { // half the session jobs, half the anonymous ones
