@@ -204,7 +204,9 @@ func (j *job) waitCtx() (context.Context, context.CancelFunc) {
 // gives up its place in line (or the lease it got) and stores "canceled".
 // It reports whether the job was canceled.
 func (j *job) cancelBeforeRun(lease *pool.Lease, started time.Time) bool {
-	if !j.isCanceled() {
+	if !j.isCanceled() || j.r.a.baseCtx.Err() != nil {
+		// Not canceled, or the agent was killed: then, as after a crash,
+		// the job's redelivery ends it.
 		return false
 	}
 	if lease != nil {
@@ -221,6 +223,11 @@ func (j *job) cancelBeforeRun(lease *pool.Lease, started time.Time) bool {
 // finished before the worker saw the cancel.
 func (j *job) canceledCall(base *queue.Result, res worker.Result, err error, started time.Time) bool {
 	if !j.isCanceled() || (err == nil && res.OK) {
+		return false
+	}
+	if err != nil && j.r.a.baseCtx.Err() != nil {
+		// The call failed because the agent is dying (Kill): like a
+		// crash, leave the job to its redelivery, which ends it.
 		return false
 	}
 	msg := "canceled while running"

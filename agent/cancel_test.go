@@ -452,31 +452,44 @@ func TestCancelAfterResult(t *testing.T) {
 }
 
 // Done when "Cancel, races", second half: the agent running a job dies
-// (Kill: no ack, no nak, workers gone) and the job is canceled meanwhile;
-// the survivor that gets it on redelivery ends it "canceled" without
-// running it again.
+// (Kill: no ack, no nak, workers gone) around the job's cancel, before or
+// after it; the survivor that gets the job on redelivery ends it "canceled"
+// without running it again.
 func TestCancelDuringAgentKill(t *testing.T) {
 	t.Parallel()
-	cfg, execLog := withExecLog(t, fleetConfig(1, 1))
-	cfg.Agent.Queue.AckWait = 4 * time.Second
-	f := fleettest.StartFleet(t, cfg)
-	id := submit(t, f, "doomed", &queue.Job{ID: "failover", Command: "sleep", Payload: json.RawMessage(`{"ms":60000}`), TimeoutMS: 120000})
-	waitExecuted(t, execLog, id)
-	survivor := f.AddAgent(t)
-	f.Agents[0].Kill()
-	cancelJob(t, f, id)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	r, err := f.Client.Result(ctx, id, nil)
-	if err != nil {
-		t.Fatal(err)
+	for _, order := range []string{"kill-then-cancel", "cancel-then-kill"} {
+		t.Run(order, func(t *testing.T) {
+			t.Parallel()
+			cfg, execLog := withExecLog(t, fleetConfig(1, 1))
+			cfg.Agent.Queue.AckWait = 4 * time.Second
+			// Long enough that the dying agent never gives up on the
+			// worker by itself before the kill.
+			cfg.Agent.CancelGrace = time.Minute
+			f := fleettest.StartFleet(t, cfg)
+			id := submit(t, f, "doomed", &queue.Job{ID: "failover", Command: "sleep", Payload: json.RawMessage(`{"ms":60000}`), TimeoutMS: 120000})
+			waitExecuted(t, execLog, id)
+			survivor := f.AddAgent(t)
+			if order == "kill-then-cancel" {
+				f.Agents[0].Kill()
+				cancelJob(t, f, id)
+			} else {
+				cancelJob(t, f, id)
+				f.Agents[0].Kill()
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			r, err := f.Client.Result(ctx, id, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantCanceled(t, r)
+			if r.Agent != survivor.Name() || r.Attempt < 2 {
+				t.Errorf("result from %s at attempt %d; want the survivor %s on a redelivery", r.Agent, r.Attempt, survivor.Name())
+			}
+			if n := len(fleettest.ReadExecLog(t, execLog)[id]); n != 1 {
+				t.Errorf("job ran %d times, want once (on the killed agent only)", n)
+			}
+			t.Logf("redelivered to %s at attempt %d: %s", r.Agent, r.Attempt, r.Error.Message)
+		})
 	}
-	wantCanceled(t, r)
-	if r.Agent != survivor.Name() || r.Attempt < 2 {
-		t.Errorf("result from %s at attempt %d; want the survivor %s on a redelivery", r.Agent, r.Attempt, survivor.Name())
-	}
-	if n := len(fleettest.ReadExecLog(t, execLog)[id]); n != 1 {
-		t.Errorf("job ran %d times, want once (on the killed agent only)", n)
-	}
-	t.Logf("redelivered to %s at attempt %d: %s", r.Agent, r.Attempt, r.Error.Message)
 }
