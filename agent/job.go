@@ -77,7 +77,7 @@ func newJob(r *runner, msg jetstream.Msg) *job {
 // reserve takes the job's place in its session's line. It runs in the fetch
 // loop, so places are taken in stream order.
 func (j *job) reserve() {
-	if j.parsErr != nil || j.attempt > j.maxAttempts() || j.isCanceled() {
+	if j.parsErr != nil || j.attempt > j.maxAttempts() {
 		return
 	}
 	j.ticket, j.reserveEr = j.r.a.pool.Reserve(pool.Request{Session: j.job.Session, RequireSession: j.job.RequireSession})
