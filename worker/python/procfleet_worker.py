@@ -897,6 +897,9 @@ class Worker:
             )
             return
         finally:
+            # Also here: a signal may raise Canceled between arming and the
+            # inner try, leaving _armed set.
+            self._armed = None
             self._cur_id = None
             self._cur_msg = None
             self._cur_call = None

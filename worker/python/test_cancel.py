@@ -186,6 +186,29 @@ class CancelTest(WorkerTestCase):
         self.assertEqual(w.recv(), {"type": "result", "id": 1, "ok": True, "result": "slept"})
         self.shutdown(w)
 
+    def test_cancel_races_keep_the_stream_sound(self):
+        # A cancel right behind each call lands before the handler starts,
+        # while it runs, or after it answered: every call gets exactly one
+        # answer, success or Canceled, and the worker serves on.
+        w = self.start()
+        outcomes = {"ok": 0, "Canceled": 0}
+        for cid in range(1, 301):
+            w.send({"type": "call", "id": cid, "command": "sleep", "payload": (cid % 3) * 0.001})
+            w.send({"type": "cancel", "id": cid})
+            msg = w.recv()
+            self.assertEqual((msg["type"], msg["id"]), ("result", cid), msg)
+            if msg["ok"]:
+                outcomes["ok"] += 1
+            else:
+                self.assertEqual(msg["error"]["type"], "Canceled", msg)
+                outcomes["Canceled"] += 1
+        # Stray signals after all that do nothing either.
+        os.kill(w.proc.pid, signal.SIGUSR1)
+        w._next_id = 300
+        self.assertEqual(w.call("echo", "alive")["result"], "alive")
+        self.assertGreater(outcomes["Canceled"], 0, outcomes)
+        self.shutdown(w)
+
     def test_sigusr1_outside_a_call_does_nothing(self):
         # The SDK owns SIGUSR1 while serving: a stray one (no cancel) must
         # neither kill the worker nor fail the next call.
