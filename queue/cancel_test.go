@@ -131,3 +131,31 @@ func TestCancelTTLAtLeastDedupWindow(t *testing.T) {
 		t.Fatalf("CancelTTL below the dedup window: %v", err)
 	}
 }
+
+// A topology from before cancels existed (no FLEET_CANCELS) says so: a
+// cancel, the feed and OpenCancels fail with ErrNoTopology, and Ensure adds
+// the stream.
+func TestCancelsStreamMissing(t *testing.T) {
+	t.Parallel()
+	b := setup(t, queue.Config{Partitions: 4})
+	ctx := testCtx(t)
+	if err := b.js.DeleteStream(ctx, "FLEET_CANCELS"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.topo.Cancel(ctx, "x"); !errors.Is(err, queue.ErrNoTopology) {
+		t.Fatalf("cancel: %v, want ErrNoTopology", err)
+	}
+	if _, err := b.topo.FollowCancels(ctx, func(string, time.Time) {}); !errors.Is(err, queue.ErrNoTopology) {
+		t.Fatalf("follow: %v, want ErrNoTopology", err)
+	}
+	if err := queue.OpenCancels(ctx, b.js, b.cfg); !errors.Is(err, queue.ErrNoTopology) {
+		t.Fatalf("open: %v, want ErrNoTopology", err)
+	}
+	topo, err := queue.Ensure(ctx, b.js, b.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := topo.Cancel(ctx, "x"); err != nil {
+		t.Fatalf("cancel after Ensure: %v", err)
+	}
+}
