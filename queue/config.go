@@ -89,7 +89,8 @@ type Config struct {
 
 	// CancelTTL is how long a cancel is kept in the cancels stream (its
 	// max age): a job delivered within it after its cancel never runs.
-	// Default 24h; at least DedupWindow. See CancelStream.
+	// Default 24h (or DedupWindow, if longer); at least DedupWindow. See
+	// CancelStream.
 	CancelTTL time.Duration
 }
 
@@ -135,7 +136,7 @@ func (c Config) WithDefaults() Config {
 		c.MaxAckPending = 1000
 	}
 	if c.CancelTTL == 0 {
-		c.CancelTTL = DefaultCancelTTL
+		c.CancelTTL = max(DefaultCancelTTL, c.DedupWindow)
 	}
 	return c
 }
