@@ -142,6 +142,12 @@ func (a *Agent) followCancels(ctx context.Context) error {
 		return fmt.Errorf("catching up with %s: %w", a.cfg.Queue.CancelStream(), ctx.Err())
 	}
 	a.cancelFeed = feed
+	// Forget cancels when the stream does, whatever this agent's config says.
+	if age := feed.MaxAge(); age > 0 {
+		a.cancels.mu.Lock()
+		a.cancels.ttl = age
+		a.cancels.mu.Unlock()
+	}
 	a.log.Debug("cancels loaded", zap.Int("cancels", a.cancels.size()))
 	return nil
 }

@@ -83,6 +83,7 @@ func (t *Topology) Cancel(ctx context.Context, id string) error {
 
 // CancelFeed follows the cancels stream: see FollowCancels.
 type CancelFeed struct {
+	maxAge   time.Duration
 	cc       jetstream.ConsumeContext
 	caught   chan struct{}
 	caughtMu sync.Once
@@ -109,7 +110,7 @@ func (t *Topology) FollowCancels(ctx context.Context, fn func(id string, at time
 		return nil, fmt.Errorf("queue: stream %s: %w", name, err)
 	}
 	last := info.State.LastSeq
-	f := &CancelFeed{caught: make(chan struct{})}
+	f := &CancelFeed{caught: make(chan struct{}), maxAge: info.Config.MaxAge}
 	if info.State.Msgs == 0 {
 		f.caughtUp()
 	}
@@ -148,6 +149,10 @@ func (f *CancelFeed) caughtUp() { f.caughtMu.Do(func() { close(f.caught) }) }
 // CaughtUp is closed once the cancels stored before FollowCancels was
 // called have all been seen.
 func (f *CancelFeed) CaughtUp() <-chan struct{} { return f.caught }
+
+// MaxAge is how long the cancels stream keeps a cancel, as the server has
+// it (CancelTTL of whoever ran Ensure).
+func (f *CancelFeed) MaxAge() time.Duration { return f.maxAge }
 
 // Stop ends the feed and returns once fn is no longer called.
 func (f *CancelFeed) Stop() {
