@@ -35,7 +35,8 @@ type Agent struct {
 	cancels    *cancelSet
 	cancelFeed *queue.CancelFeed
 
-	held *gate
+	held     *gate
+	capAdapt capAdapt // the adaptive default capacity (capacity.go)
 
 	// baseCtx bounds everything the agent does; canceled by Kill and at the
 	// end of Stop. Running calls use it, so a graceful Stop lets them finish.
@@ -137,6 +138,11 @@ func New(nc *nats.Conn, cfg Config) (*Agent, error) {
 		kick:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
 		epoch:   time.Now(),
+	}
+	if cfg.adaptiveCapacity {
+		a.capAdapt.floor, a.capAdapt.ceil = capacityBounds(cfg.Pool.Size)
+		a.capAdapt.current.Store(int64(a.capAdapt.floor))
+		a.held = newGate(a.capAdapt.floor)
 	}
 	a.metrics = newMetrics(a)
 	if cfg.Registerer != nil {

@@ -49,7 +49,7 @@ func (a *Agent) Info() ServiceInfo {
 		Pool:       summarize(a.pool.Stats()),
 		Counters:   a.Counters(),
 		Held:       a.held.held(),
-		Capacity:   a.cfg.Capacity,
+		Capacity:   a.capacity(),
 		Partitions: a.Partitions(),
 	}
 }
