@@ -45,13 +45,18 @@ func (g *gate) wait(ctx context.Context) bool {
 // it took, or 0 when ctx ended first. Settle every reservation with settle.
 func (g *gate) reserve(ctx context.Context, lo, hi int) int {
 	hi = max(hi, 1)
-	return g.reserveAt(ctx, max(min(lo, hi, g.cap), 1), hi)
+	return g.reserveAt(ctx, max(min(lo, hi), 1), hi)
 }
 
 // reserveAt is reserve with lo and hi as given; hi 0 waits for a turn
 // without taking room.
 func (g *gate) reserveAt(ctx context.Context, lo, hi int) int {
 	g.mu.Lock()
+	if hi > 0 {
+		// Never ask for more than the whole gate (read under the lock:
+		// the adaptive capacity moves).
+		lo = max(min(lo, g.cap), 1)
+	}
 	if free := g.cap - g.used; len(g.queue) == 0 && free >= lo {
 		n := min(free, hi)
 		g.used += n
@@ -138,7 +143,11 @@ func (g *gate) grantLocked() {
 	for len(g.queue) > 0 {
 		r := g.queue[0]
 		free := g.cap - g.used
-		if free < r.min {
+		// The capacity may have shrunk since r joined the line (the
+		// adaptive default follows run times): r never needs more than
+		// the whole gate, or it would wait forever and block everyone
+		// behind it.
+		if free < min(r.min, max(g.cap, 1)) {
 			break
 		}
 		r.got = min(free, r.max)
