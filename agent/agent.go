@@ -74,6 +74,7 @@ type Agent struct {
 	startedAt time.Time
 
 	counters counters
+	current  current // worker id -> the job it runs (dashboard)
 	metrics  *metrics
 	svc      micro.Service
 }

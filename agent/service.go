@@ -23,6 +23,7 @@ type ServiceInfo struct {
 	Held       int             `json:"held"`
 	Capacity   int             `json:"capacity"`
 	Partitions []int           `json:"partitions"`
+	Workers    []WorkerRow     `json:"workers"`
 }
 
 // PoolSummary is the part of pool.Stats worth showing remotely.
@@ -44,9 +45,11 @@ func summarize(st pool.Stats) PoolSummary {
 
 // Info returns the agent's current state.
 func (a *Agent) Info() ServiceInfo {
+	st := a.pool.Stats()
 	return ServiceInfo{
 		Agent:      *a.info(),
-		Pool:       summarize(a.pool.Stats()),
+		Pool:       summarize(st),
+		Workers:    a.workerRows(st.Workers),
 		Counters:   a.Counters(),
 		Held:       a.held.held(),
 		Capacity:   a.capacity(),
