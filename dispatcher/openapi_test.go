@@ -24,6 +24,7 @@ var handlerCodes = map[string][]int{
 	"POST /v1/jobs/batch":        {200, 400, 413},
 	"GET /v1/jobs/{id}/progress": {200, 400, 500, 503},
 	"GET /v1/results/{id}":       {200, 400, 404, 500, 503},
+	"DELETE /v1/jobs/{id}":       {200, 202, 400, 500, 503},
 	"GET /v1/status":             {200, 500, 503},
 	"GET /v1/agents":             {200, 500, 503},
 	"GET /v1/queues":             {200, 500, 503},
