@@ -31,6 +31,9 @@ type Agent struct {
 	pool *pool.Pool
 	// deaths is the poison guard's bucket (see poison.go).
 	deaths jetstream.KeyValue
+	// cancels holds the cancels stream's ids, fed by cancelFeed (cancel.go).
+	cancels    *cancelSet
+	cancelFeed *queue.CancelFeed
 
 	held     *gate
 	capAdapt capAdapt // the adaptive default capacity (capacity.go)
@@ -77,7 +80,7 @@ type Agent struct {
 }
 
 type counters struct {
-	ok, appFailed, retried, exhausted, badRequest, sessionLost, checkoutErrs atomic.Uint64
+	ok, appFailed, retried, exhausted, badRequest, sessionLost, checkoutErrs, canceled atomic.Uint64
 }
 
 // record counts a job's outcome, and its duration where it reached a worker.
@@ -96,6 +99,8 @@ func (a *Agent) record(outcome string, d time.Duration) {
 		c.badRequest.Add(1)
 	case outcomeSessionLost:
 		c.sessionLost.Add(1)
+	case outcomeCanceled:
+		c.canceled.Add(1)
 	}
 	a.metrics.jobs.WithLabelValues(outcome).Inc()
 	if d > 0 {
@@ -106,6 +111,8 @@ func (a *Agent) record(outcome string, d time.Duration) {
 // Counters is a snapshot of what the agent has done with jobs.
 type Counters struct {
 	Succeeded, AppFailed, Retried, Exhausted, BadRequest, SessionLost, CheckoutErrors uint64
+	// Canceled counts jobs ended by a cancel.
+	Canceled uint64
 }
 
 // New validates cfg and returns an Agent that has not started. nc belongs to
@@ -169,6 +176,7 @@ func (a *Agent) Counters() Counters {
 		Succeeded: c.ok.Load(), AppFailed: c.appFailed.Load(), Retried: c.retried.Load(),
 		Exhausted: c.exhausted.Load(), BadRequest: c.badRequest.Load(),
 		SessionLost: c.sessionLost.Load(), CheckoutErrors: c.checkoutErrs.Load(),
+		Canceled: c.canceled.Load(),
 	}
 }
 
@@ -188,10 +196,15 @@ func (a *Agent) Start(ctx context.Context) error {
 	return err
 }
 
-func (a *Agent) start(ctx context.Context) error {
+func (a *Agent) start(ctx context.Context) (err error) {
 	if a.baseCtx.Err() != nil {
 		return ErrStopped
 	}
+	defer func() {
+		if err != nil {
+			a.stopCancels()
+		}
+	}()
 	js, err := jetstream.New(a.nc)
 	if err != nil {
 		return fmt.Errorf("agent: jetstream: %w", err)
@@ -205,6 +218,11 @@ func (a *Agent) start(ctx context.Context) error {
 	// derive the intervals that follow from it unless they were set.
 	a.cfg.Queue = topo.Config
 	a.cfg.deriveIntervals()
+	// Cancels first: no job may be taken before the cancels stored so far
+	// are known.
+	if err := a.followCancels(ctx); err != nil {
+		return fmt.Errorf("agent: cancels: %w", err)
+	}
 	if err := a.pool.Start(ctx); err != nil {
 		a.pool.Kill()
 		return fmt.Errorf("agent: start pool: %w", err)
@@ -254,7 +272,9 @@ func (a *Agent) openTopology(ctx context.Context, js jetstream.JetStream) (*queu
 			// Open checks the streams; the consumers come last in Ensure.
 			if _, err = topo.AnyConsumer(ctx); err == nil {
 				if a.deaths, err = queue.OpenPoison(ctx, js, a.cfg.Queue); err == nil {
-					return topo, nil
+					if err = queue.OpenCancels(ctx, js, a.cfg.Queue); err == nil {
+						return topo, nil
+					}
 				}
 			}
 		}
@@ -264,7 +284,9 @@ func (a *Agent) openTopology(ctx context.Context, js jetstream.JetStream) (*queu
 		topo, err = queue.Ensure(ctx, js, a.cfg.Queue)
 		if err == nil {
 			if a.deaths, err = queue.OpenPoison(ctx, js, a.cfg.Queue); err == nil {
-				return topo, nil
+				if err = queue.OpenCancels(ctx, js, a.cfg.Queue); err == nil {
+					return topo, nil
+				}
 			}
 		}
 		if attempt == 0 {
@@ -338,6 +360,7 @@ func (a *Agent) Stop(ctx context.Context) error {
 		a.mu.Unlock()
 
 		// 5. Stop the workers.
+		a.stopCancels()
 		err = a.pool.Stop(ctx)
 		a.log.Info("agent stopped")
 	})
@@ -363,6 +386,7 @@ func (a *Agent) Kill() {
 			r.wait()
 		}
 		a.draining.Wait()
+		a.stopCancels()
 		close(a.done)
 	})
 }

@@ -32,6 +32,11 @@ type job struct {
 
 	mu         sync.Mutex
 	callCancel context.CancelFunc
+	// canceled is set once a cancel covers the job; cctx ends then (see
+	// cancel.go).
+	canceled bool
+	cctx     context.Context
+	ccancel  context.CancelFunc
 
 	// handedOff is set when the job's verdict waits for its result's
 	// PubAck: the runner's acker then ends the job, not run's caller.
@@ -110,6 +115,9 @@ func (j *job) run() {
 		j.badRequest()
 		return
 	}
+	if j.cancelBeforeRun(nil, time.Now()) {
+		return
+	}
 	if j.attempt > j.maxAttempts() {
 		j.exhaust(fmt.Sprintf("delivered %d times, max_attempts is %d", j.attempt, j.maxAttempts()))
 		return
@@ -123,8 +131,13 @@ func (j *job) run() {
 		return
 	}
 	started := time.Now()
-	lease, err := j.ticket.Wait(j.r.waitCtx)
+	wctx, stop := j.waitCtx()
+	lease, err := j.ticket.Wait(wctx)
+	stop()
 	if err != nil {
+		if j.cancelBeforeRun(nil, started) {
+			return
+		}
 		switch {
 		case j.r.waitCtx.Err() != nil:
 			// Draining: hand the job back for the next owner, at once.
@@ -144,6 +157,9 @@ func (j *job) run() {
 	if j.expire(lease) { // deadline passed while it waited in line
 		return
 	}
+	if j.cancelBeforeRun(lease, started) {
+		return
+	}
 	j.call(lease, started)
 }
 
@@ -161,6 +177,9 @@ func (j *job) call(lease *pool.Lease, started time.Time) {
 		Attempt:  j.attempt,
 		Deadline: deadline,
 		Payload:  j.job.Payload,
+		// A cancel of the job reaches the worker (see cancel.go).
+		Cancel:      j.cctx.Done(),
+		CancelGrace: a.cfg.CancelGrace,
 	}
 	progressSubj := a.cfg.Queue.ProgressSubject(j.job.ID)
 	c.OnProgress = func(data json.RawMessage) {
@@ -175,6 +194,9 @@ func (j *job) call(lease *pool.Lease, started time.Time) {
 	cancel()
 	lease.Release()
 	base := &queue.Result{Worker: lease.WorkerID(), WorkerPID: lease.PID(), NewSession: lease.NewSession()}
+	if j.canceledCall(base, res, err, started) {
+		return
+	}
 	switch {
 	case err != nil:
 		kind := queue.KindApp

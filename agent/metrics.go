@@ -18,6 +18,7 @@ const (
 	outcomeSessionLost = "session_lost"
 	outcomeRequeued    = "requeued" // handed back while draining; not a failure
 	outcomePoison      = "poison"   // stopped by the poison guard
+	outcomeCanceled    = "canceled" // ended by a cancel (see cancel.go)
 )
 
 // metrics are the agent's Prometheus instruments. Job counters and
@@ -38,7 +39,7 @@ func newMetrics(a *Agent) *metrics {
 	m := &metrics{
 		jobs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "procfleet", Name: "jobs_total",
-			Help: "Jobs handled by this agent, by outcome (ok, app_error, retried, exhausted, bad_request, session_lost, requeued, poison).",
+			Help: "Jobs handled by this agent, by outcome (ok, app_error, retried, exhausted, bad_request, session_lost, requeued, poison, canceled).",
 		}, []string{"outcome"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "procfleet", Name: "job_duration_seconds",
@@ -64,7 +65,7 @@ func newMetrics(a *Agent) *metrics {
 		}),
 	}
 	// Pre-create the label values, so dashboards see zeros, not gaps.
-	for _, o := range []string{outcomeOK, outcomeAppError, outcomeRetried, outcomeExhausted, outcomeBadRequest, outcomeSessionLost, outcomeRequeued, outcomePoison} {
+	for _, o := range []string{outcomeOK, outcomeAppError, outcomeRetried, outcomeExhausted, outcomeBadRequest, outcomeSessionLost, outcomeRequeued, outcomePoison, outcomeCanceled} {
 		m.jobs.WithLabelValues(o)
 	}
 	return m

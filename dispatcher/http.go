@@ -163,6 +163,7 @@ func (a *httpAPI) routes() *routeMux {
 	mux.Handle("POST /v1/jobs/batch", a.guard(RightSubmit, a.submitBatch))
 	mux.Handle("GET /v1/jobs/{id}/progress", a.guard(RightRead, a.progress))
 	mux.Handle("GET /v1/results/{id}", a.guard(RightRead, a.result))
+	mux.Handle("DELETE /v1/jobs/{id}", a.guard(RightSubmit, a.cancelJob))
 	a.uiRoutes(mux)
 	mux.Handle("GET /v1/status", a.guard(RightRead, a.status))
 	mux.Handle("GET /v1/agents", a.guard(RightRead, a.agents))

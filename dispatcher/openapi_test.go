@@ -42,6 +42,7 @@ var handlerCodes = map[string][]int{
 	"POST /v1/schedules":          {201, 400, 409, 413, 500, 503},
 	"GET /v1/schedules":           {200, 500, 503},
 	"DELETE /v1/schedules/{name}": {204, 400, 404, 500, 503},
+	"DELETE /v1/jobs/{id}":        {200, 202, 400, 500, 503},
 }
 
 // openRoutes need no token.

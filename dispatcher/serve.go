@@ -81,9 +81,9 @@ type SubmitReply struct {
 	Due *time.Time `json:"due,omitempty"`
 }
 
-// Serve ensures the topology, serves the submit and status API as the NATS
-// micro service "procfleet" (subjects <prefix>.api.submit and
-// <prefix>.api.status) and over HTTP where asked, and moves jobs whose
+// Serve ensures the topology, serves the submit, cancel and status API as
+// the NATS micro service "procfleet" (subjects <prefix>.api.submit,
+// <prefix>.api.cancel and <prefix>.api.status) and over HTTP where asked, and moves jobs whose
 // deliveries ran out to the dead-letter stream. It blocks until ctx ends.
 func Serve(ctx context.Context, nc *nats.Conn, cfg ServeConfig) error {
 	log := cfg.Logger
@@ -144,6 +144,22 @@ func Serve(ctx context.Context, nc *nats.Conn, cfg ServeConfig) error {
 			code := statusOf(err)
 			if code == http.StatusInternalServerError {
 				log.Error("submit", zap.Error(err))
+				msg = "internal error (see the dispatcher's log)"
+			}
+			_ = req.Error(strconv.Itoa(code), msg, nil)
+			return
+		}
+		_ = req.RespondJSON(reply)
+	})); err != nil {
+		return err
+	}
+	if err := g.AddEndpoint("cancel", micro.HandlerFunc(func(req micro.Request) {
+		reply, err := c.handleCancel(ctx, req.Data())
+		if err != nil {
+			msg := err.Error()
+			code := statusOf(err)
+			if code == http.StatusInternalServerError {
+				log.Error("cancel", zap.Error(err))
 				msg = "internal error (see the dispatcher's log)"
 			}
 			_ = req.Error(strconv.Itoa(code), msg, nil)

@@ -29,8 +29,8 @@ type Topology struct {
 	consumers map[string]jetstream.Consumer
 }
 
-// Ensure creates or verifies, idempotently, the jobs, results and dead-letter
-// streams, the KV buckets (agents, leases, poison) and the durable job consumers ("p-0".."p-<P-1>"
+// Ensure creates or verifies, idempotently, the jobs, results, dead-letter
+// and cancels streams, the KV buckets (agents, leases, poison) and the durable job consumers ("p-0".."p-<P-1>"
 // and "any"). Concurrent Ensure calls with the same configuration are safe.
 //
 // An existing resource that differs in a contract field (partition count,
@@ -60,6 +60,9 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config) (*Topology,
 		return nil, err
 	}
 	if _, err = ensureBucket(ctx, js, cfg.poisonBucketConfig()); err != nil {
+		return nil, err
+	}
+	if _, err = ensureStream(ctx, js, cfg.cancelsStreamConfig()); err != nil {
 		return nil, err
 	}
 	if err := t.ensureConsumers(ctx); err != nil {

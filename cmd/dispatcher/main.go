@@ -32,6 +32,7 @@ const usage = `Usage: dispatcher <command> [flags]
 Commands:
   serve    ensure the topology, serve the submit/status API, move dead letters
   submit   publish one job (--wait prints its result)
+  cancel   cancel a job by id, queued or running (--wait prints its result)
   status   agents, partition owners, queue depth and dead letters
   dlq      list or replay dead letters: dlq list | dlq replay <seq>
   schedule periodic jobs: schedule add NAME --every 1h | --cron "0 2 * * *" ..., schedule list, schedule rm NAME
@@ -80,6 +81,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdServe(ctx, rest, stderr)
 	case "submit":
 		return cmdSubmit(ctx, rest, stdout, stderr)
+	case "cancel":
+		return cmdCancel(ctx, rest, stdout, stderr)
 	case "status":
 		return cmdStatus(ctx, rest, stdout, stderr)
 	case "dlq":
