@@ -11,9 +11,9 @@ import (
 	"github.com/procfleet/procfleet/queue"
 )
 
-// membershipLoop keeps the registry entry fresh, renews leases, and
-// reconciles owned partitions with the rendezvous assignment over the live
-// agents.
+// membershipLoop keeps the registry entry fresh, renews every queue's
+// leases, and reconciles each queue's owned partitions with the rendezvous
+// assignment over the live agents serving that queue.
 func (a *Agent) membershipLoop() {
 	defer a.loops.Done()
 	ctx := a.loopCtx
@@ -24,7 +24,9 @@ func (a *Agent) membershipLoop() {
 	for {
 		now := time.Now()
 		if now.Sub(lastRenew) >= a.cfg.LeaseRenewInterval {
-			a.renewLeases(ctx)
+			for _, l := range a.lanes {
+				l.renewLeases(ctx)
+			}
 			lastRenew = now
 		}
 		if now.Sub(lastBeat) >= a.cfg.HeartbeatInterval {
@@ -45,7 +47,22 @@ func (a *Agent) membershipLoop() {
 	}
 }
 
-func (a *Agent) renewLeases(ctx context.Context) {
+// rebalance reads the registry once and rebalances every queue.
+func (a *Agent) rebalance(ctx context.Context) {
+	infos, err := a.lanes[0].topo.ListAgents(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			a.log.Warn("list agents", zap.Error(err))
+		}
+		return
+	}
+	servers := a.servers(infos)
+	for _, l := range a.lanes {
+		l.rebalance(ctx, servers[l.queueName()])
+	}
+}
+
+func (a *lane) renewLeases(ctx context.Context) {
 	for _, r := range a.runnerList(false) {
 		err := a.topo.RenewLease(ctx, r.lease)
 		switch {
@@ -63,25 +80,10 @@ func (a *Agent) renewLeases(ctx context.Context) {
 	}
 }
 
-// rebalance takes the partitions rendezvous hashing gives this agent and
-// hands back the ones it no longer should own.
-func (a *Agent) rebalance(ctx context.Context) {
-	infos, err := a.topo.ListAgents(ctx)
-	if err != nil {
-		if ctx.Err() == nil {
-			a.log.Warn("list agents", zap.Error(err))
-		}
-		return
-	}
-	names := make([]string, 0, len(infos)+1)
-	for _, in := range infos {
-		names = append(names, in.Name)
-	}
-	if !slices.Contains(names, a.cfg.Name) {
-		names = append(names, a.cfg.Name)
-	}
-	slices.Sort(names)
-
+// rebalance takes the partitions rendezvous hashing over names (the live
+// agents serving this queue, sorted) gives this agent and hands back the
+// ones it no longer should own.
+func (a *lane) rebalance(ctx context.Context, names []string) {
 	want := make(map[int]bool)
 	for p := range a.cfg.Queue.Partitions {
 		if queue.Rendezvous(p, names) == a.cfg.Name {
@@ -138,7 +140,7 @@ func (a *Agent) rebalance(ctx context.Context) {
 // ended on their workers (another agent may run them next, so the state here
 // is stale) and, if release is set, the lease is deleted so the new owner can
 // take it without waiting for expiry.
-func (a *Agent) releasePartition(r *runner, release bool) {
+func (a *lane) releasePartition(r *runner, release bool) {
 	a.mu.Lock()
 	if a.runners[r.partition] != r {
 		a.mu.Unlock()
@@ -160,7 +162,7 @@ func (a *Agent) releasePartition(r *runner, release bool) {
 	}()
 }
 
-func (a *Agent) ownedLocked() []int {
+func (a *lane) ownedLocked() []int {
 	out := make([]int, 0, len(a.runners))
 	for p := range a.runners {
 		out = append(out, p)

@@ -16,7 +16,7 @@ import (
 // runner pulls one consumer: a session partition it holds a lease on, or
 // (partition -1) the shared anonymous consumer.
 type runner struct {
-	a         *Agent
+	a         *lane
 	partition int
 	cons      jetstream.Consumer
 	lease     *queue.Lease
@@ -48,7 +48,7 @@ type runner struct {
 	drained  bool
 }
 
-func (a *Agent) newRunner(partition int, cons jetstream.Consumer, lease *queue.Lease) *runner {
+func (a *lane) newRunner(partition int, cons jetstream.Consumer, lease *queue.Lease) *runner {
 	r := &runner{
 		a: a, partition: partition, cons: cons, lease: lease,
 		loopDone: make(chan struct{}),
@@ -220,7 +220,7 @@ func (r *runner) dispatch(msg jetstream.Msg, reserved bool) *jetstream.MsgMetada
 	if !reserved {
 		a.held.add(1)
 	}
-	msg = crashableMsg{Msg: msg, killed: &a.killed}
+	msg = crashableMsg{Msg: msg, killed: a.killed}
 	j := newJob(r, msg)
 	r.mu.Lock()
 	if r.drained {

@@ -23,6 +23,8 @@ type DeadLetter struct {
 	// or "<prefix>.job.any"), so that a replay is partitioned afresh.
 	// WriteDeadLetter maps a stored partition subject back to it.
 	Subject string `json:"subject"`
+	// Queue is the job's queue ("default" for the old subjects).
+	Queue string `json:"queue,omitempty"`
 	// Job is the original body verbatim when it is valid JSON; otherwise
 	// JobRaw holds it (base64 in JSON) and Job is empty.
 	Job    json.RawMessage `json:"job,omitempty"`
@@ -75,9 +77,14 @@ func (t *Topology) WriteDeadLetter(ctx context.Context, d *DeadLetter) error {
 	}
 	if subj, ok := t.Config.publishSubject(c.Subject); ok {
 		if c.Session == "" {
-			c.Session, _ = t.Config.jobSubject(c.Subject)
+			_, c.Session, _ = t.Config.ParseJobSubject(c.Subject)
 		}
 		c.Subject = subj
+	}
+	if c.Queue == "" {
+		if q, _, ok := t.Config.ParseJobSubject(c.Subject); ok {
+			c.Queue = q
+		}
 	}
 	if len(c.Job) > 0 && !json.Valid(c.Job) {
 		c.JobRaw, c.Job = []byte(c.Job), nil

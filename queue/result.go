@@ -38,7 +38,11 @@ type Result struct {
 	// has the same JobSeq and is deduplicated; a new job that reuses an id
 	// (after the jobs stream's dedup window, or a replayed dead letter) has
 	// a new JobSeq and stores its own result. 0 when unknown.
-	JobSeq     uint64          `json:"job_seq,omitempty"`
+	JobSeq uint64 `json:"job_seq,omitempty"`
+	// Queue is the queue the job ran on ("default" for the old subjects);
+	// JobSeq is a sequence in that queue's jobs stream. Empty from agents
+	// that predate queues.
+	Queue      string          `json:"queue,omitempty"`
 	OK         bool            `json:"ok"`
 	Result     json.RawMessage `json:"result,omitempty"`
 	Error      *ErrorInfo      `json:"error,omitempty"`
@@ -66,6 +70,10 @@ type ErrorInfo struct {
 func resultMsgID(r *Result) string {
 	if r.JobSeq == 0 {
 		return r.ID
+	}
+	if r.Queue != "" && r.Queue != DefaultQueue {
+		// Sequences of different queues' streams may coincide.
+		return r.ID + "-" + r.Queue + "-" + strconv.FormatUint(r.JobSeq, 10)
 	}
 	return r.ID + "-" + strconv.FormatUint(r.JobSeq, 10)
 }
@@ -172,6 +180,7 @@ func appendResult(b []byte, r *Result) ([]byte, bool) {
 	o := jsonappend.Start(b, `{`)
 	o.String(`"id":`, r.ID, false)
 	o.Uint(`,"job_seq":`, r.JobSeq)
+	o.String(`,"queue":`, r.Queue, true)
 	o.Bool(`,"ok":`, r.OK, false)
 	o.Raw(`,"result":`, r.Result)
 	if e := r.Error; e != nil {
@@ -254,7 +263,7 @@ func (t *Topology) GetJobResult(ctx context.Context, id string, seq uint64) (*Re
 		return nil, notFound(err)
 	}
 	r, err := decodeResult(id, m.Data)
-	if err != nil || r.matches(seq) {
+	if err != nil || r.matches(seq, t.Config.QueueName()) {
 		return r, err
 	}
 	// Another job reused the id (results are filed in the order they are
@@ -264,15 +273,20 @@ func (t *Topology) GetJobResult(ctx context.Context, id string, seq uint64) (*Re
 		if err != nil {
 			return nil, notFound(err)
 		}
-		if r, err := decodeResult(id, m.Data); err == nil && r.matches(seq) {
+		if r, err := decodeResult(id, m.Data); err == nil && r.matches(seq, t.Config.QueueName()) {
 			return r, nil
 		}
 	}
 }
 
-// matches reports whether r is the result of the job message at seq.
-func (r *Result) matches(seq uint64) bool {
-	return seq == 0 || r.JobSeq == 0 || r.JobSeq == seq
+// matches reports whether r is the result of the job message at seq of
+// queue (a result without a queue is the default queue's).
+func (r *Result) matches(seq uint64, queue string) bool {
+	rq := r.Queue
+	if rq == "" {
+		rq = DefaultQueue
+	}
+	return seq == 0 || r.JobSeq == 0 || (r.JobSeq == seq && rq == queue)
 }
 
 func decodeResult(id string, data []byte) (*Result, error) {
@@ -324,7 +338,7 @@ func (t *Topology) WaitJobResult(ctx context.Context, nc *nats.Conn, id string, 
 		select {
 		case m := <-ch:
 			r, err := decodeResult(id, m.Data)
-			if err != nil || !r.matches(seq) {
+			if err != nil || !r.matches(seq, t.Config.QueueName()) {
 				continue // not a result, or another job's
 			}
 			if seq == 0 {
