@@ -53,10 +53,17 @@ type ServeConfig struct {
 	// Registerer, when set, receives the fleet metrics (see
 	// Client.Metrics). Default: none.
 	Registerer prometheus.Registerer
+	// UnroutableAfter, when positive, dead-letters as "unroutable" (a
+	// result and a dead letter) every job of a queue that no live agent
+	// serves once it has waited this long. Default 0: such jobs wait.
+	UnroutableAfter time.Duration
 }
 
 // SubmitRequest is the body of the submit endpoint.
 type SubmitRequest struct {
+	// Queue is the job's queue; default "default". A queue that does not
+	// exist yet is created.
+	Queue   string     `json:"queue,omitempty"`
 	Session string     `json:"session,omitempty"`
 	Job     *queue.Job `json:"job"`
 }
@@ -64,6 +71,7 @@ type SubmitRequest struct {
 // SubmitReply is the submit endpoint's answer.
 type SubmitReply struct {
 	ID        string `json:"id"`
+	Queue     string `json:"queue"`
 	Duplicate bool   `json:"duplicate,omitempty"`
 }
 
@@ -112,6 +120,20 @@ func Serve(ctx context.Context, nc *nats.Conn, cfg ServeConfig) error {
 	if err := c.topo.WatchMaxDeliveries(wctx, nc, "dispatcher", log); err != nil {
 		return fmt.Errorf("dispatcher: dead-letter watcher: %w", err)
 	}
+	if cfg.UnroutableAfter < 0 {
+		return fmt.Errorf("dispatcher: UnroutableAfter cannot be negative, got %s", cfg.UnroutableAfter)
+	}
+	// The other queues' watchers, and unroutable jobs.
+	sw := &sweeper{c: c, after: cfg.UnroutableAfter, log: log, watched: map[string]bool{}}
+	sweepDone := make(chan struct{})
+	go func() {
+		defer close(sweepDone)
+		sw.run(wctx)
+	}()
+	defer func() {
+		cancelWatch()
+		<-sweepDone
+	}()
 
 	svc, err := micro.AddService(nc, micro.Config{
 		Name:        ServiceName,
@@ -194,7 +216,7 @@ func (c *Client) handleSubmit(ctx context.Context, body []byte) (*SubmitReply, e
 	dec.DisallowUnknownFields()
 	var req SubmitRequest
 	if err := dec.Decode(&req); err != nil {
-		return nil, badRequest("body is not a submit request {\"session\": ..., \"job\": {...}}: %v", err)
+		return nil, badRequest("body is not a submit request {\"queue\": ..., \"session\": ..., \"job\": {...}}: %v", err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return nil, badRequest("body holds more than one JSON value")
@@ -204,9 +226,13 @@ func (c *Client) handleSubmit(ctx context.Context, body []byte) (*SubmitReply, e
 	}
 	sctx, cancel := context.WithTimeout(ctx, apiTimeout)
 	defer cancel()
-	ack, err := c.topo.Submit(sctx, req.Session, req.Job)
+	t, err := c.Queue(sctx, req.Queue)
 	if err != nil {
 		return nil, err
 	}
-	return &SubmitReply{ID: req.Job.ID, Duplicate: ack != nil && ack.Duplicate}, nil
+	ack, err := t.Submit(sctx, req.Session, req.Job)
+	if err != nil {
+		return nil, err
+	}
+	return &SubmitReply{ID: req.Job.ID, Queue: t.Config.QueueName(), Duplicate: ack != nil && ack.Duplicate}, nil
 }

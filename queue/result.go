@@ -28,6 +28,9 @@ const (
 	// message names the size and the limit. Final: a rerun would produce
 	// the same outcome.
 	KindTooLarge = "too_large"
+	// KindUnroutable: no live agent served the job's queue for longer than
+	// the dispatcher's --unroutable-after; a dead letter too.
+	KindUnroutable = "unroutable"
 )
 
 // Result is the envelope stored on "<prefix>.result.<id>".
