@@ -128,6 +128,16 @@ type QueueConfig struct {
 	Capacity int
 }
 
+// Validate reports what New would refuse in c, without a connection: a
+// program can check its configuration before it connects.
+func (c Config) Validate() error {
+	if c.Name == "" {
+		c.Name = "validate"
+	}
+	_, err := c.laneConfigs()
+	return err
+}
+
 // laneConfigs returns one defaulted configuration per queue: c with Queue,
 // Pool and Capacity set to that queue's.
 func (c Config) laneConfigs() ([]Config, error) {

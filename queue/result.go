@@ -248,6 +248,11 @@ func (t *Topology) GetResult(ctx context.Context, id string) (*Result, error) {
 // seq 0 takes the latest result of id. A result without a JobSeq (stored by
 // an older agent) matches any seq.
 func (t *Topology) GetJobResult(ctx context.Context, id string, seq uint64) (*Result, error) {
+	return t.getJobResult(ctx, id, seq, t.Config.QueueName())
+}
+
+// getJobResult is GetJobResult for the job at seq of queue q.
+func (t *Topology) getJobResult(ctx context.Context, id string, seq uint64, q string) (*Result, error) {
 	if !ValidToken(id) {
 		return nil, fmt.Errorf("queue: get result: job id %q must be 1-128 characters of [A-Za-z0-9_-]", truncate(id))
 	}
@@ -266,7 +271,7 @@ func (t *Topology) GetJobResult(ctx context.Context, id string, seq uint64) (*Re
 		return nil, notFound(err)
 	}
 	r, err := decodeResult(id, m.Data)
-	if err != nil || r.matches(seq, t.Config.QueueName()) {
+	if err != nil || r.matches(seq, q) {
 		return r, err
 	}
 	// Another job reused the id (results are filed in the order they are
@@ -276,7 +281,7 @@ func (t *Topology) GetJobResult(ctx context.Context, id string, seq uint64) (*Re
 		if err != nil {
 			return nil, notFound(err)
 		}
-		if r, err := decodeResult(id, m.Data); err == nil && r.matches(seq, t.Config.QueueName()) {
+		if r, err := decodeResult(id, m.Data); err == nil && r.matches(seq, q) {
 			return r, nil
 		}
 	}
@@ -285,11 +290,14 @@ func (t *Topology) GetJobResult(ctx context.Context, id string, seq uint64) (*Re
 // matches reports whether r is the result of the job message at seq of
 // queue (a result without a queue is the default queue's).
 func (r *Result) matches(seq uint64, queue string) bool {
-	rq := r.Queue
-	if rq == "" {
-		rq = DefaultQueue
+	return seq == 0 || r.JobSeq == 0 || (r.JobSeq == seq && r.queueName() == queue)
+}
+
+func (r *Result) queueName() string {
+	if r.Queue == "" {
+		return DefaultQueue
 	}
-	return seq == 0 || r.JobSeq == 0 || (r.JobSeq == seq && rq == queue)
+	return r.Queue
 }
 
 func decodeResult(id string, data []byte) (*Result, error) {
@@ -334,6 +342,7 @@ func (t *Topology) WaitJobResult(ctx context.Context, nc *nats.Conn, id string, 
 		return nil, fmt.Errorf("queue: wait result %s: %w", id, err)
 	}
 
+	q := t.Config.QueueName()
 	recheck := 100 * time.Millisecond
 	timer := time.NewTimer(0) // first look right away
 	defer timer.Stop()
@@ -341,11 +350,11 @@ func (t *Topology) WaitJobResult(ctx context.Context, nc *nats.Conn, id string, 
 		select {
 		case m := <-ch:
 			r, err := decodeResult(id, m.Data)
-			if err != nil || !r.matches(seq, t.Config.QueueName()) {
+			if err != nil || !r.matches(seq, q) {
 				continue // not a result, or another job's
 			}
 			if seq == 0 {
-				seq = r.JobSeq // wait for this job's result now
+				seq, q = r.JobSeq, r.queueName() // wait for this job's result now
 			}
 			// A result on the wire is not yet the stored one: the stream
 			// may still be storing it, or refuse it (a rerun's duplicate,
@@ -355,7 +364,7 @@ func (t *Topology) WaitJobResult(ctx context.Context, nc *nats.Conn, id string, 
 			recheck = time.Millisecond
 			timer.Reset(0)
 		case <-timer.C:
-			r, err := t.GetJobResult(ctx, id, seq)
+			r, err := t.getJobResult(ctx, id, seq, q)
 			if err == nil {
 				return r, nil
 			}

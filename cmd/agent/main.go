@@ -131,6 +131,9 @@ Flags:
 	cfg.Pool.SessionIdleTTL = *sessionIdle
 	cfg.Pool.Worker = worker.Config{Command: workerCmd, Dir: *workerDir, StartupTimeout: *startupTimeout}
 
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
