@@ -161,7 +161,7 @@ func (a *lane) run(ctx context.Context) error {
 		return fmt.Errorf("agent: queue %s: anonymous consumer: %w", a.queueName(), err)
 	}
 	a.mu.Lock()
-	a.anyRunner = a.newRunner(-1, anyCons, nil)
+	a.anyRunner = a.newRunner(-1, anyCons, nil, time.Time{})
 	a.mu.Unlock()
 	a.started.Store(true)
 	a.kaLoop.Add(1)
@@ -272,6 +272,12 @@ func (a *lane) load() queue.QueueLoad {
 		Partitions: a.Partitions(), Degraded: st.Degraded,
 	}
 }
+
+// stamp and at are the Agent's (its heartbeats and the lane's lease
+// writes share one monotonic epoch).
+func (a *lane) stamp(t time.Time) int64 { return a.ag.stamp(t) }
+
+func (a *lane) at(stamp int64) time.Time { return a.ag.at(stamp) }
 
 // keepAliveLoop marks every held message InProgress, so jobs waiting for a
 // worker or running long are not redelivered while this agent lives.

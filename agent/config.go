@@ -58,8 +58,10 @@ type Config struct {
 	// FetchWait is how long one pull request waits for messages. Default 1s.
 	FetchWait time.Duration
 
-	// RebalanceInterval is how often the agent re-reads the registry and
-	// reconciles its partitions (a KV watch also triggers it). Default 1s.
+	// RebalanceInterval is how often the agent reconciles its partitions
+	// with its view of the registry, which a KV watch keeps current (a
+	// join or a departure seen there rebalances at once). A round with
+	// nothing to take sends nothing. Default 1s.
 	RebalanceInterval time.Duration
 
 	// HeartbeatInterval is how often the agent refreshes its registry entry.

@@ -6,6 +6,11 @@
 // session partitions it should own, and takes each through a lease in
 // fleet_leases. For every partition it holds it runs a fetch loop on that
 // partition's durable consumer; anonymous jobs come from one shared consumer.
+// It watches the registry: a join or a departure rebalances at once, and the
+// leases of an agent whose entry expired (it died) are taken without waiting
+// for them to expire. It pulls from a partition only while both its lease
+// and its own registry entry are known to be alive, so that no partition
+// has two consumers when another agent takes it.
 // Each fetched message becomes a pool checkout under its session (reserved in
 // message order, so jobs of one session run in FIFO order), a call on the
 // leased worker, a stored result, and only then an ack.

@@ -2,25 +2,233 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"maps"
 	"slices"
+	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
 	"github.com/procfleet/procfleet/queue"
 )
 
-// membershipLoop keeps the registry entry fresh, renews every queue's
-// leases, and reconciles each queue's owned partitions with the rendezvous
-// assignment over the live agents serving that queue.
+// registry is this agent's view of the agents bucket, kept by a KV watch
+// (registryLoop): who is live, and who left or expired and when. A watch
+// costs nothing at rest beyond the heartbeats it relays, where listing the
+// bucket on every rebalance cost a consumer per round, and it tells the
+// survivors of an agent's death the moment the server expires its entry.
+type registry struct {
+	mu    sync.Mutex
+	ready bool                 // the watch has delivered every current entry
+	live  map[string]time.Time // agents with a live entry, and when it was last seen written
+	// queues are the queues each live agent serves, from its entry (an
+	// entry that names none serves the default queue).
+	queues map[string][]string
+	gone  map[string]time.Time // agents whose entry was removed or expired, and when
+}
+
+// reset forgets everything, for a new watch.
+func (g *registry) reset() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.ready = false
+	g.live, g.gone, g.queues = map[string]time.Time{}, map[string]time.Time{}, map[string][]string{}
+}
+
+// serves reports whether live agent name serves queue q, as its last
+// registry entry said.
+func (g *registry) serves(name, q string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	qs, ok := g.queues[name]
+	if !ok || len(qs) == 0 {
+		return q == queue.DefaultQueue
+	}
+	return slices.Contains(qs, q)
+}
+
+// entryQueues reads the queues an agents bucket entry names.
+func entryQueues(value []byte) []string {
+	var in struct {
+		Queues []struct {
+			Queue string `json:"queue"`
+		} `json:"queues"`
+	}
+	if json.Unmarshal(value, &in) != nil {
+		return nil
+	}
+	out := make([]string, 0, len(in.Queues))
+	for _, q := range in.Queues {
+		out = append(out, q.Queue)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// view returns the live agents (sorted) and the gone ones; ok is false until
+// the watch has caught up. An entry not seen written for longer than stale
+// counts as neither: its expiry marker was missed (the watch was away
+// longer than the server keeps markers), so the agent is taken for dead,
+// but its leases are left to expire, since when it went is unknown.
+func (g *registry) view(stale time.Duration) (live []string, gone map[string]time.Time, ok bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.ready {
+		return nil, nil, false
+	}
+	live = make([]string, 0, len(g.live))
+	for n, seen := range g.live {
+		if time.Since(seen) <= stale {
+			live = append(live, n)
+		}
+	}
+	slices.Sort(live)
+	return live, maps.Clone(g.gone), true
+}
+
+// apply folds one watch event in (nil: the watch has caught up) and
+// reports whether membership changed. forget drops gone entries older than
+// it, whose leases have expired on their own by then.
+func (g *registry) apply(e jetstream.KeyValueEntry, forget time.Duration) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.live == nil {
+		g.live, g.gone, g.queues = map[string]time.Time{}, map[string]time.Time{}, map[string][]string{}
+	}
+	if e == nil {
+		changed := !g.ready
+		g.ready = true
+		return changed
+	}
+	name := e.Key()
+	for n, at := range g.gone {
+		if time.Since(at) > forget {
+			delete(g.gone, n)
+		}
+	}
+	_, was := g.live[name]
+	switch e.Operation() {
+	case jetstream.KeyValueDelete, jetstream.KeyValuePurge:
+		delete(g.live, name)
+		delete(g.queues, name)
+		g.gone[name] = e.Created()
+		return was && g.ready
+	default:
+		g.live[name] = time.Now()
+		delete(g.gone, name)
+		qs := entryQueues(e.Value())
+		moved := !slices.Equal(qs, g.queues[name])
+		g.queues[name] = qs
+		return (!was || moved) && g.ready
+	}
+}
+
+// registryLoop watches the agents bucket for as long as the agent runs,
+// and kicks a rebalance whenever an agent joins or goes. A watch that ends
+// (a lost connection the watcher could not recover) is opened again.
+func (a *Agent) registryLoop() {
+	defer a.loops.Done()
+	ctx := a.loopCtx
+	forget := 2 * (a.cfg.Queue.LeaseTTL + a.cfg.Queue.AgentTTL)
+	for ctx.Err() == nil {
+		// The view needs names, operations and the queues each agent
+		// serves (in the entry's body, a few hundred bytes per heartbeat).
+		w, err := a.lanes[0].topo.Agents.WatchAll(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				a.log.Warn("watch agents", zap.Error(err))
+			}
+			if !sleepCtx(ctx, time.Second) {
+				return
+			}
+			continue
+		}
+		a.reg.reset()
+		a.watchRegistry(ctx, w, forget)
+		_ = w.Stop()
+		if !sleepCtx(ctx, 100*time.Millisecond) {
+			return
+		}
+	}
+}
+
+func (a *Agent) watchRegistry(ctx context.Context, w jetstream.KeyWatcher, forget time.Duration) {
+	// This agent's own heartbeats come back through the watch. A watch
+	// that stops relaying them while they get through has silently broken
+	// (say, across a server restart), so it is opened again.
+	ttl := a.cfg.Queue.AgentTTL
+	check := time.NewTicker(ttl)
+	defer check.Stop()
+	lastSelf := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-check.C:
+			beat := a.at(a.beatOK.Load())
+			if time.Since(lastSelf) > ttl && beat.After(lastSelf.Add(a.cfg.HeartbeatInterval)) {
+				a.log.Warn("agents watch relays nothing; watching again", zap.Duration("silent", time.Since(lastSelf)))
+				return
+			}
+		case e, ok := <-w.Updates():
+			if e != nil && e.Key() == a.cfg.Name && e.Operation() == jetstream.KeyValuePut {
+				lastSelf = time.Now()
+			}
+			if !ok {
+				if ctx.Err() == nil {
+					a.log.Warn("agents watch closed; watching again")
+				}
+				return
+			}
+			if a.reg.apply(e, forget) {
+				a.kickRebalance()
+			}
+		}
+	}
+}
+
+// kickRebalance asks the membership loop to rebalance now.
+func (a *Agent) kickRebalance() {
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
+// heartbeatLoop refreshes the registry entry. It runs on its own, so that
+// renewing many leases never delays the beat that keeps this agent alive in
+// the others' eyes.
+func (a *Agent) heartbeatLoop() {
+	defer a.loops.Done()
+	ctx := a.loopCtx
+	t := time.NewTicker(a.cfg.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := a.heartbeat(ctx); err != nil && ctx.Err() == nil {
+			a.log.Warn("heartbeat", zap.Error(err))
+		}
+	}
+}
+
+// membershipLoop renews every queue's leases and reconciles each queue's
+// owned partitions with the rendezvous assignment over the live agents
+// serving that queue, at once when the registry watch reports a join or a
+// departure.
 func (a *Agent) membershipLoop() {
 	defer a.loops.Done()
 	ctx := a.loopCtx
-	tick := min(a.cfg.RebalanceInterval, a.cfg.HeartbeatInterval, a.cfg.LeaseRenewInterval)
+	tick := min(a.cfg.RebalanceInterval, a.cfg.LeaseRenewInterval)
 	t := time.NewTicker(tick)
 	defer t.Stop()
-	var lastBeat, lastRenew, lastBalance time.Time
+	var lastRenew, lastBalance time.Time
 	for {
 		now := time.Now()
 		if now.Sub(lastRenew) >= a.cfg.LeaseRenewInterval {
@@ -28,12 +236,6 @@ func (a *Agent) membershipLoop() {
 				l.renewLeases(ctx)
 			}
 			lastRenew = now
-		}
-		if now.Sub(lastBeat) >= a.cfg.HeartbeatInterval {
-			if err := a.heartbeat(ctx); err != nil && ctx.Err() == nil {
-				a.log.Warn("heartbeat", zap.Error(err))
-			}
-			lastBeat = now
 		}
 		if now.Sub(lastBalance) >= a.cfg.RebalanceInterval {
 			a.rebalance(ctx)
@@ -43,30 +245,42 @@ func (a *Agent) membershipLoop() {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-a.kick:
+			a.rebalance(ctx)
+			lastBalance = time.Now()
 		}
 	}
 }
 
-// rebalance reads the registry once and rebalances every queue.
+// rebalance rebalances every queue over the agents the registry view says
+// serve it. A partition whose lease is held by an agent that has gone (its
+// registry entry expired: it died) is taken at once rather than after the
+// lease expires.
 func (a *Agent) rebalance(ctx context.Context) {
-	infos, err := a.lanes[0].topo.ListAgents(ctx)
-	if err != nil {
-		if ctx.Err() == nil {
-			a.log.Warn("list agents", zap.Error(err))
-		}
-		return
+	names, gone, ok := a.reg.view(2 * a.cfg.Queue.AgentTTL)
+	if !ok {
+		return // the registry watch has not caught up yet
 	}
-	servers := a.servers(infos)
 	for _, l := range a.lanes {
-		l.rebalance(ctx, servers[l.queueName()])
+		q := l.queueName()
+		servers := []string{a.cfg.Name}
+		for _, n := range names {
+			if n != a.cfg.Name && a.reg.serves(n, q) {
+				servers = append(servers, n)
+			}
+		}
+		slices.Sort(servers)
+		l.rebalance(ctx, servers, gone)
 	}
 }
 
 func (a *lane) renewLeases(ctx context.Context) {
 	for _, r := range a.runnerList(false) {
+		sent := time.Now()
 		err := a.topo.RenewLease(ctx, r.lease)
 		switch {
 		case err == nil:
+			r.leaseOK.Store(a.stamp(sent))
 		case errors.Is(err, queue.ErrLeaseLost):
 			// Someone else may own it now: stop pulling at once. Running
 			// jobs still finish; their acks are valid on the shared consumer.
@@ -83,7 +297,7 @@ func (a *lane) renewLeases(ctx context.Context) {
 // rebalance takes the partitions rendezvous hashing over names (the live
 // agents serving this queue, sorted) gives this agent and hands back the
 // ones it no longer should own.
-func (a *lane) rebalance(ctx context.Context, names []string) {
+func (a *lane) rebalance(ctx context.Context, names []string, gone map[string]time.Time) {
 	want := make(map[int]bool)
 	for p := range a.cfg.Queue.Partitions {
 		if queue.Rendezvous(p, names) == a.cfg.Name {
@@ -115,7 +329,14 @@ func (a *lane) rebalance(ctx context.Context, names []string) {
 		if ctx.Err() != nil {
 			return
 		}
-		lease, err := a.topo.AcquireLease(ctx, p, a.cfg.Name)
+		sent := time.Now()
+		var lease *queue.Lease
+		var err error
+		if len(gone) > 0 {
+			lease, err = a.topo.TakeLease(ctx, p, a.cfg.Name, gone)
+		} else {
+			lease, err = a.topo.AcquireLease(ctx, p, a.cfg.Name)
+		}
 		if err != nil {
 			if !errors.Is(err, queue.ErrLeaseHeld) && ctx.Err() == nil {
 				a.log.Warn("acquire lease", zap.Int("partition", p), zap.Error(err))
@@ -129,7 +350,7 @@ func (a *lane) rebalance(ctx context.Context, names []string) {
 			continue
 		}
 		a.mu.Lock()
-		a.runners[p] = a.newRunner(p, cons, lease)
+		a.runners[p] = a.newRunner(p, cons, lease, sent)
 		a.mu.Unlock()
 		a.log.Debug("took partition", zap.Int("partition", p))
 	}

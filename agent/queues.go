@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,6 +46,16 @@ type Agent struct {
 	done      chan struct{}
 	startedAt time.Time
 
+	// reg is the registry as the agents bucket watch shows it; kick asks
+	// the membership loop for a rebalance.
+	reg  registry
+	kick chan struct{}
+	// beatOK is when the last heartbeat that got through was sent (see
+	// stamp).
+	beatOK atomic.Int64
+	// epoch anchors stamp on the monotonic clock.
+	epoch time.Time
+
 	metrics *metrics
 	svc     micro.Service
 }
@@ -69,8 +78,10 @@ func New(nc *nats.Conn, cfg Config) (*Agent, error) {
 	a := &Agent{
 		cfg:  cfg,
 		nc:   nc,
-		log:  cfg.Logger.Named("agent").With(zap.String("agent", cfg.Name)),
-		done: make(chan struct{}),
+		log:   cfg.Logger.Named("agent").With(zap.String("agent", cfg.Name)),
+		done:  make(chan struct{}),
+		kick:  make(chan struct{}, 1),
+		epoch: time.Now(),
 	}
 	a.metrics = newMetrics()
 	a.baseCtx, a.baseCancel = context.WithCancel(context.Background())
@@ -228,7 +239,9 @@ func (a *Agent) start(ctx context.Context) error {
 	}
 	a.svc = svc
 
-	a.loops.Add(1)
+	a.loops.Add(3)
+	go a.registryLoop()
+	go a.heartbeatLoop()
 	go a.membershipLoop()
 	for _, l := range a.lanes {
 		a.log.Info("agent started", zap.String("queue", l.queueName()), zap.Int("workers", l.cfg.Pool.Size), zap.Int("capacity", l.cfg.Capacity))
@@ -353,23 +366,17 @@ func (a *Agent) info() *queue.AgentInfo {
 }
 
 func (a *Agent) heartbeat(ctx context.Context) error {
-	return a.lanes[0].topo.Heartbeat(ctx, a.info())
+	sent := time.Now()
+	if err := a.lanes[0].topo.Heartbeat(ctx, a.info()); err != nil {
+		return err
+	}
+	a.beatOK.Store(a.stamp(sent))
+	return nil
 }
 
-// servers returns, sorted, the names of the live agents serving each of
-// this agent's queues (this agent included).
-func (a *Agent) servers(infos []queue.AgentInfo) map[string][]string {
-	out := make(map[string][]string, len(a.lanes))
-	for _, l := range a.lanes {
-		q := l.queueName()
-		names := []string{a.cfg.Name}
-		for i := range infos {
-			if infos[i].Name != a.cfg.Name && infos[i].Serves(q) {
-				names = append(names, infos[i].Name)
-			}
-		}
-		slices.Sort(names)
-		out[q] = names
-	}
-	return out
-}
+// stamp turns t into a number for an atomic, on the monotonic clock, so
+// that a step of the wall clock cannot stretch a claim; at turns it back.
+func (a *Agent) stamp(t time.Time) int64 { return int64(t.Sub(a.epoch)) }
+
+func (a *Agent) at(stamp int64) time.Time { return a.epoch.Add(time.Duration(stamp)) }
+

@@ -38,6 +38,10 @@ type runner struct {
 	ackDone   chan struct{}
 	closeAcks sync.Once
 
+	// leaseOK is when the last successful write of the lease (acquire or
+	// renewal) was sent (Agent.stamp); see pullDeadline.
+	leaseOK atomic.Int64
+
 	// runAvg is a moving average of how long this runner's jobs ran on a
 	// worker (ns); 0 until one has. See shortJobs.
 	runAvg atomic.Int64
@@ -48,7 +52,9 @@ type runner struct {
 	drained  bool
 }
 
-func (a *lane) newRunner(partition int, cons jetstream.Consumer, lease *queue.Lease) *runner {
+// newRunner starts a runner; leaseAt is when the write that took lease was
+// sent (zero for the anonymous runner, which needs no lease).
+func (a *lane) newRunner(partition int, cons jetstream.Consumer, lease *queue.Lease, leaseAt time.Time) *runner {
 	r := &runner{
 		a: a, partition: partition, cons: cons, lease: lease,
 		loopDone: make(chan struct{}),
@@ -59,6 +65,7 @@ func (a *lane) newRunner(partition int, cons jetstream.Consumer, lease *queue.Le
 		acks:    make(chan pendingAck, a.cfg.Capacity+64),
 		ackDone: make(chan struct{}),
 	}
+	r.leaseOK.Store(a.stamp(leaseAt))
 	r.fetchCtx, r.fetchCancel = context.WithCancel(a.baseCtx)
 	r.waitCtx, r.waitCancel = context.WithCancel(a.baseCtx)
 	go r.ackLoop()
@@ -118,6 +125,33 @@ func (r *runner) loop() {
 	}
 }
 
+// claimMargin is the part of a TTL a claim is not relied on for: the server
+// counts a TTL from when it stored a write, after it was sent, but clocks
+// may run at slightly different rates.
+const claimMargin = 10
+
+// pullDeadline returns until when this runner may pull: its partition may
+// move to another agent once the lease expires or once this agent's
+// registry entry does (survivors then take its leases at once; see
+// queue.Topology.TakeLease). Both count from the last write that got
+// through, as sent. owned is false once that time has passed. The anonymous
+// runner owns nothing and may always pull.
+func (r *runner) pullDeadline() (deadline time.Time, owned bool) {
+	now := time.Now()
+	if r.lease == nil {
+		return now.Add(r.a.cfg.FetchWait), true
+	}
+	q := r.a.cfg.Queue
+	lease := r.a.at(r.leaseOK.Load()).Add(q.LeaseTTL - q.LeaseTTL/claimMargin)
+	beat := r.a.at(r.a.ag.beatOK.Load()).Add(q.AgentTTL - q.AgentTTL/claimMargin)
+	deadline = lease
+	if beat.Before(deadline) {
+		deadline = beat
+	}
+	// A pull shorter than this is not worth a request.
+	return deadline, deadline.Sub(now) > 20*time.Millisecond
+}
+
 // maxPull bounds one pull request.
 const maxPull = 256
 
@@ -125,6 +159,14 @@ const maxPull = 256
 // backlog the last message reported.
 func (r *runner) pull(ctx context.Context, backlog int) (int, error) {
 	a := r.a
+	_, owned := r.pullDeadline()
+	if !owned {
+		// Our claim may have lapsed in the others' eyes: another agent
+		// may take the partition now, so pull nothing until a heartbeat
+		// or a renewal gets through again (or the lease is found lost).
+		sleepCtx(ctx, 50*time.Millisecond)
+		return 0, nil
+	}
 	want := 1
 	if backlog > 0 {
 		want = min(backlog, maxPull)
@@ -152,12 +194,22 @@ func (r *runner) pull(ctx context.Context, backlog int) (int, error) {
 		if reserved == 0 {
 			return 0, ctx.Err()
 		}
+		if _, owned = r.pullDeadline(); !owned {
+			a.held.settle(reserved, 0)
+			return backlog, nil
+		}
 		msgs, err = r.cons.FetchNoWait(reserved)
 	} else {
 		if !a.held.wait(ctx) {
 			return 0, ctx.Err()
 		}
-		fctx, cancel := context.WithTimeout(ctx, a.cfg.FetchWait)
+		deadline, owned := r.pullDeadline()
+		if !owned {
+			return 0, nil
+		}
+		// A pull request still open when the claim lapses could deliver
+		// to this agent what the partition's next owner should get.
+		fctx, cancel := context.WithDeadline(ctx, earliest(time.Now().Add(a.cfg.FetchWait), deadline))
 		defer cancel()
 		msgs, err = r.cons.Fetch(1, jetstream.FetchContext(fctx))
 	}
@@ -198,6 +250,13 @@ func (r *runner) observeRun(d time.Duration) {
 		return
 	}
 	r.runAvg.Store(max(old+(int64(d)-old)/8, 1))
+}
+
+func earliest(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) bool {

@@ -53,15 +53,21 @@ type Config struct {
 	ResultsDedup time.Duration
 
 	// AgentTTL is the agents bucket TTL: an agent that stops heartbeating
-	// disappears after it. Default 6s; minimum 1s. Survivors take a dead
-	// agent's partitions only once its entry is gone, so failover takes up
-	// to AgentTTL plus one rebalance interval: 6s keeps that under 10s
-	// (measured in reliability.TestAgentCrash).
+	// disappears after it. Default 3s (agents heartbeat every third of it);
+	// minimum 1s. Survivors watch the bucket and, the moment a dead agent's
+	// entry expires, take its partitions without waiting for its leases to
+	// expire, so failover takes AgentTTL minus up to one heartbeat interval,
+	// plus the server's expiry lag (measured in reliability.TestAgentCrash).
+	// An agent whose own heartbeats stop getting through stops pulling from
+	// its partitions before its entry can expire.
 	AgentTTL time.Duration
 
 	// LeaseTTL is the leases bucket TTL: a lease not renewed within it
 	// expires and its partition moves on. Default 6s; minimum 1s. Limit
-	// markers are kept so watchers see expiries.
+	// markers are kept so watchers see expiries. A dead agent's leases are
+	// taken once its registry entry expires (see AgentTTL); LeaseTTL bounds
+	// failover when that is not seen, e.g. an agent that heartbeats but no
+	// longer renews.
 	LeaseTTL time.Duration
 
 	// AckWait is every job consumer's ack wait: a job held longer without
@@ -121,7 +127,7 @@ func (c Config) WithDefaults() Config {
 		c.ResultsDedup = min(time.Hour, c.ResultsMaxAge)
 	}
 	if c.AgentTTL == 0 {
-		c.AgentTTL = 6 * time.Second
+		c.AgentTTL = 3 * time.Second
 	}
 	if c.LeaseTTL == 0 {
 		c.LeaseTTL = 6 * time.Second

@@ -32,7 +32,10 @@
 // agent consumes partition n only while it holds the lease "p-<n>" in
 // fleet_leases: AcquireLease creates it, RenewLease updates it at its last
 // revision, and the bucket-wide TTL (with limit markers) expires it when the
-// agent dies, after which another agent's Create succeeds.
+// agent dies, after which another agent's Create succeeds. Sooner than
+// that, an agent that saw the holder's registry entry expire (a watch on
+// fleet_agents shows the marker) may TakeLease: a compare-and-set on the
+// lease's revision, granted only if the holder last wrote it before it went.
 //
 // # Results and dead letters
 //

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -69,6 +70,48 @@ func (t *Topology) AcquireLease(ctx context.Context, p int, owner string) (*Leas
 		}
 	}
 	return nil, fmt.Errorf("queue: acquire lease %d: contended, try again: %w", p, ErrLeaseHeld)
+}
+
+// TakeLease takes partition p for owner without waiting for a dead
+// holder's lease to expire. gone names the agents the caller knows to be
+// gone, each with when it went (its registry entry expired or was removed
+// then). A lease held by one of them is taken only if that holder last
+// wrote it before it went, and only by a compare-and-set on that revision: a
+// lease renewed after its holder was declared gone is alive and stays
+// (*LeaseHeldError), and of several agents taking one lease at once exactly
+// one wins. A free lease, or owner's own, is acquired as by AcquireLease; a
+// lease held by anyone else is a *LeaseHeldError.
+func (t *Topology) TakeLease(ctx context.Context, p int, owner string, gone map[string]time.Time) (*Lease, error) {
+	if p < 0 || p >= t.Config.Partitions {
+		return nil, fmt.Errorf("queue: take lease: partition %d out of range [0,%d)", p, t.Config.Partitions)
+	}
+	if owner == "" {
+		return nil, errors.New("queue: take lease: owner is required")
+	}
+	key := t.Config.leaseKey(p)
+	e, err := t.Leases.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return t.AcquireLease(ctx, p, owner)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("queue: take lease %d: %w", p, err)
+	}
+	holder := string(e.Value())
+	if holder == owner {
+		return t.AcquireLease(ctx, p, owner)
+	}
+	wentAt, isGone := gone[holder]
+	if !isGone || !e.Created().Before(wentAt) {
+		return nil, &LeaseHeldError{Partition: p, Owner: holder}
+	}
+	rev, err := t.Leases.Update(ctx, key, []byte(owner), e.Revision())
+	if err != nil {
+		if isRevisionMismatch(err) {
+			return nil, fmt.Errorf("queue: take lease %d from %s: contended, try again: %w", p, holder, ErrLeaseHeld)
+		}
+		return nil, fmt.Errorf("queue: take lease %d: %w", p, err)
+	}
+	return &Lease{Partition: p, Owner: owner, Revision: rev}, nil
 }
 
 // RenewLease extends l by another LeaseTTL and advances l.Revision. If the

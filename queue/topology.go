@@ -259,11 +259,14 @@ func (c Config) dlqStreamConfig() jetstream.StreamConfig {
 
 func (c Config) agentsBucketConfig() jetstream.KeyValueConfig {
 	return jetstream.KeyValueConfig{
-		Bucket:         c.AgentsBucket(),
-		Description:    "procfleet agent registry; entries expire unless heartbeated",
-		History:        1,
-		TTL:            c.AgentTTL,
-		LimitMarkerTTL: c.AgentTTL,
+		Bucket:      c.AgentsBucket(),
+		Description: "procfleet agent registry; entries expire unless heartbeated",
+		History:     1,
+		TTL:         c.AgentTTL,
+		// An agent's departure stays visible as long as its leases may
+		// live on, so that a watch opened late (a restart, a reconnect)
+		// still learns when it went and may take them (TakeLease).
+		LimitMarkerTTL: c.AgentTTL + c.LeaseTTL,
 		Storage:        c.Storage,
 		Replicas:       c.Replicas,
 	}

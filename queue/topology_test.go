@@ -20,7 +20,7 @@ func TestConfigValidate(t *testing.T) {
 	d := queue.Config{}.WithDefaults()
 	if d.Prefix != "fleet" || d.Partitions != 64 || d.Replicas != 1 || d.Storage != jetstream.FileStorage ||
 		d.DedupWindow != 2*time.Minute || d.ResultsMaxAge != 24*time.Hour || d.ResultsDedup != time.Hour ||
-		d.AgentTTL != 6*time.Second || d.LeaseTTL != 6*time.Second || d.AckWait != 10*time.Second ||
+		d.AgentTTL != 3*time.Second || d.LeaseTTL != 6*time.Second || d.AckWait != 10*time.Second ||
 		d.MaxDeliver != 25 || d.MaxAckPending != 1000 {
 		t.Errorf("unexpected defaults: %+v", d)
 	}
