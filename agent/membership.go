@@ -27,7 +27,7 @@ type registry struct {
 	// queues are the queues each live agent serves, from its entry (an
 	// entry that names none serves the default queue).
 	queues map[string][]string
-	gone  map[string]time.Time // agents whose entry was removed or expired, and when
+	gone   map[string]time.Time // agents whose entry was removed or expired, and when
 }
 
 // reset forgets everything, for a new watch.

@@ -76,8 +76,8 @@ func New(nc *nats.Conn, cfg Config) (*Agent, error) {
 	}
 	cfg = lcs[0]
 	a := &Agent{
-		cfg:  cfg,
-		nc:   nc,
+		cfg:   cfg,
+		nc:    nc,
 		log:   cfg.Logger.Named("agent").With(zap.String("agent", cfg.Name)),
 		done:  make(chan struct{}),
 		kick:  make(chan struct{}, 1),
@@ -379,4 +379,3 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 func (a *Agent) stamp(t time.Time) int64 { return int64(t.Sub(a.epoch)) }
 
 func (a *Agent) at(stamp int64) time.Time { return a.epoch.Add(time.Duration(stamp)) }
-
