@@ -86,6 +86,7 @@ func (c *Client) SubmitSeq(ctx context.Context, session string, job *queue.Job) 
 
 // Submission is one job for SubmitBatch.
 type Submission struct {
+	Queue   string // "" is the default queue
 	Session string
 	Job     *queue.Job
 }
@@ -95,7 +96,14 @@ type Submission struct {
 func (c *Client) SubmitBatch(ctx context.Context, jobs []Submission) error {
 	futures := make([]jetstream.PubAckFuture, 0, len(jobs))
 	for _, s := range jobs {
-		f, err := c.topo.SubmitAsync(s.Session, s.Job)
+		t := c.topo
+		if s.Queue != "" {
+			var err error
+			if t, err = c.Queue(ctx, s.Queue); err != nil {
+				return err
+			}
+		}
+		f, err := t.SubmitAsync(s.Session, s.Job)
 		if err != nil {
 			return err
 		}
