@@ -77,9 +77,10 @@ func (a *lane) record(outcome string, d time.Duration) {
 	case outcomeSessionLost:
 		c.sessionLost.Add(1)
 	}
-	a.metrics.jobs.WithLabelValues(outcome).Inc()
+	series := a.metrics.outcome(outcome)
+	series.jobs.Inc()
 	if d > 0 {
-		a.metrics.duration.WithLabelValues(outcome).Observe(d.Seconds())
+		series.duration.Observe(d.Seconds())
 	}
 }
 

@@ -34,6 +34,9 @@ type metrics struct {
 }
 
 type laneMetrics struct {
+	// byOutcome holds the series of every known outcome, looked up once:
+	// a curried vector's lookup hashes both labels on every job.
+	byOutcome    map[string]outcomeSeries
 	jobs         *prometheus.CounterVec
 	duration     prometheus.ObserverVec
 	checkoutWait prometheus.Observer
@@ -54,10 +57,24 @@ func (m *metrics) forQueue(q string) *laneMetrics {
 		deadLetters:  m.deadLetters.MustCurryWith(l),
 		workerDeaths: m.workerDeaths.WithLabelValues(q),
 	}
+	lm.byOutcome = map[string]outcomeSeries{}
 	for _, o := range []string{outcomeOK, outcomeAppError, outcomeRetried, outcomeExhausted, outcomeBadRequest, outcomeSessionLost, outcomeRequeued, outcomePoison} {
-		lm.jobs.WithLabelValues(o)
+		lm.byOutcome[o] = outcomeSeries{jobs: lm.jobs.WithLabelValues(o), duration: lm.duration.WithLabelValues(o)}
 	}
 	return lm
+}
+
+type outcomeSeries struct {
+	jobs     prometheus.Counter
+	duration prometheus.Observer
+}
+
+// outcome returns the series of outcome o.
+func (m *laneMetrics) outcome(o string) outcomeSeries {
+	if s, ok := m.byOutcome[o]; ok {
+		return s
+	}
+	return outcomeSeries{jobs: m.jobs.WithLabelValues(o), duration: m.duration.WithLabelValues(o)}
 }
 
 var durationBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}

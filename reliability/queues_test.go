@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"strconv"
 	"testing"
 	"time"
@@ -249,5 +250,88 @@ func TestQueuesFailover(t *testing.T) {
 		if l.Owner != "agent-b" && l.Owner != "agent-c" {
 			t.Errorf("echo partition %d leased by %s", p, l.Owner)
 		}
+	}
+}
+
+// cpuTicks is a process's user plus system CPU time in clock ticks, from
+// /proc/<pid>/stat.
+func cpuTicks(t *testing.T, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	utime, _ := strconv.ParseInt(fields[11], 10, 64)
+	stime, _ := strconv.ParseInt(fields[12], 10, 64)
+	return utime + stime
+}
+
+// TestQueuesRestCost measures one cmd/agent process serving 4 queues (one
+// helper worker each, the default 64 partitions per queue) at rest: its CPU
+// and the messages it sends the server. Each queue costs what one queue
+// costs: a long poll per consumer per FetchWait and a lease renewal per
+// partition every third of LeaseTTL; the heartbeat is one for the agent.
+func TestQueuesRestCost(t *testing.T) {
+	t.Parallel()
+	s := fleettest.StartServer(t)
+	nc := s.Connect(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	js, _ := jetstream.New(nc)
+	base, err := queue.Ensure(ctx, js, queue.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	argv, env := fleettest.HelperWorker()
+	quoted := make([]string, len(argv))
+	for i, a := range argv {
+		quoted[i] = strconv.Quote(a)
+	}
+	var conf strings.Builder
+	conf.WriteString("queues:\n")
+	names := []string{"q1", "q2", "q3", "q4"}
+	for _, q := range names {
+		fmt.Fprintf(&conf, "  - queue: %s\n    worker_cmd: [%s]\n    pool_size: 1\n", q, strings.Join(quoted, ", "))
+	}
+	path := filepath.Join(t.TempDir(), "four.yaml")
+	if err := os.WriteFile(path, []byte(conf.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"--nats", s.URL, "--name", "four", "--config", path, "--log-level", "warn"}
+	for _, kv := range env {
+		args = append(args, "--worker-env", kv)
+	}
+	p := startProc(t, "four", binary(t, "agent"), nil, args...)
+	for _, q := range names {
+		var topo *queue.Topology
+		fleettest.Eventually(t, 60*time.Second, func() error {
+			topo, err = queue.OpenQueue(ctx, js, queue.Config{Queue: q})
+			return err
+		})
+		waitLeases(t, topo, []string{"four"}, 60*time.Second)
+	}
+	v0, err := s.Varz(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c0, start := cpuTicks(t, p.pid()), time.Now()
+	// The window is what is measured, not a synchronisation.
+	time.Sleep(10 * time.Second)
+	v1, err := s.Varz(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c1, secs := cpuTicks(t, p.pid()), time.Since(start).Seconds()
+	in := float64(v1.InMsgs-v0.InMsgs) / secs
+	out := float64(v1.OutMsgs-v0.OutMsgs) / secs
+	cpu := float64(c1-c0) / 100 / secs // USER_HZ is 100 on Linux
+	t.Logf("at rest, 1 agent serving 4 queues x 64 partitions: agent CPU %.1f%% of a core, %.1f msgs/s into the server, %.1f msgs/s out",
+		100*cpu, in, out)
+	qc := base.Config
+	perQueue := float64(qc.Partitions+1)/time.Second.Seconds() + float64(qc.Partitions)/(qc.LeaseTTL/3).Seconds()
+	budget := 4*perQueue + 1/(qc.AgentTTL/3).Seconds()
+	if in > 1.1*budget {
+		t.Errorf("at rest the agent sends %.1f msgs/s, over its budget of %.1f (+10%%)", in, budget)
 	}
 }
