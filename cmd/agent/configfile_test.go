@@ -56,8 +56,17 @@ func TestConfigFileErrors(t *testing.T) {
 			}
 		})
 	}
+	// From the environment (a shared agent.env) they are ignored.
+	t.Setenv("PROCFLEET_WORKER_CMD", "python3 other.py")
+	path := filepath.Join(t.TempDir(), "ok.yaml")
+	if err := os.WriteFile(path, []byte("queues:\n  - queue: a\n    worker_cmd: w\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := run([]string{"--nats", "nats://127.0.0.1:1", "--config", path, "--log-level", "error"}); err == nil || !strings.Contains(err.Error(), "cannot reach NATS") {
+		t.Fatalf("--config with PROCFLEET_WORKER_CMD set: %v, want it to get as far as connecting", err)
+	}
 	err := run([]string{"--config", "x.yaml", "--worker-cmd", "w", "--pool-size", "2"})
-	if err == nil || !strings.Contains(err.Error(), "--pool-size, --worker-cmd belong in the file") {
+	if err == nil || !strings.Contains(err.Error(), "--worker-cmd, --pool-size belong in the file") {
 		t.Fatalf("--config with --worker-cmd: %v", err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -81,13 +82,18 @@ Flags:
 	}
 	var queues []agent.QueueConfig
 	if *configFile != "" {
+		// On the command line they contradict the file; from the
+		// environment (a shared agent.env) they are ignored.
 		var conflicts []string
-		fs.Visit(func(f *flag.Flag) {
-			switch f.Name {
+		for _, arg := range args {
+			name, _, _ := strings.Cut(strings.TrimLeft(arg, "-"), "=")
+			switch name {
 			case "worker-cmd", "queue", "pool-size", "capacity", "max-jobs", "ttl", "idle-ttl", "max-rss", "session-idle-ttl", "startup-timeout", "worker-dir":
-				conflicts = append(conflicts, "--"+f.Name)
+				if strings.HasPrefix(arg, "-") && !slices.Contains(conflicts, "--"+name) {
+					conflicts = append(conflicts, "--"+name)
+				}
 			}
-		})
+		}
 		if len(conflicts) > 0 {
 			return fmt.Errorf("--config sets every pool; %s belong in the file", strings.Join(conflicts, ", "))
 		}
