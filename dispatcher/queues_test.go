@@ -28,7 +28,7 @@ func TestUnroutableQueue(t *testing.T) {
 	t.Parallel()
 	nc := fleettest.StartServer(t).Connect(t)
 	const after = 3 * time.Second
-	startServe(t, nc, dispatcher.ServeConfig{UnroutableAfter: after})
+	srv := startServe(t, nc, dispatcher.ServeConfig{UnroutableAfter: after})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	c, err := dispatcher.NewClient(ctx, nc, queue.Config{})
@@ -51,6 +51,13 @@ func TestUnroutableQueue(t *testing.T) {
 	var rep dispatcher.SubmitReply
 	if err := json.Unmarshal(msg.Data, &rep); err != nil || rep.ID != "emb-1" || rep.Queue != "gpu" {
 		t.Fatalf("submit reply %s (%v)", msg.Data, err)
+	}
+	// So does the HTTP API's.
+	if r := call(t, nil, "POST", srv.URL+"/v1/jobs", "", `{"queue":"web","job":{"id":"h1","command":"x"}}`); r.Status/100 != 2 || !strings.Contains(r.Body, `"queue":"web"`) {
+		t.Fatalf("HTTP submit to queue web: %d %s", r.Status, r.Body)
+	}
+	if r := call(t, nil, "POST", srv.URL+"/v1/jobs", "", `{"queue":"a.b","job":{"command":"x"}}`); r.Status != 400 {
+		t.Fatalf("HTTP submit to queue a.b: %d %s, want 400", r.Status, r.Body)
 	}
 	// Now a plain nats.go publish reaches it too; a session job without
 	// any id is filed under seq-<N>.
@@ -111,13 +118,32 @@ func TestUnroutableQueue(t *testing.T) {
 		t.Fatal(err)
 	}
 	found := 0
+	var letter uint64
 	for _, d := range dls {
 		if d.Kind == queue.KindUnroutable && d.Queue == "gpu" && strings.HasPrefix(d.Subject, "fleet.job.gpu.") {
 			found++
+			if d.JobID == "emb-1" {
+				letter = d.Seq
+			}
 		}
 	}
-	if found != 2 {
+	if found != 2 || letter == 0 {
 		t.Fatalf("want 2 unroutable dead letters of queue gpu, got %+v", dls)
+	}
+	// A replay sends the job back to its own queue, and deletes its
+	// unroutable result so that a waiter gets the next one.
+	if err := c.Topology().ReplayDeadLetter(ctx, letter); err != nil {
+		t.Fatal(err)
+	}
+	gpuTopo, err := c.Queue(ctx, "gpu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if si, err := gpuTopo.Jobs.Info(ctx); err != nil || si.State.Msgs != 1 {
+		t.Fatalf("after replay, queue gpu holds %+v (%v), want the job", si.State, err)
+	}
+	if _, err := c.Topology().GetResult(ctx, "emb-1"); !errors.Is(err, queue.ErrResultNotFound) {
+		t.Fatalf("the replayed job's unroutable result is still there: %v", err)
 	}
 	fleettest.Eventually(t, 10*time.Second, func() error {
 		qs, err := c.Queues(ctx)

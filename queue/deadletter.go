@@ -238,7 +238,11 @@ func (t *Topology) ReplayDeadLetter(ctx context.Context, seq uint64) error {
 		return fmt.Errorf("queue: replay dead letter %d: %w", seq, &TooLargeError{What: "replayed job " + id, Size: size, Limit: limit, Of: whose})
 	}
 	if ValidToken(e.JobID) {
-		if err := t.deleteResultsOf(ctx, e.JobID, e.StreamSeq); err != nil {
+		q := e.Queue
+		if q == "" {
+			q = DefaultQueue
+		}
+		if err := t.deleteResultsOf(ctx, e.JobID, e.StreamSeq, q); err != nil {
 			return fmt.Errorf("queue: replay dead letter %d: delete old result: %w", seq, err)
 		}
 	}
@@ -253,7 +257,7 @@ func (t *Topology) ReplayDeadLetter(ctx context.Context, seq uint64) error {
 
 // deleteResultsOf deletes the stored results of the job message at jobSeq
 // under id (and any without a JobSeq, which may be its).
-func (t *Topology) deleteResultsOf(ctx context.Context, id string, jobSeq uint64) error {
+func (t *Topology) deleteResultsOf(ctx context.Context, id string, jobSeq uint64, q string) error {
 	subject := t.Config.ResultSubject(id)
 	for next := uint64(1); ; {
 		m, err := t.Results.GetMsg(ctx, next, jetstream.WithGetMsgSubject(subject))
@@ -264,11 +268,9 @@ func (t *Topology) deleteResultsOf(ctx context.Context, id string, jobSeq uint64
 			return err
 		}
 		next = m.Sequence + 1
-		var r struct {
-			JobSeq uint64 `json:"job_seq"`
-		}
-		if json.Unmarshal(m.Data, &r) == nil && r.JobSeq != 0 && r.JobSeq != jobSeq {
-			continue // another job's
+		var r Result
+		if json.Unmarshal(m.Data, &r) == nil && r.JobSeq != 0 && (r.JobSeq != jobSeq || r.queueName() != q) {
+			continue // another job's (sequences of two queues' streams may coincide)
 		}
 		if err := t.Results.DeleteMsg(ctx, m.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 			return err
