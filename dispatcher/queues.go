@@ -45,11 +45,14 @@ func (c *Client) Queue(ctx context.Context, name string) (*queue.Topology, error
 	if ok {
 		return t, nil
 	}
-	var err error
-	if c.queues.create {
+	// An existing queue is opened with its own partition count (agents
+	// may have created it with another than the default queue's); a
+	// missing one is created, where the client may, with the fleet's.
+	open := cfg
+	open.Partitions = 0
+	t, err := queue.OpenQueue(ctx, c.js, open)
+	if errors.Is(err, queue.ErrUnknownQueue) && c.queues.create {
 		t, err = queue.EnsureQueue(ctx, c.js, cfg)
-	} else {
-		t, err = queue.OpenQueue(ctx, c.js, cfg)
 	}
 	if errors.Is(err, queue.ErrUnknownQueue) {
 		return nil, fmt.Errorf("%w %q: declare it (dispatcher queue add %s), start an agent that serves it, or submit through the dispatcher (fleet.api.submit, HTTP), which creates it", queue.ErrUnknownQueue, cfg.QueueName(), cfg.QueueName())
@@ -75,6 +78,11 @@ func (c *Client) AddQueue(ctx context.Context, name string, limits queue.QueueLi
 	}
 	cfg := c.topo.Config.ForQueue(name)
 	cfg.Limits = limits
+	open := cfg
+	open.Partitions = 0
+	if have, err := queue.OpenQueue(ctx, c.js, open); err == nil {
+		cfg.Partitions = have.Config.Partitions // keep an existing queue's
+	}
 	t, err := queue.EnsureQueue(ctx, c.js, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("dispatcher: add queue %s: %w", cfg.QueueName(), err)

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/procfleet/procfleet/dispatcher"
 	"github.com/procfleet/procfleet/fleettest"
 	"github.com/procfleet/procfleet/internal/localfleet"
 	"github.com/procfleet/procfleet/queue"
@@ -29,6 +30,7 @@ import (
 //	agent-c  --config: programs x2 and echo x2
 type mixedFleet struct {
 	url      string
+	client   *dispatcher.Client
 	nc       *nats.Conn
 	js       jetstream.JetStream
 	programs *queue.Topology
@@ -50,6 +52,7 @@ func startMixedFleet(t *testing.T) *mixedFleet {
 	f := &mixedFleet{url: "nats://127.0.0.1:" + strconv.Itoa(freePort(t)), procs: map[string]*proc{}}
 	startServerProc(t, "nats", f.url, t.TempDir())
 	client := connectClient(t, f.url) // waits until serve created the default topology
+	f.client = client
 	f.nc = client.Conn()
 	f.js = client.Topology().JS
 
@@ -194,6 +197,25 @@ func TestQueuesMixedFleet(t *testing.T) {
 		t.Errorf("programs sessions ran on %v, want both agent-a and agent-c", agents)
 	}
 	t.Logf("200 programs session jobs and 500 echo jobs: all ok on agents serving their queues")
+
+	// Status knows the queues (made by the agents, with 16 partitions
+	// where the default queue has 64) and who serves them.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := f.client.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]string{"default": {}, "echo": {"agent-b", "agent-c"}, "programs": {"agent-a", "agent-c"}}
+	for _, q := range st.Queues {
+		if w, ok := want[q.Name]; !ok || !slices.Equal(q.Agents, w) {
+			t.Errorf("status: queue %s served by %v, want %v", q.Name, q.Agents, w)
+		}
+		delete(want, q.Name)
+	}
+	if len(want) > 0 {
+		t.Errorf("status lacks queues %v", want)
+	}
 }
 
 // TestQueuesFailover SIGKILLs agent-a (programs only) while both queues
