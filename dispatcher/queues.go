@@ -81,7 +81,14 @@ func (c *Client) AddQueue(ctx context.Context, name string, limits queue.QueueLi
 	open := cfg
 	open.Partitions = 0
 	if have, err := queue.OpenQueue(ctx, c.js, open); err == nil {
-		cfg.Partitions = have.Config.Partitions // keep an existing queue's
+		// Keep what an existing queue was created with.
+		cfg.Partitions = have.Config.Partitions
+		if cfg.Limits.Storage == "" {
+			cfg.Limits.Storage = "file"
+			if have.Jobs.CachedInfo().Config.Storage == jetstream.MemoryStorage {
+				cfg.Limits.Storage = "memory"
+			}
+		}
 	}
 	t, err := queue.EnsureQueue(ctx, c.js, cfg)
 	if err != nil {

@@ -33,6 +33,13 @@ func TestQueueAddAndSubmitWait(t *testing.T) {
 	if err != nil || !strings.Contains(out, "FLEET_JOBS_gpu") || !strings.Contains(out, "fleet.job.gpu.any") {
 		t.Fatalf("queue add: %q, %v", out, err)
 	}
+	// Declaring it again updates its limits; its storage is fixed.
+	if _, _, err := runCmd(t, "queue", "add", "gpu", "--nats", url, "--max-msgs", "100", "--max-bytes", "1MiB"); err != nil {
+		t.Fatalf("queue add again: %v", err)
+	}
+	if _, _, err := runCmd(t, "queue", "add", "gpu", "--nats", url, "--storage", "memory"); err == nil || !strings.Contains(err.Error(), "Storage") {
+		t.Fatalf("queue add with another storage: %v", err)
+	}
 	_, stderr, err := runCmd(t, "submit", "--nats", url, "--queue", "gpu", "--command", "embed", "--id", "e1", "--wait", "--wait-timeout", "3s")
 	if err == nil {
 		t.Fatal("want an error: nothing serves gpu")
