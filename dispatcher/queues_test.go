@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/procfleet/procfleet/dispatcher"
 	"github.com/procfleet/procfleet/fleettest"
@@ -80,6 +81,27 @@ func TestUnroutableQueue(t *testing.T) {
 	}
 	if gpu == nil || gpu.Waiting != 2 || len(gpu.Agents) != 0 || gpu.OldestWaiting.IsZero() || gpu.Stream != "FLEET_JOBS_gpu" {
 		t.Fatalf("status of queue gpu: %+v (all: %+v)", gpu, st.Queues)
+	}
+	// The metrics have it too, per queue.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(c.Metrics())
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gauges := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "queue" && l.GetValue() == "gpu" {
+					gauges[mf.GetName()] = m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	if gauges["procfleet_queue_jobs"] != 2 || gauges["procfleet_queue_backlog_jobs"] != 2 || gauges["procfleet_queue_agents"] != 0 ||
+		gauges["procfleet_queue_oldest_job_age_seconds"] <= 0 {
+		t.Errorf("metrics of queue gpu: %v", gauges)
 	}
 	var table strings.Builder
 	if err := st.WriteTable(&table); err != nil {
