@@ -260,6 +260,14 @@ func TestQueuesFailover(t *testing.T) {
 	results := waitResults(t, f.programs, append(slices.Clone(programIDs), echoIDs...), 2*time.Minute)
 	checkQueue(t, results, programIDs, "programs", "agent-a", "agent-c")
 	checkQueue(t, results, echoIDs, "echo", "agent-b", "agent-c")
+	byAgent, rerun := map[string]int{}, 0
+	for _, id := range programIDs {
+		byAgent[results[id].Agent]++
+		if results[id].Attempt > 1 {
+			rerun++
+		}
+	}
+	t.Logf("programs jobs by agent %v, %d of them delivered again after the kill; 0 lost", byAgent, rerun)
 
 	// The echo queue's partitions never involved agent-a either.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
