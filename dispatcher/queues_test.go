@@ -28,7 +28,9 @@ import (
 func TestUnroutableQueue(t *testing.T) {
 	t.Parallel()
 	nc := fleettest.StartServer(t).Connect(t)
-	const after = 3 * time.Second
+	// Long enough that the checks below run before the sweeper acts,
+	// even on a loaded machine.
+	const after = 8 * time.Second
 	srv := startServe(t, nc, dispatcher.ServeConfig{UnroutableAfter: after})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -167,7 +169,7 @@ func TestUnroutableQueue(t *testing.T) {
 	if _, err := c.Topology().GetResult(ctx, "emb-1"); !errors.Is(err, queue.ErrResultNotFound) {
 		t.Fatalf("the replayed job's unroutable result is still there: %v", err)
 	}
-	fleettest.Eventually(t, 10*time.Second, func() error {
+	fleettest.Eventually(t, 3*after, func() error {
 		qs, err := c.Queues(ctx)
 		if err != nil {
 			return err
