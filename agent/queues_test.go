@@ -103,9 +103,13 @@ func TestOneAgentTwoQueues(t *testing.T) {
 	if err != nil || len(agents) != 1 || len(agents[0].Queues) != 2 {
 		t.Fatalf("registry: %+v, %v", agents, err)
 	}
-	if got := a.QueuePartitions("gpu"); len(got) != 16 {
-		t.Errorf("gpu partitions held: %v", got)
-	}
+	// The fleet waited for the first queue's partitions only.
+	fleettest.Eventually(t, 30*time.Second, func() error {
+		if got := a.QueuePartitions("gpu"); len(got) != 16 {
+			return fmt.Errorf("gpu partitions held: %v", got)
+		}
+		return nil
+	})
 }
 
 // ownerPool names the queue whose pool runs the worker with pid.
