@@ -3,6 +3,7 @@ package reliability_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -10,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -225,10 +227,62 @@ func TestQueuesMixedFleet(t *testing.T) {
 func TestQueuesFailover(t *testing.T) {
 	t.Parallel()
 	f := startMixedFleet(t)
-	programIDs := f.publish(t, "programs", "session_info", 40, 10, 0)
-	echoIDs := f.publish(t, "echo", "echo", 0, 0, 500)
+	// Load: jobs keep arriving on both queues while agent-a dies, a round
+	// every 50ms for 3s: one job for each of 40 programs sessions, 10 echo
+	// jobs.
+	const rounds = 60
+	var programIDs, echoIDs []string
+	for r := range rounds {
+		for s := range 40 {
+			programIDs = append(programIDs, fmt.Sprintf("programs-s%d-%d", s, r))
+		}
+		for k := range 10 {
+			echoIDs = append(echoIDs, fmt.Sprintf("echo-r%d-%d", r, k))
+		}
+	}
+	var published atomic.Int64
+	pubErr := make(chan error, 1)
+	go func() {
+		pubErr <- func() error {
+			tick := time.NewTicker(50 * time.Millisecond)
+			defer tick.Stop()
+			var futures []jetstream.PubAckFuture
+			send := func(subject, id string) error {
+				msg := &nats.Msg{Subject: subject, Header: nats.Header{}, Data: fmt.Appendf(nil, `{"id":%q,"command":%q}`, id,
+					map[bool]string{true: "session_info", false: "echo"}[strings.HasPrefix(id, "programs")])}
+				msg.Header.Set(jetstream.MsgIDHeader, id)
+				fu, err := f.js.PublishMsgAsync(msg)
+				futures = append(futures, fu)
+				return err
+			}
+			for r := range rounds {
+				for s := range 40 {
+					if err := send(fmt.Sprintf("fleet.job.programs.s.programs-s%d", s), programIDs[r*40+s]); err != nil {
+						return err
+					}
+				}
+				for k := range 10 {
+					if err := send("fleet.job.echo.any", echoIDs[r*10+k]); err != nil {
+						return err
+					}
+				}
+				published.Store(int64(r + 1))
+				<-tick.C
+			}
+			for _, fu := range futures {
+				select {
+				case <-fu.Ok():
+				case err := <-fu.Err():
+					return err
+				case <-time.After(30 * time.Second):
+					return errors.New("no publish ack within 30s")
+				}
+			}
+			return nil
+		}()
+	}()
 
-	// Under load: kill once agent-a has run some programs jobs and not all.
+	// Under load: kill once agent-a has run some programs jobs.
 	poll(t, time.Minute, 50*time.Millisecond, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -242,13 +296,21 @@ func TestQueuesFailover(t *testing.T) {
 				n++
 			}
 		}
-		if n < 10 {
+		if n < 40 {
 			return fmt.Errorf("agent-a ran %d jobs so far", n)
 		}
 		return nil
 	})
 	f.procs["agent-a"].kill()
 	killed := time.Now()
+	atKill := published.Load()
+	if err := <-pubErr; err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	t.Logf("agent-a killed after %d of %d rounds were published", atKill, rounds)
+	if atKill == rounds {
+		t.Errorf("agent-a was killed after the load ended (the machine is too slow for this test's pacing)")
+	}
 
 	owners := waitLeases(t, f.programs, []string{"agent-c"}, 60*time.Second)
 	t.Logf("programs partitions all on agent-c %s after the kill", time.Since(killed).Round(time.Millisecond))
@@ -267,7 +329,7 @@ func TestQueuesFailover(t *testing.T) {
 			rerun++
 		}
 	}
-	t.Logf("programs jobs by agent %v, %d of them delivered again after the kill; 0 lost", byAgent, rerun)
+	t.Logf("programs jobs by agent %v, %d of them delivered more than once; 0 lost", byAgent, rerun)
 
 	// The echo queue's partitions never involved agent-a either.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
