@@ -3,10 +3,12 @@ package deploy_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"os"
 	"path"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -15,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/procfleet/procfleet/agent"
 	"github.com/procfleet/procfleet/dispatcher"
 	"github.com/procfleet/procfleet/fleettest"
 	"github.com/procfleet/procfleet/internal/cli"
@@ -132,4 +135,122 @@ func TestKubernetesQueueExample(t *testing.T) {
 	if got != 2 {
 		t.Fatalf("%s{queue=%q} = %v, want 2 (a session job and an anonymous one)", m[1], q, got)
 	}
+}
+
+// gpuLines are the per-queue permission lines nats-server.conf documents
+// under "Queues", for queue gpu, by role.
+var gpuLines = map[string][]string{
+	userDispatcher: {
+		`"$JS.API.STREAM.CREATE.FLEET_JOBS_gpu"`, `"$JS.API.STREAM.UPDATE.FLEET_JOBS_gpu"`, `"$JS.API.STREAM.INFO.FLEET_JOBS_gpu"`,
+		`"$JS.API.CONSUMER.CREATE.FLEET_JOBS_gpu.>"`, `"$JS.API.CONSUMER.INFO.FLEET_JOBS_gpu.*"`,
+		`"$JS.API.CONSUMER.LIST.FLEET_JOBS_gpu"`, `"$JS.API.CONSUMER.NAMES.FLEET_JOBS_gpu"`,
+		`"$JS.API.STREAM.MSG.GET.FLEET_JOBS_gpu"`, `"$JS.API.STREAM.MSG.DELETE.FLEET_JOBS_gpu"`,
+	},
+	userAgent: {
+		`"$JS.API.STREAM.INFO.FLEET_JOBS_gpu"`, `"$JS.API.CONSUMER.INFO.FLEET_JOBS_gpu.*"`,
+		`"$JS.API.CONSUMER.MSG.NEXT.FLEET_JOBS_gpu.*"`, `"$JS.ACK.FLEET_JOBS_gpu.>"`,
+	},
+	userClient: {`"$JS.API.STREAM.INFO.FLEET_JOBS_gpu"`, `"$JS.API.CONSUMER.INFO.FLEET_JOBS_gpu.*"`},
+}
+
+// TestPermissionsLimitToQueues applies the recipe of nats-server.conf's
+// "Queues" comment: the dispatcher gets queue gpu's lines, and the agent
+// and the client get gpu's lines instead of the default queue's, with
+// "fleet.job.gpu.>" for "fleet.job.>". Then the fleet runs gpu jobs under
+// them, while the limited client cannot submit to another queue and the
+// limited agent cannot pull the default queue's jobs.
+func TestPermissionsLimitToQueues(t *testing.T) {
+	t.Parallel()
+	conf := readFile(t, natsConf)
+	for role, lines := range gpuLines {
+		for _, l := range lines {
+			if !strings.Contains(conf, l) {
+				t.Errorf("nats-server.conf's Queues comment lacks the %s line %s", role, l)
+			}
+		}
+	}
+	block := func(name string) (start, end int) {
+		start = strings.Index(conf, name+": {")
+		end = start + strings.Index(conf[start:], "\n}\n")
+		if start < 0 || end < start {
+			t.Fatalf("no %s block", name)
+		}
+		return start, end
+	}
+	edit := func(name string, replace ...string) {
+		start, end := block(name)
+		b := conf[start:end]
+		for i := 0; i+1 < len(replace); i += 2 {
+			if !strings.Contains(b, replace[i]) {
+				t.Fatalf("%s has no %s", name, replace[i])
+			}
+			b = strings.Replace(b, replace[i], replace[i+1], 1)
+		}
+		conf = conf[:start] + b + conf[end:]
+	}
+	join := func(role string) string { return strings.Join(gpuLines[role], ", ") }
+	edit("DISPATCHER_PERMISSIONS", `"$JS.API.INFO",`, `"$JS.API.INFO", `+join(userDispatcher)+",")
+	edit("AGENT_PERMISSIONS",
+		`"$JS.API.STREAM.INFO.FLEET_JOBS",`, `"$JS.API.STREAM.INFO.FLEET_JOBS_gpu",`,
+		`"$JS.API.CONSUMER.INFO.FLEET_JOBS.*", "$JS.API.CONSUMER.MSG.NEXT.FLEET_JOBS.*",`, join(userAgent)+",",
+		`"$JS.ACK.FLEET_JOBS.>",`, ``)
+	edit("CLIENT_PERMISSIONS",
+		`"fleet.job.>", "fleet.api.>",`, `"fleet.job.gpu.>",`,
+		`"$JS.API.CONSUMER.INFO.FLEET_JOBS.*",`, `"$JS.API.CONSUMER.INFO.FLEET_JOBS.*", `+join(userClient)+",")
+	path := filepath.Join(t.TempDir(), "nats-server.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := startSecuredServerFrom(t, path)
+	qcfg := queue.Config{Partitions: 4}
+	_, dc := s.ensureTopology(t, qcfg)
+	ctx := testCtx(t)
+	dclient, err := dispatcher.NewClient(ctx, dc.Conn, qcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dclient.AddQueue(ctx, "gpu", queue.QueueLimits{}); err != nil {
+		t.Fatalf("queue add gpu as the dispatcher: %v", err)
+	}
+
+	ac := s.connect(t, userAgent)
+	cfg := agent.Config{Name: "gpu-1", Queue: queue.Config{Partitions: 4, Queue: "gpu"}}
+	cfg.Pool.Size = 1
+	cfg.Pool.Worker.Command, cfg.Pool.Worker.Env = fleettest.HelperWorker()
+	a, err := agent.New(ac.Conn, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Start(ctx); err != nil {
+		t.Fatalf("agent of queue gpu as the limited agent user: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := a.Stop(testCtx(t)); err != nil {
+			t.Errorf("stop: %v", err)
+		}
+	})
+
+	cc := s.connect(t, userClient)
+	client, err := dispatcher.NewClient(ctx, cc.Conn, qcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, session := range []string{"s1", ""} {
+		id, seq, err := client.SubmitTo(ctx, "gpu", session, &queue.Job{Command: "echo", Payload: json.RawMessage(`1`)})
+		if err != nil {
+			t.Fatalf("submit to gpu as the limited client: %v", err)
+		}
+		r, err := client.ResultOn(ctx, "gpu", id, seq, nil)
+		if err != nil || !r.OK || r.Queue != "gpu" || r.Agent != "gpu-1" {
+			t.Fatalf("gpu job: %+v, %v", r, err)
+		}
+	}
+	ac.assertNoViolations(t)
+	cc.assertNoViolations(t)
+	// The limited client cannot submit elsewhere, the limited agent cannot
+	// take the default queue's jobs.
+	cc.denyPublish(t, "fleet.job.any")
+	cc.denyPublish(t, "fleet.job.other.any")
+	cc.denyPublish(t, "fleet.api.submit")
+	ac.denyPublish(t, "$JS.API.CONSUMER.MSG.NEXT.FLEET_JOBS.any")
 }
