@@ -54,8 +54,9 @@ type ServeConfig struct {
 	// Client.Metrics). Default: none.
 	Registerer prometheus.Registerer
 	// UnroutableAfter, when positive, dead-letters as "unroutable" (a
-	// result and a dead letter) every job of a queue that no live agent
-	// serves once it has waited this long. Default 0: such jobs wait.
+	// result and a dead letter) every job that has waited this long in a
+	// queue that no live agent has served for this long either (as this
+	// dispatcher saw it). Default 0: such jobs wait.
 	UnroutableAfter time.Duration
 }
 
@@ -124,7 +125,7 @@ func Serve(ctx context.Context, nc *nats.Conn, cfg ServeConfig) error {
 		return fmt.Errorf("dispatcher: UnroutableAfter cannot be negative, got %s", cfg.UnroutableAfter)
 	}
 	// The other queues' watchers, and unroutable jobs.
-	sw := &sweeper{c: c, after: cfg.UnroutableAfter, log: log, watched: map[string]bool{}}
+	sw := &sweeper{c: c, after: cfg.UnroutableAfter, log: log, watched: map[string]bool{}, unserved: map[string]time.Time{}}
 	sweepDone := make(chan struct{})
 	go func() {
 		defer close(sweepDone)

@@ -17,13 +17,16 @@ const maxSweep = 1000
 
 // sweeper watches every queue: it starts a max-deliveries watcher for each
 // queue it finds and, when after > 0, dead-letters as unroutable the jobs of
-// a queue that no live agent serves once they have waited longer than
-// after.
+// a queue that no live agent has served for after, once they have waited
+// that long.
 type sweeper struct {
 	c       *Client
 	after   time.Duration
 	log     *zap.Logger
 	watched map[string]bool
+	// unserved is when each queue was first seen without a live agent
+	// serving it (this sweeper's view; a restart starts it afresh).
+	unserved map[string]time.Time
 }
 
 // run sweeps until ctx ends.
@@ -69,7 +72,22 @@ func (s *sweeper) sweep(ctx context.Context) error {
 			}
 			s.watched[n] = true
 		}
-		if s.after > 0 && len(servers(agents, n)) == 0 {
+		if s.after <= 0 {
+			continue
+		}
+		if len(servers(agents, n)) > 0 {
+			delete(s.unserved, n)
+			continue
+		}
+		since, ok := s.unserved[n]
+		if !ok {
+			since = time.Now()
+			s.unserved[n] = since
+		}
+		// A job is unroutable once it has waited `after` and its queue has
+		// had no server for as long: a queue whose agents all restart at
+		// once does not lose its old backlog.
+		if time.Since(since) >= s.after {
 			if err := s.deadLetterUnserved(ctx, t); err != nil {
 				return err
 			}

@@ -150,7 +150,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	httpKey := fs.String("http-tls-key", "", "private key PEM of --http-tls-cert")
 	partitions := fs.Int("partitions", queue.DefaultPartitions, "session partitions, fixed when the stream is created")
 	metrics := fs.String("metrics", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9100 (default off)")
-	unroutable := fs.Duration("unroutable-after", 0, "dead-letter as unroutable the jobs of a queue no agent serves once they waited this long (default 0: they wait)")
+	unroutable := fs.Duration("unroutable-after", 0, "dead-letter as unroutable a job that waited this long in a queue no agent has served for this long (default 0: jobs wait)")
 	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
