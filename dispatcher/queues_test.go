@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/procfleet/procfleet/agent"
 	"github.com/procfleet/procfleet/dispatcher"
 	"github.com/procfleet/procfleet/fleettest"
 	"github.com/procfleet/procfleet/queue"
@@ -181,4 +182,42 @@ func TestUnroutableQueue(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestUnroutableSparesServedQueues: jobs that wait longer than
+// --unroutable-after behind busy workers are not unroutable while an agent
+// serves their queue.
+func TestUnroutableSparesServedQueues(t *testing.T) {
+	t.Parallel()
+	cfg := fleettest.FleetConfig{Agents: 1}
+	argv, env := fleettest.HelperWorker()
+	var q agent.QueueConfig
+	q.Name, q.Pool.Size, q.Capacity = "busy", 1, 4
+	q.Pool.Worker.Command, q.Pool.Worker.Env = argv, env
+	cfg.Agent.Queues = []agent.QueueConfig{q}
+	cfg.Agent.Queue = queue.Config{Partitions: 4}
+	f := fleettest.StartFleet(t, cfg)
+	const after = time.Second
+	startServe(t, f.NC, dispatcher.ServeConfig{Queue: queue.Config{Partitions: 4}, UnroutableAfter: after})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	// One worker: the second job waits behind the first, well past after.
+	var ids []string
+	var seqs []uint64
+	for range 2 {
+		id, seq, err := f.Client.SubmitTo(ctx, "busy", "", &queue.Job{Command: "sleep", Payload: json.RawMessage(`{"MS":3000}`)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids, seqs = append(ids, id), append(seqs, seq)
+	}
+	for i, id := range ids {
+		r, err := f.Client.ResultOn(ctx, "busy", id, seqs[i], nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !r.OK {
+			t.Fatalf("job %d of a served queue: %+v", i, r.Error)
+		}
+	}
 }
