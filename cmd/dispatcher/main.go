@@ -399,9 +399,13 @@ func cmdDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			fmt.Fprintln(stdout, "no dead letters")
 			return nil
 		}
-		fmt.Fprintf(stdout, "%-6s  %-24s  %-12s  %-9s  %-8s  %s\n", "SEQ", "JOB", "SESSION", "KIND", "ATTEMPTS", "ERROR")
+		fmt.Fprintf(stdout, "%-6s  %-24s  %-10s  %-12s  %-10s  %-8s  %s\n", "SEQ", "JOB", "QUEUE", "SESSION", "KIND", "ATTEMPTS", "ERROR")
 		for _, e := range entries {
-			fmt.Fprintf(stdout, "%-6d  %-24s  %-12s  %-9s  %-8d  %s\n", e.Seq, e.JobID, e.Session, e.Kind, e.Attempts, e.Error)
+			q := e.Queue
+			if q == "" {
+				q = queue.DefaultQueue
+			}
+			fmt.Fprintf(stdout, "%-6d  %-24s  %-10s  %-12s  %-10s  %-8d  %s\n", e.Seq, e.JobID, q, e.Session, e.Kind, e.Attempts, e.Error)
 		}
 		return nil
 	case "replay":
