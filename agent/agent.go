@@ -33,7 +33,8 @@ type lane struct {
 	// deaths is the poison guard's bucket (see poison.go).
 	deaths jetstream.KeyValue
 
-	held *gate
+	held     *gate
+	capAdapt capAdapt // the adaptive default capacity (capacity.go)
 
 	// baseCtx bounds everything the lane does; canceled by Kill and at the
 	// end of Stop. Running calls use it, so a graceful Stop lets them finish.
@@ -105,6 +106,11 @@ func newLane(ag *Agent, cfg Config) (*lane, error) {
 		runners: make(map[int]*runner),
 		killed:  &ag.killed,
 		metrics: ag.metrics.forQueue(cfg.Queue.QueueName()),
+	}
+	if cfg.adaptiveCapacity {
+		a.capAdapt.floor, a.capAdapt.ceil = capacityBounds(cfg.Pool.Size)
+		a.capAdapt.current.Store(int64(a.capAdapt.floor))
+		a.held = newGate(a.capAdapt.floor)
 	}
 	a.baseCtx, a.baseCancel = context.WithCancel(ag.baseCtx)
 	a.kaCtx, a.kaCancel = context.WithCancel(a.baseCtx)

@@ -51,9 +51,15 @@ type Config struct {
 
 	// Capacity is how many jobs the agent holds at once (running plus
 	// waiting for a worker). Held jobs count as delivered in JetStream, so
-	// this is what "pull only what you can run soon" means. Default: twice
-	// the pool size.
+	// this is what "pull only what you can run soon" means. Default 0:
+	// adaptive, what the pool starts within 25ms at the jobs' average run
+	// time, pool × (1 + 25ms/avg), between twice the pool size (always,
+	// for jobs of 25ms or longer, and for the first 8 jobs) and
+	// max(2 × pool size, DefaultCapacityCeiling). After setDefaults it
+	// holds that ceiling.
 	Capacity int
+	// adaptiveCapacity is set by setDefaults when Capacity was 0.
+	adaptiveCapacity bool
 
 	// FetchWait is how long one pull request waits for messages. Default 1s.
 	FetchWait time.Duration
@@ -126,7 +132,7 @@ type QueueConfig struct {
 	// Pool is the queue's worker pool. Pool.Worker.Command is required.
 	Pool pool.Config
 	// Capacity is how many of this queue's jobs the agent holds at once.
-	// Default: twice Pool.Size.
+	// Default 0: adaptive, as Config.Capacity, per queue.
 	Capacity int
 }
 
@@ -213,7 +219,8 @@ func (c *Config) setDefaults() {
 		c.Pool.Name = c.Name
 	}
 	if c.Capacity == 0 {
-		c.Capacity = 2 * c.Pool.Size
+		c.adaptiveCapacity = true
+		_, c.Capacity = capacityBounds(c.Pool.Size)
 	}
 	if c.FetchWait == 0 {
 		c.FetchWait = time.Second

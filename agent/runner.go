@@ -190,7 +190,7 @@ func (r *runner) pull(ctx context.Context, backlog int) (int, error) {
 	if backlog > 0 {
 		// Wait until a few jobs fit, so that pulls stay batched; a pull
 		// that returns at once never holds its reservation for long.
-		reserved = a.held.reserve(ctx, max(a.cfg.Capacity/4, 1), want)
+		reserved = a.held.reserve(ctx, max(a.capacity()/4, 1), want)
 		if reserved == 0 {
 			return 0, ctx.Err()
 		}
@@ -244,6 +244,7 @@ func (r *runner) shortJobs() bool {
 // observeRun folds one job's run time into runAvg (weight 1/8; a race
 // between two jobs loses one sample, which an average can afford).
 func (r *runner) observeRun(d time.Duration) {
+	r.a.observeCapacity(d)
 	old := r.runAvg.Load()
 	if old == 0 {
 		r.runAvg.Store(max(int64(d), 1))

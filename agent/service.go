@@ -64,7 +64,7 @@ func (a *Agent) Info() ServiceInfo {
 			Pool:       summarize(l.pool.Stats()),
 			Counters:   l.Counters(),
 			Held:       l.held.held(),
-			Capacity:   l.cfg.Capacity,
+			Capacity:   l.capacity(),
 			Partitions: l.Partitions(),
 		})
 	}

@@ -49,7 +49,7 @@ func run(args []string) error {
 		jobTimeout     = fs.Duration("job-timeout", agent.DefaultJobTimeout, "default job timeout (a job's timeout_ms wins)")
 		maxJobTimeout  = fs.Duration("max-job-timeout", agent.DefaultMaxJobTimeout, "ceiling of one attempt: a job asking for a longer timeout_ms runs with this")
 		poisonDeaths   = fs.Int("poison-deaths", agent.DefaultPoisonDeaths, "end a job as poison once this many workers died running it, whatever its max_attempts")
-		capacity       = fs.Int("capacity", 0, "jobs held at once, running or waiting (default 2 x pool size)")
+		capacity       = fs.Int("capacity", 0, "jobs held at once, running or waiting (default 0: adaptive, 2 x pool size for jobs of 25ms or more, up to max(2 x pool size, 32) for short ones)")
 		queueName      = fs.String("queue", queue.DefaultQueue, "the queue the pool serves (jobs on <prefix>.job.<queue>.s.<session> and <prefix>.job.<queue>.any; default: the old subjects)")
 		configFile     = fs.String("config", "", "YAML file of the queues this agent serves, one pool each (replaces --queue, --worker-cmd, --pool-size, --capacity and the recycling flags; see examples/agent-queues.yaml)")
 		prefix         = fs.String("prefix", queue.DefaultPrefix, "subject prefix")

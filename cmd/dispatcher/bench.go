@@ -6,13 +6,15 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
+	"strings"
 
 	"github.com/procfleet/procfleet/cmd/dispatcher/bench"
 	"github.com/procfleet/procfleet/internal/cli"
 )
 
 func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("bench", "bench [--nats URL] [--agents N] [--workers N] [--jobs N] [--sessions N] [--payload-size B] [--inflight N] [--worker-cmd CMD] [--json]", stderr)
+	fs := newFlags("bench", "bench [--nats URL] [--agents N] [--workers N] [--jobs N] [--sessions N] [--payload-size B] [--inflight N] [--capacity N] [--server-cpus 0] [--agent-process] [--worker-cmd CMD] [--json]", stderr)
 	var cfg bench.Config
 	fs.StringVar(&cfg.NATSURL, "nats", "", "NATS server to use (default: an embedded server in this process)")
 	fs.IntVar(&cfg.Agents, "agents", bench.DefaultAgents, "agents, all in this process")
@@ -21,7 +23,10 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&cfg.Sessions, "sessions", 0, "spread jobs over this many sessions (0: anonymous jobs)")
 	fs.IntVar(&cfg.PayloadSize, "payload-size", bench.DefaultPayloadSize, "bytes of JSON payload per job")
 	fs.IntVar(&cfg.Inflight, "inflight", 0, "jobs submitted and not finished at most (1: closed loop; 0: submit all at once)")
-	fs.IntVar(&cfg.Capacity, "capacity", 0, "jobs each agent holds at once (0: the agent's default, 2 x workers)")
+	fs.IntVar(&cfg.Capacity, "capacity", 0, "jobs each agent holds at once (0: the agent's adaptive default, 2 x workers up to max(2 x workers, 32))")
+	serverCPUs := fs.String("server-cpus", "", "run the NATS server as a process of its own pinned to these CPUs, e.g. 0 or 0,1; the floor, the fleet and the bench client are pinned to the others")
+	fs.BoolVar(&cfg.AgentProcess, "agent-process", false, "run each agent as a cmd/agent process, so that its CPU is measured apart")
+	fs.StringVar(&cfg.AgentBin, "agent-bin", "", "agent program for --agent-process (default: next to the dispatcher, on PATH, or built from the checkout)")
 	var workerCmd cli.Argv
 	fs.Var(&workerCmd, "worker-cmd", "worker command (default: python3 examples/echo_worker.py)")
 	fs.StringVar(&cfg.Command, "command", bench.DefaultCommand, "worker command each job runs")
@@ -38,6 +43,19 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer func() { _ = log.Sync() }()
 	cfg.WorkerCmd = workerCmd
+	if *serverCPUs != "" {
+		for f := range strings.SplitSeq(*serverCPUs, ",") {
+			c, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil {
+				return fmt.Errorf("--server-cpus %q: want CPU numbers separated by commas", *serverCPUs)
+			}
+			cfg.ServerCPUs = append(cfg.ServerCPUs, c)
+		}
+		// This program's `serve --embedded` is the server.
+		if exe, err := os.Executable(); err == nil {
+			cfg.ServerBin = exe
+		}
+	}
 	cfg.NoFloor, cfg.NoFleet = !*floor, !*fleet
 	cfg.Out, cfg.Progress, cfg.Logger = stdout, stderr, log
 	if *asJSON {

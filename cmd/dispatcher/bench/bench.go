@@ -13,6 +13,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -82,6 +85,23 @@ type Config struct {
 	// StartupDelay is the start-up measurement's per-worker delay. Default
 	// 1s.
 	StartupDelay time.Duration
+	// ServerCPUs, when set, runs the NATS server as a process of its own
+	// (ServerBin serve --embedded, in a fresh directory) pinned to these
+	// CPUs, and pins this process (the floor, the bench client, in-process
+	// agents and the workers) and agent processes to all the other CPUs.
+	// Its CPU per job is then reported on its own line. Default none: an
+	// embedded server in this process, nothing pinned. Not with NATSURL.
+	ServerCPUs []int
+	// ServerBin is the program whose `serve --embedded` is the server of
+	// ServerCPUs. Default: ServerProgram.Find (next to this executable,
+	// on PATH, or built from the checkout).
+	ServerBin string
+	// AgentProcess runs each agent as a cmd/agent process instead of in
+	// this process, so that its CPU per job is its own line. Default false.
+	AgentProcess bool
+	// AgentBin is the agent program of AgentProcess. Default:
+	// localfleet.AgentProgram.Find.
+	AgentBin string
 	// CPUProfile, when set, receives a CPU profile of the fleet measurement.
 	// Default nil (no profile).
 	CPUProfile io.Writer
@@ -110,6 +130,14 @@ type Report struct {
 	Fleet       *Measurement        `json:"fleet,omitempty"`
 	Ratio       float64             `json:"fleet_floor_ratio,omitempty"` // fleet throughput / floor throughput
 	Startup     *StartupMeasurement `json:"startup,omitempty"`
+	// ServerCPUs and AgentProcess are Config's: where the parts ran.
+	ServerCPUs   []int `json:"server_cpus,omitempty"`
+	AgentProcess bool  `json:"agent_process,omitempty"`
+	// LoadBefore and LoadAfter are /proc/loadavg's 1, 5 and 15 minute load
+	// averages when the run began and ended: figures from a loaded machine
+	// are noisy.
+	LoadBefore string `json:"load_before,omitempty"`
+	LoadAfter  string `json:"load_after,omitempty"`
 }
 
 // Measurement is one measured row of the table.
@@ -131,9 +159,22 @@ type Measurement struct {
 	// CPUWorkers is the user+system CPU time the worker processes spent
 	// during the run (/proc/<pid>/stat), start-up excluded.
 	CPUWorkers time.Duration `json:"cpu_workers_ns"`
+	// CPUServer is the NATS server process's user+system CPU time during
+	// the run, when it runs apart (ServerCPUs); CPUAgents the agent
+	// processes' (AgentProcess). Zero when not measured apart.
+	CPUServer time.Duration `json:"cpu_server_ns,omitempty"`
+	CPUAgents time.Duration `json:"cpu_agents_ns,omitempty"`
+	// ServerAffinity and AgentAffinity are the Cpus_allowed_list of the
+	// NATS server and the (first) agent process, read during the run;
+	// empty when they did not run apart.
+	ServerAffinity string `json:"server_affinity,omitempty"`
+	AgentAffinity  string `json:"agent_affinity,omitempty"`
 	// PeakRSS is the largest resident set size of this process sampled
 	// during the run (workers not included).
 	PeakRSS int64 `json:"peak_rss_bytes"`
+	// AgentPeakRSS is the largest sum of the agent processes' resident
+	// set sizes sampled during the run (AgentProcess only).
+	AgentPeakRSS int64 `json:"agent_peak_rss_bytes,omitempty"`
 }
 
 // CPUPer1k returns this process's and the workers' CPU seconds per 1,000
@@ -212,6 +253,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("%w: Capacity cannot be negative", ErrInvalidConfig)
 	case c.StartupWorkers < 0:
 		return fmt.Errorf("%w: StartupWorkers cannot be negative", ErrInvalidConfig)
+	case c.NATSURL != "" && len(c.ServerCPUs) > 0:
+		return fmt.Errorf("%w: ServerCPUs starts a server of its own, NATSURL names one: set one of them", ErrInvalidConfig)
 	case c.StartupDelay < 0:
 		return fmt.Errorf("%w: StartupDelay cannot be negative", ErrInvalidConfig)
 	}
@@ -256,6 +299,19 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if cfg.NATSURL != "" {
 		rep.NATS = cfg.NATSURL
 	}
+	rep.ServerCPUs, rep.AgentProcess, rep.LoadBefore = cfg.ServerCPUs, cfg.AgentProcess, loadAvg()
+	if len(cfg.ServerCPUs) > 0 {
+		rest, err := otherCPUs(cfg.ServerCPUs)
+		if err != nil {
+			return nil, err
+		}
+		restore, err := pinSelf(rest)
+		if err != nil {
+			return nil, fmt.Errorf("bench: pin to CPUs %v: %w", rest, err)
+		}
+		defer restore()
+		rep.NATS = fmt.Sprintf("own process on CPU(s) %s, the rest on %s", cpuList(cfg.ServerCPUs), cpuList(rest))
+	}
 	w := newWorkload(&cfg)
 	if !cfg.NoFloor {
 		fmt.Fprintf(cfg.Progress, "floor: %d x %s over pipes\n", cfg.Agents*cfg.Workers, strings.Join(cfg.WorkerCmd, " "))
@@ -283,6 +339,36 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 		rep.Startup = run
 	}
+	rep.LoadAfter = loadAvg()
 	rep.WriteTable(cfg.Out)
 	return rep, nil
+}
+
+// otherCPUs returns the CPUs of this machine not in server, or an error
+// naming what is wrong with server.
+func otherCPUs(server []int) ([]int, error) {
+	n := runtime.NumCPU()
+	var rest []int
+	for c := range n {
+		if !slices.Contains(server, c) {
+			rest = append(rest, c)
+		}
+	}
+	for _, c := range server {
+		if c < 0 || c >= n {
+			return nil, fmt.Errorf("%w: ServerCPUs: CPU %d does not exist (this machine has %d)", ErrInvalidConfig, c, n)
+		}
+	}
+	if len(rest) == 0 {
+		return nil, fmt.Errorf("%w: ServerCPUs %v leave no CPU for the fleet", ErrInvalidConfig, server)
+	}
+	return rest, nil
+}
+
+func cpuList(cpus []int) string {
+	s := make([]string, len(cpus))
+	for i, c := range cpus {
+		s[i] = strconv.Itoa(c)
+	}
+	return strings.Join(s, ",")
 }

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"io"
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -54,6 +56,53 @@ func TestBenchSmoke(t *testing.T) {
 	}
 }
 
+// TestBenchProcessesApart runs the own-cores setup with a handful of jobs:
+// the NATS server in a process of its own pinned to CPU 0 (the bench and
+// its workers on the others), and the agent as a cmd/agent process. It
+// pins that each part's CPU per job is measured apart and printed on its
+// own line, and that the server really ran pinned.
+func TestBenchProcessesApart(t *testing.T) {
+	t.Parallel()
+	if runtime.NumCPU() < 2 {
+		t.Skip("needs 2 CPUs to pin the server apart")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	// Enough jobs for the agent's CPU to pass one clock tick (10ms).
+	cfg := bench.Config{Jobs: 400, Workers: 2, Sessions: 4, ServerCPUs: []int{0}, AgentProcess: true}
+	cfg.Out, cfg.Progress = &out, io.Discard
+	rep, err := bench.Run(ctx, cfg)
+	if err != nil {
+		t.Fatalf("bench: %v\n%s", err, out.String())
+	}
+	if rep.Fleet == nil || rep.Fleet.Jobs != cfg.Jobs || rep.Fleet.Failed != 0 || rep.Floor == nil {
+		t.Fatalf("report %+v", rep)
+	}
+	// Both processes did work for the jobs: their CPU was read apart.
+	if rep.Fleet.CPUServer <= 0 || rep.Fleet.CPUAgents <= 0 || rep.Fleet.AgentPeakRSS <= 0 {
+		t.Errorf("apart: server CPU %v, agents CPU %v, agents RSS %d; want all above 0", rep.Fleet.CPUServer, rep.Fleet.CPUAgents, rep.Fleet.AgentPeakRSS)
+	}
+	rest := "1"
+	if n := runtime.NumCPU(); n > 2 {
+		rest = "1-" + strconv.Itoa(n-1)
+	}
+	if rep.Fleet.ServerAffinity != "0" || rep.Fleet.AgentAffinity != rest {
+		t.Errorf("affinity: server %q, agent %q; want \"0\" and %q", rep.Fleet.ServerAffinity, rep.Fleet.AgentAffinity, rest)
+	}
+	for _, w := range []string{"agent process:  ", "NATS server:    ", "bench client:   ", "workers:        ",
+		"own process on CPU(s) 0", "load average"} {
+		if !strings.Contains(out.String(), w) {
+			t.Errorf("output lacks %q:\n%s", w, out.String())
+		}
+	}
+	for _, w := range []string{"not apart"} {
+		if strings.Contains(out.String(), w) {
+			t.Errorf("output has %q although every part ran apart:\n%s", w, out.String())
+		}
+	}
+}
+
 // TestBenchConfigErrors: a bad Config is refused before anything starts,
 // with an error that wraps ErrInvalidConfig and names the field.
 func TestBenchConfigErrors(t *testing.T) {
@@ -62,6 +111,7 @@ func TestBenchConfigErrors(t *testing.T) {
 		"PayloadSize": {PayloadSize: 4},
 		"Inflight":    {Inflight: -1},
 		"Agents":      {Agents: -1},
+		"ServerCPUs":  {ServerCPUs: []int{0}, NATSURL: "nats://127.0.0.1:1"},
 	} {
 		_, err := bench.Run(context.Background(), cfg)
 		if !errors.Is(err, bench.ErrInvalidConfig) || !strings.Contains(err.Error(), field) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -23,13 +24,39 @@ import (
 // runFleet runs the workload through NATS and in-process agents.
 func runFleet(ctx context.Context, cfg *Config, w *workload) (*Measurement, error) {
 	qcfg := queue.Config{}
+	url := cfg.NATSURL
+	var server *child
+	if len(cfg.ServerCPUs) > 0 || cfg.AgentProcess {
+		dir, err := os.MkdirTemp("", "procfleet-bench-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(dir)
+		if cfg.AgentProcess && cfg.AgentBin == "" {
+			if cfg.AgentBin, err = localfleet.AgentProgram.Find(ctx, dir); err != nil {
+				return nil, err
+			}
+		}
+		if len(cfg.ServerCPUs) > 0 {
+			if cfg.ServerBin == "" {
+				if cfg.ServerBin, err = ServerProgram.Find(ctx, dir); err != nil {
+					return nil, err
+				}
+			}
+			if server, url, err = startServerProcess(ctx, cfg.ServerBin, dir, cfg.ServerCPUs); err != nil {
+				return nil, err
+			}
+			// Stopped after the fleet (deferred first, runs last).
+			defer server.stop(30 * time.Second)
+		}
+	}
 	if cfg.NATSURL != "" {
 		// A prefix of its own, so that the bench neither sees nor
 		// disturbs a fleet on the same server.
 		qcfg.Prefix = "bench" + strings.ToLower(nuid.Next()[:8])
 	}
 	f, err := localfleet.Start(ctx, localfleet.Config{
-		URL: cfg.NATSURL, TempPattern: "procfleet-bench-", Name: "procfleet-bench",
+		URL: url, TempPattern: "procfleet-bench-", Name: "procfleet-bench",
 		Queue: qcfg, Logger: cfg.Logger, BalanceTimeout: -1,
 	})
 	if err != nil {
@@ -55,7 +82,15 @@ func runFleet(ctx context.Context, cfg *Config, w *workload) (*Measurement, erro
 	}
 
 	fmt.Fprintf(cfg.Progress, "fleet: NATS %s, %d agent(s) x %d workers\n", f.URL, cfg.Agents, cfg.Workers)
-	for i := range cfg.Agents {
+	var agentProcs []*child
+	if cfg.AgentProcess {
+		if agentProcs, err = startAgentProcesses(ctx, cfg, f.URL, f.Client.Topology()); err != nil {
+			return nil, err
+		}
+		// Stopped before the fleet's connection and server go.
+		defer stopChildren(agentProcs)
+	}
+	for i := range cfg.Agents * btoi(!cfg.AgentProcess) {
 		acfg := agent.Config{Name: fmt.Sprintf("bench-agent-%d", i+1), Logger: cfg.Logger}
 		acfg.Pool.Size = cfg.Workers
 		acfg.Capacity = cfg.Capacity
@@ -64,11 +99,13 @@ func runFleet(ctx context.Context, cfg *Config, w *workload) (*Measurement, erro
 			return nil, err
 		}
 	}
-	bctx, stopWait := context.WithTimeout(ctx, localfleet.DefaultBalanceTimeout)
-	err = localfleet.WaitBalanced(bctx, f.Agents(), qcfg.Partitions)
-	stopWait()
-	if err != nil {
-		return nil, err
+	if !cfg.AgentProcess {
+		bctx, stopWait := context.WithTimeout(ctx, localfleet.DefaultBalanceTimeout)
+		err = localfleet.WaitBalanced(bctx, f.Agents(), qcfg.Partitions)
+		stopWait()
+		if err != nil {
+			return nil, err
+		}
 	}
 	agents := f.Agents()
 
@@ -120,7 +157,16 @@ func runFleet(ctx context.Context, cfg *Config, w *workload) (*Measurement, erro
 		}
 		prof = true
 	}
-	m := startMeter(pids)
+	var agentPIDs []int
+	for _, c := range agentProcs {
+		agentPIDs = append(agentPIDs, c.pid())
+		pids = append(pids, childPIDs(c.pid())...)
+	}
+	serverPID := 0
+	if server != nil {
+		serverPID = server.pid()
+	}
+	m := startMeter(pids, serverPID, agentPIDs)
 	p.begin()
 	subErr := make(chan error, 1)
 	go func() {
@@ -129,6 +175,12 @@ func runFleet(ctx context.Context, cfg *Config, w *workload) (*Measurement, erro
 	err = p.wait(ctx, cfg.Progress, "fleet")
 	var res Measurement
 	m.end(&res)
+	if server != nil {
+		res.ServerAffinity = cpusAllowed(server.pid())
+	}
+	if len(agentProcs) > 0 {
+		res.AgentAffinity = cpusAllowed(agentProcs[0].pid())
+	}
 	if prof {
 		pprof.StopCPUProfile()
 	}
@@ -144,6 +196,13 @@ func runFleet(ctx context.Context, cfg *Config, w *workload) (*Measurement, erro
 		return nil, err
 	}
 	return p.result("fleet", &res), nil
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // submitAll publishes every job asynchronously, within the pacer's bound.

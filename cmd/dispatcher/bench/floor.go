@@ -106,7 +106,7 @@ func runFloor(ctx context.Context, cfg *Config, w *workload) (*Measurement, erro
 		}()
 	}
 
-	m := startMeter(pids)
+	m := startMeter(pids, 0, nil)
 	p.begin()
 	loops.Add(1)
 	go func() {

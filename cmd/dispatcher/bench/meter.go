@@ -14,19 +14,28 @@ import (
 // meter samples this process's CPU and peak RSS, and the workers' CPU,
 // over one measurement.
 type meter struct {
-	cpu0    time.Duration
-	wcpu0   map[int]time.Duration
-	peak    atomic.Int64
-	stop    chan struct{}
-	stopped chan struct{}
+	cpu0   time.Duration
+	wcpu0  map[int]time.Duration
+	server int // pid of the NATS server process, or 0
+	scpu0  time.Duration
+	agents map[int]time.Duration // agent process pid: CPU at the start
+	peak   atomic.Int64
+	// agentPeak is the largest sum of the agent processes' RSS sampled.
+	agentPeak atomic.Int64
+	stop      chan struct{}
+	stopped   chan struct{}
 }
 
-func startMeter(pids []int) *meter {
+// startMeter starts measuring this process, the workers (pids) and, apart,
+// the NATS server process (server; 0: none) and agent processes.
+func startMeter(pids []int, server int, agents []int) *meter {
 	m := &meter{cpu0: selfCPU(), wcpu0: map[int]time.Duration{}, stop: make(chan struct{}), stopped: make(chan struct{})}
 	for _, pid := range pids {
 		m.wcpu0[pid] = procCPU(pid)
 	}
+	m.parts(server, agents)
 	m.peak.Store(selfRSS())
+	m.agentPeak.Store(m.agentsRSS())
 	go func() {
 		defer close(m.stopped)
 		t := time.NewTicker(50 * time.Millisecond)
@@ -39,10 +48,26 @@ func startMeter(pids []int) *meter {
 				if r := selfRSS(); r > m.peak.Load() {
 					m.peak.Store(r)
 				}
+				if r := m.agentsRSS(); r > m.agentPeak.Load() {
+					m.agentPeak.Store(r)
+				}
 			}
 		}
 	}()
 	return m
+}
+
+// parts adds the NATS server process (pid 0: none) and agent processes,
+// whose CPU is measured apart.
+func (m *meter) parts(server int, agents []int) {
+	m.server = server
+	if server > 0 {
+		m.scpu0 = procCPU(server)
+	}
+	m.agents = map[int]time.Duration{}
+	for _, pid := range agents {
+		m.agents[pid] = procCPU(pid)
+	}
 }
 
 // end stops the meter and fills run's CPU and RSS figures. Worker CPU is
@@ -56,7 +81,14 @@ func (m *meter) end(run *Measurement) {
 			run.CPUWorkers += c - c0
 		}
 	}
+	if m.server > 0 {
+		run.CPUServer = max(procCPU(m.server)-m.scpu0, 0)
+	}
+	for pid, c0 := range m.agents {
+		run.CPUAgents += max(procCPU(pid)-c0, 0)
+	}
 	run.PeakRSS = max(m.peak.Load(), selfRSS())
+	run.AgentPeakRSS = max(m.agentPeak.Load(), m.agentsRSS())
 }
 
 func selfCPU() time.Duration {
@@ -93,9 +125,21 @@ func procCPU(pid int) time.Duration {
 	return time.Duration(ut+st) * time.Second / clockTick
 }
 
+// agentsRSS is the sum of the agent processes' VmRSS.
+func (m *meter) agentsRSS() int64 {
+	var n int64
+	for pid := range m.agents {
+		n += procRSS(strconv.Itoa(pid))
+	}
+	return n
+}
+
 // selfRSS is VmRSS of this process in bytes.
-func selfRSS() int64 {
-	f, err := os.Open("/proc/self/status")
+func selfRSS() int64 { return procRSS("self") }
+
+// procRSS is VmRSS of /proc/<pid> in bytes; 0 if unreadable.
+func procRSS(pid string) int64 {
+	f, err := os.Open("/proc/" + pid + "/status")
 	if err != nil {
 		return 0
 	}

@@ -55,11 +55,15 @@ func (r *Report) WriteTable(out io.Writer) {
 	fmt.Fprintf(out, "\nprocfleet bench: %d agent(s) x %d workers, %d jobs of %d bytes, %s, submission %s\n",
 		r.Agents, r.Workers, r.Jobs, r.PayloadSize, shape, submission)
 	fmt.Fprintf(out, "  worker:  %s\n", strings.Join(r.WorkerCmd, " "))
-	capacity := "agent default (2 x workers)"
+	capacity := "agent default (adaptive: 2 x workers for long jobs, up to max(2 x workers, 32) for short ones)"
 	if r.Capacity > 0 {
 		capacity = strconv.Itoa(r.Capacity)
 	}
-	fmt.Fprintf(out, "  NATS:    %s; agents in this process, capacity %s\n", r.NATS, capacity)
+	where := "agents in this process"
+	if r.AgentProcess {
+		where = "agents as cmd/agent processes"
+	}
+	fmt.Fprintf(out, "  NATS:    %s; %s, capacity %s\n", r.NATS, where, capacity)
 	mach := fmt.Sprintf("%s/%s, %d CPUs", r.Machine.OS, r.Machine.Arch, r.Machine.CPUs)
 	if r.Machine.Model != "" {
 		mach += ", " + r.Machine.Model
@@ -93,18 +97,68 @@ func (r *Report) WriteTable(out io.Writer) {
 			fmt.Fprintf(out, "  %s: %d jobs failed\n", run.Name, run.Failed)
 		}
 	}
+	r.writeParts(out)
 	server := "the embedded NATS server"
-	if !r.embedded() {
+	if len(r.ServerCPUs) > 0 {
+		server = "not the NATS server, which runs in its own process"
+	} else if !r.embedded() {
 		server = "not the NATS server, which runs elsewhere"
 	}
+	agents := "the agents, "
+	if r.AgentProcess {
+		agents = ""
+	}
 	fmt.Fprintln(out, "\n  latency: submission to result. CPU: this process is getrusage(SELF): the driver")
-	fmt.Fprintf(out, "  loop; for the fleet the agents, the bench client and %s.\n", server)
+	fmt.Fprintf(out, "  loop; for the fleet %sthe bench client and %s.\n", agents, server)
+	fmt.Fprintln(out, "  Processes apart (NATS server, agents): their /proc/<pid>/stat time during the run.")
 	fmt.Fprintln(out, "  workers: their /proc/<pid>/stat time during the run. RSS: this process (same")
 	fmt.Fprintln(out, "  scope), workers not included.")
 	if s := r.Startup; s != nil {
 		fmt.Fprintf(out, "\n  start-up: %d workers that each take %s to start were all ready in %s (one alone: %s)\n",
 			s.Workers, s.Delay, s.Ready.Round(time.Millisecond), s.ReadyOne.Round(time.Millisecond))
 	}
+}
+
+// writeParts prints the fleet's CPU per job, one line per part, and the
+// load average around the run.
+func (r *Report) writeParts(out io.Writer) {
+	if r.LoadBefore != "" {
+		fmt.Fprintf(out, "\n  load average (1, 5, 15 min): %s before, %s after\n", r.LoadBefore, r.LoadAfter)
+	}
+	if r.Floor != nil && r.Floor.Jobs > 0 {
+		fmt.Fprintf(out, "  floor CPU per job: driver %s, workers %s\n", perJob(r.Floor.CPUSelf, r.Floor.Jobs), perJob(r.Floor.CPUWorkers, r.Floor.Jobs))
+	}
+	f := r.Fleet
+	if f == nil || f.Jobs == 0 {
+		return
+	}
+	fmt.Fprintln(out, "  fleet CPU per job:")
+	var inSelf []string
+	if r.AgentProcess {
+		fmt.Fprintf(out, "    agent process:  %s (CPUs %s; peak RSS %.1f MB)\n", perJob(f.CPUAgents, f.Jobs), f.AgentAffinity, float64(f.AgentPeakRSS)/(1<<20))
+	} else {
+		fmt.Fprintln(out, "    agent process:  in the bench process, not apart (--agent-process)")
+		inSelf = append(inSelf, "agents")
+	}
+	switch {
+	case len(r.ServerCPUs) > 0:
+		fmt.Fprintf(out, "    NATS server:    %s (its own process, CPUs %s)\n", perJob(f.CPUServer, f.Jobs), f.ServerAffinity)
+	case r.embedded():
+		fmt.Fprintln(out, "    NATS server:    in the bench process, not apart (--server-cpus)")
+		inSelf = append(inSelf, "NATS server")
+	default:
+		fmt.Fprintln(out, "    NATS server:    elsewhere, not measured")
+	}
+	client := "    bench client:   " + perJob(f.CPUSelf, f.Jobs)
+	if len(inSelf) > 0 {
+		client += " (with the " + strings.Join(inSelf, " and the ") + ")"
+	}
+	fmt.Fprintln(out, client)
+	fmt.Fprintf(out, "    workers:        %s\n", perJob(f.CPUWorkers, f.Jobs))
+}
+
+func perJob(d time.Duration, jobs int) string {
+	return fmt.Sprintf("%.0f µs", float64(d.Microseconds())/float64(jobs))
 }
 
 // embedded reports whether the fleet ran on an embedded server.
