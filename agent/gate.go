@@ -45,13 +45,15 @@ func (g *gate) wait(ctx context.Context) bool {
 // it took, or 0 when ctx ended first. Settle every reservation with settle.
 func (g *gate) reserve(ctx context.Context, lo, hi int) int {
 	hi = max(hi, 1)
-	return g.reserveAt(ctx, max(min(lo, hi, g.cap), 1), hi)
+	return g.reserveAt(ctx, max(min(lo, hi), 1), hi)
 }
 
 // reserveAt is reserve with lo and hi as given; hi 0 waits for a turn
 // without taking room.
 func (g *gate) reserveAt(ctx context.Context, lo, hi int) int {
 	g.mu.Lock()
+	// The capacity may change (the adaptive default): read it locked.
+	lo = max(min(lo, g.cap), min(lo, 1))
 	if free := g.cap - g.used; len(g.queue) == 0 && free >= lo {
 		n := min(free, hi)
 		g.used += n
