@@ -52,8 +52,11 @@ func (g *gate) reserve(ctx context.Context, lo, hi int) int {
 // without taking room.
 func (g *gate) reserveAt(ctx context.Context, lo, hi int) int {
 	g.mu.Lock()
-	// The capacity may change (the adaptive default): read it locked.
-	lo = max(min(lo, g.cap), min(lo, 1))
+	if hi > 0 {
+		// Never ask for more than the whole gate (read under the lock:
+		// the adaptive capacity moves).
+		lo = max(min(lo, g.cap), 1)
+	}
 	if free := g.cap - g.used; len(g.queue) == 0 && free >= lo {
 		n := min(free, hi)
 		g.used += n
@@ -140,7 +143,11 @@ func (g *gate) grantLocked() {
 	for len(g.queue) > 0 {
 		r := g.queue[0]
 		free := g.cap - g.used
-		if free < r.min {
+		// The capacity may have shrunk since r joined the line (the
+		// adaptive default follows run times): r never needs more than
+		// the whole gate, or it would wait forever and block everyone
+		// behind it.
+		if free < min(r.min, max(g.cap, 1)) {
 			break
 		}
 		r.got = min(free, r.max)

@@ -129,3 +129,21 @@ func TestGateWaitTakesNoRoom(t *testing.T) {
 		t.Fatal("wait on a full gate with a canceled ctx = true")
 	}
 }
+
+// A reservation that joined the line while the capacity was larger must
+// still be served once the capacity shrinks below what it asked for at
+// least: the adaptive capacity moves while jobs wait.
+func TestGateShrinkServesWaitingReservation(t *testing.T) {
+	g := newGate(32)
+	ctx := context.Background()
+	if n := g.reserve(ctx, 32, 32); n != 32 {
+		t.Fatalf("reserved %d, want 32", n)
+	}
+	ch := reserveAsync(ctx, g, 8, 8)
+	waitQueued(t, g, 1)
+	g.setCap(4)
+	g.settle(32, 0)
+	if n := recv(t, ch); n < 1 || n > 4 {
+		t.Fatalf("got %d after the shrink, want 1-4", n)
+	}
+}

@@ -66,6 +66,10 @@ const maxCauseLen = 300
 // operator, a chaos test, the kernel's OOM killer).
 func deathKind(err error) string {
 	switch {
+	case errors.Is(err, worker.ErrStdoutClosed):
+		// Killed by the worker package because it closed its stdout: a
+		// protocol breach, not an outside kill.
+		return "protocol"
 	case errors.Is(err, worker.ErrDead):
 		var exit *exec.ExitError
 		if errors.As(err, &exit) {

@@ -258,3 +258,22 @@ func TestExternalKillsAreNotPoison(t *testing.T) {
 		t.Fatalf("death records after external kills: %v", recs)
 	}
 }
+
+// A worker that closes its stdout and keeps running is killed by the
+// worker package (SIGKILL): that kill is the worker's fault and counts
+// toward the poison bound, unlike a kill from outside. Found by TestCorpus.
+func TestClosedStdoutCountsAsPoison(t *testing.T) {
+	t.Parallel()
+	f := fleettest.StartFleet(t, fleetConfig(1, 2))
+	col := collect(t, f)
+	col.Expect("closer")
+	submit(t, f, "", &queue.Job{ID: "closer", Command: "close_stdout", MaxAttempts: 20})
+	waitAll(t, col, 60*time.Second)
+	r, _, _ := col.Result("closer")
+	if r.OK || r.Error == nil || r.Error.Kind != queue.KindPoison || r.Attempt != 2 {
+		t.Fatalf("result: %+v (error %+v), want poison at attempt 2", r, r.Error)
+	}
+	if !strings.Contains(r.Error.Message, "stdout closed while the process kept running") {
+		t.Fatalf("poison message %q does not name the cause", r.Error.Message)
+	}
+}

@@ -16,6 +16,11 @@
 //     replicas: no job is lost;
 //   - malformed input on the wire, through the fleet: each case ends in a
 //     clear error, nothing is lost, and the agent keeps serving;
+//   - the corpus property test (TestCorpus): a seeded random corpus of valid
+//     and invalid envelopes and subjects, published by a plain NATS client
+//     alongside good traffic, each accepted message ending in exactly one
+//     outcome found by the id rule, within the poison bound
+//     (PROCFLEET_CORPUS_SEED replays a corpus);
 //   - the chaos run (chaos.Run in cmd/dispatcher/chaos, `dispatcher chaos`): random worker
 //     and agent kills and restarts, reconciled at the end. It runs for 60s
 //     (5s with -short; PROCFLEET_CHAOS_DURATION sets another length).

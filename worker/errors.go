@@ -32,6 +32,10 @@ var (
 	// is the cause (Err) of Start's ErrStartup elsewhere, so that the rest
 	// of procfleet still builds and can be developed on macOS.
 	ErrUnsupported = errors.New("worker: subprocess workers need Linux")
+	// ErrStdoutClosed is the cause (Err, under ErrDead) when the worker
+	// closed its stdout but kept running, so the worker package killed it:
+	// the kill was the worker's fault, not an outside one.
+	ErrStdoutClosed = errors.New("stdout closed while the process kept running")
 )
 
 // Error is the error type every failing worker operation returns.

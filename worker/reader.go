@@ -104,7 +104,7 @@ func (w *Worker) readFailed(err error) {
 	<-w.exited
 	cause := exitCause(w.exitErr)
 	if keptRunning {
-		cause = fmt.Errorf("stdout closed while the process kept running, so it was killed: %w", cause)
+		cause = fmt.Errorf("%w, so it was killed: %w", ErrStdoutClosed, cause)
 	}
 	w.fail(ErrDead, cause)
 }
