@@ -54,6 +54,7 @@ type lane struct {
 	killed  *atomic.Bool // the Agent's
 
 	counters counters
+	current  current // worker id -> the job it runs (dashboard)
 	metrics  *laneMetrics
 }
 

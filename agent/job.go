@@ -158,8 +158,11 @@ func (j *job) call(lease *pool.Lease, started time.Time) {
 		_ = a.nc.Publish(progressSubj, data)
 	}
 	callStart := time.Now()
+	a.current.set(lease.WorkerID(), j.job.ID)
 	res, err := lease.Call(ctx, c)
+	a.current.set(lease.WorkerID(), "")
 	j.r.observeRun(time.Since(callStart))
+	j.publishAttempt(lease.WorkerID(), lease.PID(), callStart, res, err)
 	cancel()
 	lease.Release()
 	base := &queue.Result{Worker: lease.WorkerID(), WorkerPID: lease.PID(), NewSession: lease.NewSession()}

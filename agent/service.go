@@ -25,6 +25,7 @@ type ServiceInfo struct {
 	Held       int             `json:"held"`
 	Capacity   int             `json:"capacity"`
 	Partitions []int           `json:"partitions"`
+	Workers    []WorkerRow     `json:"workers"`
 	Queues     []QueueInfo     `json:"queues"`
 }
 
@@ -59,9 +60,11 @@ func summarize(st pool.Stats) PoolSummary {
 func (a *Agent) Info() ServiceInfo {
 	si := ServiceInfo{Agent: *a.info()}
 	for _, l := range a.lanes {
+		st := l.pool.Stats()
+		si.Workers = append(si.Workers, l.workerRows(st.Workers)...)
 		si.Queues = append(si.Queues, QueueInfo{
 			Queue:      l.queueName(),
-			Pool:       summarize(l.pool.Stats()),
+			Pool:       summarize(st),
 			Counters:   l.Counters(),
 			Held:       l.held.held(),
 			Capacity:   l.capacity(),

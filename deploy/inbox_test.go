@@ -175,7 +175,7 @@ func TestServeUnderDeployedPermissions(t *testing.T) {
 		done <- dispatcher.Serve(ctx, dc.Conn, dispatcher.ServeConfig{
 			Queue:         qcfg,
 			HTTPAddr:      "127.0.0.1:0",
-			HTTPTokens:    []dispatcher.HTTPToken{{Token: token, Rights: dispatcher.RightSubmit | dispatcher.RightRead}},
+			HTTPTokens:    []dispatcher.HTTPToken{{Token: token, Rights: dispatcher.RightAll}},
 			HTTPListening: func(u string) { base <- u },
 			Ready:         func() { close(ready) },
 			Logger:        zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)),
@@ -237,6 +237,44 @@ func TestServeUnderDeployedPermissions(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode == 200, nil
 	})
+	// The other routes, each needing its own permissions of the
+	// dispatcher user: a batch (a duplicate is compared with the stored
+	// job), a long poll, the progress stream of a finished job, the fleet
+	// views, a dead letter's purge.
+	httpDo := func(method, path, body string) (int, string) {
+		var rd io.Reader
+		if body != "" {
+			rd = strings.NewReader(body)
+		}
+		req, err := http.NewRequest(method, url+path, rd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	batch := `{"jobs":[{"job":{"id":"b1","command":"sleep","payload":{"ms":1500}}},{"job":{"id":"b1","command":"sleep","payload":{"ms":1500}}},{"job":{"id":"b1","command":"echo"}}]}`
+	if code, body := httpDo("POST", "/v1/jobs/batch", batch); code != 200 || !strings.Contains(body, `"accepted":2`) || !strings.Contains(body, `"status":409`) {
+		t.Errorf("POST /v1/jobs/batch: %d %s, want 2 accepted and a 409", code, body)
+	}
+	for _, p := range []string{"/v1/results/via-http?wait=10s", "/v1/jobs/via-http/progress", "/v1/agents", "/v1/queues", "/v1/status", "/v1/dlq"} {
+		if code, body := httpDo("GET", p, ""); code != 200 {
+			t.Errorf("GET %s: %d %s", p, code, body)
+		}
+	}
+	dtopo := dc.open(t)
+	if err := dtopo.WriteDeadLetter(testCtx(t), &queue.DeadLetter{JobID: "dl-1", Subject: "fleet.job.any", Job: json.RawMessage(`{"command":"echo"}`), Kind: queue.KindExhausted}); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := httpDo("DELETE", "/v1/dlq", ""); code != 200 || !strings.Contains(body, `"purged":1`) {
+		t.Errorf("DELETE /v1/dlq: %d %s", code, body)
+	}
 	for _, uc := range []*userConn{dc, ac, cc} {
 		uc.assertNoViolations(t)
 	}

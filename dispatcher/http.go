@@ -41,9 +41,16 @@ const (
 
 // httpAPI is the HTTP face of the dispatcher.
 type httpAPI struct {
+	ui // the dashboard's state (http_ui.go)
+
 	c      *Client
 	log    *zap.Logger
 	tokens *tokenSet // nil: no token configured, open on loopback only
+	// heartbeat is the idle interval of event streams; 0: 15 s.
+	heartbeat time.Duration
+	// closing ends when the server shuts down (nil: never): it ends long
+	// polls and event streams.
+	closing context.Context
 }
 
 // listenHTTP opens the HTTP API's listener as cfg says: a bare ":port"
@@ -135,7 +142,14 @@ func (r *certReloader) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 }
 
 func (a *httpAPI) handler() http.Handler {
-	mux := http.NewServeMux()
+	mux := a.routes()
+	return a.front(mux)
+}
+
+// routes registers every route. One line a route; dispatcher/openapi.yaml
+// describes each one, and TestOpenAPIMatchesRoutes holds the two together.
+func (a *httpAPI) routes() *routeMux {
+	mux := newRouteMux()
 	// Open to all: it tells only whether the dispatcher is connected.
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if !a.c.nc.IsConnected() {
@@ -144,12 +158,21 @@ func (a *httpAPI) handler() http.Handler {
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
+	mux.Handle("GET /v1/openapi.yaml", a.guard(RightAny, a.openAPI))
 	mux.Handle("POST /v1/jobs", a.guard(RightSubmit, a.submit))
+	mux.Handle("POST /v1/jobs/batch", a.guard(RightSubmit, a.submitBatch))
+	mux.Handle("GET /v1/jobs/{id}/progress", a.guard(RightRead, a.progress))
 	mux.Handle("GET /v1/results/{id}", a.guard(RightRead, a.result))
+	a.uiRoutes(mux)
 	mux.Handle("GET /v1/status", a.guard(RightRead, a.status))
+	mux.Handle("GET /v1/agents", a.guard(RightRead, a.agents))
+	mux.Handle("GET /v1/queues", a.guard(RightRead, a.queues))
 	mux.Handle("GET /v1/dlq", a.guard(RightAdmin, a.dlqList))
+	mux.Handle("DELETE /v1/dlq", a.guard(RightAdmin, a.dlqPurge))
+	mux.Handle("GET /v1/dlq/{seq}", a.guard(RightAdmin, a.dlqGet))
 	mux.Handle("POST /v1/dlq/{seq}/replay", a.guard(RightAdmin, a.dlqReplay))
-	return a.front(mux)
+	mux.Handle("POST /v1/dlq/replay", a.guard(RightAdmin, a.dlqReplayMany))
+	return mux
 }
 
 // front applies the rules every request meets before routing.
@@ -269,11 +292,16 @@ func statusOf(err error) int {
 		return http.StatusRequestEntityTooLarge
 	case errors.Is(err, queue.ErrResultNotFound), errors.Is(err, queue.ErrDeadLetterNotFound):
 		return http.StatusNotFound
+	case errors.Is(err, queue.ErrNotReplayable), errors.Is(err, ErrIDConflict):
+		return http.StatusConflict
+	case errors.Is(err, queue.ErrTooLarge):
+		return http.StatusRequestEntityTooLarge
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled), errors.Is(err, nats.ErrTimeout),
 		errors.Is(err, nats.ErrNoResponders), errors.Is(err, nats.ErrConnectionClosed),
 		errors.Is(err, nats.ErrConnectionDraining), errors.Is(err, nats.ErrConnectionReconnecting),
 		errors.Is(err, nats.ErrDisconnected), errors.Is(err, nats.ErrNoServers),
-		errors.Is(err, jetstream.ErrNoStreamResponse), errors.Is(err, jetstream.ErrServerShutdown):
+		errors.Is(err, jetstream.ErrNoStreamResponse), errors.Is(err, jetstream.ErrServerShutdown),
+		errors.Is(err, jetstream.ErrTooManyStalledMsgs):
 		return http.StatusServiceUnavailable
 	case errors.As(err, &je) && je.APIError() != nil && je.APIError().Code == http.StatusServiceUnavailable:
 		return http.StatusServiceUnavailable
@@ -332,26 +360,6 @@ func (a *httpAPI) submit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, reply)
-}
-
-func (a *httpAPI) result(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
-	if !queue.ValidToken(id) {
-		a.writeError(w, r, badRequest("job id %q must be 1-128 characters of [A-Za-z0-9_-]", truncateID(id)))
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), apiTimeout)
-	defer cancel()
-	res, err := a.c.topo.GetResult(ctx, id)
-	if errors.Is(err, queue.ErrResultNotFound) {
-		a.fail(w, r, http.StatusNotFound, "no result for job "+id+" (not finished, unknown, or expired)")
-		return
-	}
-	if err != nil {
-		a.writeError(w, r, err)
-		return
-	}
-	writeJSON(w, res)
 }
 
 func (a *httpAPI) status(w http.ResponseWriter, r *http.Request) {

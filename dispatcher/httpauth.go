@@ -15,12 +15,12 @@ import (
 type Right uint8
 
 const (
-	// RightSubmit allows POST /v1/jobs.
+	// RightSubmit allows POST /v1/jobs and POST /v1/jobs/batch.
 	RightSubmit Right = 1 << iota
-	// RightRead allows GET /v1/results/{id} and GET /v1/status.
+	// RightRead allows results, progress, status, agents and queues.
 	RightRead
-	// RightAdmin allows the dead-letter endpoints: GET /v1/dlq and
-	// POST /v1/dlq/{seq}/replay.
+	// RightAdmin allows the dead-letter endpoints: list, get, replay,
+	// purge.
 	RightAdmin
 
 	// RightAll is every right: the token given by PROCFLEET_HTTP_TOKEN.

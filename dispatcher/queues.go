@@ -179,6 +179,10 @@ type QueueStatus struct {
 	// ones not yet acked.
 	Pending    uint64 `json:"pending"`
 	AckPending int    `json:"ack_pending"`
+	// Redelivered jobs have been delivered more than once; Unassigned
+	// partitions have no live lease (no agent consumes them).
+	Redelivered int `json:"redelivered"`
+	Unassigned  int `json:"unassigned_partitions"`
 	// Agents serve the queue now; Workers is their workers for it.
 	Agents  []string `json:"agents"`
 	Workers int      `json:"workers"`
@@ -190,10 +194,10 @@ type QueueStatus struct {
 	Limits queue.QueueLimits `json:"limits"`
 }
 
-// Queues returns every queue that has a jobs stream, plus any queue an agent
-// serves whose stream is missing, "default" first: the data behind
-// `dispatcher status` and GET /v1/queues.
-func (c *Client) Queues(ctx context.Context) ([]QueueStatus, error) {
+// QueueStatuses returns every queue that has a jobs stream, plus any queue
+// an agent serves whose stream is missing, "default" first: the data behind
+// `dispatcher status`, the metrics and GET /v1/queues (Client.Queues).
+func (c *Client) QueueStatuses(ctx context.Context) ([]QueueStatus, error) {
 	names, err := queue.ListQueues(ctx, c.js, c.topo.Config)
 	if err != nil {
 		return nil, fmt.Errorf("dispatcher: %w", err)
@@ -272,9 +276,15 @@ func fillQueueStatus(ctx context.Context, t *queue.Topology, qs *QueueStatus, no
 	for info := range lister.Info() {
 		qs.Pending += info.NumPending
 		qs.AckPending += info.NumAckPending
+		qs.Redelivered += info.NumRedelivered
 	}
 	if err := lister.Err(); err != nil {
 		return fmt.Errorf("dispatcher: queue %s: consumers: %w", qs.Name, err)
 	}
+	owners, err := t.LeaseOwners(ctx)
+	if err != nil {
+		return fmt.Errorf("dispatcher: queue %s: leases: %w", qs.Name, err)
+	}
+	qs.Unassigned = max(0, t.Config.Partitions-len(owners))
 	return nil
 }

@@ -171,7 +171,7 @@ func TestUnroutableQueue(t *testing.T) {
 		t.Fatalf("the replayed job's unroutable result is still there: %v", err)
 	}
 	fleettest.Eventually(t, 3*after, func() error {
-		qs, err := c.Queues(ctx)
+		qs, err := c.QueueStatuses(ctx)
 		if err != nil {
 			return err
 		}

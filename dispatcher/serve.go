@@ -29,9 +29,8 @@ const ServiceName = "procfleet"
 type ServeConfig struct {
 	// Queue is the NATS contract. Zero fields take queue's defaults.
 	Queue queue.Config
-	// HTTPAddr, when set, also serves the API over HTTP (POST /v1/jobs,
-	// GET /v1/results/{id}, GET /v1/status, GET /v1/dlq,
-	// POST /v1/dlq/{seq}/replay, GET /healthz). A bare ":port" binds
+	// HTTPAddr, when set, also serves the API over HTTP (the routes of
+	// HTTPRoutes, described in openapi.yaml). A bare ":port" binds
 	// 127.0.0.1. Default: none.
 	HTTPAddr string
 	// HTTPTokens are the bearer tokens the HTTP API accepts, each with its
@@ -43,6 +42,10 @@ type ServeConfig struct {
 	// certificate and key (re-read when the files change). Default: plain
 	// HTTP.
 	HTTPTLSCert, HTTPTLSKey string
+	// HTTPHeartbeat is how often an idle event stream (GET
+	// /v1/jobs/{id}/progress) sends a comment, so that proxies keep it
+	// open and a client that left is noticed. Default 15s.
+	HTTPHeartbeat time.Duration
 	// Logger receives the server's logs. Default: no logging.
 	Logger *zap.Logger
 	// Ready, when set, is called once the service is up.
@@ -71,8 +74,14 @@ type SubmitRequest struct {
 
 // SubmitReply is the submit endpoint's answer.
 type SubmitReply struct {
-	ID        string `json:"id"`
-	Queue     string `json:"queue"`
+	ID string `json:"id"`
+	// Queue is the queue the job went to ("default" for the old subjects).
+	Queue string `json:"queue"`
+	// Seq is the job's sequence in the jobs stream (for a duplicate, the
+	// sequence of the job it duplicates): pass it to GET
+	// /v1/results/{id}?seq= so that a later job reusing the id is never
+	// taken for this one.
+	Seq       uint64 `json:"seq"`
 	Duplicate bool   `json:"duplicate,omitempty"`
 }
 
@@ -178,9 +187,13 @@ func Serve(ctx context.Context, nc *nats.Conn, cfg ServeConfig) error {
 	var httpErr chan error
 	var srv *http.Server
 	if ln != nil {
-		api := &httpAPI{c: c, log: log.Named("http"), tokens: tokens}
+		closing, closeStreams := context.WithCancel(context.Background())
+		defer closeStreams()
+		api := &httpAPI{c: c, log: log.Named("http"), tokens: tokens, heartbeat: cfg.HTTPHeartbeat, closing: closing}
 		srv = newHTTPServer(api.handler(), log)
+		srv.RegisterOnShutdown(closeStreams)
 		httpErr = make(chan error, 1)
+		defer api.startDash(wctx)()
 		go func() { httpErr <- srv.Serve(ln) }()
 		scheme := "http"
 		if cfg.HTTPTLSCert != "" {
@@ -211,8 +224,38 @@ func Serve(ctx context.Context, nc *nats.Conn, cfg ServeConfig) error {
 }
 
 func (c *Client) handleSubmit(ctx context.Context, body []byte) (*SubmitReply, error) {
-	// Strict: a misspelt field ("sesion") must not quietly submit another
-	// job than the one meant.
+	req, err := parseSubmit(body)
+	if err != nil {
+		return nil, err
+	}
+	return c.submitParsed(ctx, req)
+}
+
+// submitParsed publishes one decoded submit request: the one path of the
+// NATS API, POST /v1/jobs and each job of POST /v1/jobs/batch.
+func (c *Client) submitParsed(ctx context.Context, req *SubmitRequest) (*SubmitReply, error) {
+	sctx, cancel := context.WithTimeout(ctx, apiTimeout)
+	defer cancel()
+	t, err := c.Queue(sctx, req.Queue)
+	if err != nil {
+		return nil, err
+	}
+	ack, err := t.Submit(sctx, req.Session, req.Job)
+	if err != nil {
+		return nil, err
+	}
+	reply := &SubmitReply{ID: req.Job.ID, Queue: t.Config.QueueName(), Seq: ack.Sequence, Duplicate: ack.Duplicate}
+	if ack.Duplicate {
+		if err := c.checkDuplicate(sctx, req, ack.Sequence); err != nil {
+			return nil, err
+		}
+	}
+	return reply, nil
+}
+
+// parseSubmit decodes one submit request, strictly: a misspelt field
+// ("sesion") must not quietly submit another job than the one meant.
+func parseSubmit(body []byte) (*SubmitRequest, error) {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	var req SubmitRequest
@@ -225,15 +268,5 @@ func (c *Client) handleSubmit(ctx context.Context, body []byte) (*SubmitReply, e
 	if req.Job == nil {
 		return nil, badRequest("missing job")
 	}
-	sctx, cancel := context.WithTimeout(ctx, apiTimeout)
-	defer cancel()
-	t, err := c.Queue(sctx, req.Queue)
-	if err != nil {
-		return nil, err
-	}
-	ack, err := t.Submit(sctx, req.Session, req.Job)
-	if err != nil {
-		return nil, err
-	}
-	return &SubmitReply{ID: req.Job.ID, Queue: t.Config.QueueName(), Duplicate: ack != nil && ack.Duplicate}, nil
+	return &req, nil
 }

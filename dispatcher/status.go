@@ -51,7 +51,7 @@ func (c *Client) Status(ctx context.Context) (*Status, error) {
 	}
 	slices.SortFunc(agents, func(a, b queue.AgentInfo) int { return strings.Compare(a.Name, b.Name) })
 	st.Agents = agents
-	if st.Queues, err = c.Queues(ctx); err != nil {
+	if st.Queues, err = c.QueueStatuses(ctx); err != nil {
 		return nil, err
 	}
 	owners, err := t.LeaseOwners(ctx)

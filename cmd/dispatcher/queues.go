@@ -61,7 +61,7 @@ func cmdQueue(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			t.Config.SessionSubject("<session>"), t.Config.AnySubject())
 		return nil
 	}
-	qs, err := client.Queues(cctx)
+	qs, err := client.QueueStatuses(cctx)
 	if err != nil {
 		return err
 	}
