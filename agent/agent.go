@@ -32,6 +32,9 @@ type lane struct {
 	pool *pool.Pool
 	// deaths is the poison guard's bucket (see poison.go).
 	deaths jetstream.KeyValue
+	// cancels holds the cancels stream's ids, fed by cancelFeed (cancel.go).
+	cancels    *cancelSet
+	cancelFeed *queue.CancelFeed
 
 	held     *gate
 	capAdapt capAdapt // the adaptive default capacity (capacity.go)
@@ -59,7 +62,7 @@ type lane struct {
 }
 
 type counters struct {
-	ok, appFailed, retried, exhausted, badRequest, sessionLost, checkoutErrs atomic.Uint64
+	ok, appFailed, retried, exhausted, badRequest, sessionLost, checkoutErrs, canceled atomic.Uint64
 }
 
 // record counts a job's outcome, and its duration where it reached a worker.
@@ -78,6 +81,8 @@ func (a *lane) record(outcome string, d time.Duration) {
 		c.badRequest.Add(1)
 	case outcomeSessionLost:
 		c.sessionLost.Add(1)
+	case outcomeCanceled:
+		c.canceled.Add(1)
 	}
 	series := a.metrics.outcome(outcome)
 	series.jobs.Inc()
@@ -89,6 +94,8 @@ func (a *lane) record(outcome string, d time.Duration) {
 // Counters is a snapshot of what the agent has done with jobs.
 type Counters struct {
 	Succeeded, AppFailed, Retried, Exhausted, BadRequest, SessionLost, CheckoutErrors uint64
+	// Canceled counts jobs ended by a cancel.
+	Canceled uint64
 }
 
 // newLane returns a lane of ag for cfg (already defaulted and validated).
@@ -128,6 +135,7 @@ func (a *lane) Counters() Counters {
 		Succeeded: c.ok.Load(), AppFailed: c.appFailed.Load(), Retried: c.retried.Load(),
 		Exhausted: c.exhausted.Load(), BadRequest: c.badRequest.Load(),
 		SessionLost: c.sessionLost.Load(), CheckoutErrors: c.checkoutErrs.Load(),
+		Canceled: c.canceled.Load(),
 	}
 }
 
@@ -149,6 +157,11 @@ func (a *lane) open(ctx context.Context, js jetstream.JetStream) error {
 	// derive the intervals that follow from it unless they were set.
 	a.cfg.Queue = topo.Config
 	a.cfg.deriveIntervals()
+	// Cancels first: no job may be taken before the cancels stored so far
+	// are known.
+	if err := a.followCancels(ctx); err != nil {
+		return fmt.Errorf("agent: queue %s: cancels: %w", a.queueName(), err)
+	}
 	return nil
 }
 
@@ -189,7 +202,9 @@ func (a *lane) openTopology(ctx context.Context, js jetstream.JetStream) (*queue
 			// Open checks the streams; the consumers come last in Ensure.
 			if _, err = topo.AnyConsumer(ctx); err == nil {
 				if a.deaths, err = queue.OpenPoison(ctx, js, a.cfg.Queue); err == nil {
-					return topo, nil
+					if err = queue.OpenCancels(ctx, js, a.cfg.Queue); err == nil {
+						return topo, nil
+					}
 				}
 			}
 		}
@@ -199,7 +214,9 @@ func (a *lane) openTopology(ctx context.Context, js jetstream.JetStream) (*queue
 		topo, err = queue.Ensure(ctx, js, a.cfg.Queue)
 		if err == nil {
 			if a.deaths, err = queue.OpenPoison(ctx, js, a.cfg.Queue); err == nil {
-				return topo, nil
+				if err = queue.OpenCancels(ctx, js, a.cfg.Queue); err == nil {
+					return topo, nil
+				}
 			}
 		}
 		if attempt == 0 {
@@ -256,6 +273,7 @@ func (a *lane) drain(ctx context.Context) {
 // stopPool stops the workers, last.
 func (a *lane) stopPool(ctx context.Context) error {
 	defer a.baseCancel()
+	a.stopCancels()
 	return a.pool.Stop(ctx)
 }
 
@@ -270,6 +288,7 @@ func (a *lane) kill() {
 		r.wait()
 	}
 	a.draining.Wait()
+	a.stopCancels()
 }
 
 // load is the lane's part of the registry entry.

@@ -49,6 +49,10 @@ type Config struct {
 	// count survives redelivery to another agent. Default 2.
 	PoisonDeaths int
 
+	// CancelGrace is how long a worker running a canceled job may take to
+	// answer before it is killed and replaced, as at a timeout. Default 2s.
+	CancelGrace time.Duration
+
 	// Capacity is how many jobs the agent holds at once (running plus
 	// waiting for a worker). Held jobs count as delivered in JetStream, so
 	// this is what "pull only what you can run soon" means. Default 0:
@@ -212,6 +216,9 @@ func (c *Config) setDefaults() {
 	if c.PoisonDeaths == 0 {
 		c.PoisonDeaths = DefaultPoisonDeaths
 	}
+	if c.CancelGrace == 0 {
+		c.CancelGrace = DefaultCancelGrace
+	}
 	if c.Pool.Size == 0 {
 		c.Pool.Size = pool.DefaultSize
 	}
@@ -265,6 +272,9 @@ func (c *Config) validate() error {
 		errs = append(errs, errors.New("agent: MaxJobTimeout cannot be negative"))
 	} else if c.JobTimeout > c.MaxJobTimeout {
 		errs = append(errs, fmt.Errorf("agent: JobTimeout %v cannot exceed MaxJobTimeout %v", c.JobTimeout, c.MaxJobTimeout))
+	}
+	if c.CancelGrace < 0 {
+		errs = append(errs, fmt.Errorf("%w: CancelGrace cannot be negative", ErrInvalidConfig))
 	}
 	if c.PoisonDeaths < 0 {
 		errs = append(errs, errors.New("agent: PoisonDeaths cannot be negative"))

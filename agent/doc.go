@@ -25,6 +25,11 @@
 // that run out store an "exhausted" result and a dead letter before the
 // message is terminated. Held messages are kept alive with InProgress.
 //
+// Cancels (cancel.go): the agent follows the cancels stream into memory
+// before it takes any job; a canceled job that has not reached a worker
+// never does, a running one's worker is sent a cancel frame (or killed after
+// Config.CancelGrace); either ends "canceled", stored once and acked.
+//
 // Shutdown order (Stop): stop taking partitions and fetching; nak jobs held
 // but not started; let running jobs finish and ack; release leases; leave the
 // registry; stop the pools. Every queue drains at once. The NATS connection

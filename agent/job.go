@@ -32,6 +32,11 @@ type job struct {
 
 	mu         sync.Mutex
 	callCancel context.CancelFunc
+	// canceled is set once a cancel covers the job; cctx ends then (see
+	// cancel.go).
+	canceled bool
+	cctx     context.Context
+	ccancel  context.CancelFunc
 
 	// handedOff is set when the job's verdict waits for its result's
 	// PubAck: the runner's acker then ends the job, not run's caller.
@@ -54,6 +59,9 @@ func newJob(r *runner, msg jetstream.Msg) *job {
 		r.a.metrics.redelivered.Inc()
 	}
 	j.job, j.parsErr = queue.ParseJob(msg.Subject(), msg.Headers(), msg.Data(), meta.Sequence.Stream, r.a.cfg.Queue)
+	if j.parsErr == nil {
+		j.adoptFiringID() // a periodic schedule's firing: see expire.go
+	}
 	if j.parsErr == nil {
 		limit := r.a.cfg.Pool.Worker.MaxFrame
 		if limit <= 0 {
@@ -107,8 +115,14 @@ func (j *job) run() {
 		j.badRequest()
 		return
 	}
+	if j.cancelBeforeRun(nil, time.Now()) {
+		return
+	}
 	if j.attempt > j.maxAttempts() {
 		j.exhaust(fmt.Sprintf("delivered %d times, max_attempts is %d", j.attempt, j.maxAttempts()))
+		return
+	}
+	if j.expire(nil) { // deadline passed before delivery: see expire.go
 		return
 	}
 	if j.reserveEr != nil {
@@ -117,8 +131,13 @@ func (j *job) run() {
 		return
 	}
 	started := time.Now()
-	lease, err := j.ticket.Wait(j.r.waitCtx)
+	wctx, stop := j.waitCtx()
+	lease, err := j.ticket.Wait(wctx)
+	stop()
 	if err != nil {
+		if j.cancelBeforeRun(nil, started) {
+			return
+		}
 		switch {
 		case j.r.waitCtx.Err() != nil:
 			// Draining: hand the job back for the next owner, at once.
@@ -135,6 +154,12 @@ func (j *job) run() {
 		return
 	}
 	a.metrics.checkoutWait.Observe(time.Since(started).Seconds())
+	if j.expire(lease) { // deadline passed while it waited in line
+		return
+	}
+	if j.cancelBeforeRun(lease, started) {
+		return
+	}
 	j.call(lease, started)
 }
 
@@ -152,6 +177,9 @@ func (j *job) call(lease *pool.Lease, started time.Time) {
 		Attempt:  j.attempt,
 		Deadline: deadline,
 		Payload:  j.job.Payload,
+		// A cancel of the job reaches the worker (see cancel.go).
+		Cancel:      j.cctx.Done(),
+		CancelGrace: a.cfg.CancelGrace,
 	}
 	progressSubj := a.cfg.Queue.ProgressSubject(j.job.ID)
 	c.OnProgress = func(data json.RawMessage) {
@@ -166,6 +194,9 @@ func (j *job) call(lease *pool.Lease, started time.Time) {
 	cancel()
 	lease.Release()
 	base := &queue.Result{Worker: lease.WorkerID(), WorkerPID: lease.PID(), NewSession: lease.NewSession()}
+	if j.canceledCall(base, res, err, started) {
+		return
+	}
 	switch {
 	case err != nil:
 		kind := queue.KindApp

@@ -18,6 +18,7 @@ const (
 	outcomeSessionLost = "session_lost"
 	outcomeRequeued    = "requeued" // handed back while draining; not a failure
 	outcomePoison      = "poison"   // stopped by the poison guard
+	outcomeCanceled    = "canceled" // ended by a cancel (see cancel.go)
 )
 
 // metrics are the agent's Prometheus instruments, every one labeled with
@@ -58,7 +59,7 @@ func (m *metrics) forQueue(q string) *laneMetrics {
 		workerDeaths: m.workerDeaths.WithLabelValues(q),
 	}
 	lm.byOutcome = map[string]outcomeSeries{}
-	for _, o := range []string{outcomeOK, outcomeAppError, outcomeRetried, outcomeExhausted, outcomeBadRequest, outcomeSessionLost, outcomeRequeued, outcomePoison} {
+	for _, o := range []string{outcomeOK, outcomeAppError, outcomeRetried, outcomeExhausted, outcomeBadRequest, outcomeSessionLost, outcomeRequeued, outcomePoison, outcomeCanceled} {
 		lm.byOutcome[o] = outcomeSeries{jobs: lm.jobs.WithLabelValues(o), duration: lm.duration.WithLabelValues(o)}
 	}
 	return lm
@@ -83,7 +84,7 @@ func newMetrics() *metrics {
 	m := &metrics{
 		jobs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "procfleet", Name: "jobs_total",
-			Help: "Jobs handled by this agent, by outcome (ok, app_error, retried, exhausted, bad_request, session_lost, requeued, poison).",
+			Help: "Jobs handled by this agent, by outcome (ok, app_error, retried, exhausted, bad_request, session_lost, requeued, poison, canceled).",
 		}, []string{"outcome", "queue"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "procfleet", Name: "job_duration_seconds",

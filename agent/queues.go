@@ -157,6 +157,7 @@ func (a *Agent) Counters() Counters {
 		c.BadRequest += lc.BadRequest
 		c.SessionLost += lc.SessionLost
 		c.CheckoutErrors += lc.CheckoutErrors
+		c.Canceled += lc.Canceled
 	}
 	return c
 }
@@ -193,6 +194,9 @@ func (a *Agent) start(ctx context.Context) error {
 	}
 	for _, l := range a.lanes {
 		if err := l.open(ctx, js); err != nil {
+			for _, l := range a.lanes {
+				l.stopCancels()
+			}
 			return err
 		}
 	}
@@ -218,11 +222,17 @@ func (a *Agent) start(ctx context.Context) error {
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		killPools()
+		for _, l := range a.lanes {
+			l.stopCancels()
+		}
 		return err
 	}
 	a.startedAt = time.Now()
 	if err := a.heartbeat(ctx); err != nil {
 		killPools()
+		for _, l := range a.lanes {
+			l.stopCancels()
+		}
 		return fmt.Errorf("agent: register: %w", err)
 	}
 	a.started.Store(true)
@@ -338,6 +348,7 @@ func (a *Agent) abort() {
 			l.kill()
 		} else {
 			l.pool.Kill()
+			l.stopCancels()
 		}
 	}
 }

@@ -98,6 +98,7 @@ func (r *runner) stopAcks() {
 
 // end releases what a job held once its verdict is sent.
 func (r *runner) end(j *job) {
+	j.untrackCancel()
 	r.forget(j)
 	r.a.held.done(1)
 	r.jobs.Done()
@@ -294,6 +295,7 @@ func (r *runner) dispatch(msg jetstream.Msg, reserved bool) *jetstream.MsgMetada
 		r.sessions[j.job.Session] = struct{}{}
 	}
 	r.mu.Unlock()
+	j.trackCancel()
 	j.reserve()
 	r.jobs.Add(1)
 	go func() {

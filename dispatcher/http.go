@@ -163,6 +163,7 @@ func (a *httpAPI) routes() *routeMux {
 	mux.Handle("POST /v1/jobs/batch", a.guard(RightSubmit, a.submitBatch))
 	mux.Handle("GET /v1/jobs/{id}/progress", a.guard(RightRead, a.progress))
 	mux.Handle("GET /v1/results/{id}", a.guard(RightRead, a.result))
+	mux.Handle("DELETE /v1/jobs/{id}", a.guard(RightSubmit, a.cancelJob))
 	a.uiRoutes(mux)
 	mux.Handle("GET /v1/status", a.guard(RightRead, a.status))
 	mux.Handle("GET /v1/agents", a.guard(RightRead, a.agents))
@@ -172,6 +173,9 @@ func (a *httpAPI) routes() *routeMux {
 	mux.Handle("GET /v1/dlq/{seq}", a.guard(RightAdmin, a.dlqGet))
 	mux.Handle("POST /v1/dlq/{seq}/replay", a.guard(RightAdmin, a.dlqReplay))
 	mux.Handle("POST /v1/dlq/replay", a.guard(RightAdmin, a.dlqReplayMany))
+	mux.Handle("POST /v1/schedules", a.guard(RightSubmit, a.scheduleAdd))
+	mux.Handle("GET /v1/schedules", a.guard(RightRead, a.scheduleList))
+	mux.Handle("DELETE /v1/schedules/{name}", a.guard(RightSubmit, a.scheduleRemove))
 	return mux
 }
 

@@ -70,6 +70,10 @@ type SubmitRequest struct {
 	Queue   string     `json:"queue,omitempty"`
 	Session string     `json:"session,omitempty"`
 	Job     *queue.Job `json:"job"`
+	// At (RFC 3339) or In (a Go duration, "90s") delays the job: it is
+	// delivered then, and not before. At most one. See submit_delay.go.
+	At string `json:"at,omitempty"`
+	In string `json:"in,omitempty"`
 }
 
 // SubmitReply is the submit endpoint's answer.
@@ -83,11 +87,13 @@ type SubmitReply struct {
 	// taken for this one.
 	Seq       uint64 `json:"seq"`
 	Duplicate bool   `json:"duplicate,omitempty"`
+	// Due is when a delayed job will be delivered.
+	Due *time.Time `json:"due,omitempty"`
 }
 
-// Serve ensures the topology, serves the submit and status API as the NATS
-// micro service "procfleet" (subjects <prefix>.api.submit and
-// <prefix>.api.status) and over HTTP where asked, and moves jobs whose
+// Serve ensures the topology, serves the submit, cancel and status API as
+// the NATS micro service "procfleet" (subjects <prefix>.api.submit,
+// <prefix>.api.cancel and <prefix>.api.status) and over HTTP where asked, and moves jobs whose
 // deliveries ran out to the dead-letter stream. It blocks until ctx ends.
 func Serve(ctx context.Context, nc *nats.Conn, cfg ServeConfig) error {
 	log := cfg.Logger
@@ -171,6 +177,22 @@ func Serve(ctx context.Context, nc *nats.Conn, cfg ServeConfig) error {
 	})); err != nil {
 		return err
 	}
+	if err := g.AddEndpoint("cancel", micro.HandlerFunc(func(req micro.Request) {
+		reply, err := c.handleCancel(ctx, req.Data())
+		if err != nil {
+			msg := err.Error()
+			code := statusOf(err)
+			if code == http.StatusInternalServerError {
+				log.Error("cancel", zap.Error(err))
+				msg = "internal error (see the dispatcher's log)"
+			}
+			_ = req.Error(strconv.Itoa(code), msg, nil)
+			return
+		}
+		_ = req.RespondJSON(reply)
+	})); err != nil {
+		return err
+	}
 	if err := g.AddEndpoint("status", micro.HandlerFunc(func(req micro.Request) {
 		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
@@ -234,8 +256,18 @@ func (c *Client) handleSubmit(ctx context.Context, body []byte) (*SubmitReply, e
 // submitParsed publishes one decoded submit request: the one path of the
 // NATS API, POST /v1/jobs and each job of POST /v1/jobs/batch.
 func (c *Client) submitParsed(ctx context.Context, req *SubmitRequest) (*SubmitReply, error) {
+	due, err := req.due(time.Now())
+	if err != nil {
+		return nil, err
+	}
 	sctx, cancel := context.WithTimeout(ctx, apiTimeout)
 	defer cancel()
+	if !due.IsZero() {
+		if q := req.Queue; q != "" && q != queue.DefaultQueue {
+			return nil, badRequest("a delayed job (at/in) goes to the default queue only, not to queue %q", q)
+		}
+		return c.submitDelayed(sctx, req, due)
+	}
 	t, err := c.Queue(sctx, req.Queue)
 	if err != nil {
 		return nil, err

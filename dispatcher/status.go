@@ -24,6 +24,7 @@ type Status struct {
 	Pending     uint64            `json:"pending"`      // jobs waiting in FLEET_JOBS
 	DeadLetters uint64            `json:"dead_letters"` // messages in FLEET_DLQ
 	Results     uint64            `json:"results"`      // messages in FLEET_RESULTS
+	Schedules   ScheduleStatus    `json:"schedules"`    // periodic schedules and delayed jobs (schedule.go)
 	At          time.Time         `json:"at"`
 }
 
@@ -84,6 +85,7 @@ func (c *Client) Status(ctx context.Context) (*Status, error) {
 	if si, err := t.Jobs.Info(ctx); err == nil {
 		st.Pending = si.State.Msgs
 	}
+	c.scheduleStatus(ctx, st)
 	if si, err := t.DLQ.Info(ctx); err == nil {
 		st.DeadLetters = si.State.Msgs
 	}
@@ -162,5 +164,9 @@ func (st *Status) WriteTable(w io.Writer) error {
 	}
 	fmt.Fprintf(tw, "any\t(all agents)\t%d\t%d\t%d\n", st.Anonymous.Pending, st.Anonymous.AckPending, st.Anonymous.Redelivered)
 	fmt.Fprintf(tw, "\njobs waiting: %d   dead letters: %d   results stored: %d\n", st.Pending, st.DeadLetters, st.Results)
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	st.Schedules.writeSchedules(w, st.At)
+	return nil
 }

@@ -4,7 +4,9 @@
 Command ``slow`` takes ``{"ms": N, "steps": K}`` (K defaults to 1), sleeps N
 milliseconds in K equal steps, sends ``{"step": i, "steps": K, "elapsed_ms": …}``
 as progress after each step, and returns ``{"slept_ms": N}``. Useful for
-exercising job timeouts, in-progress keep-alives and progress forwarding.
+exercising job timeouts, in-progress keep-alives, progress forwarding and
+cancellation: a canceled job stops at once, even mid-sleep (the SDK raises
+``pw.Canceled`` in the handler), and the worker keeps serving.
 """
 
 import os

@@ -87,6 +87,12 @@ type Config struct {
 	// means unlimited.
 	MaxAckPending int
 
+	// CancelTTL is how long a cancel is kept in the cancels stream (its
+	// max age): a job delivered within it after its cancel never runs.
+	// Default 24h (or DedupWindow, if longer); at least DedupWindow. See
+	// CancelStream.
+	CancelTTL time.Duration
+
 	// Queue names the queue this configuration's jobs stream, subjects,
 	// consumers and leases belong to (see queues.go). "" and "default" are
 	// the default queue, spelled the way fleets without queues spell it:
@@ -141,6 +147,9 @@ func (c Config) WithDefaults() Config {
 	if c.MaxAckPending == 0 {
 		c.MaxAckPending = 1000
 	}
+	if c.CancelTTL == 0 {
+		c.CancelTTL = max(DefaultCancelTTL, c.DedupWindow)
+	}
 	return c
 }
 
@@ -175,6 +184,8 @@ func (c Config) Validate() error {
 		return bad("MaxDeliver must be at least 1 (or -1 for unlimited), got %d", c.MaxDeliver)
 	case c.MaxAckPending < 1 && c.MaxAckPending != -1:
 		return bad("MaxAckPending must be at least 1 (or -1 for unlimited), got %d", c.MaxAckPending)
+	case c.CancelTTL < c.DedupWindow:
+		return bad("CancelTTL must be at least DedupWindow (%s), got %s", c.DedupWindow, c.CancelTTL)
 	}
 	if err := ValidateQueueName(c.Queue); err != nil {
 		return fmt.Errorf("%w: Queue: %w", ErrInvalidConfig, err)

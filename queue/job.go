@@ -45,6 +45,11 @@ type Job struct {
 	RequireSession bool `json:"require_session,omitempty"`
 	// Meta is opaque to the fleet and must be a JSON object.
 	Meta json.RawMessage `json:"meta,omitempty"`
+	// ExpiresAt (RFC 3339) and TTLMS (from when the job entered the
+	// queue) set a deadline: a job delivered after it ends "expired"
+	// without running. At most one of them. See Job.Deadline.
+	ExpiresAt string `json:"expires_at,omitempty"`
+	TTLMS     int64  `json:"ttl_ms,omitempty"`
 	// Session comes from the subject, never from the body.
 	Session string `json:"-"`
 }
@@ -240,7 +245,7 @@ func checkJob(j *Job) string {
 	case len(j.Meta) > 0 && (!json.Valid(j.Meta) || bytes.TrimSpace(j.Meta)[0] != '{'):
 		return "field \"meta\" must be a JSON object"
 	}
-	return ""
+	return checkDeadline(j)
 }
 
 func truncate(s string) string {

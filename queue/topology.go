@@ -29,8 +29,8 @@ type Topology struct {
 	consumers map[string]jetstream.Consumer
 }
 
-// Ensure creates or verifies, idempotently, the jobs, results and dead-letter
-// streams, the KV buckets (agents, leases, poison) and the durable job consumers ("p-0".."p-<P-1>"
+// Ensure creates or verifies, idempotently, the jobs, results, dead-letter
+// and cancels streams, the KV buckets (agents, leases, poison) and the durable job consumers ("p-0".."p-<P-1>"
 // and "any"). Concurrent Ensure calls with the same configuration are safe.
 //
 // An existing resource that differs in a contract field (partition count,
@@ -60,6 +60,9 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config) (*Topology,
 		return nil, err
 	}
 	if _, err = ensureBucket(ctx, js, cfg.poisonBucketConfig()); err != nil {
+		return nil, err
+	}
+	if _, err = ensureStream(ctx, js, cfg.cancelsStreamConfig()); err != nil {
 		return nil, err
 	}
 	if err := t.ensureConsumers(ctx); err != nil {
@@ -203,7 +206,7 @@ func (t *Topology) cacheConsumer(name string, c jetstream.Consumer) {
 // Stream and bucket configurations.
 
 func (c Config) jobsStreamConfig() jetstream.StreamConfig {
-	return jetstream.StreamConfig{
+	return c.withSchedules(jetstream.StreamConfig{
 		Name:        c.JobsStream(),
 		Description: "procfleet jobs, session jobs filed by partition",
 		Subjects:    []string{c.sessionWildcard(), c.AnySubject()},
@@ -219,7 +222,7 @@ func (c Config) jobsStreamConfig() jetstream.StreamConfig {
 			Source:      c.sessionWildcard(),
 			Destination: c.partitionTransform(),
 		},
-	}
+	})
 }
 
 // limitOrUnlimited maps 0 (unlimited in QueueLimits) to the server's -1.
@@ -388,7 +391,7 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 	if err := streamContract(want, have); err != nil {
 		return nil, err
 	}
-	if !tuneStream(want, &have) {
+	if tuned, upgraded := tuneStream(want, &have), upgradeSchedules(want, &have); !tuned && !upgraded {
 		return s, nil
 	}
 	s, err = js.UpdateStream(ctx, have)
@@ -435,7 +438,7 @@ func streamContract(want, have jetstream.StreamConfig) error {
 	if want.Storage != have.Storage {
 		return mismatch("Storage", want.Storage, have.Storage)
 	}
-	if !sameSet(want.Subjects, have.Subjects) {
+	if !sameSet(withoutScheduleSubjects(want.Subjects), withoutScheduleSubjects(have.Subjects)) {
 		return mismatch("Subjects", want.Subjects, have.Subjects)
 	}
 	wt, ht := want.SubjectTransform, have.SubjectTransform

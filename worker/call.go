@@ -35,13 +35,29 @@ type Call struct {
 	// other frame is read meanwhile. It is never called after Call returns
 	// nil; after an error one invocation may still be finishing.
 	OnProgress func(data json.RawMessage)
+	// Cancel, when set and closed while the call runs, asks the worker to
+	// stop it: a worker that listed the "cancel" feature in its ready frame
+	// is sent {"type":"cancel","id":N}; any worker then has CancelGrace to
+	// answer the call. Its answer is returned as usual, with
+	// Result.CancelSent set. A worker that has not answered by then is
+	// killed, and Call fails with ErrCanceled.
+	Cancel <-chan struct{}
+	// CancelGrace is how long a canceled call may take to answer; default
+	// DefaultCancelGrace.
+	CancelGrace time.Duration
 }
+
+// DefaultCancelGrace is Call.CancelGrace's default.
+const DefaultCancelGrace = 2 * time.Second
 
 // Result is a worker's answer to a call.
 type Result struct {
 	OK    bool
 	Value json.RawMessage     // the result when OK
 	Error *protocol.ErrorInfo // the application error when !OK; the worker stays usable
+	// Canceled reports that Call.Cancel was closed before the answer came:
+	// the answer may be the worker's reaction to it.
+	Canceled bool
 }
 
 var jsonNull = json.RawMessage("null")
@@ -94,11 +110,78 @@ func (w *Worker) Call(ctx context.Context, c *Call) (Result, error) {
 		w.end()
 		return Result{}, err
 	}
-	r, err := w.await(ctx)
+	r, canceled, err := w.awaitCall(ctx, id, c)
 	if err != nil {
 		return Result{}, err
 	}
-	return Result{OK: r.ok, Value: r.value, Error: r.err}, nil
+	return Result{OK: r.ok, Value: r.value, Error: r.err, Canceled: canceled}, nil
+}
+
+// awaitCall is await for a call, which c.Cancel may cancel: see Call.Cancel.
+func (w *Worker) awaitCall(ctx context.Context, id uint64, c *Call) (reply, bool, error) {
+	if c.Cancel == nil {
+		r, err := w.await(ctx)
+		return r, false, err
+	}
+	select {
+	case r := <-w.replies:
+		return r, false, nil
+	case <-w.broken:
+		r, err := w.await(ctx)
+		return r, false, err
+	case <-ctx.Done():
+		r, err := w.await(ctx)
+		return r, false, err
+	case <-c.Cancel:
+	}
+	grace := c.CancelGrace
+	if grace <= 0 {
+		grace = DefaultCancelGrace
+	}
+	if w.HasFeature(protocol.FeatureCancel) {
+		if err := w.sendCancel(id, grace); err != nil {
+			r, err := w.await(ctx)
+			return r, true, err
+		}
+	}
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case r := <-w.replies:
+		return r, true, nil
+	case <-t.C:
+		select {
+		case r := <-w.replies:
+			return r, true, nil
+		default:
+		}
+		w.end()
+		return reply{}, true, w.fail(ErrCanceled, fmt.Errorf("did not answer a cancel within %v", grace))
+	case <-w.broken:
+	case <-ctx.Done():
+	}
+	r, err := w.await(ctx)
+	return r, true, err
+}
+
+// sendCancel writes a cancel frame for call id. A worker that does not read
+// it within grace is stuck: the write fails and the worker is killed.
+func (w *Worker) sendCancel(id uint64, grace time.Duration) error {
+	select {
+	case w.wlock <- struct{}{}:
+	case <-w.broken:
+		return w.failure()
+	}
+	_ = w.stdin.SetWriteDeadline(time.Now().Add(grace))
+	w.out = protocol.Message{Type: protocol.TypeCancel, ID: id}
+	err := w.writeLocked(&w.out)
+	_ = w.stdin.SetWriteDeadline(time.Time{})
+	w.out = protocol.Message{}
+	<-w.wlock
+	if err != nil {
+		return w.writeFailed(err, nil)
+	}
+	return nil
 }
 
 // Ping sends a ping and waits for the pong. A failure is an *Error and, as
@@ -346,7 +429,7 @@ func ctxReason(ctx context.Context) error {
 // not write: a field a call does not use, a string that needs escaping, or
 // a payload that is not valid JSON (the encoder then reports it).
 func appendCall(b []byte, m *protocol.Message) ([]byte, bool) {
-	if m.Protocol != 0 || m.PID != 0 || m.Commands != nil || m.OK != nil || m.Result != nil || m.Error != nil || m.Data != nil {
+	if m.Protocol != 0 || m.PID != 0 || m.Commands != nil || m.Features != nil || m.OK != nil || m.Result != nil || m.Error != nil || m.Data != nil {
 		return nil, false
 	}
 	o := jsonappend.Start(b, `{"type":"call"`)

@@ -17,7 +17,10 @@
 //     lines to the zap logger, and a waiter that reaps the process. Done
 //     closes once all three have ended.
 //   - Call and Ping write one frame and wait for the reader to hand over the
-//     matching reply. No goroutine is started per call.
+//     matching reply. No goroutine is started per call. A Call whose Cancel
+//     channel closes sends a cancel frame to a worker that announced the
+//     "cancel" feature, then waits CancelGrace for the answer before killing
+//     it.
 //   - The first failure (exit, EOF, broken pipe, protocol violation, call
 //     timeout, Stop or Kill) is recorded once, kills the process group and
 //     is what every later operation reports.

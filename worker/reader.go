@@ -32,6 +32,7 @@ func (w *Worker) readStdout() {
 		return
 	}
 	w.commands = m.Commands
+	w.features = m.Features
 	close(w.ready)
 
 	for {

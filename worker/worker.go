@@ -33,6 +33,7 @@ type Worker struct {
 	pid       int
 	startedAt time.Time
 	commands  []string // set by the reader before ready is closed
+	features  []string // likewise
 
 	// Parent ends of the pipes. stdin is closed by Stop (graceful EOF) and
 	// by the waiter once the process is reaped; the read ends are closed by
@@ -409,6 +410,20 @@ func (w *Worker) PID() int { return w.pid }
 
 // Commands returns the commands the worker announced in its ready frame.
 func (w *Worker) Commands() []string { return append([]string(nil), w.commands...) }
+
+// Features returns the features the worker announced in its ready frame
+// (e.g. "cancel").
+func (w *Worker) Features() []string { return append([]string(nil), w.features...) }
+
+// HasFeature reports whether the worker's ready frame listed feature.
+func (w *Worker) HasFeature(feature string) bool {
+	for _, f := range w.features {
+		if f == feature {
+			return true
+		}
+	}
+	return false
+}
 
 // StartedAt returns when the process was spawned.
 func (w *Worker) StartedAt() time.Time { return w.startedAt }

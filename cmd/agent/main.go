@@ -49,6 +49,7 @@ func run(args []string) error {
 		jobTimeout     = fs.Duration("job-timeout", agent.DefaultJobTimeout, "default job timeout (a job's timeout_ms wins)")
 		maxJobTimeout  = fs.Duration("max-job-timeout", agent.DefaultMaxJobTimeout, "ceiling of one attempt: a job asking for a longer timeout_ms runs with this")
 		poisonDeaths   = fs.Int("poison-deaths", agent.DefaultPoisonDeaths, "end a job as poison once this many workers died running it, whatever its max_attempts")
+		cancelGrace    = fs.Duration("cancel-grace", agent.DefaultCancelGrace, "how long a worker running a canceled job may take to stop before it is killed and replaced")
 		capacity       = fs.Int("capacity", 0, "jobs held at once, running or waiting (default 0: adaptive, 2 x pool size for jobs of 25ms or more, up to max(2 x pool size, 32) for short ones)")
 		queueName      = fs.String("queue", queue.DefaultQueue, "the queue the pool serves (jobs on <prefix>.job.<queue>.s.<session> and <prefix>.job.<queue>.any; default: the old subjects)")
 		configFile     = fs.String("config", "", "YAML file of the queues this agent serves, one pool each (replaces --queue, --worker-cmd, --pool-size, --capacity and the recycling flags; see examples/agent-queues.yaml)")
@@ -118,6 +119,7 @@ Flags:
 		JobTimeout:    *jobTimeout,
 		MaxJobTimeout: *maxJobTimeout,
 		PoisonDeaths:  *poisonDeaths,
+		CancelGrace:   *cancelGrace,
 		Capacity:      *capacity,
 		Logger:        log,
 		Registerer:    reg,

@@ -49,6 +49,8 @@ func TestPoisonAndTimeoutFlags(t *testing.T) {
 		{"bad ceiling", map[string]string{"PROCFLEET_MAX_JOB_TIMEOUT": "soon"}, nil, "PROCFLEET_MAX_JOB_TIMEOUT"},
 		{"negative poison bound", nil, []string{"--poison-deaths", "-1"}, "PoisonDeaths cannot be negative"},
 		{"poison bound from the environment", map[string]string{"PROCFLEET_POISON_DEATHS": "-2"}, nil, "PoisonDeaths cannot be negative"},
+		{"negative cancel grace", nil, []string{"--cancel-grace", "-1s"}, "CancelGrace cannot be negative"},
+		{"cancel grace from the environment", map[string]string{"PROCFLEET_CANCEL_GRACE": "-2s"}, nil, "CancelGrace cannot be negative"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -32,8 +32,10 @@ const usage = `Usage: dispatcher <command> [flags]
 Commands:
   serve    ensure the topology, serve the submit/status API, move dead letters
   submit   publish one job (--wait prints its result)
+  cancel   cancel a job by id, queued or running (--wait prints its result)
   status   agents, partition owners, queue depth and dead letters
   dlq      list or replay dead letters: dlq list | dlq replay <seq>
+  schedule periodic jobs: schedule add NAME --every 1h | --cron "0 2 * * *" ..., schedule list, schedule rm NAME
   demo     embedded NATS + two local agents + a workload, then a summary
   bench    measure the fleet against a raw pipe to the same worker
   chaos    run load while killing workers and agents, then reconcile every job
@@ -80,10 +82,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdServe(ctx, rest, stderr)
 	case "submit":
 		return cmdSubmit(ctx, rest, stdout, stderr)
+	case "cancel":
+		return cmdCancel(ctx, rest, stdout, stderr)
 	case "status":
 		return cmdStatus(ctx, rest, stdout, stderr)
 	case "dlq":
 		return cmdDLQ(ctx, rest, stdout, stderr)
+	case "schedule":
+		return cmdSchedule(ctx, rest, stdout, stderr)
 	case "demo":
 		return cmdDemo(ctx, rest, stdout, stderr)
 	case "bench":
@@ -260,8 +266,10 @@ func connectClient(ctx context.Context, c *common) (*dispatcher.Client, *nats.Co
 
 func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var c common
-	fs := newFlags("submit", "submit [--queue Q] [--session S] --command C [--payload JSON] [--id ID] [--wait]", stderr)
+	fs := newFlags("submit", "submit [--queue Q] [--session S] --command C [--payload JSON] [--id ID] [--at TIME | --in DUR] [--expires-in DUR] [--wait]", stderr)
 	c.register(fs)
+	var steer steerFlags // delay and deadline: schedule.go
+	steer.register(fs)
 	queueName := fs.String("queue", queue.DefaultQueue, "the job's queue (it must exist: see dispatcher queue add)")
 	session := fs.String("session", "", "session id (empty: an anonymous job any agent may take)")
 	command := fs.String("command", "", "the worker command to run (required)")
@@ -282,6 +290,10 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if !json.Valid([]byte(*payload)) {
 		return fmt.Errorf("--payload is not valid JSON: %s", *payload)
 	}
+	due, err := steer.due(time.Now())
+	if err != nil {
+		return err
+	}
 	client, nc, err := connectClient(ctx, &c)
 	if err != nil {
 		return err
@@ -289,13 +301,26 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	defer nc.Close()
 	job := &queue.Job{ID: *id, Command: *command, Payload: json.RawMessage(*payload),
 		TimeoutMS: timeout.Milliseconds(), MaxAttempts: *attempts, RequireSession: *requireSession}
-	jobID, jobSeq, err := client.SubmitTo(ctx, *queueName, *session, job)
+	steer.apply(job)
+	var jobID string
+	var jobSeq uint64
+	if due.IsZero() {
+		jobID, jobSeq, err = client.SubmitTo(ctx, *queueName, *session, job)
+	} else if *queueName != queue.DefaultQueue {
+		return fmt.Errorf("--at/--in: a delayed job goes to the default queue only, not to queue %s", *queueName)
+	} else {
+		// Its stream sequence comes when it fires: wait for any.
+		jobID, err = client.SubmitAt(ctx, *session, job, due)
+	}
 	if err != nil {
 		return err
 	}
 	if !*wait {
 		fmt.Fprintln(stdout, jobID)
 		return nil
+	}
+	if !due.IsZero() {
+		*waitFor += time.Until(due) // the wait starts when the job is due
 	}
 	wctx, cancel := context.WithTimeout(ctx, *waitFor)
 	defer cancel()

@@ -16,6 +16,17 @@ const (
 	TypePong       = "pong"
 	TypeSessionEnd = "session_end"
 	TypeShutdown   = "shutdown"
+	// TypeCancel asks the worker to stop the call with that id (agent to
+	// worker, no reply of its own): the worker answers the call with a
+	// result, normally ok:false with error type "Canceled". Sent only to
+	// workers whose ready frame lists FeatureCancel.
+	TypeCancel = "cancel"
+)
+
+// Features a worker may list in its ready frame ("features":[...]).
+const (
+	// FeatureCancel: the worker understands cancel frames.
+	FeatureCancel = "cancel"
 )
 
 // Message is one frame's object. It is a union of every message type: Type
@@ -29,6 +40,7 @@ type Message struct {
 	Protocol int      `json:"protocol,omitempty"`
 	PID      int      `json:"pid,omitempty"`
 	Commands []string `json:"commands,omitempty"`
+	Features []string `json:"features,omitempty"`
 
 	// call
 	Command    string          `json:"command,omitempty"`

@@ -47,12 +47,34 @@ with error type ``UndecodablePayload`` (``retryable: false``) while the
 worker keeps serving. Likewise a result that ``json`` cannot encode (a set,
 NaN, a huge integer, deep nesting) fails that call only.
 The worker exits 0 on ``shutdown`` or at EOF on stdin.
+
+Cancellation: the ready frame lists ``"features": ["cancel"]``, so the agent
+sends ``{"type": "cancel", "id": N}`` when the job of call N is canceled. A
+reader thread takes frames off stdin, so the cancel arrives while the handler
+runs. The handler then gets :class:`Canceled` raised
+
+- at its next :func:`progress` or :func:`check_canceled` call, and
+- at once if it is blocked in a sleep, a read or a wait: the reader thread
+  sends SIGUSR1 to the main thread, whose handler raises Canceled there
+  (this needs :meth:`Worker.serve` to run in the main thread, as
+  :func:`run` does; the SDK owns SIGUSR1 while it serves).
+
+The call then fails with error type ``Canceled`` and the worker, with all its
+sessions, keeps serving. Canceled derives from BaseException, so a handler's
+``except Exception`` does not swallow it; a handler that must clean up uses
+``finally``. A cancel for a call that has already answered is ignored, and a
+handler that catches Canceled and returns normally answers its call as usual
+(the agent keeps a successful answer). A worker that does not answer within
+the agent's cancel grace (default 2 s) is killed.
 """
 
 import json
 import os
+import queue
 import re
+import signal
 import sys
+import threading
 import time
 import traceback
 
@@ -64,12 +86,14 @@ __all__ = [
     "Session",
     "Call",
     "RetryableError",
+    "Canceled",
     "FrameTooLarge",
     "UNDECODABLE_PAYLOAD",
     "default_worker",
     "handler",
     "on_session_end",
     "progress",
+    "check_canceled",
     "current_call",
     "run",
 ]
@@ -101,6 +125,21 @@ class RetryableError(Exception):
     """
 
     retryable = True
+
+
+class Canceled(BaseException):
+    """Raised in a handler whose job was canceled: see "Cancellation" above.
+
+    A BaseException, like KeyboardInterrupt, so that ``except Exception``
+    in user code does not swallow it. Letting it propagate fails the call
+    with error type ``Canceled``.
+    """
+
+
+# Features this SDK announces in its ready frame.
+FEATURES = ("cancel",)
+# The signal the reader thread sends the main thread on a cancel.
+CANCEL_SIGNAL = signal.SIGUSR1
 
 
 class FrameTooLarge(ValueError):
@@ -499,6 +538,15 @@ class Worker:
         self._cur_id = None
         self._cur_msg = None
         self._cur_call = None
+        # Cancellation (see the module docs). _last_call is the id of the
+        # last call the reader thread queued, _cancel_id the last call the
+        # agent canceled (both written by the reader thread only); _armed is
+        # the id of the call whose handler may be interrupted by the signal
+        # now, None outside the handler (written by the main thread only).
+        self._last_call = None
+        self._cancel_id = None
+        self._armed = None
+        self._signals = False
 
     # Registration.
 
@@ -562,12 +610,37 @@ class Worker:
         cid = self._cur_id
         if cid is None:
             raise RuntimeError("progress() called outside a running call")
+        self.check_canceled()
         body = _encode({"type": "progress", "id": cid, "data": data}).encode()
         if len(body) > self._limit:
             raise FrameTooLarge(
                 "progress frame of %d bytes exceeds max frame %d" % (len(body), self._limit)
             )
-        self._write(body)
+        # No Canceled from the signal in the middle of a frame: disarm
+        # while writing, then look again.
+        armed, self._armed = self._armed, None
+        try:
+            self._write(body)
+        finally:
+            self._armed = armed
+        self.check_canceled()
+
+    def check_canceled(self):
+        """Raise :class:`Canceled` if the running call's job was canceled.
+
+        Outside a call it does nothing.
+        """
+        cid = self._cur_id
+        if cid is not None and cid == self._cancel_id:
+            raise Canceled("job %s was canceled" % (self._cur_msg or {}).get("job_id"))
+
+    def _on_cancel_signal(self, signum, frame):
+        # Runs in the main thread, between two bytecodes of whatever it
+        # runs. Raise only inside the handler of the canceled call.
+        armed = self._armed
+        if armed is not None and armed == self._cancel_id:
+            self._armed = None
+            raise Canceled("job %s was canceled" % (self._cur_msg or {}).get("job_id"))
 
     # Serving.
 
@@ -609,7 +682,18 @@ class Worker:
         _active_worker = self
         if not self._handlers:
             _log("no handlers registered; every call will fail with UnknownCommand")
-        reader = open(in_fd, "rb", buffering=1 << 16, closefd=False)
+        frames = queue.SimpleQueue()
+        self._last_call = self._cancel_id = self._armed = None
+        previous = None
+        self._signals = threading.current_thread() is threading.main_thread()
+        if self._signals:
+            previous = signal.signal(CANCEL_SIGNAL, self._on_cancel_signal)
+        reader = threading.Thread(
+            target=self._read_frames,
+            args=(in_fd, limit, frames.put),
+            name="procfleet-frame-reader",
+            daemon=True,
+        )
         try:
             self._write(
                 _encode(
@@ -618,10 +702,12 @@ class Worker:
                         "protocol": PROTOCOL_VERSION,
                         "pid": os.getpid(),
                         "commands": list(self._handlers),
+                        "features": list(FEATURES),
                     }
                 ).encode()
             )
-            return self._loop(reader.read, limit)
+            reader.start()
+            return self._loop(frames.get)
         except _AgentGone:
             _log("stdout closed by the agent; exiting")
             return 0
@@ -629,29 +715,62 @@ class Worker:
             _log("protocol error: %s; exiting" % e)
             return EXIT_PROTOCOL_ERROR
         finally:
-            reader.close()
+            self._armed = None
+            if self._signals:
+                signal.signal(CANCEL_SIGNAL, previous if previous is not None else signal.SIG_DFL)
+                self._signals = False
 
-    def _loop(self, read, limit):
+    def _read_frames(self, fd, limit, put):
+        """The reader thread: frames from fd, decoded, onto the main loop's
+        queue, except cancel frames, which it handles itself. Ends after
+        putting None (EOF) or a _ProtocolViolation."""
+        try:
+            self._read_frames_until_end(fd, limit, put)
+        except _ProtocolViolation as e:
+            put(e)
+        except OSError as e:
+            _log("reading stdin failed: %s" % e)
+            put(None)
+        except BaseException as e:  # never die silently: the main loop would wait forever
+            put(_ProtocolViolation("frame reader failed: %r" % (e,)))
+
+    def _read_frames_until_end(self, fd, limit, put):
+        buf = bytearray()
+        pos = 0
         decode = _decode
-        handle_call = self._handle_call
+        main = threading.main_thread().ident
+
+        def fill(need):
+            nonlocal buf, pos
+            while len(buf) - pos < need:
+                if pos:
+                    del buf[:pos]
+                    pos = 0
+                chunk = os.read(fd, max(1 << 16, need - len(buf)))
+                if not chunk:
+                    return False
+                buf += chunk
+            return True
+
         while True:
-            header = read(4)
-            if len(header) != 4:
-                if not header:
-                    return 0
-                raise _ProtocolViolation("stdin ended inside a frame header")
-            n = int.from_bytes(header, "big")
+            if not fill(4):
+                if len(buf) - pos:
+                    raise _ProtocolViolation("stdin ended inside a frame header")
+                put(None)
+                return
+            n = int.from_bytes(buf[pos : pos + 4], "big")
             if n == 0:
                 raise _ProtocolViolation("zero-length frame")
             if n > limit:
                 raise _ProtocolViolation(
                     "incoming frame of %d bytes exceeds max frame %d" % (n, limit)
                 )
-            body = read(n)
-            if len(body) != n:
+            if not fill(4 + n):
                 raise _ProtocolViolation(
-                    "stdin ended inside a frame (%d of %d bytes)" % (len(body), n)
+                    "stdin ended inside a frame (%d of %d bytes)" % (len(buf) - pos - 4, n)
                 )
+            body = bytes(buf[pos + 4 : pos + 4 + n])
+            pos += 4 + n
             try:
                 msg = decode(body)
                 undecodable = None
@@ -663,6 +782,34 @@ class Worker:
                 _log("frame of %d bytes is valid JSON that json cannot decode: %s" % (n, undecodable))
             if type(msg) is not dict:
                 raise _ProtocolViolation("frame is not a JSON object")
+            kind = msg.get("type")
+            if kind == "cancel":
+                cid = msg.get("id")
+                # Only the last call queued can be running or about to:
+                # a cancel for any other has been answered already.
+                if type(cid) is int and cid == self._last_call:
+                    self._cancel_id = cid
+                    if self._signals:
+                        try:
+                            signal.pthread_kill(main, CANCEL_SIGNAL)
+                        except (OSError, ValueError):
+                            pass
+                continue
+            if kind == "call":
+                cid = msg.get("id")
+                if type(cid) is int:
+                    self._last_call = cid
+            put((msg, undecodable))
+
+    def _loop(self, get):
+        handle_call = self._handle_call
+        while True:
+            item = get()
+            if item is None:
+                return 0
+            if isinstance(item, _ProtocolViolation):
+                raise item
+            msg, undecodable = item
             kind = msg.get("type")
             if kind == "call":
                 handle_call(msg, undecodable)
@@ -726,7 +873,19 @@ class Worker:
         self._cur_msg = msg
         self._cur_call = None
         try:
-            result = fn(msg.get("payload"), sess)
+            # Armed first, then checked: a cancel that came before the
+            # handler started is seen here, and one that comes later
+            # raises through the signal.
+            self._armed = cid
+            try:
+                self.check_canceled()
+                result = fn(msg.get("payload"), sess)
+            finally:
+                self._armed = None
+        except Canceled as e:
+            _log("command %r (id %d) canceled" % (msg.get("command"), cid))
+            self._write_error(cid, "Canceled", _message(e), False)
+            return
         except Exception as e:
             if self._log_tracebacks:
                 _log(
@@ -738,6 +897,9 @@ class Worker:
             )
             return
         finally:
+            # Also here: a signal may raise Canceled between arming and the
+            # inner try, leaving _armed set.
+            self._armed = None
             self._cur_id = None
             self._cur_msg = None
             self._cur_call = None
@@ -826,6 +988,11 @@ def on_session_end(fn):
 def progress(data):
     """Report progress for the running call (see Worker.progress)."""
     (_active_worker or default_worker).progress(data)
+
+
+def check_canceled():
+    """Raise :class:`Canceled` if the running call's job was canceled."""
+    (_active_worker or default_worker).check_canceled()
 
 
 def current_call():

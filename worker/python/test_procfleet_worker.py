@@ -319,7 +319,8 @@ class SDKTest(WorkerTestCase):
         w = self.start()
         self.assertEqual(
             self.ready_msg,
-            {"type": "ready", "protocol": 1, "pid": w.proc.pid, "commands": COMMANDS},
+            {"type": "ready", "protocol": 1, "pid": w.proc.pid, "commands": COMMANDS,
+             "features": ["cancel"]},
         )
 
     def test_echo(self):

@@ -1,0 +1,53 @@
+package deploy_test
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/procfleet/procfleet/queue"
+)
+
+// TestSchedulePermissions: under the deployed permissions a client submits
+// delayed jobs but adds no periodic schedule; the dispatcher adds, lists
+// and removes schedules; an agent publishes neither.
+func TestSchedulePermissions(t *testing.T) {
+	t.Parallel()
+	s := startSecuredServer(t)
+	dtopo, dispatcher := s.ensureTopology(t, queue.Config{})
+	client := s.connect(t, userClient)
+	ctopo := client.open(t)
+	ctx := testCtx(t)
+
+	if _, err := ctopo.SubmitAt(ctx, "s1", &queue.Job{ID: "later", Command: "echo"}, time.Now().Add(time.Hour)); err != nil {
+		t.Fatalf("client SubmitAt: %v", err)
+	}
+	client.assertNoViolations(t)
+	sched := &queue.Schedule{Name: "nightly", Cron: "0 2 * * *", Job: &queue.Job{Command: "echo"}}
+	if _, err := dtopo.AddSchedule(ctx, sched, false); err != nil {
+		t.Fatalf("dispatcher AddSchedule: %v", err)
+	}
+	list, err := dtopo.Schedules(ctx)
+	if err != nil || len(list) != 1 {
+		t.Fatalf("dispatcher Schedules = %+v, %v", list, err)
+	}
+	delayed, n, err := dtopo.Delayed(ctx, 0)
+	if err != nil || n != 1 || delayed[0].Name != "later" {
+		t.Fatalf("dispatcher Delayed = %+v, %d, %v", delayed, n, err)
+	}
+	if err := dtopo.RemoveSchedule(ctx, "nightly"); err != nil {
+		t.Fatalf("dispatcher RemoveSchedule: %v", err)
+	}
+	if err := dtopo.RemoveDelayed(ctx, "later"); err != nil {
+		t.Fatalf("dispatcher RemoveDelayed: %v", err)
+	}
+	if err := dtopo.RemoveSchedule(ctx, "nightly"); !errors.Is(err, queue.ErrScheduleNotFound) {
+		t.Fatalf("second RemoveSchedule: %v", err)
+	}
+	dispatcher.assertNoViolations(t)
+
+	client.denyPublish(t, "fleet.schedule.nightly")
+	agent := s.connect(t, userAgent)
+	agent.denyPublish(t, "fleet.delay.x")
+	agent.denyPublish(t, "fleet.schedule.x")
+}

@@ -1,0 +1,63 @@
+package dispatcher
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+
+	"github.com/procfleet/procfleet/queue"
+)
+
+// CancelRequest is the body of <prefix>.api.cancel: {"id": "..."}.
+type CancelRequest struct {
+	ID string `json:"id"`
+}
+
+// CancelReply says what a cancel found.
+type CancelReply struct {
+	ID string `json:"id"`
+	// Finished: a result was already stored under the id when the cancel
+	// was recorded, so the cancel changes nothing (the job keeps its
+	// result). Otherwise the job ends "canceled" wherever it is: not yet
+	// delivered, waiting in an agent, or running.
+	Finished bool `json:"finished"`
+}
+
+// Cancel records a cancel of job id durably, on <prefix>.cancel.<id> (the
+// cancels stream), and returns once it is stored. The caller need not know
+// which agent holds the job, nor whether it has been published yet: a job
+// delivered within the cancel TTL after its cancel never runs. Cancelling
+// is idempotent. The reply says whether the job had already finished, in
+// which case it keeps its result.
+func (c *Client) Cancel(ctx context.Context, id string) (*CancelReply, error) {
+	if err := c.topo.Cancel(ctx, id); err != nil {
+		return nil, err
+	}
+	reply := &CancelReply{ID: id}
+	// A failed look-up leaves Finished false: the cancel is recorded all
+	// the same, and a job that has a result keeps it either way.
+	if _, err := c.topo.GetResult(ctx, id); err == nil {
+		reply.Finished = true
+	}
+	return reply, nil
+}
+
+// handleCancel serves <prefix>.api.cancel.
+func (c *Client) handleCancel(ctx context.Context, body []byte) (*CancelReply, error) {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	var req CancelRequest
+	if err := dec.Decode(&req); err != nil {
+		return nil, badRequest("body is not a cancel request {\"id\": \"...\"}: %v", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, badRequest("body holds more than one JSON value")
+	}
+	if !queue.ValidToken(req.ID) {
+		return nil, badRequest("job id %q must be 1-128 characters of [A-Za-z0-9_-]", truncateID(req.ID))
+	}
+	cctx, cancel := context.WithTimeout(ctx, apiTimeout)
+	defer cancel()
+	return c.Cancel(cctx, req.ID)
+}

@@ -1,0 +1,238 @@
+"""Cancellation in the Python SDK: cancel frames, pw.Canceled, SIGUSR1.
+
+Like test_procfleet_worker, every test runs a real worker subprocess and
+speaks protocol v1 over its pipes. Run from the repository root:
+
+    python3 -m unittest discover -s worker/python -v
+"""
+
+import os
+import signal
+import tempfile
+import textwrap
+import time
+import unittest
+
+from test_procfleet_worker import TIMEOUT, WorkerTestCase
+
+CANCEL_WORKER = textwrap.dedent(
+    r'''
+    import os, sys, time
+    sys.path.insert(0, os.environ["SDK_DIR"])
+    import procfleet_worker as pw
+
+    @pw.handler("loop")
+    def loop(payload, session):
+        # Reports progress until canceled; keeps a count in the session.
+        session.state["loops"] = session.state.get("loops", 0) + 1
+        i = 0
+        while True:
+            pw.progress({"i": i})
+            i += 1
+            time.sleep(0.01)
+
+    @pw.handler("state")
+    def state(payload, session):
+        return {"loops": session.state.get("loops", 0), "pid": os.getpid()}
+
+    @pw.handler("sleep")
+    def sleep(payload, session):
+        try:
+            time.sleep(payload)
+        finally:
+            session.state["cleaned"] = True
+        return "slept"
+
+    @pw.handler("read")
+    def read(payload, session):
+        r, w = os.pipe()
+        try:
+            return os.read(r, 1).decode()  # nobody ever writes
+        finally:
+            os.close(r)
+            os.close(w)
+
+    @pw.handler("spin")
+    def spin(payload, session):
+        # Never sleeps nor reports progress: only polls.
+        while True:
+            pw.check_canceled()
+
+    @pw.handler("stubborn")
+    def stubborn(payload, session):
+        try:
+            time.sleep(payload)
+        except pw.Canceled:
+            return "finished anyway"
+        return "slept"
+
+    @pw.handler("swallow")
+    def swallow(payload, session):
+        # A broad except Exception must not swallow a cancel.
+        try:
+            time.sleep(payload)
+        except Exception:
+            return "swallowed"
+        return "slept"
+
+    @pw.handler("echo")
+    def echo(payload, session):
+        return payload
+
+    if __name__ == "__main__":
+        pw.run()
+    '''
+)
+
+
+class CancelTest(WorkerTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls._dir = tempfile.TemporaryDirectory()
+        cls.script = os.path.join(cls._dir.name, "cancel_worker.py")
+        with open(cls.script, "w") as f:
+            f.write(CANCEL_WORKER)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._dir.cleanup()
+
+    def call_then_cancel(self, w, cid, command, payload, session="s", after=0.3):
+        """Start call cid, wait until it runs, cancel it; return the result
+        frame and the seconds from the cancel to it."""
+        w.send({"type": "call", "id": cid, "command": command, "payload": payload, "session": session})
+        if command == "loop":
+            first = w.recv()
+            self.assertEqual(first["type"], "progress", first)
+        else:
+            time.sleep(after)  # let the handler block; the result is what is checked
+        start = time.monotonic()
+        w.send({"type": "cancel", "id": cid})
+        while True:
+            msg = w.recv()
+            if msg["type"] != "progress":
+                return msg, time.monotonic() - start
+
+    def assertCanceled(self, msg, cid):
+        self.assertEqual(msg["type"], "result", msg)
+        self.assertEqual(msg["id"], cid, msg)
+        self.assertIs(msg["ok"], False, msg)
+        self.assertEqual(msg["error"]["type"], "Canceled", msg)
+        self.assertIs(msg["error"]["retryable"], False, msg)
+
+    def test_ready_lists_cancel_feature(self):
+        self.start()
+        self.assertEqual(self.ready_msg["features"], ["cancel"])
+
+    def test_progress_loop_ends_cleanly_and_session_survives(self):
+        w = self.start()
+        msg, took = self.call_then_cancel(w, 1, "loop", None)
+        self.assertCanceled(msg, 1)
+        self.assertLess(took, 2.0)
+        # The same process, with the session's state, serves on.
+        w._next_id = 1
+        st = w.call("state", None, session="s")
+        self.assertEqual(st["result"], {"loops": 1, "pid": w.proc.pid})
+        self.shutdown(w)
+
+    def test_blocked_sleep_is_interrupted(self):
+        w = self.start()
+        msg, took = self.call_then_cancel(w, 1, "sleep", 60)
+        self.assertCanceled(msg, 1)
+        self.assertLess(took, 2.0)
+        self.shutdown(w)
+
+    def test_blocked_read_is_interrupted(self):
+        w = self.start()
+        msg, took = self.call_then_cancel(w, 1, "read", None)
+        self.assertCanceled(msg, 1)
+        self.assertLess(took, 2.0)
+        self.shutdown(w)
+
+    def test_busy_loop_is_interrupted(self):
+        w = self.start()
+        msg, _ = self.call_then_cancel(w, 1, "spin", None)
+        self.assertCanceled(msg, 1)
+        self.shutdown(w)
+
+    def test_except_exception_does_not_swallow_cancel(self):
+        w = self.start()
+        msg, _ = self.call_then_cancel(w, 1, "swallow", 60)
+        self.assertCanceled(msg, 1)
+        self.shutdown(w)
+
+    def test_handler_may_catch_cancel_and_answer(self):
+        w = self.start()
+        msg, _ = self.call_then_cancel(w, 1, "stubborn", 60)
+        self.assertEqual(msg, {"type": "result", "id": 1, "ok": True, "result": "finished anyway"})
+        self.shutdown(w)
+
+    def test_cancel_for_finished_call_is_ignored(self):
+        w = self.start()
+        self.assertEqual(w.call("echo", "a")["result"], "a")
+        w.send({"type": "cancel", "id": 1})  # call 1 has answered
+        # The next calls run normally, including one that blocks a while.
+        w._next_id = 1
+        w.send({"type": "call", "id": 2, "command": "sleep", "payload": 0.5, "session": "s"})
+        self.assertEqual(w.recv(), {"type": "result", "id": 2, "ok": True, "result": "slept"})
+        w._next_id = 2
+        self.assertEqual(w.call("echo", "c")["result"], "c")
+        self.shutdown(w)
+
+    def test_cancel_for_another_id_is_ignored(self):
+        w = self.start()
+        w.send({"type": "call", "id": 1, "command": "sleep", "payload": 0.5})
+        w.send({"type": "cancel", "id": 99})
+        self.assertEqual(w.recv(), {"type": "result", "id": 1, "ok": True, "result": "slept"})
+        self.shutdown(w)
+
+    def test_cancel_races_keep_the_stream_sound(self):
+        # A cancel right behind each call lands before the handler starts,
+        # while it runs, or after it answered: every call gets exactly one
+        # answer, success or Canceled, and the worker serves on.
+        w = self.start()
+        outcomes = {"ok": 0, "Canceled": 0}
+        for cid in range(1, 301):
+            w.send({"type": "call", "id": cid, "command": "sleep", "payload": (cid % 3) * 0.001})
+            w.send({"type": "cancel", "id": cid})
+            msg = w.recv()
+            self.assertEqual((msg["type"], msg["id"]), ("result", cid), msg)
+            if msg["ok"]:
+                outcomes["ok"] += 1
+            else:
+                self.assertEqual(msg["error"]["type"], "Canceled", msg)
+                outcomes["Canceled"] += 1
+        # Stray signals after all that do nothing either.
+        os.kill(w.proc.pid, signal.SIGUSR1)
+        w._next_id = 300
+        self.assertEqual(w.call("echo", "alive")["result"], "alive")
+        self.assertGreater(outcomes["Canceled"], 0, outcomes)
+        self.shutdown(w)
+
+    def test_sigusr1_outside_a_call_does_nothing(self):
+        # The SDK owns SIGUSR1 while serving: a stray one (no cancel) must
+        # neither kill the worker nor fail the next call.
+        w = self.start()
+        os.kill(w.proc.pid, signal.SIGUSR1)
+        w.send({"type": "call", "id": 1, "command": "sleep", "payload": 0.3})
+        os.kill(w.proc.pid, signal.SIGUSR1)
+        self.assertEqual(w.recv(), {"type": "result", "id": 1, "ok": True, "result": "slept"})
+        self.shutdown(w)
+
+    def test_slow_worker_example_is_cancelable(self):
+        here = os.path.dirname(os.path.abspath(__file__))
+        script = os.path.join(here, "..", "..", "examples", "slow_worker.py")
+        w = self.start(argv=[__import__("sys").executable, script])
+        self.assertEqual(self.ready_msg["features"], ["cancel"])
+        w.send({"type": "call", "id": 1, "command": "slow", "payload": {"ms": 60000}})
+        time.sleep(0.3)
+        start = time.monotonic()
+        w.send({"type": "cancel", "id": 1})
+        msg = w.recv(timeout=TIMEOUT)
+        self.assertCanceled(msg, 1)
+        self.assertLess(time.monotonic() - start, 2.0)
+        self.shutdown(w)
+
+
+if __name__ == "__main__":
+    unittest.main()
