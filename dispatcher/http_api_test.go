@@ -27,6 +27,7 @@ func TestHTTPRoutesNeedRights(t *testing.T) {
 		"GET /v1/dlq/{seq}": tokAdmin, "POST /v1/dlq/{seq}/replay": tokAdmin, "POST /v1/dlq/replay": tokAdmin,
 		"POST /ui/login": tokRead, "GET /v1/events": tokRead, "GET /v1/jobs/{id}": tokRead, "GET /v1/failures": tokRead,
 		"POST /v1/schedules": tokSubmit, "GET /v1/schedules": tokRead, "DELETE /v1/schedules/{name}": tokSubmit,
+		"DELETE /v1/jobs/{id}": tokSubmit,
 	}
 	// Routes not behind a bearer token: open ones, and pages that
 	// authenticate otherwise (their own tests pin that).
