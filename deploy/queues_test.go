@@ -195,7 +195,7 @@ func TestPermissionsLimitToQueues(t *testing.T) {
 		`"$JS.API.CONSUMER.INFO.FLEET_JOBS.*", "$JS.API.CONSUMER.MSG.NEXT.FLEET_JOBS.*",`, join(userAgent)+",",
 		`"$JS.ACK.FLEET_JOBS.>",`, ``)
 	edit("CLIENT_PERMISSIONS",
-		`"fleet.job.>", "fleet.api.>",`, `"fleet.job.gpu.>",`,
+		`"fleet.job.>", "fleet.delay.>", "fleet.cancel.*", "fleet.api.>",`, `"fleet.job.gpu.>", "fleet.cancel.*",`,
 		`"$JS.API.CONSUMER.INFO.FLEET_JOBS.*",`, `"$JS.API.CONSUMER.INFO.FLEET_JOBS.*", `+join(userClient)+",")
 	path := filepath.Join(t.TempDir(), "nats-server.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
