@@ -4,14 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nats.go/micro"
 	"go.uber.org/zap"
 
 	"github.com/procfleet/procfleet/pool"
@@ -21,10 +19,13 @@ import (
 // ErrStopped is returned by Start after Stop or Kill.
 var ErrStopped = errors.New("agent: stopped")
 
-// Agent runs jobs from NATS on a local pool. Create it with New, run it with
-// Start, end it with Stop (graceful) or Kill (as if the process died).
-type Agent struct {
-	cfg  Config
+// lane is one queue an Agent serves: its topology (the queue's jobs stream
+// and consumers), its pool, its partitions and leases, its capacity gate.
+// The Agent owns what lanes share: the name, the registry entry, the micro
+// service, the membership loop and the NATS connection.
+type lane struct {
+	ag   *Agent
+	cfg  Config // this lane's: Queue is the queue's, Pool its pool
 	nc   *nats.Conn
 	log  *zap.Logger
 	topo *queue.Topology
@@ -38,45 +39,26 @@ type Agent struct {
 	held     *gate
 	capAdapt capAdapt // the adaptive default capacity (capacity.go)
 
-	// baseCtx bounds everything the agent does; canceled by Kill and at the
+	// baseCtx bounds everything the lane does; canceled by Kill and at the
 	// end of Stop. Running calls use it, so a graceful Stop lets them finish.
 	baseCtx    context.Context
 	baseCancel context.CancelFunc
-	// loopCtx stops the membership loop.
-	loopCtx    context.Context
-	loopCancel context.CancelFunc
-	loops      sync.WaitGroup
 	// kaCtx stops the keep-alive loop, which must outlive draining.
 	kaCtx    context.Context
 	kaCancel context.CancelFunc
 	kaLoop   sync.WaitGroup
-
-	// reg is the registry as the agents bucket watch shows it; kick asks
-	// the membership loop for a rebalance.
-	reg  registry
-	kick chan struct{}
-	// beatOK is when the last heartbeat that got through was sent (see
-	// stamp).
-	beatOK atomic.Int64
-	// epoch anchors stamp on the monotonic clock.
-	epoch time.Time
 
 	mu        sync.Mutex
 	runners   map[int]*runner // by partition
 	anyRunner *runner
 	draining  sync.WaitGroup // drains started by rebalancing
 
-	startOnce sync.Once
-	stopOnce  sync.Once
-	started   atomic.Bool
-	killed    atomic.Bool
-	done      chan struct{}
-	startedAt time.Time
+	started atomic.Bool
+	killed  *atomic.Bool // the Agent's
 
 	counters counters
 	current  current // worker id -> the job it runs (dashboard)
-	metrics  *metrics
-	svc      micro.Service
+	metrics  *laneMetrics
 }
 
 type counters struct {
@@ -84,7 +66,7 @@ type counters struct {
 }
 
 // record counts a job's outcome, and its duration where it reached a worker.
-func (a *Agent) record(outcome string, d time.Duration) {
+func (a *lane) record(outcome string, d time.Duration) {
 	c := &a.counters
 	switch outcome {
 	case outcomeOK:
@@ -102,9 +84,10 @@ func (a *Agent) record(outcome string, d time.Duration) {
 	case outcomeCanceled:
 		c.canceled.Add(1)
 	}
-	a.metrics.jobs.WithLabelValues(outcome).Inc()
+	series := a.metrics.outcome(outcome)
+	series.jobs.Inc()
 	if d > 0 {
-		a.metrics.duration.WithLabelValues(outcome).Observe(d.Seconds())
+		series.duration.Observe(d.Seconds())
 	}
 }
 
@@ -115,62 +98,38 @@ type Counters struct {
 	Canceled uint64
 }
 
-// New validates cfg and returns an Agent that has not started. nc belongs to
-// the caller and must outlive the agent.
-func New(nc *nats.Conn, cfg Config) (*Agent, error) {
-	if nc == nil {
-		return nil, errors.New("agent: nil NATS connection")
-	}
-	cfg.setDefaults()
-	if err := cfg.validate(); err != nil {
-		return nil, err
-	}
+// newLane returns a lane of ag for cfg (already defaulted and validated).
+func newLane(ag *Agent, cfg Config) (*lane, error) {
 	p, err := pool.New(cfg.Pool)
 	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
+		return nil, fmt.Errorf("agent: queue %s: %w", cfg.Queue.QueueName(), err)
 	}
-	a := &Agent{
+	a := &lane{
+		ag:      ag,
 		cfg:     cfg,
-		nc:      nc,
-		log:     cfg.Logger.Named("agent").With(zap.String("agent", cfg.Name)),
+		nc:      ag.nc,
+		log:     cfg.Logger.Named("agent").With(zap.String("agent", cfg.Name), zap.String("queue", cfg.Queue.QueueName())),
 		pool:    p,
 		held:    newGate(cfg.Capacity),
 		runners: make(map[int]*runner),
-		kick:    make(chan struct{}, 1),
-		done:    make(chan struct{}),
-		epoch:   time.Now(),
+		killed:  &ag.killed,
+		metrics: ag.metrics.forQueue(cfg.Queue.QueueName()),
 	}
 	if cfg.adaptiveCapacity {
 		a.capAdapt.floor, a.capAdapt.ceil = capacityBounds(cfg.Pool.Size)
 		a.capAdapt.current.Store(int64(a.capAdapt.floor))
 		a.held = newGate(a.capAdapt.floor)
 	}
-	a.metrics = newMetrics(a)
-	if cfg.Registerer != nil {
-		if err := a.metrics.register(cfg.Registerer, a); err != nil {
-			return nil, fmt.Errorf("agent: metrics: %w", err)
-		}
-	}
-	a.baseCtx, a.baseCancel = context.WithCancel(context.Background())
-	a.loopCtx, a.loopCancel = context.WithCancel(a.baseCtx)
+	a.baseCtx, a.baseCancel = context.WithCancel(ag.baseCtx)
 	a.kaCtx, a.kaCancel = context.WithCancel(a.baseCtx)
 	return a, nil
 }
 
-// Name is the agent's name.
-func (a *Agent) Name() string { return a.cfg.Name }
+// queueName is the lane's queue.
+func (a *lane) queueName() string { return a.cfg.Queue.QueueName() }
 
-// Pool is the agent's local pool.
-func (a *Agent) Pool() *pool.Pool { return a.pool }
-
-// Topology is the NATS topology the agent uses (nil before Start).
-func (a *Agent) Topology() *queue.Topology { return a.topo }
-
-// Done is closed when the agent has stopped.
-func (a *Agent) Done() <-chan struct{} { return a.done }
-
-// Counters returns what the agent has done so far.
-func (a *Agent) Counters() Counters {
+// Counters returns what the lane has done so far.
+func (a *lane) Counters() Counters {
 	c := &a.counters
 	return Counters{
 		Succeeded: c.ok.Load(), AppFailed: c.appFailed.Load(), Retried: c.retried.Load(),
@@ -180,38 +139,18 @@ func (a *Agent) Counters() Counters {
 	}
 }
 
-// Partitions returns the partitions the agent holds now, sorted.
-func (a *Agent) Partitions() []int {
+// Partitions returns the partitions the lane holds now, sorted.
+func (a *lane) Partitions() []int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.ownedLocked()
 }
 
-// Start opens (or creates) the topology, starts the pool and waits until its
-// workers are ready, registers the agent and begins taking work. It returns
-// once the agent is running; the work goes on until Stop or Kill.
-func (a *Agent) Start(ctx context.Context) error {
-	err := ErrStopped
-	a.startOnce.Do(func() { err = a.start(ctx) })
-	return err
-}
-
-func (a *Agent) start(ctx context.Context) (err error) {
-	if a.baseCtx.Err() != nil {
-		return ErrStopped
-	}
-	defer func() {
-		if err != nil {
-			a.stopCancels()
-		}
-	}()
-	js, err := jetstream.New(a.nc)
-	if err != nil {
-		return fmt.Errorf("agent: jetstream: %w", err)
-	}
+// open opens (or creates) the lane's topology.
+func (a *lane) open(ctx context.Context, js jetstream.JetStream) error {
 	topo, err := a.openTopology(ctx, js)
 	if err != nil {
-		return fmt.Errorf("agent: topology on %s: %w", a.nc.ConnectedUrlRedacted(), err)
+		return fmt.Errorf("agent: queue %s: topology on %s: %w", a.queueName(), a.nc.ConnectedUrlRedacted(), err)
 	}
 	a.topo = topo
 	// The server's topology is the truth (partition count, TTLs, AckWait):
@@ -221,42 +160,33 @@ func (a *Agent) start(ctx context.Context) (err error) {
 	// Cancels first: no job may be taken before the cancels stored so far
 	// are known.
 	if err := a.followCancels(ctx); err != nil {
-		return fmt.Errorf("agent: cancels: %w", err)
+		return fmt.Errorf("agent: queue %s: cancels: %w", a.queueName(), err)
 	}
+	return nil
+}
+
+// startPool starts the lane's workers and waits until they are ready.
+func (a *lane) startPool(ctx context.Context) error {
 	if err := a.pool.Start(ctx); err != nil {
 		a.pool.Kill()
-		return fmt.Errorf("agent: start pool: %w", err)
+		return fmt.Errorf("agent: queue %s: start pool: %w", a.queueName(), err)
 	}
-	a.startedAt = time.Now()
-	if err := a.heartbeat(ctx); err != nil {
-		a.pool.Kill()
-		return fmt.Errorf("agent: register: %w", err)
-	}
-	a.started.Store(true)
+	return nil
+}
 
-	anyCons, err := topo.AnyConsumer(ctx)
+// run begins taking anonymous work and keeping held jobs alive; partitions
+// come from the Agent's membership loop.
+func (a *lane) run(ctx context.Context) error {
+	anyCons, err := a.topo.AnyConsumer(ctx)
 	if err != nil {
-		a.pool.Kill()
-		return fmt.Errorf("agent: anonymous consumer: %w", err)
+		return fmt.Errorf("agent: queue %s: anonymous consumer: %w", a.queueName(), err)
 	}
 	a.mu.Lock()
 	a.anyRunner = a.newRunner(-1, anyCons, nil, time.Time{})
 	a.mu.Unlock()
-
-	svc, err := a.startService()
-	if err != nil {
-		a.pool.Kill()
-		return fmt.Errorf("agent: micro service: %w", err)
-	}
-	a.svc = svc
-
-	a.loops.Add(3)
-	go a.registryLoop()
-	go a.heartbeatLoop()
-	go a.membershipLoop()
+	a.started.Store(true)
 	a.kaLoop.Add(1)
 	go a.keepAliveLoop()
-	a.log.Info("agent started", zap.Int("workers", a.cfg.Pool.Size), zap.Int("capacity", a.cfg.Capacity))
 	return nil
 }
 
@@ -265,7 +195,7 @@ func (a *Agent) start(ctx context.Context) (err error) {
 // that this agent may not create (least-privilege permissions: only the
 // dispatcher may) is waited for, until ctx ends, so that agents and the
 // dispatcher can start in any order.
-func (a *Agent) openTopology(ctx context.Context, js jetstream.JetStream) (*queue.Topology, error) {
+func (a *lane) openTopology(ctx context.Context, js jetstream.JetStream) (*queue.Topology, error) {
 	for attempt := 0; ; attempt++ {
 		topo, err := queue.Open(ctx, js, a.cfg.Queue)
 		if err == nil {
@@ -302,125 +232,83 @@ func (a *Agent) openTopology(ctx context.Context, js jetstream.JetStream) (*queu
 	}
 }
 
-// Stop shuts the agent down gracefully: it stops taking partitions and
-// fetching, naks jobs it holds but has not started, lets running jobs finish
-// (until ctx ends, when they are canceled and naked), releases its leases,
-// leaves the registry and stops the pool. Safe to call more than once, and
-// before Start.
-func (a *Agent) Stop(ctx context.Context) error {
-	var err error
-	a.stopOnce.Do(func() {
-		defer close(a.done)
-		defer a.baseCancel()
-		if !a.started.Load() {
-			a.baseCancel()
-			a.startOnce.Do(func() {})
-			err = a.pool.Stop(ctx)
-			return
-		}
-		// 1. Stop being discoverable, taking partitions and renewing anything.
-		if a.svc != nil {
-			_ = a.svc.Stop()
-		}
-		a.loopCancel()
-		a.loops.Wait()
-		a.draining.Wait()
+// drain is a graceful stop's first part, once the membership loop has
+// stopped: no more fetching, held-but-not-started jobs are naked, running
+// ones finish (until ctx ends, when they are canceled and naked), and the
+// leases are released.
+func (a *lane) drain(ctx context.Context) {
+	if !a.started.Load() {
+		return
+	}
+	a.draining.Wait()
+	rs := a.runnerList(true)
+	var wg sync.WaitGroup
+	for _, r := range rs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.drain(ctx)
+		}()
+	}
+	wg.Wait()
+	a.kaCancel()
+	a.kaLoop.Wait()
 
-		// 2-3. Drain every runner: no more fetching, held-but-not-started
-		// jobs are naked, running ones finish.
-		rs := a.runnerList(true)
-		var wg sync.WaitGroup
-		for _, r := range rs {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				r.drain(ctx)
-			}()
-		}
-		wg.Wait()
-		a.kaCancel()
-		a.kaLoop.Wait()
-
-		// 4. Release leases so survivors take over at once instead of after
-		// the lease TTL, and leave the registry.
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		for _, r := range rs {
-			if r.lease != nil {
-				if e := a.topo.ReleaseLease(rctx, r.lease); e != nil {
-					a.log.Warn("release lease", zap.Int("partition", r.partition), zap.Error(e))
-				}
+	// Release leases so survivors take over at once instead of after the
+	// lease TTL.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	for _, r := range rs {
+		if r.lease != nil {
+			if e := a.topo.ReleaseLease(rctx, r.lease); e != nil {
+				a.log.Warn("release lease", zap.Int("partition", r.partition), zap.Error(e))
 			}
 		}
-		if e := a.topo.RemoveAgent(rctx, a.cfg.Name); e != nil {
-			a.log.Warn("leave registry", zap.Error(e))
-		}
-		a.mu.Lock()
-		clear(a.runners)
-		a.mu.Unlock()
-
-		// 5. Stop the workers.
-		a.stopCancels()
-		err = a.pool.Stop(ctx)
-		a.log.Info("agent stopped")
-	})
-	return err
+	}
+	a.mu.Lock()
+	clear(a.runners)
+	a.mu.Unlock()
 }
 
-// Kill ends the agent the way a crash would, for failure tests: workers are
-// killed, nothing is acked, naked or released. Leases expire on their own and
-// unacked jobs are redelivered after AckWait.
-func (a *Agent) Kill() {
-	a.killed.Store(true)
-	a.stopOnce.Do(func() {
-		a.startOnce.Do(func() {})
-		a.baseCancel()
-		if a.svc != nil {
-			_ = a.svc.Stop()
-		}
-		a.loops.Wait()
-		a.kaLoop.Wait()
-		rs := a.runnerList(true)
-		a.pool.Kill()
-		for _, r := range rs {
-			r.wait()
-		}
-		a.draining.Wait()
-		a.stopCancels()
-		close(a.done)
-	})
+// stopPool stops the workers, last.
+func (a *lane) stopPool(ctx context.Context) error {
+	defer a.baseCancel()
+	a.stopCancels()
+	return a.pool.Stop(ctx)
 }
 
-// info is the registry entry for this agent.
-func (a *Agent) info() *queue.AgentInfo {
+// kill ends the lane the way a crash would: workers are killed, nothing is
+// acked, naked or released.
+func (a *lane) kill() {
+	a.baseCancel()
+	a.kaLoop.Wait()
+	rs := a.runnerList(true)
+	a.pool.Kill()
+	for _, r := range rs {
+		r.wait()
+	}
+	a.draining.Wait()
+	a.stopCancels()
+}
+
+// load is the lane's part of the registry entry.
+func (a *lane) load() queue.QueueLoad {
 	st := a.pool.Stats()
-	host, _ := os.Hostname()
-	return &queue.AgentInfo{
-		Name: a.cfg.Name, Host: host, PID: os.Getpid(),
-		StartedAt: a.startedAt, UpdatedAt: time.Now(),
-		Workers: st.Size, Busy: st.Busy, Idle: st.Idle, Sessions: st.Sessions,
+	return queue.QueueLoad{
+		Queue: a.queueName(), Workers: st.Size, Busy: st.Busy, Idle: st.Idle, Sessions: st.Sessions,
 		Partitions: a.Partitions(), Degraded: st.Degraded,
 	}
 }
 
-func (a *Agent) heartbeat(ctx context.Context) error {
-	sent := time.Now()
-	if err := a.topo.Heartbeat(ctx, a.info()); err != nil {
-		return err
-	}
-	a.beatOK.Store(a.stamp(sent))
-	return nil
-}
+// stamp and at are the Agent's (its heartbeats and the lane's lease
+// writes share one monotonic epoch).
+func (a *lane) stamp(t time.Time) int64 { return a.ag.stamp(t) }
 
-// stamp turns t into a number for an atomic, on the monotonic clock, so
-// that a step of the wall clock cannot stretch a claim; at turns it back.
-func (a *Agent) stamp(t time.Time) int64 { return int64(t.Sub(a.epoch)) }
-
-func (a *Agent) at(stamp int64) time.Time { return a.epoch.Add(time.Duration(stamp)) }
+func (a *lane) at(stamp int64) time.Time { return a.ag.at(stamp) }
 
 // keepAliveLoop marks every held message InProgress, so jobs waiting for a
 // worker or running long are not redelivered while this agent lives.
-func (a *Agent) keepAliveLoop() {
+func (a *lane) keepAliveLoop() {
 	defer a.kaLoop.Done()
 	t := time.NewTicker(a.cfg.ProgressInterval)
 	defer t.Stop()
@@ -439,7 +327,7 @@ func (a *Agent) keepAliveLoop() {
 
 // runnerList returns the partition runners and, if withAny, the anonymous
 // one: a snapshot to work on without holding a.mu.
-func (a *Agent) runnerList(withAny bool) []*runner {
+func (a *lane) runnerList(withAny bool) []*runner {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	rs := make([]*runner, 0, len(a.runners)+1)

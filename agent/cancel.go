@@ -129,7 +129,7 @@ func (s *cancelSet) size() int {
 
 // followCancels starts the agent's cancel feed and waits until it has caught
 // up with the cancels stored so far (or ctx ends).
-func (a *Agent) followCancels(ctx context.Context) error {
+func (a *lane) followCancels(ctx context.Context) error {
 	a.cancels = newCancelSet(a.cfg.Queue)
 	feed, err := a.topo.FollowCancels(ctx, a.cancels.add)
 	if err != nil {
@@ -153,7 +153,7 @@ func (a *Agent) followCancels(ctx context.Context) error {
 }
 
 // stopCancels ends the cancel feed.
-func (a *Agent) stopCancels() {
+func (a *lane) stopCancels() {
 	if a.cancelFeed != nil {
 		a.cancelFeed.Stop()
 		a.cancelFeed = nil

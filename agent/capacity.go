@@ -44,7 +44,7 @@ func adaptiveCapacity(pool, floor, ceil int, avg time.Duration) int {
 
 // observeCapacity folds one job's run time into the adaptive capacity and
 // moves the gate when the capacity it gives changes.
-func (a *Agent) observeCapacity(d time.Duration) {
+func (a *lane) observeCapacity(d time.Duration) {
 	c := &a.capAdapt
 	if c.floor == 0 {
 		return
@@ -67,7 +67,7 @@ func (a *Agent) observeCapacity(d time.Duration) {
 }
 
 // capacity is the number of jobs the agent holds at most right now.
-func (a *Agent) capacity() int {
+func (a *lane) capacity() int {
 	if a.capAdapt.floor == 0 {
 		return a.cfg.Capacity
 	}

@@ -20,11 +20,18 @@ type Config struct {
 	Name string
 
 	// Queue is the NATS contract (prefix, partitions, TTLs). Zero fields take
-	// queue's defaults.
+	// queue's defaults. Queue.Queue names the queue the single pool (Pool)
+	// serves: default "default".
 	Queue queue.Config
 
-	// Pool configures the local worker pool. Pool.Worker.Command is required.
+	// Pool configures the local worker pool. Pool.Worker.Command is required
+	// unless Queues is set.
 	Pool pool.Config
+
+	// Queues, when set, replaces Queue.Queue, Queue.Limits, Pool and
+	// Capacity: one pool per queue, all in this agent (one registry entry,
+	// one NATS connection). Queue names must differ.
+	Queues []QueueConfig
 
 	// JobTimeout applies to jobs whose envelope carries no timeout_ms.
 	// Default 30s.
@@ -117,6 +124,73 @@ func (c *Config) deriveIntervals() {
 	if c.derived.progress {
 		c.ProgressInterval = c.Queue.AckWait / 3
 	}
+}
+
+// QueueConfig is one queue an agent serves, with its own pool.
+type QueueConfig struct {
+	// Name is the queue. Default "default".
+	Name string
+	// Limits are the queue's jobs stream limits, applied when this agent
+	// creates the stream (or updates it, where its permissions allow).
+	Limits queue.QueueLimits
+	// Pool is the queue's worker pool. Pool.Worker.Command is required.
+	Pool pool.Config
+	// Capacity is how many of this queue's jobs the agent holds at once.
+	// Default 0: adaptive, as Config.Capacity, per queue.
+	Capacity int
+}
+
+// Validate reports what New would refuse in c, without a connection: a
+// program can check its configuration before it connects.
+func (c Config) Validate() error {
+	if c.Name == "" {
+		c.Name = "validate"
+	}
+	_, err := c.laneConfigs()
+	return err
+}
+
+// laneConfigs returns one defaulted configuration per queue: c with Queue,
+// Pool and Capacity set to that queue's.
+func (c Config) laneConfigs() ([]Config, error) {
+	qs := c.Queues
+	if len(qs) == 0 {
+		qs = []QueueConfig{{Name: c.Queue.Queue, Limits: c.Queue.Limits, Pool: c.Pool, Capacity: c.Capacity}}
+	}
+	seen := map[string]bool{}
+	var out []Config
+	var errs []error
+	for i, q := range qs {
+		lc := c
+		lc.Queues = nil
+		lc.Queue = c.Queue.ForQueue(q.Name)
+		lc.Queue.Limits = q.Limits
+		lc.Pool, lc.Capacity = q.Pool, q.Capacity
+		name := lc.Queue.QueueName()
+		if err := queue.ValidateQueueName(q.Name); err != nil {
+			errs = append(errs, fmt.Errorf("%w: Queues[%d]: %w", ErrInvalidConfig, i, err))
+			continue
+		}
+		if seen[name] {
+			errs = append(errs, fmt.Errorf("%w: Queues[%d]: queue %q is listed twice", ErrInvalidConfig, i, name))
+			continue
+		}
+		seen[name] = true
+		if len(qs) > 1 && lc.Pool.Name == "" && lc.Name != "" {
+			// Worker ids stay unique across the agent's pools.
+			lc.Pool.Name = lc.Name + "-" + name
+		}
+		lc.setDefaults()
+		if err := lc.validate(); err != nil {
+			if len(qs) > 1 {
+				err = fmt.Errorf("queue %s: %w", name, err)
+			}
+			errs = append(errs, err)
+			continue
+		}
+		out = append(out, lc)
+	}
+	return out, errors.Join(errs...)
 }
 
 // DefaultJobTimeout is Config.JobTimeout's default, which the agent

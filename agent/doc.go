@@ -11,6 +11,11 @@
 // for them to expire. It pulls from a partition only while both its lease
 // and its own registry entry are known to be alive, so that no partition
 // has two consumers when another agent takes it.
+// An Agent serves one or more queues (Config.Queue.Queue, or Config.Queues),
+// each a lane with its own pool, partitions, leases, consumers and capacity;
+// the registry entry, the registry watch, the heartbeat, the micro service
+// and the NATS connection are the agent's, and a queue's partitions are
+// divided among the live agents whose entries list that queue.
 // Each fetched message becomes a pool checkout under its session (reserved in
 // message order, so jobs of one session run in FIFO order), a call on the
 // leased worker, a stored result, and only then an ack.
@@ -27,5 +32,6 @@
 //
 // Shutdown order (Stop): stop taking partitions and fetching; nak jobs held
 // but not started; let running jobs finish and ack; release leases; leave the
-// registry; stop the pool. The NATS connection belongs to the caller.
+// registry; stop the pools. Every queue drains at once. The NATS connection
+// belongs to the caller.
 package agent

@@ -55,10 +55,14 @@ func (c *current) get(workerID string) string {
 }
 
 // workerRows lists the pool's workers with their RSS and current job.
-func (a *Agent) workerRows(ws []pool.WorkerStats) []WorkerRow {
+func (a *lane) workerRows(ws []pool.WorkerStats) []WorkerRow {
+	q := a.queueName()
+	if q == queue.DefaultQueue {
+		q = ""
+	}
 	rows := make([]WorkerRow, 0, len(ws))
 	for _, w := range ws {
-		r := WorkerRow{ID: w.ID, PID: w.PID, State: w.State, Retiring: w.Retiring, Jobs: w.Jobs,
+		r := WorkerRow{Queue: q, ID: w.ID, PID: w.PID, State: w.State, Retiring: w.Retiring, Jobs: w.Jobs,
 			Sessions: w.Sessions, StartedAt: w.StartedAt}
 		if w.PID > 0 {
 			r.RSS = readRSS(w.PID)

@@ -316,6 +316,7 @@ const storeTimeout = 10 * time.Second
 func (j *job) fill(res *queue.Result, started time.Time) {
 	res.ID = j.job.ID
 	res.JobSeq = j.meta.Sequence.Stream
+	res.Queue = j.r.a.queueName()
 	res.Session = j.job.Session
 	res.Agent = j.r.a.cfg.Name
 	res.Attempt = j.attempt

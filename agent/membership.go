@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"maps"
 	"slices"
@@ -23,7 +24,10 @@ type registry struct {
 	mu    sync.Mutex
 	ready bool                 // the watch has delivered every current entry
 	live  map[string]time.Time // agents with a live entry, and when it was last seen written
-	gone  map[string]time.Time // agents whose entry was removed or expired, and when
+	// queues are the queues each live agent serves, from its entry (an
+	// entry that names none serves the default queue).
+	queues map[string][]string
+	gone   map[string]time.Time // agents whose entry was removed or expired, and when
 }
 
 // reset forgets everything, for a new watch.
@@ -31,7 +35,37 @@ func (g *registry) reset() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.ready = false
-	g.live, g.gone = map[string]time.Time{}, map[string]time.Time{}
+	g.live, g.gone, g.queues = map[string]time.Time{}, map[string]time.Time{}, map[string][]string{}
+}
+
+// serves reports whether live agent name serves queue q, as its last
+// registry entry said.
+func (g *registry) serves(name, q string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	qs, ok := g.queues[name]
+	if !ok || len(qs) == 0 {
+		return q == queue.DefaultQueue
+	}
+	return slices.Contains(qs, q)
+}
+
+// entryQueues reads the queues an agents bucket entry names.
+func entryQueues(value []byte) []string {
+	var in struct {
+		Queues []struct {
+			Queue string `json:"queue"`
+		} `json:"queues"`
+	}
+	if json.Unmarshal(value, &in) != nil {
+		return nil
+	}
+	out := make([]string, 0, len(in.Queues))
+	for _, q := range in.Queues {
+		out = append(out, q.Queue)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // view returns the live agents (sorted) and the gone ones; ok is false until
@@ -62,7 +96,7 @@ func (g *registry) apply(e jetstream.KeyValueEntry, forget time.Duration) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.live == nil {
-		g.live, g.gone = map[string]time.Time{}, map[string]time.Time{}
+		g.live, g.gone, g.queues = map[string]time.Time{}, map[string]time.Time{}, map[string][]string{}
 	}
 	if e == nil {
 		changed := !g.ready
@@ -79,12 +113,16 @@ func (g *registry) apply(e jetstream.KeyValueEntry, forget time.Duration) bool {
 	switch e.Operation() {
 	case jetstream.KeyValueDelete, jetstream.KeyValuePurge:
 		delete(g.live, name)
+		delete(g.queues, name)
 		g.gone[name] = e.Created()
 		return was && g.ready
 	default:
 		g.live[name] = time.Now()
 		delete(g.gone, name)
-		return !was && g.ready
+		qs := entryQueues(e.Value())
+		moved := !slices.Equal(qs, g.queues[name])
+		g.queues[name] = qs
+		return (!was || moved) && g.ready
 	}
 }
 
@@ -96,9 +134,9 @@ func (a *Agent) registryLoop() {
 	ctx := a.loopCtx
 	forget := 2 * (a.cfg.Queue.LeaseTTL + a.cfg.Queue.AgentTTL)
 	for ctx.Err() == nil {
-		// Names and operations are all the view needs: the entries'
-		// bodies (the agents' stats) stay on the server.
-		w, err := a.topo.Agents.WatchAll(ctx, jetstream.MetaOnly())
+		// The view needs names, operations and the queues each agent
+		// serves (in the entry's body, a few hundred bytes per heartbeat).
+		w, err := a.lanes[0].topo.Agents.WatchAll(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
 				a.log.Warn("watch agents", zap.Error(err))
@@ -180,9 +218,10 @@ func (a *Agent) heartbeatLoop() {
 	}
 }
 
-// membershipLoop renews leases and reconciles owned partitions with the
-// rendezvous assignment over the live agents, at once when the registry
-// watch reports a join or a departure.
+// membershipLoop renews every queue's leases and reconciles each queue's
+// owned partitions with the rendezvous assignment over the live agents
+// serving that queue, at once when the registry watch reports a join or a
+// departure.
 func (a *Agent) membershipLoop() {
 	defer a.loops.Done()
 	ctx := a.loopCtx
@@ -193,7 +232,9 @@ func (a *Agent) membershipLoop() {
 	for {
 		now := time.Now()
 		if now.Sub(lastRenew) >= a.cfg.LeaseRenewInterval {
-			a.renewLeases(ctx)
+			for _, l := range a.lanes {
+				l.renewLeases(ctx)
+			}
 			lastRenew = now
 		}
 		if now.Sub(lastBalance) >= a.cfg.RebalanceInterval {
@@ -211,7 +252,29 @@ func (a *Agent) membershipLoop() {
 	}
 }
 
-func (a *Agent) renewLeases(ctx context.Context) {
+// rebalance rebalances every queue over the agents the registry view says
+// serve it. A partition whose lease is held by an agent that has gone (its
+// registry entry expired: it died) is taken at once rather than after the
+// lease expires.
+func (a *Agent) rebalance(ctx context.Context) {
+	names, gone, ok := a.reg.view(2 * a.cfg.Queue.AgentTTL)
+	if !ok {
+		return // the registry watch has not caught up yet
+	}
+	for _, l := range a.lanes {
+		q := l.queueName()
+		servers := []string{a.cfg.Name}
+		for _, n := range names {
+			if n != a.cfg.Name && a.reg.serves(n, q) {
+				servers = append(servers, n)
+			}
+		}
+		slices.Sort(servers)
+		l.rebalance(ctx, servers, gone)
+	}
+}
+
+func (a *lane) renewLeases(ctx context.Context) {
 	for _, r := range a.runnerList(false) {
 		sent := time.Now()
 		err := a.topo.RenewLease(ctx, r.lease)
@@ -231,20 +294,10 @@ func (a *Agent) renewLeases(ctx context.Context) {
 	}
 }
 
-// rebalance takes the partitions rendezvous hashing gives this agent and
-// hands back the ones it no longer should own. A partition whose lease is
-// held by an agent that has gone (its registry entry expired: it died) is
-// taken at once rather than after the lease expires.
-func (a *Agent) rebalance(ctx context.Context) {
-	names, gone, ok := a.reg.view(2 * a.cfg.Queue.AgentTTL)
-	if !ok {
-		return // the registry watch has not caught up yet
-	}
-	if !slices.Contains(names, a.cfg.Name) {
-		names = append(names, a.cfg.Name)
-		slices.Sort(names)
-	}
-
+// rebalance takes the partitions rendezvous hashing over names (the live
+// agents serving this queue, sorted) gives this agent and hands back the
+// ones it no longer should own.
+func (a *lane) rebalance(ctx context.Context, names []string, gone map[string]time.Time) {
 	want := make(map[int]bool)
 	for p := range a.cfg.Queue.Partitions {
 		if queue.Rendezvous(p, names) == a.cfg.Name {
@@ -308,7 +361,7 @@ func (a *Agent) rebalance(ctx context.Context) {
 // ended on their workers (another agent may run them next, so the state here
 // is stale) and, if release is set, the lease is deleted so the new owner can
 // take it without waiting for expiry.
-func (a *Agent) releasePartition(r *runner, release bool) {
+func (a *lane) releasePartition(r *runner, release bool) {
 	a.mu.Lock()
 	if a.runners[r.partition] != r {
 		a.mu.Unlock()
@@ -330,7 +383,7 @@ func (a *Agent) releasePartition(r *runner, release bool) {
 	}()
 }
 
-func (a *Agent) ownedLocked() []int {
+func (a *lane) ownedLocked() []int {
 	out := make([]int, 0, len(a.runners))
 	for p := range a.runners {
 		out = append(out, p)

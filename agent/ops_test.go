@@ -57,10 +57,10 @@ func TestMetricsMoveAsJobsRun(t *testing.T) {
 	t.Cleanup(func() { _ = ms.Close(context.Background()) })
 	url := "http://" + ms.Addr + "/metrics"
 
-	if v := scrape(t, url, `procfleet_jobs_total{outcome="ok"}`); v != 0 {
+	if v := scrape(t, url, `procfleet_jobs_total{outcome="ok",queue="default"}`); v != 0 {
 		t.Fatalf("ok jobs before any job = %v", v)
 	}
-	if v := scrape(t, url, `procfleet_workers{state="idle"}`); v != 2 {
+	if v := scrape(t, url, `procfleet_workers{queue="default",state="idle"}`); v != 2 {
 		t.Fatalf("idle workers = %v, want 2", v)
 	}
 	for i := range 5 {
@@ -68,27 +68,27 @@ func TestMetricsMoveAsJobsRun(t *testing.T) {
 	}
 	result(t, f, submit(t, f, "m0", &queue.Job{Command: "fail"}))
 	fleettest.Eventually(t, 10*time.Second, func() error {
-		if v := scrape(t, url, `procfleet_jobs_total{outcome="ok"}`); v != 5 {
+		if v := scrape(t, url, `procfleet_jobs_total{outcome="ok",queue="default"}`); v != 5 {
 			return fmt.Errorf("ok jobs = %v", v)
 		}
-		if v := scrape(t, url, `procfleet_jobs_total{outcome="app_error"}`); v != 1 {
+		if v := scrape(t, url, `procfleet_jobs_total{outcome="app_error",queue="default"}`); v != 1 {
 			return fmt.Errorf("app_error jobs = %v", v)
 		}
 		return nil
 	})
-	if v := scrape(t, url, `procfleet_job_duration_seconds_count{outcome="ok"}`); v != 5 {
+	if v := scrape(t, url, `procfleet_job_duration_seconds_count{outcome="ok",queue="default"}`); v != 5 {
 		t.Errorf("duration samples = %v, want 5", v)
 	}
-	if v := scrape(t, url, `procfleet_checkout_wait_seconds_count`); v != 6 {
+	if v := scrape(t, url, `procfleet_checkout_wait_seconds_count{queue="default"}`); v != 6 {
 		t.Errorf("checkout wait samples = %v, want 6", v)
 	}
-	if v := scrape(t, url, `procfleet_sessions`); v < 1 {
+	if v := scrape(t, url, `procfleet_sessions{queue="default"}`); v < 1 {
 		t.Errorf("sessions = %v", v)
 	}
-	if v := scrape(t, url, `procfleet_partitions_owned`); v != 16 {
+	if v := scrape(t, url, `procfleet_partitions_owned{queue="default"}`); v != 16 {
 		t.Errorf("partitions owned = %v, want 16", v)
 	}
-	if v := scrape(t, url, `procfleet_partition_pending_jobs{partition="any"}`); v != 0 {
+	if v := scrape(t, url, `procfleet_partition_pending_jobs{partition="any",queue="default"}`); v != 0 {
 		t.Errorf("anonymous pending = %v", v)
 	}
 	// A crash moves restarts, redeliveries and dead letters.
@@ -97,13 +97,13 @@ func TestMetricsMoveAsJobsRun(t *testing.T) {
 		t.Fatalf("crash job: %+v", res)
 	}
 	fleettest.Eventually(t, 10*time.Second, func() error {
-		if v := scrape(t, url, `procfleet_dead_letters_total{kind="exhausted"}`); v != 1 {
+		if v := scrape(t, url, `procfleet_dead_letters_total{kind="exhausted",queue="default"}`); v != 1 {
 			return fmt.Errorf("dead letters = %v", v)
 		}
-		if v := scrape(t, url, `procfleet_redeliveries_total`); v < 1 {
+		if v := scrape(t, url, `procfleet_redeliveries_total{queue="default"}`); v < 1 {
 			return fmt.Errorf("redeliveries = %v", v)
 		}
-		if v := scrape(t, url, `procfleet_worker_restarts_total`); v < 2 {
+		if v := scrape(t, url, `procfleet_worker_restarts_total{queue="default"}`); v < 2 {
 			return fmt.Errorf("restarts = %v", v)
 		}
 		return nil

@@ -16,7 +16,7 @@ import (
 // runner pulls one consumer: a session partition it holds a lease on, or
 // (partition -1) the shared anonymous consumer.
 type runner struct {
-	a         *Agent
+	a         *lane
 	partition int
 	cons      jetstream.Consumer
 	lease     *queue.Lease
@@ -54,7 +54,7 @@ type runner struct {
 
 // newRunner starts a runner; leaseAt is when the write that took lease was
 // sent (zero for the anonymous runner, which needs no lease).
-func (a *Agent) newRunner(partition int, cons jetstream.Consumer, lease *queue.Lease, leaseAt time.Time) *runner {
+func (a *lane) newRunner(partition int, cons jetstream.Consumer, lease *queue.Lease, leaseAt time.Time) *runner {
 	r := &runner{
 		a: a, partition: partition, cons: cons, lease: lease,
 		loopDone: make(chan struct{}),
@@ -144,7 +144,7 @@ func (r *runner) pullDeadline() (deadline time.Time, owned bool) {
 	}
 	q := r.a.cfg.Queue
 	lease := r.a.at(r.leaseOK.Load()).Add(q.LeaseTTL - q.LeaseTTL/claimMargin)
-	beat := r.a.at(r.a.beatOK.Load()).Add(q.AgentTTL - q.AgentTTL/claimMargin)
+	beat := r.a.at(r.a.ag.beatOK.Load()).Add(q.AgentTTL - q.AgentTTL/claimMargin)
 	deadline = lease
 	if beat.Before(deadline) {
 		deadline = beat
@@ -281,7 +281,7 @@ func (r *runner) dispatch(msg jetstream.Msg, reserved bool) *jetstream.MsgMetada
 	if !reserved {
 		a.held.add(1)
 	}
-	msg = crashableMsg{Msg: msg, killed: &a.killed}
+	msg = crashableMsg{Msg: msg, killed: a.killed}
 	j := newJob(r, msg)
 	r.mu.Lock()
 	if r.drained {

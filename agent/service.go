@@ -15,7 +15,9 @@ import (
 const ServiceName = "procfleet-agent"
 
 // ServiceInfo is what an agent's info endpoint answers and what its
-// $SRV.STATS data carries.
+// $SRV.STATS data carries. Pool, Counters, Held, Capacity and Partitions
+// are the first queue's (the only one of a single-pool agent); Queues has
+// every queue's.
 type ServiceInfo struct {
 	Agent      queue.AgentInfo `json:"agent"`
 	Pool       PoolSummary     `json:"pool"`
@@ -24,6 +26,17 @@ type ServiceInfo struct {
 	Capacity   int             `json:"capacity"`
 	Partitions []int           `json:"partitions"`
 	Workers    []WorkerRow     `json:"workers"`
+	Queues     []QueueInfo     `json:"queues"`
+}
+
+// QueueInfo is one queue's part of ServiceInfo.
+type QueueInfo struct {
+	Queue      string      `json:"queue"`
+	Pool       PoolSummary `json:"pool"`
+	Counters   Counters    `json:"jobs"`
+	Held       int         `json:"held"`
+	Capacity   int         `json:"capacity"`
+	Partitions []int       `json:"partitions"`
 }
 
 // PoolSummary is the part of pool.Stats worth showing remotely.
@@ -45,27 +58,40 @@ func summarize(st pool.Stats) PoolSummary {
 
 // Info returns the agent's current state.
 func (a *Agent) Info() ServiceInfo {
-	st := a.pool.Stats()
-	return ServiceInfo{
-		Agent:      *a.info(),
-		Pool:       summarize(st),
-		Workers:    a.workerRows(st.Workers),
-		Counters:   a.Counters(),
-		Held:       a.held.held(),
-		Capacity:   a.capacity(),
-		Partitions: a.Partitions(),
+	si := ServiceInfo{Agent: *a.info()}
+	for _, l := range a.lanes {
+		st := l.pool.Stats()
+		si.Workers = append(si.Workers, l.workerRows(st.Workers)...)
+		si.Queues = append(si.Queues, QueueInfo{
+			Queue:      l.queueName(),
+			Pool:       summarize(st),
+			Counters:   l.Counters(),
+			Held:       l.held.held(),
+			Capacity:   l.capacity(),
+			Partitions: l.Partitions(),
+		})
 	}
+	first := si.Queues[0]
+	si.Pool, si.Counters, si.Held, si.Capacity, si.Partitions = first.Pool, first.Counters, first.Held, first.Capacity, first.Partitions
+	return si
 }
 
 // startService registers the agent as a NATS micro service with an "info"
 // endpoint on <prefix>.agent.<name>.info and its state in $SRV.STATS.
 func (a *Agent) startService() (micro.Service, error) {
 	host, _ := os.Hostname()
+	queues := ""
+	for i, q := range a.Queues() {
+		if i > 0 {
+			queues += ","
+		}
+		queues += q
+	}
 	svc, err := micro.AddService(a.nc, micro.Config{
 		Name:        ServiceName,
 		Version:     Version,
 		Description: "procfleet agent: a local pool of subprocess workers fed from JetStream",
-		Metadata:    map[string]string{"agent": a.cfg.Name, "host": host, "pid": fmt.Sprint(os.Getpid())},
+		Metadata:    map[string]string{"agent": a.cfg.Name, "host": host, "pid": fmt.Sprint(os.Getpid()), "queues": queues},
 		StatsHandler: func(*micro.Endpoint) any {
 			return a.Info()
 		},

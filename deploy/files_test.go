@@ -23,6 +23,7 @@ var deployFiles = []string{
 	"kubernetes/nats-server.conf",
 	"kubernetes/nats-users.env.example",
 	"kubernetes/nats.yaml",
+	"kubernetes/queues/agent-programs.yaml",
 	"nats-server.conf",
 	"systemd/agent.env.example",
 	"systemd/dispatcher.env.example",

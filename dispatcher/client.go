@@ -18,25 +18,27 @@ var ErrNoAgents = errors.New("dispatcher: no agent is registered")
 
 // Client submits jobs and reads results. It is safe for concurrent use.
 type Client struct {
-	nc   *nats.Conn
-	js   jetstream.JetStream
-	topo *queue.Topology
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	topo   *queue.Topology
+	queues queues // the other queues used so far (queues.go)
 }
 
 // NewClient opens the fleet's topology on nc. It fails with an error
 // wrapping queue.ErrNoTopology if nobody has created it (run
 // `dispatcher serve`, or an agent, first), or use EnsureClient.
 func NewClient(ctx context.Context, nc *nats.Conn, cfg queue.Config) (*Client, error) {
-	return newClient(ctx, nc, cfg, queue.Open)
+	return newClient(ctx, nc, cfg, queue.Open, false)
 }
 
-// EnsureClient is NewClient, creating the topology if it does not exist.
+// EnsureClient is NewClient, creating the topology if it does not exist,
+// and creating a queue the first time a job is submitted to it.
 func EnsureClient(ctx context.Context, nc *nats.Conn, cfg queue.Config) (*Client, error) {
-	return newClient(ctx, nc, cfg, queue.Ensure)
+	return newClient(ctx, nc, cfg, queue.Ensure, true)
 }
 
 func newClient(ctx context.Context, nc *nats.Conn, cfg queue.Config,
-	open func(context.Context, jetstream.JetStream, queue.Config) (*queue.Topology, error)) (*Client, error) {
+	open func(context.Context, jetstream.JetStream, queue.Config) (*queue.Topology, error), create bool) (*Client, error) {
 	if nc == nil {
 		return nil, errors.New("dispatcher: nil NATS connection")
 	}
@@ -48,7 +50,12 @@ func newClient(ctx context.Context, nc *nats.Conn, cfg queue.Config,
 	if err != nil {
 		return nil, fmt.Errorf("dispatcher: topology on %s: %w", nc.ConnectedUrlRedacted(), err)
 	}
-	return &Client{nc: nc, js: js, topo: topo}, nil
+	c := &Client{nc: nc, js: js, topo: topo}
+	// A client that may create the topology creates the queues it submits
+	// to as well (`dispatcher serve`: submitting through it creates a queue
+	// on demand).
+	c.queues.create = create
+	return c, nil
 }
 
 // Topology returns the fleet topology the client uses.
@@ -79,6 +86,7 @@ func (c *Client) SubmitSeq(ctx context.Context, session string, job *queue.Job) 
 
 // Submission is one job for SubmitBatch.
 type Submission struct {
+	Queue   string // "" is the default queue
 	Session string
 	Job     *queue.Job
 }
@@ -88,7 +96,14 @@ type Submission struct {
 func (c *Client) SubmitBatch(ctx context.Context, jobs []Submission) error {
 	futures := make([]jetstream.PubAckFuture, 0, len(jobs))
 	for _, s := range jobs {
-		f, err := c.topo.SubmitAsync(s.Session, s.Job)
+		t := c.topo
+		if s.Queue != "" {
+			var err error
+			if t, err = c.Queue(ctx, s.Queue); err != nil {
+				return err
+			}
+		}
+		f, err := t.SubmitAsync(s.Session, s.Job)
 		if err != nil {
 			return err
 		}

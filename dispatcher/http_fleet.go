@@ -2,7 +2,6 @@ package dispatcher
 
 import (
 	"context"
-	"fmt"
 	"net/http"
 	"time"
 
@@ -59,32 +58,25 @@ type QueuesReply struct {
 // DefaultQueue is the name of the queue of jobs that name none.
 const DefaultQueue = "default"
 
-// Queues reports each queue's depth, oldest job and agents. Today every
-// job is in the default queue; named queues add one entry each.
+// Queues reports each queue's depth, oldest job and agents (see
+// QueueStatuses), "default" first.
 func (c *Client) Queues(ctx context.Context) (*QueuesReply, error) {
 	st, err := c.Status(ctx)
 	if err != nil {
 		return nil, err
 	}
-	q := QueueInfo{Name: DefaultQueue, Agents: len(st.Agents), Waiting: st.Pending}
-	for _, p := range append(st.Partitions, PartitionStatus{Owner: "any", QueueDepth: st.Anonymous}) {
-		q.Pending += p.Pending
-		q.AckPending += p.AckPending
-		q.Redelivered += p.Redelivered
-		if p.Owner == "" {
-			q.Unassigned++
+	reply := &QueuesReply{Queues: []QueueInfo{}, DeadLetters: st.DeadLetters, At: st.At.UTC()}
+	for _, qs := range st.Queues {
+		q := QueueInfo{Name: qs.Name, Pending: qs.Pending, AckPending: qs.AckPending, Redelivered: qs.Redelivered,
+			Waiting: qs.Waiting, Agents: len(qs.Agents), Unassigned: qs.Unassigned}
+		if !qs.OldestWaiting.IsZero() {
+			t := qs.OldestWaiting.UTC()
+			q.Oldest = &t
+			q.OldestAgeMS = max(0, st.At.Sub(t).Milliseconds())
 		}
+		reply.Queues = append(reply.Queues, q)
 	}
-	si, err := c.topo.Jobs.Info(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("dispatcher: jobs stream: %w", err)
-	}
-	if si.State.Msgs > 0 && !si.State.FirstTime.IsZero() {
-		t := si.State.FirstTime.UTC()
-		q.Oldest = &t
-		q.OldestAgeMS = max(0, st.At.Sub(t).Milliseconds())
-	}
-	return &QueuesReply{Queues: []QueueInfo{q}, DeadLetters: st.DeadLetters, At: st.At.UTC()}, nil
+	return reply, nil
 }
 
 func (a *httpAPI) queues(w http.ResponseWriter, r *http.Request) {

@@ -25,10 +25,18 @@ var (
 	descOwned       = prometheus.NewDesc("procfleet_partition_owned", "1 if the partition has an owner (a live lease).", []string{"partition"}, nil)
 	descDLQ         = prometheus.NewDesc("procfleet_dead_letters", "Messages in the dead-letter stream.", nil, nil)
 	descResults     = prometheus.NewDesc("procfleet_results_stored", "Results in the results stream.", nil, nil)
+
+	descQueueWaiting = prometheus.NewDesc("procfleet_queue_jobs", "Jobs in the queue's stream (waiting, held or waiting for a retry), per queue.", []string{"queue"}, nil)
+	descQueueBacklog = prometheus.NewDesc("procfleet_queue_backlog_jobs", "Jobs not yet delivered, session partitions and anonymous together, per queue: what to autoscale on.", []string{"queue"}, nil)
+	descQueueAcked   = prometheus.NewDesc("procfleet_queue_ack_pending_jobs", "Jobs delivered to an agent and not yet acked, per queue.", []string{"queue"}, nil)
+	descQueueAgents  = prometheus.NewDesc("procfleet_queue_agents", "Live agents serving the queue.", []string{"queue"}, nil)
+	descQueueWorkers = prometheus.NewDesc("procfleet_queue_workers", "Workers of the live agents serving the queue.", []string{"queue"}, nil)
+	descQueueOldest  = prometheus.NewDesc("procfleet_queue_oldest_job_age_seconds", "Age of the oldest job in the queue (0 if empty).", []string{"queue"}, nil)
 )
 
 func (f *fleetCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descAgents, descDegraded, descQueued, descPending, descAckPending, descRedelivered, descOwned, descDLQ, descResults} {
+	for _, d := range []*prometheus.Desc{descAgents, descDegraded, descQueued, descPending, descAckPending, descRedelivered, descOwned, descDLQ, descResults,
+		descQueueWaiting, descQueueBacklog, descQueueAcked, descQueueAgents, descQueueWorkers, descQueueOldest} {
 		ch <- d
 	}
 }
@@ -69,4 +77,12 @@ func (f *fleetCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descPending, float64(st.Anonymous.Pending), "any")
 	gauge(descAckPending, float64(st.Anonymous.AckPending), "any")
 	gauge(descRedelivered, float64(st.Anonymous.Redelivered), "any")
+	for _, q := range st.Queues {
+		gauge(descQueueWaiting, float64(q.Waiting), q.Name)
+		gauge(descQueueBacklog, float64(q.Pending), q.Name)
+		gauge(descQueueAcked, float64(q.AckPending), q.Name)
+		gauge(descQueueAgents, float64(len(q.Agents)), q.Name)
+		gauge(descQueueWorkers, float64(q.Workers), q.Name)
+		gauge(descQueueOldest, q.OldestAge.Seconds(), q.Name)
+	}
 }

@@ -56,10 +56,18 @@ type ServeConfig struct {
 	// Registerer, when set, receives the fleet metrics (see
 	// Client.Metrics). Default: none.
 	Registerer prometheus.Registerer
+	// UnroutableAfter, when positive, dead-letters as "unroutable" (a
+	// result and a dead letter) every job that has waited this long in a
+	// queue that no live agent has served for this long either (as this
+	// dispatcher saw it). Default 0: such jobs wait.
+	UnroutableAfter time.Duration
 }
 
 // SubmitRequest is the body of the submit endpoint.
 type SubmitRequest struct {
+	// Queue is the job's queue; default "default". A queue that does not
+	// exist yet is created.
+	Queue   string     `json:"queue,omitempty"`
 	Session string     `json:"session,omitempty"`
 	Job     *queue.Job `json:"job"`
 	// At (RFC 3339) or In (a Go duration, "90s") delays the job: it is
@@ -71,6 +79,8 @@ type SubmitRequest struct {
 // SubmitReply is the submit endpoint's answer.
 type SubmitReply struct {
 	ID string `json:"id"`
+	// Queue is the queue the job went to ("default" for the old subjects).
+	Queue string `json:"queue"`
 	// Seq is the job's sequence in the jobs stream (for a duplicate, the
 	// sequence of the job it duplicates): pass it to GET
 	// /v1/results/{id}?seq= so that a later job reusing the id is never
@@ -126,6 +136,20 @@ func Serve(ctx context.Context, nc *nats.Conn, cfg ServeConfig) error {
 	if err := c.topo.WatchMaxDeliveries(wctx, nc, "dispatcher", log); err != nil {
 		return fmt.Errorf("dispatcher: dead-letter watcher: %w", err)
 	}
+	if cfg.UnroutableAfter < 0 {
+		return fmt.Errorf("dispatcher: UnroutableAfter cannot be negative, got %s", cfg.UnroutableAfter)
+	}
+	// The other queues' watchers, and unroutable jobs.
+	sw := &sweeper{c: c, after: cfg.UnroutableAfter, log: log, watched: map[string]bool{}, unserved: map[string]time.Time{}}
+	sweepDone := make(chan struct{})
+	go func() {
+		defer close(sweepDone)
+		sw.run(wctx)
+	}()
+	defer func() {
+		cancelWatch()
+		<-sweepDone
+	}()
 
 	svc, err := micro.AddService(nc, micro.Config{
 		Name:        ServiceName,
@@ -239,13 +263,20 @@ func (c *Client) submitParsed(ctx context.Context, req *SubmitRequest) (*SubmitR
 	sctx, cancel := context.WithTimeout(ctx, apiTimeout)
 	defer cancel()
 	if !due.IsZero() {
+		if q := req.Queue; q != "" && q != queue.DefaultQueue {
+			return nil, badRequest("a delayed job (at/in) goes to the default queue only, not to queue %q", q)
+		}
 		return c.submitDelayed(sctx, req, due)
 	}
-	ack, err := c.topo.Submit(sctx, req.Session, req.Job)
+	t, err := c.Queue(sctx, req.Queue)
 	if err != nil {
 		return nil, err
 	}
-	reply := &SubmitReply{ID: req.Job.ID, Seq: ack.Sequence, Duplicate: ack.Duplicate}
+	ack, err := t.Submit(sctx, req.Session, req.Job)
+	if err != nil {
+		return nil, err
+	}
+	reply := &SubmitReply{ID: req.Job.ID, Queue: t.Config.QueueName(), Seq: ack.Sequence, Duplicate: ack.Duplicate}
 	if ack.Duplicate {
 		if err := c.checkDuplicate(sctx, req, ack.Sequence); err != nil {
 			return nil, err
@@ -261,7 +292,7 @@ func parseSubmit(body []byte) (*SubmitRequest, error) {
 	dec.DisallowUnknownFields()
 	var req SubmitRequest
 	if err := dec.Decode(&req); err != nil {
-		return nil, badRequest("body is not a submit request {\"session\": ..., \"job\": {...}}: %v", err)
+		return nil, badRequest("body is not a submit request {\"queue\": ..., \"session\": ..., \"job\": {...}}: %v", err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return nil, badRequest("body holds more than one JSON value")

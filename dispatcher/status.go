@@ -14,7 +14,11 @@ import (
 
 // Status is a snapshot of a fleet: who runs, who owns what, what waits.
 type Status struct {
-	Agents      []queue.AgentInfo `json:"agents"`
+	Agents []queue.AgentInfo `json:"agents"`
+	// Queues lists every queue: depth, agents serving it, oldest waiting
+	// job. Partitions, Anonymous and Pending below are the default
+	// queue's.
+	Queues      []QueueStatus     `json:"queues"`
 	Partitions  []PartitionStatus `json:"partitions"`
 	Anonymous   QueueDepth        `json:"anonymous"`
 	Pending     uint64            `json:"pending"`      // jobs waiting in FLEET_JOBS
@@ -48,6 +52,9 @@ func (c *Client) Status(ctx context.Context) (*Status, error) {
 	}
 	slices.SortFunc(agents, func(a, b queue.AgentInfo) int { return strings.Compare(a.Name, b.Name) })
 	st.Agents = agents
+	if st.Queues, err = c.QueueStatuses(ctx); err != nil {
+		return nil, err
+	}
 	owners, err := t.LeaseOwners(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("dispatcher: leases: %w", err)
@@ -91,17 +98,40 @@ func (c *Client) Status(ctx context.Context) (*Status, error) {
 // WriteTable prints st for people.
 func (st *Status) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "AGENT\tHOST\tPID\tUPTIME\tBUSY\tIDLE\tSESSIONS\tPARTITIONS\tSTATE\n")
+	fmt.Fprintf(tw, "AGENT\tHOST\tPID\tUPTIME\tQUEUE\tBUSY\tIDLE\tSESSIONS\tPARTITIONS\tSTATE\n")
 	for _, a := range st.Agents {
-		state := "ok"
-		if a.Degraded {
-			state = "degraded"
+		loads := a.Queues
+		if len(loads) == 0 {
+			l, _ := a.Load(queue.DefaultQueue)
+			loads = []queue.QueueLoad{l}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%s\n", a.Name, a.Host, a.PID,
-			st.At.Sub(a.StartedAt).Round(time.Second), a.Busy, a.Idle, a.Sessions, len(a.Partitions), state)
+		for i, l := range loads {
+			state := "ok"
+			if l.Degraded {
+				state = "degraded"
+			}
+			if i == 0 {
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t", a.Name, a.Host, a.PID, st.At.Sub(a.StartedAt).Round(time.Second))
+			} else {
+				fmt.Fprintf(tw, "\t\t\t\t")
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\n", l.Queue, l.Busy, l.Idle, l.Sessions, len(l.Partitions), state)
+		}
 	}
 	if len(st.Agents) == 0 {
 		fmt.Fprintf(tw, "(no agent is registered)\n")
+	}
+	fmt.Fprintf(tw, "\nQUEUE\tWAITING\tPENDING\tACK-PENDING\tAGENTS\tWORKERS\tOLDEST WAITING\n")
+	for _, q := range st.Queues {
+		agents := strings.Join(q.Agents, ",")
+		if agents == "" {
+			agents = "(none: no agent serves this queue, its jobs wait)"
+		}
+		oldest := "-"
+		if !q.OldestWaiting.IsZero() {
+			oldest = q.OldestAge.Round(time.Second).String() + " ago"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%d\t%s\n", q.Name, q.Waiting, q.Pending, q.AckPending, agents, q.Workers, oldest)
 	}
 	owners := map[string]int{}
 	for _, p := range st.Partitions {
@@ -116,7 +146,7 @@ func (st *Status) WriteTable(w io.Writer) error {
 		names = append(names, o)
 	}
 	slices.Sort(names)
-	fmt.Fprintf(tw, "\nPARTITIONS\t%d:", len(st.Partitions))
+	fmt.Fprintf(tw, "\nPARTITIONS (default queue)\t%d:", len(st.Partitions))
 	for _, o := range names {
 		fmt.Fprintf(tw, " %s %d", o, owners[o])
 	}

@@ -26,6 +26,54 @@ type AgentInfo struct {
 	Sessions   int       `json:"sessions"`
 	Partitions []int     `json:"partitions,omitempty"`
 	Degraded   bool      `json:"degraded,omitempty"`
+	// Queues lists the queues the agent serves, one pool each; the fields
+	// above sum them (Partitions: the default queue's). An entry without
+	// Queues (an agent that predates queues) serves the default queue.
+	Queues []QueueLoad `json:"queues,omitempty"`
+}
+
+// QueueLoad is one queue an agent serves: its pool and its partitions.
+type QueueLoad struct {
+	Queue      string `json:"queue"`
+	Workers    int    `json:"workers"`
+	Busy       int    `json:"busy"`
+	Idle       int    `json:"idle"`
+	Sessions   int    `json:"sessions"`
+	Partitions []int  `json:"partitions,omitempty"`
+	Degraded   bool   `json:"degraded,omitempty"`
+}
+
+// Serves reports whether the agent serves queue ("" is the default queue).
+func (a *AgentInfo) Serves(queue string) bool {
+	if queue == "" {
+		queue = DefaultQueue
+	}
+	if len(a.Queues) == 0 {
+		return queue == DefaultQueue
+	}
+	for _, q := range a.Queues {
+		if q.Queue == queue {
+			return true
+		}
+	}
+	return false
+}
+
+// Load returns the agent's entry for queue, if it serves it.
+func (a *AgentInfo) Load(queue string) (QueueLoad, bool) {
+	if queue == "" {
+		queue = DefaultQueue
+	}
+	for _, q := range a.Queues {
+		if q.Queue == queue {
+			return q, true
+		}
+	}
+	if len(a.Queues) == 0 && queue == DefaultQueue {
+		return QueueLoad{Queue: DefaultQueue, Workers: a.Workers, Busy: a.Busy, Idle: a.Idle,
+			Sessions: a.Sessions, Partitions: a.Partitions, Degraded: a.Degraded}, true
+	}
+	return QueueLoad{}, false
 }
 
 // Heartbeat registers or refreshes agent a (key a.Name). The entry expires

@@ -92,6 +92,18 @@ type Config struct {
 	// Default 24h (or DedupWindow, if longer); at least DedupWindow. See
 	// CancelStream.
 	CancelTTL time.Duration
+
+	// Queue names the queue this configuration's jobs stream, subjects,
+	// consumers and leases belong to (see queues.go). "" and "default" are
+	// the default queue, spelled the way fleets without queues spell it:
+	// stream FLEET_JOBS, subjects "<prefix>.job.s.<session>" and
+	// "<prefix>.job.any". Any other name is a token of [A-Za-z0-9_-], at
+	// most MaxQueueName characters, not one of ReservedQueueNames.
+	Queue string
+
+	// Limits are the queue's jobs stream limits. Zero fields: unlimited,
+	// the fleet's Storage and Replicas.
+	Limits QueueLimits
 }
 
 // Defaults of Config that the programs' flags show too.
@@ -175,13 +187,22 @@ func (c Config) Validate() error {
 	case c.CancelTTL < c.DedupWindow:
 		return bad("CancelTTL must be at least DedupWindow (%s), got %s", c.DedupWindow, c.CancelTTL)
 	}
-	return nil
+	if err := ValidateQueueName(c.Queue); err != nil {
+		return fmt.Errorf("%w: Queue: %w", ErrInvalidConfig, err)
+	}
+	return c.Limits.validate()
 }
 
 // Resource names.
 
-// JobsStream is the jobs stream's name, e.g. "FLEET_JOBS".
-func (c Config) JobsStream() string { return strings.ToUpper(c.Prefix) + "_JOBS" }
+// JobsStream is the jobs stream's name of the configured queue:
+// "FLEET_JOBS" for the default queue, "FLEET_JOBS_<queue>" for another.
+func (c Config) JobsStream() string {
+	if c.IsDefaultQueue() {
+		return strings.ToUpper(c.Prefix) + "_JOBS"
+	}
+	return strings.ToUpper(c.Prefix) + "_JOBS_" + c.Queue
+}
 
 // ResultsStream is the results stream's name, e.g. "FLEET_RESULTS".
 func (c Config) ResultsStream() string { return strings.ToUpper(c.Prefix) + "_RESULTS" }
@@ -208,19 +229,30 @@ const AnyConsumerName = "any"
 // Subjects.
 
 // SessionSubject is where publishers send a job of session, e.g.
-// "fleet.job.s.<session>". The jobs stream re-files it under its partition.
-func (c Config) SessionSubject(session string) string { return c.Prefix + ".job.s." + session }
+// "fleet.job.s.<session>" (default queue) or "fleet.job.<queue>.s.<session>".
+// The jobs stream re-files it under its partition.
+func (c Config) SessionSubject(session string) string { return c.jobPrefix() + "s." + session }
 
 // AnySubject is where publishers send a job without a session,
-// "fleet.job.any".
-func (c Config) AnySubject() string { return c.Prefix + ".job.any" }
+// "fleet.job.any" (default queue) or "fleet.job.<queue>.any".
+func (c Config) AnySubject() string { return c.jobPrefix() + "any" }
 
 // PartitionFilter is the stored subject filter of partition p,
-// "fleet.job.p.<p>.*" (the last token is the session).
+// "fleet.job.p.<p>.*" or "fleet.job.<queue>.p.<p>.*" (the last token is the
+// session).
 func (c Config) PartitionFilter(p int) string { return c.partitionPrefix(p) + "*" }
 
 func (c Config) partitionPrefix(p int) string {
-	return c.Prefix + ".job.p." + strconv.Itoa(p) + "."
+	return c.jobPrefix() + "p." + strconv.Itoa(p) + "."
+}
+
+// jobPrefix is what every job subject of the configured queue starts with:
+// "fleet.job." or "fleet.job.<queue>.".
+func (c Config) jobPrefix() string {
+	if c.IsDefaultQueue() {
+		return c.Prefix + ".job."
+	}
+	return c.Prefix + ".job." + c.Queue + "."
 }
 
 // ResultSubject is where the result of job id is stored,
@@ -236,13 +268,13 @@ func (c Config) ProgressSubject(id string) string { return c.Prefix + ".progress
 
 // sessionWildcard is the stream subject (and transform source) of session
 // jobs.
-func (c Config) sessionWildcard() string { return c.Prefix + ".job.s.*" }
+func (c Config) sessionWildcard() string { return c.jobPrefix() + "s.*" }
 
 // partitionTransform files "<p>.job.s.<session>" under
 // "<p>.job.p.<fnv32a(session) % P>.<session>". The server computes the
 // partition; PartitionOf reproduces it.
 func (c Config) partitionTransform() string {
-	return fmt.Sprintf("%s.job.p.{{partition(%d,1)}}.{{wildcard(1)}}", c.Prefix, c.Partitions)
+	return fmt.Sprintf("%sp.{{partition(%d,1)}}.{{wildcard(1)}}", c.jobPrefix(), c.Partitions)
 }
 
 // jobSubject classifies a stored or published job subject. It returns the
@@ -253,7 +285,7 @@ func (c Config) jobSubject(subject string) (session string, ok bool) {
 	if subject == c.AnySubject() {
 		return "", true
 	}
-	rest, found := strings.CutPrefix(subject, c.Prefix+".job.")
+	rest, found := strings.CutPrefix(subject, c.jobPrefix())
 	if !found {
 		return "", false
 	}
@@ -275,15 +307,17 @@ func (c Config) jobSubject(subject string) (session string, ok bool) {
 
 // publishSubject maps a stored job subject back to the subject it was
 // published on, so that republishing re-partitions it.
+// Any queue's subject is mapped, not only the configured queue's.
 func (c Config) publishSubject(stored string) (string, bool) {
-	session, ok := c.jobSubject(stored)
+	q, session, ok := c.ParseJobSubject(stored)
 	if !ok {
 		return "", false
 	}
-	if stored == c.AnySubject() {
-		return stored, true
+	qc := c.ForQueue(q)
+	if session == "" {
+		return qc.AnySubject(), true
 	}
-	return c.SessionSubject(session), true
+	return qc.SessionSubject(session), true
 }
 
 // ValidToken reports whether s can be a session or job id: 1 to 128

@@ -23,6 +23,8 @@ type DeadLetter struct {
 	// or "<prefix>.job.any"), so that a replay is partitioned afresh.
 	// WriteDeadLetter maps a stored partition subject back to it.
 	Subject string `json:"subject"`
+	// Queue is the job's queue ("default" for the old subjects).
+	Queue string `json:"queue,omitempty"`
 	// Job is the original body verbatim when it is valid JSON; otherwise
 	// JobRaw holds it (base64 in JSON) and Job is empty.
 	Job    json.RawMessage `json:"job,omitempty"`
@@ -75,9 +77,14 @@ func (t *Topology) WriteDeadLetter(ctx context.Context, d *DeadLetter) error {
 	}
 	if subj, ok := t.Config.publishSubject(c.Subject); ok {
 		if c.Session == "" {
-			c.Session, _ = t.Config.jobSubject(c.Subject)
+			_, c.Session, _ = t.Config.ParseJobSubject(c.Subject)
 		}
 		c.Subject = subj
+	}
+	if c.Queue == "" {
+		if q, _, ok := t.Config.ParseJobSubject(c.Subject); ok {
+			c.Queue = q
+		}
 	}
 	if len(c.Job) > 0 && !json.Valid(c.Job) {
 		c.JobRaw, c.Job = []byte(c.Job), nil
@@ -231,7 +238,11 @@ func (t *Topology) ReplayDeadLetter(ctx context.Context, seq uint64) error {
 		return fmt.Errorf("queue: replay dead letter %d: %w", seq, &TooLargeError{What: "replayed job " + id, Size: size, Limit: limit, Of: whose})
 	}
 	if ValidToken(e.JobID) {
-		if err := t.deleteResultsOf(ctx, e.JobID, e.StreamSeq); err != nil {
+		q := e.Queue
+		if q == "" {
+			q = DefaultQueue
+		}
+		if err := t.deleteResultsOf(ctx, e.JobID, e.StreamSeq, q); err != nil {
 			return fmt.Errorf("queue: replay dead letter %d: delete old result: %w", seq, err)
 		}
 	}
@@ -246,7 +257,7 @@ func (t *Topology) ReplayDeadLetter(ctx context.Context, seq uint64) error {
 
 // deleteResultsOf deletes the stored results of the job message at jobSeq
 // under id (and any without a JobSeq, which may be its).
-func (t *Topology) deleteResultsOf(ctx context.Context, id string, jobSeq uint64) error {
+func (t *Topology) deleteResultsOf(ctx context.Context, id string, jobSeq uint64, q string) error {
 	subject := t.Config.ResultSubject(id)
 	for next := uint64(1); ; {
 		m, err := t.Results.GetMsg(ctx, next, jetstream.WithGetMsgSubject(subject))
@@ -257,11 +268,9 @@ func (t *Topology) deleteResultsOf(ctx context.Context, id string, jobSeq uint64
 			return err
 		}
 		next = m.Sequence + 1
-		var r struct {
-			JobSeq uint64 `json:"job_seq"`
-		}
-		if json.Unmarshal(m.Data, &r) == nil && r.JobSeq != 0 && r.JobSeq != jobSeq {
-			continue // another job's
+		var r Result
+		if json.Unmarshal(m.Data, &r) == nil && r.JobSeq != 0 && (r.JobSeq != jobSeq || r.queueName() != q) {
+			continue // another job's (sequences of two queues' streams may coincide)
 		}
 		if err := t.Results.DeleteMsg(ctx, m.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 			return err

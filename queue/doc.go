@@ -12,6 +12,15 @@
 //	fleet.progress.<job-id>  core NATS    progress reports
 //	KV fleet_agents, fleet_leases
 //
+// # Queues
+//
+// The table above is the queue "default". Another queue <q> (Config.Queue)
+// has its own work-queue stream FLEET_JOBS_<q> on "fleet.job.<q>.s.*" and
+// "fleet.job.<q>.any", stored as "fleet.job.<q>.p.<n>.<session>", its own
+// consumers p-<n> and any, and its leases under "<q>.p-<n>"; results, dead
+// letters, progress and the registry are shared and name the queue. See
+// queues.go for the names that are reserved.
+//
 // # Partitioning
 //
 // FLEET_JOBS is a work-queue stream whose subject transform rewrites

@@ -20,7 +20,14 @@ type Lease struct {
 	Revision  uint64
 }
 
-func leaseKey(p int) string { return "p-" + strconv.Itoa(p) }
+// leaseKey is the key of partition p's lease: "p-<p>" for the default
+// queue, "<queue>.p-<p>" for another.
+func (c Config) leaseKey(p int) string {
+	if c.IsDefaultQueue() {
+		return "p-" + strconv.Itoa(p)
+	}
+	return c.Queue + ".p-" + strconv.Itoa(p)
+}
 
 // AcquireLease takes partition p for owner. If another owner holds it, the
 // error is a *LeaseHeldError (errors.Is ErrLeaseHeld). If owner itself
@@ -33,7 +40,7 @@ func (t *Topology) AcquireLease(ctx context.Context, p int, owner string) (*Leas
 	if owner == "" {
 		return nil, errors.New("queue: acquire lease: owner is required")
 	}
-	key := leaseKey(p)
+	key := t.Config.leaseKey(p)
 	// A lease can expire between a failed Create and the Get that names
 	// its holder; a few rounds settle that race.
 	for range 3 {
@@ -81,7 +88,7 @@ func (t *Topology) TakeLease(ctx context.Context, p int, owner string, gone map[
 	if owner == "" {
 		return nil, errors.New("queue: take lease: owner is required")
 	}
-	key := leaseKey(p)
+	key := t.Config.leaseKey(p)
 	e, err := t.Leases.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return t.AcquireLease(ctx, p, owner)
@@ -112,7 +119,7 @@ func (t *Topology) TakeLease(ctx context.Context, p int, owner string, gone map[
 // caller must stop consuming the partition. Other errors (network) leave the
 // lease's fate unknown: it is lost once LeaseTTL passes without a renewal.
 func (t *Topology) RenewLease(ctx context.Context, l *Lease) error {
-	rev, err := t.Leases.Update(ctx, leaseKey(l.Partition), []byte(l.Owner), l.Revision)
+	rev, err := t.Leases.Update(ctx, t.Config.leaseKey(l.Partition), []byte(l.Owner), l.Revision)
 	if err != nil {
 		if isRevisionMismatch(err) || errors.Is(err, jetstream.ErrKeyNotFound) {
 			return fmt.Errorf("%w: partition %d (owner %s, revision %d)", ErrLeaseLost, l.Partition, l.Owner, l.Revision)
@@ -127,7 +134,7 @@ func (t *Topology) RenewLease(ctx context.Context, l *Lease) error {
 // revision; otherwise it returns ErrLeaseLost and changes nothing (the
 // partition already belongs to someone else).
 func (t *Topology) ReleaseLease(ctx context.Context, l *Lease) error {
-	err := t.Leases.Delete(ctx, leaseKey(l.Partition), jetstream.LastRevision(l.Revision))
+	err := t.Leases.Delete(ctx, t.Config.leaseKey(l.Partition), jetstream.LastRevision(l.Revision))
 	if err != nil {
 		if isRevisionMismatch(err) || errors.Is(err, jetstream.ErrKeyNotFound) {
 			return fmt.Errorf("%w: partition %d (owner %s, revision %d)", ErrLeaseLost, l.Partition, l.Owner, l.Revision)
@@ -137,11 +144,15 @@ func (t *Topology) ReleaseLease(ctx context.Context, l *Lease) error {
 	return nil
 }
 
-// LeaseOwners returns the live leases by partition.
+// LeaseOwners returns the live leases of the topology's queue by partition.
 func (t *Topology) LeaseOwners(ctx context.Context) (map[int]Lease, error) {
 	out := make(map[int]Lease)
+	keyPrefix := strings.TrimSuffix(t.Config.leaseKey(0), "0")
 	err := latestEntries(ctx, t.Leases, func(e jetstream.KeyValueEntry) error {
-		n, ok := strings.CutPrefix(e.Key(), "p-")
+		n, ok := strings.CutPrefix(e.Key(), keyPrefix)
+		if !ok && (strings.Contains(e.Key(), ".") || strings.HasPrefix(e.Key(), "p-")) {
+			return nil // another queue's
+		}
 		p, err := strconv.Atoi(n)
 		if !ok || err != nil {
 			return fmt.Errorf("queue: unexpected key %q in bucket %s", e.Key(), t.Config.LeasesBucket())

@@ -28,6 +28,9 @@ const (
 	// message names the size and the limit. Final: a rerun would produce
 	// the same outcome.
 	KindTooLarge = "too_large"
+	// KindUnroutable: no live agent served the job's queue for longer than
+	// the dispatcher's --unroutable-after; a dead letter too.
+	KindUnroutable = "unroutable"
 )
 
 // Result is the envelope stored on "<prefix>.result.<id>".
@@ -38,7 +41,11 @@ type Result struct {
 	// has the same JobSeq and is deduplicated; a new job that reuses an id
 	// (after the jobs stream's dedup window, or a replayed dead letter) has
 	// a new JobSeq and stores its own result. 0 when unknown.
-	JobSeq     uint64          `json:"job_seq,omitempty"`
+	JobSeq uint64 `json:"job_seq,omitempty"`
+	// Queue is the queue the job ran on ("default" for the old subjects);
+	// JobSeq is a sequence in that queue's jobs stream. Empty from agents
+	// that predate queues.
+	Queue      string          `json:"queue,omitempty"`
 	OK         bool            `json:"ok"`
 	Result     json.RawMessage `json:"result,omitempty"`
 	Error      *ErrorInfo      `json:"error,omitempty"`
@@ -66,6 +73,10 @@ type ErrorInfo struct {
 func resultMsgID(r *Result) string {
 	if r.JobSeq == 0 {
 		return r.ID
+	}
+	if r.Queue != "" && r.Queue != DefaultQueue {
+		// Sequences of different queues' streams may coincide.
+		return r.ID + "-" + r.Queue + "-" + strconv.FormatUint(r.JobSeq, 10)
 	}
 	return r.ID + "-" + strconv.FormatUint(r.JobSeq, 10)
 }
@@ -172,6 +183,7 @@ func appendResult(b []byte, r *Result) ([]byte, bool) {
 	o := jsonappend.Start(b, `{`)
 	o.String(`"id":`, r.ID, false)
 	o.Uint(`,"job_seq":`, r.JobSeq)
+	o.String(`,"queue":`, r.Queue, true)
 	o.Bool(`,"ok":`, r.OK, false)
 	o.Raw(`,"result":`, r.Result)
 	if e := r.Error; e != nil {
@@ -236,6 +248,11 @@ func (t *Topology) GetResult(ctx context.Context, id string) (*Result, error) {
 // seq 0 takes the latest result of id. A result without a JobSeq (stored by
 // an older agent) matches any seq.
 func (t *Topology) GetJobResult(ctx context.Context, id string, seq uint64) (*Result, error) {
+	return t.getJobResult(ctx, id, seq, t.Config.QueueName())
+}
+
+// getJobResult is GetJobResult for the job at seq of queue q.
+func (t *Topology) getJobResult(ctx context.Context, id string, seq uint64, q string) (*Result, error) {
 	if !ValidToken(id) {
 		return nil, fmt.Errorf("queue: get result: job id %q must be 1-128 characters of [A-Za-z0-9_-]", truncate(id))
 	}
@@ -254,7 +271,7 @@ func (t *Topology) GetJobResult(ctx context.Context, id string, seq uint64) (*Re
 		return nil, notFound(err)
 	}
 	r, err := decodeResult(id, m.Data)
-	if err != nil || r.matches(seq) {
+	if err != nil || r.matches(seq, q) {
 		return r, err
 	}
 	// Another job reused the id (results are filed in the order they are
@@ -264,15 +281,23 @@ func (t *Topology) GetJobResult(ctx context.Context, id string, seq uint64) (*Re
 		if err != nil {
 			return nil, notFound(err)
 		}
-		if r, err := decodeResult(id, m.Data); err == nil && r.matches(seq) {
+		if r, err := decodeResult(id, m.Data); err == nil && r.matches(seq, q) {
 			return r, nil
 		}
 	}
 }
 
-// matches reports whether r is the result of the job message at seq.
-func (r *Result) matches(seq uint64) bool {
-	return seq == 0 || r.JobSeq == 0 || r.JobSeq == seq
+// matches reports whether r is the result of the job message at seq of
+// queue (a result without a queue is the default queue's).
+func (r *Result) matches(seq uint64, queue string) bool {
+	return seq == 0 || r.JobSeq == 0 || (r.JobSeq == seq && r.queueName() == queue)
+}
+
+func (r *Result) queueName() string {
+	if r.Queue == "" {
+		return DefaultQueue
+	}
+	return r.Queue
 }
 
 func decodeResult(id string, data []byte) (*Result, error) {
@@ -317,6 +342,7 @@ func (t *Topology) WaitJobResult(ctx context.Context, nc *nats.Conn, id string, 
 		return nil, fmt.Errorf("queue: wait result %s: %w", id, err)
 	}
 
+	q := t.Config.QueueName()
 	recheck := 100 * time.Millisecond
 	timer := time.NewTimer(0) // first look right away
 	defer timer.Stop()
@@ -324,11 +350,11 @@ func (t *Topology) WaitJobResult(ctx context.Context, nc *nats.Conn, id string, 
 		select {
 		case m := <-ch:
 			r, err := decodeResult(id, m.Data)
-			if err != nil || !r.matches(seq) {
+			if err != nil || !r.matches(seq, q) {
 				continue // not a result, or another job's
 			}
 			if seq == 0 {
-				seq = r.JobSeq // wait for this job's result now
+				seq, q = r.JobSeq, r.queueName() // wait for this job's result now
 			}
 			// A result on the wire is not yet the stored one: the stream
 			// may still be storing it, or refuse it (a rerun's duplicate,
@@ -338,7 +364,7 @@ func (t *Topology) WaitJobResult(ctx context.Context, nc *nats.Conn, id string, 
 			recheck = time.Millisecond
 			timer.Reset(0)
 		case <-timer.C:
-			r, err := t.GetJobResult(ctx, id, seq)
+			r, err := t.getJobResult(ctx, id, seq, q)
 			if err == nil {
 				return r, nil
 			}

@@ -73,7 +73,14 @@ func (c Config) DelaySubject(id string) string {
 // are "fleet.delay.<id>" and "fleet.schedule.<name>"; with named queues
 // (one jobs stream each) this returns "<queue>." for a queue other than the
 // default, giving "fleet.delay.<queue>.<id>".
-func (c Config) scheduleQueueToken() string { return "" }
+func (c Config) scheduleQueueToken() string {
+	if c.IsDefaultQueue() {
+		return ""
+	}
+	// Each queue's jobs stream takes its own schedule subjects, which must
+	// not overlap another queue's.
+	return c.Queue + "."
+}
 
 // isScheduleSubject reports whether a stream subject is a schedule subject
 // ("<prefix>.schedule..." or "<prefix>.delay..."), by its second token.

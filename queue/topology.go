@@ -211,14 +211,26 @@ func (c Config) jobsStreamConfig() jetstream.StreamConfig {
 		Description: "procfleet jobs, session jobs filed by partition",
 		Subjects:    []string{c.sessionWildcard(), c.AnySubject()},
 		Retention:   jetstream.WorkQueuePolicy,
-		Storage:     c.Storage,
-		Replicas:    c.Replicas,
+		Storage:     c.jobsStorage(),
+		Replicas:    c.jobsReplicas(),
 		Duplicates:  c.DedupWindow,
+		MaxMsgs:     limitOrUnlimited(c.Limits.MaxMsgs),
+		MaxBytes:    limitOrUnlimited(c.Limits.MaxBytes),
+		// A full queue refuses new jobs; it never drops waiting ones.
+		Discard: jetstream.DiscardNew,
 		SubjectTransform: &jetstream.SubjectTransformConfig{
 			Source:      c.sessionWildcard(),
 			Destination: c.partitionTransform(),
 		},
 	})
+}
+
+// limitOrUnlimited maps 0 (unlimited in QueueLimits) to the server's -1.
+func limitOrUnlimited(n int64) int64 {
+	if n <= 0 {
+		return -1
+	}
+	return n
 }
 
 func (c Config) resultsStreamConfig() jetstream.StreamConfig {
@@ -330,7 +342,7 @@ func (c Config) consumerConfig(name string, filters ...string) jetstream.Consume
 // dead-letters it (an invalid session) with a bad_request result. Neither
 // filter overlaps a partition's "<prefix>.job.p.<n>.*".
 func (c Config) anyConsumerFilters() []string {
-	return []string{c.AnySubject(), c.Prefix + ".job.s.>"}
+	return []string{c.AnySubject(), c.jobPrefix() + "s.>"}
 }
 
 // legacyAnyFilters are the shared consumer's filters before the
@@ -447,6 +459,11 @@ func tuneStream(want jetstream.StreamConfig, have *jetstream.StreamConfig) bool 
 	changed := have.Replicas != want.Replicas || have.Duplicates != want.Duplicates ||
 		have.MaxAge != want.MaxAge || have.AllowDirect != want.AllowDirect
 	have.Replicas, have.Duplicates, have.MaxAge, have.AllowDirect = want.Replicas, want.Duplicates, want.MaxAge, want.AllowDirect
+	if want.Retention == jetstream.WorkQueuePolicy {
+		// A jobs stream: its queue's limits are tunables too.
+		changed = changed || have.MaxMsgs != want.MaxMsgs || have.MaxBytes != want.MaxBytes || have.Discard != want.Discard
+		have.MaxMsgs, have.MaxBytes, have.Discard = want.MaxMsgs, want.MaxBytes, want.Discard
+	}
 	return changed
 }
 

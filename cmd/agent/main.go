@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -50,6 +51,8 @@ func run(args []string) error {
 		poisonDeaths   = fs.Int("poison-deaths", agent.DefaultPoisonDeaths, "end a job as poison once this many workers died running it, whatever its max_attempts")
 		cancelGrace    = fs.Duration("cancel-grace", agent.DefaultCancelGrace, "how long a worker running a canceled job may take to stop before it is killed and replaced")
 		capacity       = fs.Int("capacity", 0, "jobs held at once, running or waiting (default 0: adaptive, 2 x pool size for jobs of 25ms or more, up to max(2 x pool size, 32) for short ones)")
+		queueName      = fs.String("queue", queue.DefaultQueue, "the queue the pool serves (jobs on <prefix>.job.<queue>.s.<session> and <prefix>.job.<queue>.any; default: the old subjects)")
+		configFile     = fs.String("config", "", "YAML file of the queues this agent serves, one pool each (replaces --queue, --worker-cmd, --pool-size, --capacity and the recycling flags; see examples/agent-queues.yaml)")
 		prefix         = fs.String("prefix", queue.DefaultPrefix, "subject prefix")
 		partitions     = fs.Int("partitions", queue.DefaultPartitions, "session partitions (must match the stream)")
 		metrics        = fs.String("metrics", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9101 (default off)")
@@ -64,7 +67,8 @@ func run(args []string) error {
 	auth.Register(fs)
 	fs.Var(&maxRSS, "max-rss", "restart a worker at once when its RSS exceeds this, e.g. 512MiB (0 = never)")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), `Usage: agent --worker-cmd "python3 worker.py" [flags]
+		fmt.Fprintf(fs.Output(), `Usage: agent --worker-cmd "python3 worker.py" [--queue NAME] [flags]
+       agent --config queues.yaml [flags]
 
 Runs a pool of subprocess workers and feeds them jobs from NATS JetStream.
 Each flag can also be set with PROCFLEET_<FLAG> (e.g. PROCFLEET_POOL_SIZE=8).
@@ -73,12 +77,33 @@ Flags:
 `)
 		fs.PrintDefaults()
 	}
-	if err := cli.Parse(fs, args); err != nil {
+	err := cli.Parse(fs, args)
+	if err != nil {
 		return err
 	}
-	if len(workerCmd) == 0 {
+	var queues []agent.QueueConfig
+	if *configFile != "" {
+		// On the command line they contradict the file; from the
+		// environment (a shared agent.env) they are ignored.
+		var conflicts []string
+		for _, arg := range args {
+			name, _, _ := strings.Cut(strings.TrimLeft(arg, "-"), "=")
+			switch name {
+			case "worker-cmd", "queue", "pool-size", "capacity", "max-jobs", "ttl", "idle-ttl", "max-rss", "session-idle-ttl", "startup-timeout", "worker-dir":
+				if strings.HasPrefix(arg, "-") && !slices.Contains(conflicts, "--"+name) {
+					conflicts = append(conflicts, "--"+name)
+				}
+			}
+		}
+		if len(conflicts) > 0 {
+			return fmt.Errorf("--config sets every pool; %s belong in the file", strings.Join(conflicts, ", "))
+		}
+		if queues, err = loadConfigFile(*configFile); err != nil {
+			return err
+		}
+	} else if len(workerCmd) == 0 {
 		fs.Usage()
-		return errors.New("--worker-cmd is required")
+		return errors.New("--worker-cmd is required (or --config FILE)")
 	}
 	tel, err := cli.StartTelemetry(*logFormat, *logLevel, *metrics)
 	if err != nil {
@@ -89,7 +114,8 @@ Flags:
 
 	cfg := agent.Config{
 		Name:          *name,
-		Queue:         queue.Config{Prefix: *prefix, Partitions: *partitions},
+		Queue:         queue.Config{Prefix: *prefix, Partitions: *partitions, Queue: *queueName},
+		Queues:        queues,
 		JobTimeout:    *jobTimeout,
 		MaxJobTimeout: *maxJobTimeout,
 		PoisonDeaths:  *poisonDeaths,
@@ -113,6 +139,9 @@ Flags:
 	cfg.Pool.SessionIdleTTL = *sessionIdle
 	cfg.Pool.Worker = worker.Config{Command: workerCmd, Dir: *workerDir, StartupTimeout: *startupTimeout}
 
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 

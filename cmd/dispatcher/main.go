@@ -40,6 +40,7 @@ Commands:
   bench    measure the fleet against a raw pipe to the same worker
   chaos    run load while killing workers and agents, then reconcile every job
   up       a local stack: embedded NATS + N agent processes (Ctrl-C stops all)
+  queue    declare or list queues: queue add NAME [--max-msgs N ...] | queue list
 
 Run "dispatcher <command> --help" for a command's flags. Every flag can also
 be set with PROCFLEET_<FLAG>.
@@ -97,6 +98,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdChaos(ctx, rest, stdout, stderr)
 	case "up":
 		return cmdUp(ctx, rest, stdout, stderr)
+	case "queue":
+		return cmdQueue(ctx, rest, stdout, stderr)
 	default:
 		fmt.Fprint(stderr, usage)
 		return fmt.Errorf("unknown command %q", cmd)
@@ -153,6 +156,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	httpKey := fs.String("http-tls-key", "", "private key PEM of --http-tls-cert")
 	partitions := fs.Int("partitions", queue.DefaultPartitions, "session partitions, fixed when the stream is created")
 	metrics := fs.String("metrics", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9100 (default off)")
+	unroutable := fs.Duration("unroutable-after", 0, "dead-letter as unroutable a job that waited this long in a queue no agent has served for this long (default 0: jobs wait)")
 	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
@@ -204,7 +208,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	qc := c.queue()
 	qc.Partitions = *partitions
 	return dispatcher.Serve(ctx, nc, dispatcher.ServeConfig{Queue: qc, HTTPAddr: *httpAddr, HTTPTokens: tokens,
-		HTTPTLSCert: *httpCert, HTTPTLSKey: *httpKey, Logger: log, Registerer: reg})
+		HTTPTLSCert: *httpCert, HTTPTLSKey: *httpKey, Logger: log, Registerer: reg, UnroutableAfter: *unroutable})
 }
 
 // httpTokens gathers the HTTP API's tokens: those of the token file, plus
@@ -262,10 +266,11 @@ func connectClient(ctx context.Context, c *common) (*dispatcher.Client, *nats.Co
 
 func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var c common
-	fs := newFlags("submit", "submit [--session S] --command C [--payload JSON] [--id ID] [--at TIME | --in DUR] [--expires-in DUR] [--wait]", stderr)
+	fs := newFlags("submit", "submit [--queue Q] [--session S] --command C [--payload JSON] [--id ID] [--at TIME | --in DUR] [--expires-in DUR] [--wait]", stderr)
 	c.register(fs)
 	var steer steerFlags // delay and deadline: schedule.go
 	steer.register(fs)
+	queueName := fs.String("queue", queue.DefaultQueue, "the job's queue (it must exist: see dispatcher queue add)")
 	session := fs.String("session", "", "session id (empty: an anonymous job any agent may take)")
 	command := fs.String("command", "", "the worker command to run (required)")
 	payload := fs.String("payload", "null", "JSON payload")
@@ -300,7 +305,9 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	var jobID string
 	var jobSeq uint64
 	if due.IsZero() {
-		jobID, jobSeq, err = client.SubmitSeq(ctx, *session, job)
+		jobID, jobSeq, err = client.SubmitTo(ctx, *queueName, *session, job)
+	} else if *queueName != queue.DefaultQueue {
+		return fmt.Errorf("--at/--in: a delayed job goes to the default queue only, not to queue %s", *queueName)
 	} else {
 		// Its stream sequence comes when it fires: wait for any.
 		jobID, err = client.SubmitAt(ctx, *session, job, due)
@@ -317,8 +324,14 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	wctx, cancel := context.WithTimeout(ctx, *waitFor)
 	defer cancel()
-	res, err := client.ResultFor(wctx, jobID, jobSeq, func() {
-		fmt.Fprintf(stderr, "warning: no agent is registered; job %s is queued and will run when an agent starts\n", jobID)
+	res, err := client.ResultOn(wctx, *queueName, jobID, jobSeq, func(agents int) {
+		if agents == 0 {
+			fmt.Fprintf(stderr, "warning: no agent is registered; job %s is queued and will run when an agent serving queue %s starts\n", jobID, *queueName)
+		} else {
+			fmt.Fprintf(stderr, "warning: no agent serves queue %s (%d agents serve other queues); job %s is queued and will run when an agent serving %s starts\n",
+				*queueName, agents, jobID, *queueName)
+		}
+		fmt.Fprintf(stderr, "         (a dispatcher run with --unroutable-after dead-letters it as unroutable after that long)\n")
 	})
 	if err != nil {
 		return fmt.Errorf("waiting for job %s: %w", jobID, err)
@@ -411,9 +424,13 @@ func cmdDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			fmt.Fprintln(stdout, "no dead letters")
 			return nil
 		}
-		fmt.Fprintf(stdout, "%-6s  %-24s  %-12s  %-9s  %-8s  %s\n", "SEQ", "JOB", "SESSION", "KIND", "ATTEMPTS", "ERROR")
+		fmt.Fprintf(stdout, "%-6s  %-24s  %-10s  %-12s  %-10s  %-8s  %s\n", "SEQ", "JOB", "QUEUE", "SESSION", "KIND", "ATTEMPTS", "ERROR")
 		for _, e := range entries {
-			fmt.Fprintf(stdout, "%-6d  %-24s  %-12s  %-9s  %-8d  %s\n", e.Seq, e.JobID, e.Session, e.Kind, e.Attempts, e.Error)
+			q := e.Queue
+			if q == "" {
+				q = queue.DefaultQueue
+			}
+			fmt.Fprintf(stdout, "%-6d  %-24s  %-10s  %-12s  %-10s  %-8d  %s\n", e.Seq, e.JobID, q, e.Session, e.Kind, e.Attempts, e.Error)
 		}
 		return nil
 	case "replay":

@@ -48,9 +48,13 @@ type Config struct {
 	JobsPerSession int
 	// Anonymous is the number of jobs without a session. Default 1000.
 	Anonymous int
-	// WorkerCmd is the worker. Default: python3 examples/programs_worker.py,
-	// found from the current directory upwards.
+	// WorkerCmd is the worker of queue "programs", which runs the session
+	// jobs. Default: python3 examples/programs_worker.py, found from the
+	// current directory upwards.
 	WorkerCmd []string
+	// EchoCmd is the worker of queue "echo", which runs the anonymous jobs.
+	// Default: python3 examples/echo_worker.py.
+	EchoCmd []string
 	// Out receives the summary; Progress the progress bar. Defaults stdout
 	// and stderr.
 	Out, Progress io.Writer
@@ -66,8 +70,9 @@ type Report struct {
 	Latency     localfleet.Percentiles
 	Sessions    int
 	AffinityOK  int // sessions served by exactly one (agent, pid), in order
-	Failed      int
+	Failed      int // failed, or ran on another queue than submitted to
 	SessionRuns []SessionRun
+	PerQueue    map[string]int // ok jobs by the queue they ran on
 }
 
 // SessionRun says who served one session.
@@ -121,9 +126,24 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 		cfg.WorkerCmd = []string{"python3", p}
 	}
+	if len(cfg.EchoCmd) == 0 {
+		p, err := localfleet.FindExample("echo_worker.py")
+		if err != nil {
+			return nil, err
+		}
+		cfg.EchoCmd = []string{"python3", p}
+	}
+	// Two queues, two kinds of worker, one pool each in every agent.
 	acfg := agent.Config{Logger: cfg.Logger}
-	acfg.Pool.Size = cfg.Workers
-	acfg.Pool.Worker = worker.Config{Command: cfg.WorkerCmd, StartupTimeout: 20 * time.Second}
+	pool := func(cmd []string) agent.QueueConfig {
+		var q agent.QueueConfig
+		q.Pool.Size = cfg.Workers
+		q.Pool.Worker = worker.Config{Command: cmd, StartupTimeout: 20 * time.Second}
+		return q
+	}
+	programs, echo := pool(cfg.WorkerCmd), pool(cfg.EchoCmd)
+	programs.Name, echo.Name = "programs", "echo"
+	acfg.Queues = []agent.QueueConfig{programs, echo}
 	f, err := localfleet.Start(ctx, localfleet.Config{
 		TempPattern: "procfleet-demo-", Name: "procfleet-demo", Agent: acfg,
 		// The agents start below, after the announcement.
@@ -136,7 +156,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	fmt.Fprintf(cfg.Progress, "embedded NATS with JetStream at %s\n", f.URL)
 	client := f.Client
 
-	fmt.Fprintf(cfg.Progress, "starting %d agents x %d workers: %s\n", cfg.Agents, cfg.Workers, strings.Join(cfg.WorkerCmd, " "))
+	fmt.Fprintf(cfg.Progress, "starting %d agents, each serving queue programs (%d x %s) and queue echo (%d x %s)\n",
+		cfg.Agents, cfg.Workers, strings.Join(cfg.WorkerCmd, " "), cfg.Workers, strings.Join(cfg.EchoCmd, " "))
 	for i := range cfg.Agents {
 		acfg.Name = fmt.Sprintf("agent-%d", i+1)
 		if _, err := f.StartAgent(ctx, acfg); err != nil {
@@ -169,13 +190,13 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		session := fmt.Sprintf("demo-%d", s)
 		for j := range cfg.JobsPerSession {
 			id := fmt.Sprintf("d%x-s%d-%d", run, s, j)
-			subs = append(subs, dispatcher.Submission{Session: session, Job: &queue.Job{ID: id, Command: "session_info", Payload: json.RawMessage(fmt.Sprintf(`{"seq":%d}`, j))}})
+			subs = append(subs, dispatcher.Submission{Queue: "programs", Session: session, Job: &queue.Job{ID: id, Command: "session_info", Payload: json.RawMessage(fmt.Sprintf(`{"seq":%d}`, j))}})
 			meta[id] = sent{session: session, seq: j}
 		}
 	}
 	for i := range cfg.Anonymous {
 		id := fmt.Sprintf("d%x-a%d", run, i)
-		subs = append(subs, dispatcher.Submission{Job: &queue.Job{ID: id, Command: "echo", Payload: json.RawMessage(fmt.Sprintf(`{"n":%d}`, i))}})
+		subs = append(subs, dispatcher.Submission{Queue: "echo", Job: &queue.Job{ID: id, Command: "echo", Payload: json.RawMessage(fmt.Sprintf(`{"n":%d}`, i))}})
 		meta[id] = sent{seq: i}
 	}
 	// Interleave sessions so that partitions fill evenly, keeping each
@@ -186,7 +207,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 
 	start := time.Now()
-	fmt.Fprintf(cfg.Progress, "submitting %d jobs (%d sessions x %d, %d anonymous)\n", len(subs), cfg.Sessions, cfg.JobsPerSession, cfg.Anonymous)
+	fmt.Fprintf(cfg.Progress, "submitting %d jobs (queue programs: %d sessions x %d; queue echo: %d anonymous)\n", len(subs), cfg.Sessions, cfg.JobsPerSession, cfg.Anonymous)
 	for i := range subs {
 		m := meta[subs[i].Job.ID]
 		m.at = time.Now()
@@ -205,7 +226,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	elapsed := time.Since(start)
 
-	rep := &Report{Jobs: len(subs), Elapsed: elapsed, Throughput: float64(len(subs)) / elapsed.Seconds(), Sessions: cfg.Sessions}
+	rep := &Report{Jobs: len(subs), Elapsed: elapsed, Throughput: float64(len(subs)) / elapsed.Seconds(), Sessions: cfg.Sessions,
+		PerQueue: map[string]int{}}
 	var lat []time.Duration
 	served := map[string]map[string]bool{}
 	inOrder := map[string]bool{}
@@ -213,10 +235,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		m := meta[s.Job.ID]
 		r, at, _ := col.Result(s.Job.ID)
 		lat = append(lat, at.Sub(m.at))
-		if !r.OK {
+		if !r.OK || r.Queue != s.Queue {
 			rep.Failed++
 			continue
 		}
+		rep.PerQueue[r.Queue]++
 		if m.session == "" {
 			continue
 		}
@@ -260,6 +283,7 @@ func (r *Report) write(w io.Writer) {
 	fmt.Fprintf(w, "  jobs:        %d (%d failed)\n", r.Jobs, r.Failed)
 	fmt.Fprintf(w, "  elapsed:     %s\n", r.Elapsed.Round(time.Millisecond))
 	fmt.Fprintf(w, "  throughput:  %.0f jobs/s\n", r.Throughput)
+	fmt.Fprintf(w, "  queues:      programs %d ok (programs_worker.py), echo %d ok (echo_worker.py)\n", r.PerQueue["programs"], r.PerQueue["echo"])
 	fmt.Fprintf(w, "  latency:     p50 %s  p90 %s  p99 %s  max %s (submit to result, queued behind the batch)\n",
 		r.Latency.P50.Round(time.Microsecond), r.Latency.P90.Round(time.Microsecond), r.Latency.P99.Round(time.Microsecond), r.Latency.Max.Round(time.Microsecond))
 	fmt.Fprintf(w, "  affinity:    %d/%d sessions served by exactly one agent/worker, in FIFO order\n", r.AffinityOK, r.Sessions)

@@ -22,10 +22,10 @@ func TestDemoSmall(t *testing.T) {
 	if err != nil {
 		t.Fatalf("demo: %v\n%s", err, out.String())
 	}
-	if rep.Jobs != 34 || rep.AffinityOK != 6 || rep.Failed != 0 {
+	if rep.Jobs != 34 || rep.AffinityOK != 6 || rep.Failed != 0 || rep.PerQueue["programs"] != 24 || rep.PerQueue["echo"] != 10 {
 		t.Fatalf("report %+v", rep)
 	}
-	for _, want := range []string{"throughput", "p99", "affinity:    6/6"} {
+	for _, want := range []string{"throughput", "p99", "affinity:    6/6", "programs 24 ok", "echo 10 ok"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("summary lacks %q:\n%s", want, out.String())
 		}

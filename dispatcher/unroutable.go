@@ -1,0 +1,164 @@
+package dispatcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/procfleet/procfleet/queue"
+)
+
+// maxSweep bounds the jobs one sweep of one queue dead-letters.
+const maxSweep = 1000
+
+// sweeper watches every queue: it starts a max-deliveries watcher for each
+// queue it finds and, when after > 0, dead-letters as unroutable the jobs of
+// a queue that no live agent has served for after, once they have waited
+// that long.
+type sweeper struct {
+	c       *Client
+	after   time.Duration
+	log     *zap.Logger
+	watched map[string]bool
+	// unserved is when each queue was first seen without a live agent
+	// serving it (this sweeper's view; a restart starts it afresh).
+	unserved map[string]time.Time
+}
+
+// run sweeps until ctx ends.
+func (s *sweeper) run(ctx context.Context) {
+	every := 5 * time.Second
+	if s.after > 0 {
+		every = min(every, max(s.after/4, 100*time.Millisecond))
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		if err := s.sweep(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("queue sweep", zap.Error(err))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (s *sweeper) sweep(ctx context.Context) error {
+	names, err := queue.ListQueues(ctx, s.c.js, s.c.topo.Config)
+	if err != nil {
+		return err
+	}
+	var agents []queue.AgentInfo
+	if s.after > 0 {
+		if agents, err = s.c.topo.ListAgents(ctx); err != nil {
+			return err
+		}
+	}
+	for _, n := range names {
+		t, err := s.c.Queue(ctx, n)
+		if err != nil {
+			return err
+		}
+		if !s.watched[n] && n != s.c.topo.Config.QueueName() {
+			// Serve watches its own queue already.
+			if err := t.WatchMaxDeliveries(ctx, s.c.nc, "dispatcher", s.log); err != nil {
+				return err
+			}
+			s.watched[n] = true
+		}
+		if s.after <= 0 {
+			continue
+		}
+		if len(servers(agents, n)) > 0 {
+			delete(s.unserved, n)
+			continue
+		}
+		since, ok := s.unserved[n]
+		if !ok {
+			since = time.Now()
+			s.unserved[n] = since
+		}
+		// A job is unroutable once it has waited `after` and its queue has
+		// had no server for as long: a queue whose agents all restart at
+		// once does not lose its old backlog.
+		if time.Since(since) >= s.after {
+			if err := s.deadLetterUnserved(ctx, t); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// deadLetterUnserved dead-letters, oldest first, the jobs of t's queue
+// published more than s.after ago.
+func (s *sweeper) deadLetterUnserved(ctx context.Context, t *queue.Topology) error {
+	si, err := t.Jobs.Info(ctx)
+	if err != nil || si.State.Msgs == 0 {
+		return err
+	}
+	q := t.Config.QueueName()
+	cutoff := time.Now().Add(-s.after)
+	done := 0
+	for seq := si.State.FirstSeq; seq <= si.State.LastSeq && done < maxSweep; seq++ {
+		m, err := t.Jobs.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("queue %s: job %d: %w", q, seq, err)
+		}
+		if m.Time.After(cutoff) {
+			return nil // jobs are stored in time order: the rest are younger
+		}
+		if err := s.unroutable(ctx, t, m); err != nil {
+			return err
+		}
+		done++
+	}
+	return nil
+}
+
+// unroutable stores the job's dead letter and unroutable result (under the
+// id rule, in that order, as agents do), then deletes it from its queue.
+func (s *sweeper) unroutable(ctx context.Context, t *queue.Topology, m *jetstream.RawStreamMsg) error {
+	q := t.Config.QueueName()
+	reason := fmt.Sprintf("no agent served queue %q for %s (dispatcher serve --unroutable-after %s)",
+		q, time.Since(m.Time).Round(time.Second), s.after)
+	var id, session string
+	job, err := queue.ParseJob(m.Subject, m.Header, m.Data, m.Sequence, t.Config)
+	var bre *queue.BadRequestError
+	switch {
+	case err == nil:
+		id, session = job.ID, job.Session
+	case errors.As(err, &bre):
+		id, session = bre.JobID, bre.Session
+	}
+	now := time.Now().UTC()
+	r := &queue.Result{
+		ID: id, JobSeq: m.Sequence, Queue: q, Session: session, Agent: "dispatcher",
+		EnqueuedAt: m.Time, FinishedAt: now,
+		Error: &queue.ErrorInfo{Kind: queue.KindUnroutable, Message: reason},
+	}
+	d := &queue.DeadLetter{
+		JobID: id, Session: session, Subject: m.Subject, Queue: q, Job: m.Data, Headers: m.Header,
+		Kind: queue.KindUnroutable, Error: reason, Agent: "dispatcher", StreamSeq: m.Sequence, At: now,
+	}
+	if err := t.WriteDeadLetter(ctx, d); err != nil {
+		return fmt.Errorf("queue %s: dead letter %s: %w", q, id, err)
+	}
+	if err := t.StoreResult(ctx, r); err != nil {
+		return fmt.Errorf("queue %s: store unroutable result of %s: %w", q, id, err)
+	}
+	if err := t.Jobs.DeleteMsg(ctx, m.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return fmt.Errorf("queue %s: delete unroutable job %s: %w", q, id, err)
+	}
+	s.log.Warn("job unroutable, moved to DLQ", zap.String("queue", q), zap.String("job_id", id), zap.Uint64("stream_seq", m.Sequence))
+	return nil
+}
