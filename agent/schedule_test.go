@@ -18,7 +18,7 @@ import (
 // holds it, not a timer of ours.
 func TestDelayedJobStartsOnTime(t *testing.T) {
 	t.Parallel()
-	f := fleettest.StartFleet(t, fleetConfig(1, 1))
+	f := fleettest.StartFleet(t, withSchedules(fleetConfig(1, 1)))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
@@ -60,7 +60,7 @@ func TestDelayedJobStartsOnTime(t *testing.T) {
 // submitted latest-due first, run in each session in due-time order.
 func TestDelayedJobsKeepSessionOrder(t *testing.T) {
 	t.Parallel()
-	cfg, execLog := withExecLog(t, fleetConfig(2, 3))
+	cfg, execLog := withExecLog(t, withSchedules(fleetConfig(2, 3)))
 	f := fleettest.StartFleet(t, cfg)
 	f.WaitBalanced(t, 30*time.Second) // no partition moves while jobs fire
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
@@ -122,7 +122,7 @@ type execAt struct {
 // stops when removed.
 func TestPeriodicScheduleFiresAndStops(t *testing.T) {
 	t.Parallel()
-	cfg, execLog := withExecLog(t, fleetConfig(1, 2))
+	cfg, execLog := withExecLog(t, withSchedules(fleetConfig(1, 2)))
 	f := fleettest.StartFleet(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
@@ -222,7 +222,7 @@ func TestPeriodicScheduleFiresAndStops(t *testing.T) {
 // deadline runs.
 func TestExpiredJobNeverRuns(t *testing.T) {
 	t.Parallel()
-	cfg, execLog := withExecLog(t, fleetConfig(1, 1))
+	cfg, execLog := withExecLog(t, withSchedules(fleetConfig(1, 1)))
 	f := fleettest.StartFleet(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -289,4 +289,11 @@ func TestExpiredJobNeverRuns(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// withSchedules turns on message schedules (off by default: see
+// queue.Config.Schedules).
+func withSchedules(cfg fleettest.FleetConfig) fleettest.FleetConfig {
+	cfg.Agent.Queue.Schedules = true
+	return cfg
 }

@@ -14,7 +14,7 @@ import (
 func TestSchedulePermissions(t *testing.T) {
 	t.Parallel()
 	s := startSecuredServer(t)
-	dtopo, dispatcher := s.ensureTopology(t, queue.Config{})
+	dtopo, dispatcher := s.ensureTopology(t, queue.Config{Schedules: true})
 	client := s.connect(t, userClient)
 	ctopo := client.open(t)
 	ctx := testCtx(t)

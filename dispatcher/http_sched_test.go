@@ -19,7 +19,7 @@ import (
 func TestHTTPSchedules(t *testing.T) {
 	t.Parallel()
 	nc := fleettest.StartServer(t).Connect(t)
-	s := startServe(t, nc, dispatcher.ServeConfig{HTTPTokens: testTokens()})
+	s := startServe(t, nc, dispatcher.ServeConfig{HTTPTokens: testTokens(), Queue: queue.Config{Schedules: true}})
 	future := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
 	for _, tc := range []struct {
 		name, method, path, token, body string
@@ -56,7 +56,7 @@ func TestHTTPSchedules(t *testing.T) {
 	if err != nil || !strings.Contains(string(msg.Data), `"due":"`) {
 		t.Fatalf("fleet.api.submit with in: %v %s", err, msgData(msg))
 	}
-	c, err := dispatcher.NewClient(context.Background(), nc, queue.Config{})
+	c, err := dispatcher.NewClient(context.Background(), nc, queue.Config{Schedules: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,6 +34,16 @@ type Config struct {
 	// another value is a *MismatchError. Open with 0 adopts the stream's.
 	Partitions int
 
+	// Schedules lets the jobs streams hold delayed and periodic jobs (the
+	// server's message schedules: fleet.delay.<id>, fleet.schedule.<name>).
+	// Default off, because the server then also turns on roll-ups for those
+	// streams: any client allowed to publish a job could send a
+	// "Nats-Rollup: all" header and purge every waiting job. Turn it on
+	// (`dispatcher serve --schedules`) only where every job publisher is
+	// trusted. Ensure turns it on for an existing stream; the server cannot
+	// turn it off again.
+	Schedules bool
+
 	// Replicas for every stream and bucket. Default 1.
 	Replicas int
 

@@ -53,7 +53,7 @@ var (
 	// messages: the server is older than 2.12, or the stream was made before
 	// procfleet used schedules and nobody with the right to update it has run
 	// Ensure (`dispatcher serve`) since.
-	ErrSchedulesUnsupported = errors.New("queue: the jobs stream does not allow message schedules (needs nats-server 2.12 or later, and `dispatcher serve` to upgrade the stream)")
+	ErrSchedulesUnsupported = errors.New("queue: the jobs stream does not allow message schedules (they are off by default: run `dispatcher serve --schedules`, on nats-server 2.12 or later, to turn them on)")
 )
 
 // ScheduleSubject is where the periodic schedule name lives,
@@ -104,6 +104,9 @@ func (c Config) scheduleSubjects() []string {
 // limits the discard policy never applies, and is set to the server's
 // default.
 func (c Config) withSchedules(sc jetstream.StreamConfig) jetstream.StreamConfig {
+	if !c.Schedules {
+		return sc
+	}
 	if sc.Discard == jetstream.DiscardNew && (sc.MaxMsgs > 0 || sc.MaxBytes > 0) {
 		return sc
 	}

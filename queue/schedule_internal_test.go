@@ -13,7 +13,7 @@ import (
 // one without limits gets them.
 func TestWithSchedulesDiscardRule(t *testing.T) {
 	t.Parallel()
-	c := Config{}.WithDefaults()
+	c := Config{Schedules: true}.WithDefaults()
 	limited := c.withSchedules(jetstream.StreamConfig{Subjects: []string{"fleet.job.any"}, Discard: jetstream.DiscardNew, MaxMsgs: 10, MaxBytes: -1})
 	if limited.AllowMsgSchedules || limited.Discard != jetstream.DiscardNew || len(limited.Subjects) != 1 {
 		t.Fatalf("limited stream: %+v", limited)

@@ -26,7 +26,7 @@ func TestEnsureUpgradesJobsStreamForSchedules(t *testing.T) {
 	url := startServer(t)
 	_, js := connect(t, url)
 	ctx := testCtx(t)
-	cfg := queue.Config{Partitions: 8}
+	cfg := queue.Config{Partitions: 8, Schedules: true}
 	// The topology as Ensure makes it, then FLEET_JOBS as the versions
 	// before schedules created it.
 	if _, err := queue.Ensure(ctx, js, cfg); err != nil {
@@ -88,7 +88,7 @@ func TestEnsureUpgradesJobsStreamForSchedules(t *testing.T) {
 // a resubmitted delayed job is a duplicate.
 func TestSubmitAtInput(t *testing.T) {
 	t.Parallel()
-	b := setup(t, queue.Config{})
+	b := setup(t, queue.Config{Schedules: true})
 	ctx := testCtx(t)
 	_, err := b.topo.SubmitAt(ctx, "s", &queue.Job{Command: "echo"}, time.Now().Add(-time.Hour))
 	if !errors.Is(err, queue.ErrBadRequest) || !strings.Contains(err.Error(), "in the past") {
@@ -128,7 +128,7 @@ func TestSubmitAtInput(t *testing.T) {
 // its next firing in its zone.
 func TestAddScheduleInput(t *testing.T) {
 	t.Parallel()
-	b := setup(t, queue.Config{})
+	b := setup(t, queue.Config{Schedules: true})
 	ctx := testCtx(t)
 	job := func() *queue.Job { return &queue.Job{Command: "echo"} }
 	for _, tc := range []struct {
@@ -248,7 +248,7 @@ func TestSchedulesSurviveServerRestart(t *testing.T) {
 		return s, js
 	}
 	ctx := testCtx(t)
-	cfg := queue.Config{Partitions: 8}
+	cfg := queue.Config{Partitions: 8, Schedules: true}
 	s1, js := start()
 	topo, err := queue.Ensure(ctx, js, cfg)
 	if err != nil {
@@ -302,7 +302,7 @@ func TestSchedulesSurviveServerRestart(t *testing.T) {
 // delayed job submitted again under the same id replaces the one waiting.
 func TestDelayedJobReplacedAfterDedupWindow(t *testing.T) {
 	t.Parallel()
-	b := setup(t, queue.Config{DedupWindow: time.Second})
+	b := setup(t, queue.Config{DedupWindow: time.Second, Schedules: true})
 	ctx := testCtx(t)
 	first := time.Now().Add(time.Hour)
 	if _, err := b.topo.SubmitAt(ctx, "s", &queue.Job{ID: "d1", Command: "echo"}, first); err != nil {

@@ -155,6 +155,8 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	httpCert := fs.String("http-tls-cert", "", "serve HTTPS with this PEM certificate (with --http-tls-key)")
 	httpKey := fs.String("http-tls-key", "", "private key PEM of --http-tls-cert")
 	partitions := fs.Int("partitions", queue.DefaultPartitions, "session partitions, fixed when the stream is created")
+	schedules := fs.Bool("schedules", false, "allow delayed and periodic jobs (the server's message schedules); the server then also "+
+		"allows Nats-Rollup headers on the jobs streams, so any job publisher could purge waiting jobs: only where every publisher is trusted")
 	metrics := fs.String("metrics", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9100 (default off)")
 	unroutable := fs.Duration("unroutable-after", 0, "dead-letter as unroutable a job that waited this long in a queue no agent has served for this long (default 0: jobs wait)")
 	if err := cli.Parse(fs, args); err != nil {
@@ -207,6 +209,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	defer nc.Close()
 	qc := c.queue()
 	qc.Partitions = *partitions
+	qc.Schedules = *schedules
 	return dispatcher.Serve(ctx, nc, dispatcher.ServeConfig{Queue: qc, HTTPAddr: *httpAddr, HTTPTokens: tokens,
 		HTTPTLSCert: *httpCert, HTTPTLSKey: *httpKey, Logger: log, Registerer: reg, UnroutableAfter: *unroutable})
 }

@@ -19,7 +19,7 @@ func TestScheduleCommands(t *testing.T) {
 	s := fleettest.StartServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := dispatcher.EnsureClient(ctx, s.Connect(t), queue.Config{}); err != nil {
+	if _, err := dispatcher.EnsureClient(ctx, s.Connect(t), queue.Config{Schedules: true}); err != nil {
 		t.Fatal(err)
 	}
 	url := s.URL
