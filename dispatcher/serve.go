@@ -161,36 +161,10 @@ func Serve(ctx context.Context, nc *nats.Conn, cfg ServeConfig) error {
 	}
 	defer func() { _ = svc.Stop() }()
 	g := svc.AddGroup(qcfg.Prefix + ".api")
-	if err := g.AddEndpoint("submit", micro.HandlerFunc(func(req micro.Request) {
-		reply, err := c.handleSubmit(ctx, req.Data())
-		if err != nil {
-			msg := err.Error()
-			code := statusOf(err)
-			if code == http.StatusInternalServerError {
-				log.Error("submit", zap.Error(err))
-				msg = "internal error (see the dispatcher's log)"
-			}
-			_ = req.Error(strconv.Itoa(code), msg, nil)
-			return
-		}
-		_ = req.RespondJSON(reply)
-	})); err != nil {
+	if err := g.AddEndpoint("submit", apiHandler(log, "submit", func(data []byte) (any, error) { return c.handleSubmit(ctx, data) })); err != nil {
 		return err
 	}
-	if err := g.AddEndpoint("cancel", micro.HandlerFunc(func(req micro.Request) {
-		reply, err := c.handleCancel(ctx, req.Data())
-		if err != nil {
-			msg := err.Error()
-			code := statusOf(err)
-			if code == http.StatusInternalServerError {
-				log.Error("cancel", zap.Error(err))
-				msg = "internal error (see the dispatcher's log)"
-			}
-			_ = req.Error(strconv.Itoa(code), msg, nil)
-			return
-		}
-		_ = req.RespondJSON(reply)
-	})); err != nil {
+	if err := g.AddEndpoint("cancel", apiHandler(log, "cancel", func(data []byte) (any, error) { return c.handleCancel(ctx, data) })); err != nil {
 		return err
 	}
 	if err := g.AddEndpoint("status", micro.HandlerFunc(func(req micro.Request) {
@@ -301,4 +275,24 @@ func parseSubmit(body []byte) (*SubmitRequest, error) {
 		return nil, badRequest("missing job")
 	}
 	return &req, nil
+}
+
+// apiHandler answers a micro request with handle's reply, or with the
+// error's HTTP-style status code; an internal error is logged, and the
+// caller is told only to look at the log.
+func apiHandler(log *zap.Logger, name string, handle func(data []byte) (any, error)) micro.Handler {
+	return micro.HandlerFunc(func(req micro.Request) {
+		reply, err := handle(req.Data())
+		if err != nil {
+			msg := err.Error()
+			code := statusOf(err)
+			if code == http.StatusInternalServerError {
+				log.Error(name, zap.Error(err))
+				msg = "internal error (see the dispatcher's log)"
+			}
+			_ = req.Error(strconv.Itoa(code), msg, nil)
+			return
+		}
+		_ = req.RespondJSON(reply)
+	})
 }
