@@ -111,7 +111,8 @@ func TestWorkerDiesAfterValidation(t *testing.T) {
 			wantCheckoutErr(t, err, pool.ErrWorkerDead)
 			continue
 		}
-		go syscall.Kill(l.PID(), syscall.SIGKILL)
+		killed := make(chan error, 1)
+		go func(pid int) { killed <- syscall.Kill(pid, syscall.SIGKILL) }(l.PID())
 		res, err := l.Call(ctx, &worker.Call{Command: "echo", Payload: json.RawMessage(fmt.Sprint(i))})
 		if err != nil && !errors.As(err, &we) {
 			t.Fatalf("untyped error %v", err)
@@ -119,12 +120,25 @@ func TestWorkerDiesAfterValidation(t *testing.T) {
 		if err == nil && string(res.Value) != fmt.Sprint(i) {
 			t.Fatalf("got %s", res.Value)
 		}
+		// Let the kill land before the worker goes back: a kill still in
+		// flight would otherwise hit the next checkout of this worker
+		// (the final call below), not this call.
+		if err := <-killed; err != nil {
+			t.Fatal(err)
+		}
+		<-l.Worker().Done()
 		l.Release()
 	}
 	if st := p.Stats(); st.Removed < 2 {
 		t.Fatalf("stats %+v", st)
 	}
-	mustDo(t, p, pool.Request{}, "pid", nil)
+	// The last killed worker may still be in the pool: the next checkout
+	// then finds it dead and says so (typed), and the one after that gets
+	// its replacement.
+	if _, _, err := do(ctx, p, pool.Request{}, "pid", nil); err != nil {
+		wantCheckoutErr(t, err, pool.ErrWorkerDead)
+		mustDo(t, p, pool.Request{}, "pid", nil)
+	}
 }
 
 func TestCallFailuresReplaceWorker(t *testing.T) {
