@@ -132,8 +132,26 @@ func (c *Client) Result(ctx context.Context, id string, noAgents func()) (*queue
 // (from SubmitSeq; 0 for any): the result of another job that reused the id
 // is never returned.
 func (c *Client) ResultFor(ctx context.Context, id string, seq uint64, noAgents func()) (*queue.Result, error) {
-	if noAgents == nil {
-		return c.topo.WaitJobResult(ctx, c.nc, id, seq)
+	var unserved func([]queue.AgentInfo) bool
+	if noAgents != nil {
+		unserved = func(agents []queue.AgentInfo) bool {
+			if len(agents) > 0 {
+				return false
+			}
+			noAgents()
+			return true
+		}
+	}
+	return c.waitResult(ctx, c.topo, id, seq, unserved)
+}
+
+// waitResult waits for the result of job id (at stream sequence seq, 0 for
+// any) on t. While it waits it lists the agents every second, until
+// unserved (when not nil) reports that it has told the caller nobody will
+// run the job.
+func (c *Client) waitResult(ctx context.Context, t *queue.Topology, id string, seq uint64, unserved func(agents []queue.AgentInfo) bool) (*queue.Result, error) {
+	if unserved == nil {
+		return t.WaitJobResult(ctx, c.nc, id, seq)
 	}
 	wctx, cancel := context.WithCancel(ctx)
 	watcherDone := make(chan struct{})
@@ -143,22 +161,20 @@ func (c *Client) ResultFor(ctx context.Context, id string, seq uint64, noAgents 
 	}()
 	go func() {
 		defer close(watcherDone)
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
+		tk := time.NewTicker(time.Second)
+		defer tk.Stop()
 		for {
-			agents, err := c.topo.ListAgents(wctx)
-			if err == nil && len(agents) == 0 {
-				noAgents()
+			if agents, err := t.ListAgents(wctx); err == nil && unserved(agents) {
 				return
 			}
 			select {
 			case <-wctx.Done():
 				return
-			case <-t.C:
+			case <-tk.C:
 			}
 		}
 	}()
-	return c.topo.WaitJobResult(wctx, c.nc, id, seq)
+	return t.WaitJobResult(wctx, c.nc, id, seq)
 }
 
 // SubmitAndWait submits a job and waits for its own result.

@@ -127,32 +127,17 @@ func (c *Client) ResultOn(ctx context.Context, q, id string, seq uint64, noServe
 	if err != nil {
 		return nil, err
 	}
-	if noServer == nil {
-		return t.WaitJobResult(ctx, c.nc, id, seq)
-	}
-	wctx, cancel := context.WithCancel(ctx)
-	watcherDone := make(chan struct{})
-	defer func() {
-		cancel()
-		<-watcherDone
-	}()
-	go func() {
-		defer close(watcherDone)
-		tk := time.NewTicker(time.Second)
-		defer tk.Stop()
-		for {
-			if agents, err := t.ListAgents(wctx); err == nil && len(servers(agents, t.Config.QueueName())) == 0 {
-				noServer(len(agents))
-				return
+	var unserved func([]queue.AgentInfo) bool
+	if noServer != nil {
+		unserved = func(agents []queue.AgentInfo) bool {
+			if len(servers(agents, t.Config.QueueName())) > 0 {
+				return false
 			}
-			select {
-			case <-wctx.Done():
-				return
-			case <-tk.C:
-			}
+			noServer(len(agents))
+			return true
 		}
-	}()
-	return t.WaitJobResult(wctx, c.nc, id, seq)
+	}
+	return c.waitResult(ctx, t, id, seq, unserved)
 }
 
 // servers returns the names of the agents serving q.
