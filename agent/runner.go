@@ -209,10 +209,19 @@ func (r *runner) pull(ctx context.Context, backlog int) (int, error) {
 			return 0, nil
 		}
 		// A pull request still open when the claim lapses could deliver
-		// to this agent what the partition's next owner should get.
-		fctx, cancel := context.WithDeadline(ctx, earliest(time.Now().Add(a.cfg.FetchWait), deadline))
-		defer cancel()
-		msgs, err = r.cons.Fetch(1, jetstream.FetchContext(fctx))
+		// to this agent what the partition's next owner should get, so
+		// the server expires it by then. The client waits for the
+		// server's word (its 408 at expiry, or the message) rather than
+		// a deadline of its own, even when ctx ends: a message the
+		// server sends just as a client-side deadline fires is dropped
+		// by the client unacked, and comes back only after AckWait,
+		// behind the later jobs of its session. One that arrives after
+		// a drain began is naked at once by dispatch instead.
+		wait := earliest(time.Now().Add(a.cfg.FetchWait), deadline).Sub(time.Now())
+		if wait <= 0 {
+			return 0, nil
+		}
+		msgs, err = r.cons.Fetch(1, jetstream.FetchMaxWait(wait))
 	}
 	got := 0
 	backlog = 0
