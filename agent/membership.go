@@ -218,10 +218,9 @@ func (a *Agent) heartbeatLoop() {
 	}
 }
 
-// membershipLoop renews every queue's leases and reconciles each queue's
-// owned partitions with the rendezvous assignment over the live agents
-// serving that queue, at once when the registry watch reports a join or a
-// departure.
+// membershipLoop renews every queue's leases and rebalances each queue's
+// partitions over the live agents serving that queue (lane.rebalance), at
+// once when the registry watch reports a join or a departure.
 func (a *Agent) membershipLoop() {
 	defer a.loops.Done()
 	ctx := a.loopCtx
@@ -294,66 +293,139 @@ func (a *lane) renewLeases(ctx context.Context) {
 	}
 }
 
-// rebalance takes the partitions rendezvous hashing over names (the live
-// agents serving this queue, sorted) gives this agent and hands back the
-// ones it no longer should own.
+// rebalance applies queue.Rebalance to this agent's view: names (the live
+// agents serving this queue, sorted; this agent among them) and who owns
+// what. The quotas come from the membership alone, so an agent at its
+// quota, as every agent is once the fleet has settled, moves nothing and
+// reads nothing. One over its quota hands over the excess, its
+// lowest-scoring partitions, which its own holdings decide. One under its
+// quota reads the lease table and takes the orphans (no lease, or a lease
+// of an agent that is not live) that Rebalance gives it; if it is still
+// under quota then, also any orphan that was one in its previous reading:
+// views differ for a moment (a registry event seen here first, a lease read
+// before a release), and an orphan must not wait on an agent that, in its
+// own view, leaves it to this one.
 func (a *lane) rebalance(ctx context.Context, names []string, gone map[string]time.Time) {
-	want := make(map[int]bool)
-	for p := range a.cfg.Queue.Partitions {
-		if queue.Rendezvous(p, names) == a.cfg.Name {
-			want[p] = true
+	self, partitions := a.cfg.Name, a.cfg.Queue.Partitions
+	quota := queue.Quotas(partitions, names)[self]
+	owners := make(map[int]string, partitions)
+	a.mu.Lock()
+	for p := range a.runners {
+		owners[p] = self
+	}
+	handing := maps.Clone(a.handing)
+	a.mu.Unlock()
+
+	held := len(owners)
+	var orphans map[int]bool
+	if held < quota {
+		leases, err := a.topo.LeaseOwners(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				a.log.Warn("read leases", zap.Error(err))
+			}
+			return
+		}
+		orphans = make(map[int]bool)
+		for p := range partitions {
+			l, ok := leases[p]
+			switch {
+			case owners[p] == self:
+				// Held: the renewals keep its lease or find it lost.
+			case ok && l.Owner != self && slices.Contains(names, l.Owner):
+				owners[p] = l.Owner
+			case handing[p]:
+				// Handed over (or lost) and still draining: an orphan
+				// for the others, not to be taken back before the drain
+				// ends.
+			default:
+				// No lease, one of an agent not live here (taken at once
+				// if it is gone, else once it expires), or this agent's
+				// own from before a restart.
+				orphans[p] = true
+			}
 		}
 	}
+	want := queue.Rebalance(partitions, names, owners)
 
 	a.mu.Lock()
 	var drop []*runner
 	for p, r := range a.runners {
-		if !want[p] {
+		if want[p] != self {
 			drop = append(drop, r)
 		}
 	}
-	var take []int
-	for p := range want {
-		if _, ok := a.runners[p]; !ok {
-			take = append(take, p)
-		}
-	}
 	a.mu.Unlock()
-
 	for _, r := range drop {
 		a.log.Info("handing partition over", zap.Int("partition", r.partition))
 		a.releasePartition(r, true)
 	}
-	slices.Sort(take)
+
+	prev := a.orphans
+	a.orphans = orphans
+	if held >= quota {
+		return
+	}
+	var take, spare []int
+	for p := range partitions {
+		switch {
+		case !orphans[p]:
+		case want[p] == self:
+			take = append(take, p)
+		case prev[p]:
+			spare = append(spare, p)
+		}
+	}
 	for _, p := range take {
-		if ctx.Err() != nil {
+		if held >= quota || ctx.Err() != nil {
 			return
 		}
-		sent := time.Now()
-		var lease *queue.Lease
-		var err error
-		if len(gone) > 0 {
-			lease, err = a.topo.TakeLease(ctx, p, a.cfg.Name, gone)
-		} else {
-			lease, err = a.topo.AcquireLease(ctx, p, a.cfg.Name)
+		if a.takePartition(ctx, p, gone) {
+			held++
 		}
-		if err != nil {
-			if !errors.Is(err, queue.ErrLeaseHeld) && ctx.Err() == nil {
-				a.log.Warn("acquire lease", zap.Int("partition", p), zap.Error(err))
-			}
-			continue // the old owner is draining, or its lease has not expired yet
-		}
-		cons, err := a.topo.PartitionConsumer(ctx, p)
-		if err != nil {
-			a.log.Warn("partition consumer", zap.Int("partition", p), zap.Error(err))
-			_ = a.topo.ReleaseLease(ctx, lease)
-			continue
-		}
-		a.mu.Lock()
-		a.runners[p] = a.newRunner(p, cons, lease, sent)
-		a.mu.Unlock()
-		a.log.Debug("took partition", zap.Int("partition", p))
 	}
+	if held < quota {
+		// Still under quota: views differ, or a planned partition is not
+		// free yet. Take what has stayed orphaned since the last reading.
+		for _, p := range spare {
+			if held >= quota || ctx.Err() != nil {
+				return
+			}
+			if a.takePartition(ctx, p, gone) {
+				held++
+			}
+		}
+	}
+}
+
+// takePartition takes partition p's lease (at once from an agent in gone)
+// and starts consuming it, and reports whether it did.
+func (a *lane) takePartition(ctx context.Context, p int, gone map[string]time.Time) bool {
+	sent := time.Now()
+	var lease *queue.Lease
+	var err error
+	if len(gone) > 0 {
+		lease, err = a.topo.TakeLease(ctx, p, a.cfg.Name, gone)
+	} else {
+		lease, err = a.topo.AcquireLease(ctx, p, a.cfg.Name)
+	}
+	if err != nil {
+		if !errors.Is(err, queue.ErrLeaseHeld) && ctx.Err() == nil {
+			a.log.Warn("acquire lease", zap.Int("partition", p), zap.Error(err))
+		}
+		return false // the old owner is draining, or its lease has not expired yet
+	}
+	cons, err := a.topo.PartitionConsumer(ctx, p)
+	if err != nil {
+		a.log.Warn("partition consumer", zap.Int("partition", p), zap.Error(err))
+		_ = a.topo.ReleaseLease(ctx, lease)
+		return false
+	}
+	a.mu.Lock()
+	a.runners[p] = a.newRunner(p, cons, lease, sent)
+	a.mu.Unlock()
+	a.log.Debug("took partition", zap.Int("partition", p))
+	return true
 }
 
 // releasePartition removes r from the owned set and drains it in the
@@ -368,10 +440,19 @@ func (a *lane) releasePartition(r *runner, release bool) {
 		return
 	}
 	delete(a.runners, r.partition)
+	if a.handing == nil {
+		a.handing = make(map[int]bool)
+	}
+	a.handing[r.partition] = true
 	a.mu.Unlock()
 	a.draining.Add(1)
 	go func() {
 		defer a.draining.Done()
+		defer func() {
+			a.mu.Lock()
+			delete(a.handing, r.partition)
+			a.mu.Unlock()
+		}()
 		r.drain(a.baseCtx)
 		if release && a.baseCtx.Err() == nil {
 			ctx, cancel := context.WithTimeout(a.baseCtx, 5*time.Second)
