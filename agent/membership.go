@@ -293,32 +293,26 @@ func (a *lane) renewLeases(ctx context.Context) {
 	}
 }
 
-// rebalance applies queue.Rebalance to this agent's view: names (the live
-// agents serving this queue, sorted; this agent among them) and who owns
-// what. The quotas come from the membership alone, so an agent at its
-// quota, as every agent is once the fleet has settled, moves nothing and
-// reads nothing. One over its quota hands over the excess, its
-// lowest-scoring partitions, which its own holdings decide. One under its
-// quota reads the lease table and takes the orphans (no lease, or a lease
-// of an agent that is not live) that Rebalance gives it; if it is still
-// under quota then, also any orphan that was one in its previous reading:
-// views differ for a moment (a registry event seen here first, a lease read
-// before a release), and an orphan must not wait on an agent that, in its
-// own view, leaves it to this one.
+// rebalance applies the agents' local rules (queue.AgentView.Step) to this
+// agent's view: names (the live agents serving this queue, sorted; this
+// agent among them), what it consumes and drains, and, only when it is
+// under its quota, the lease table. The quotas come from the membership
+// alone, so an agent at its quota, as every agent is once the fleet has
+// settled, moves nothing and reads nothing. One over its quota hands over
+// its lowest-scoring excess (releasePartition: the lease is deleted once
+// the drain ends). One under it takes the orphans Rebalance gives it, then
+// any orphan that stayed one since its last reading, a dead agent's at
+// once (TakeLease with gone).
 func (a *lane) rebalance(ctx context.Context, names []string, gone map[string]time.Time) {
-	self, partitions := a.cfg.Name, a.cfg.Queue.Partitions
-	quota := queue.Quotas(partitions, names)[self]
-	owners := make(map[int]string, partitions)
+	partitions := a.cfg.Queue.Partitions
+	v := queue.AgentView{Self: a.cfg.Name, Agents: names, Orphans: a.orphans}
 	a.mu.Lock()
-	for p := range a.runners {
-		owners[p] = self
+	v.Held = a.ownedLocked()
+	for p := range a.handing {
+		v.Handing = append(v.Handing, p)
 	}
-	handing := maps.Clone(a.handing)
 	a.mu.Unlock()
-
-	held := len(owners)
-	var orphans map[int]bool
-	if held < quota {
+	if v.NeedsLeases(partitions) {
 		leases, err := a.topo.LeaseOwners(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
@@ -326,32 +320,18 @@ func (a *lane) rebalance(ctx context.Context, names []string, gone map[string]ti
 			}
 			return
 		}
-		orphans = make(map[int]bool)
-		for p := range partitions {
-			l, ok := leases[p]
-			switch {
-			case owners[p] == self:
-				// Held: the renewals keep its lease or find it lost.
-			case ok && l.Owner != self && slices.Contains(names, l.Owner):
-				owners[p] = l.Owner
-			case handing[p]:
-				// Handed over (or lost) and still draining: an orphan
-				// for the others, not to be taken back before the drain
-				// ends.
-			default:
-				// No lease, one of an agent not live here (taken at once
-				// if it is gone, else once it expires), or this agent's
-				// own from before a restart.
-				orphans[p] = true
-			}
+		v.Leases = make(map[int]string, len(leases))
+		for p, l := range leases {
+			v.Leases[p] = l.Owner
 		}
 	}
-	want := queue.Rebalance(partitions, names, owners)
+	st := v.Step(partitions)
+	a.orphans = st.Orphans
 
 	a.mu.Lock()
 	var drop []*runner
-	for p, r := range a.runners {
-		if want[p] != self {
+	for _, p := range st.Release {
+		if r, ok := a.runners[p]; ok {
 			drop = append(drop, r)
 		}
 	}
@@ -360,40 +340,13 @@ func (a *lane) rebalance(ctx context.Context, names []string, gone map[string]ti
 		a.log.Info("handing partition over", zap.Int("partition", r.partition))
 		a.releasePartition(r, true)
 	}
-
-	prev := a.orphans
-	a.orphans = orphans
-	if held >= quota {
-		return
-	}
-	var take, spare []int
-	for p := range partitions {
-		switch {
-		case !orphans[p]:
-		case want[p] == self:
-			take = append(take, p)
-		case prev[p]:
-			spare = append(spare, p)
-		}
-	}
-	for _, p := range take {
-		if held >= quota || ctx.Err() != nil {
+	held := len(v.Held)
+	for _, p := range st.Take {
+		if held >= st.Quota || ctx.Err() != nil {
 			return
 		}
 		if a.takePartition(ctx, p, gone) {
 			held++
-		}
-	}
-	if held < quota {
-		// Still under quota: views differ, or a planned partition is not
-		// free yet. Take what has stayed orphaned since the last reading.
-		for _, p := range spare {
-			if held >= quota || ctx.Err() != nil {
-				return
-			}
-			if a.takePartition(ctx, p, gone) {
-				held++
-			}
 		}
 	}
 }

@@ -84,8 +84,12 @@ func Rebalance(partitions int, agents []string, owners map[int]string) map[int]s
 		ps := held[a]
 		if excess := len(ps) - q; excess > 0 {
 			// Keep the highest scores: release the excess lowest.
+			score := make(map[int]uint64, len(ps))
+			for _, p := range ps {
+				score[p] = rendezvousScore(p, a)
+			}
 			slices.SortFunc(ps, func(x, y int) int {
-				return cmp.Or(cmp.Compare(rendezvousScore(x, a), rendezvousScore(y, a)), cmp.Compare(x, y))
+				return cmp.Or(cmp.Compare(score[x], score[y]), cmp.Compare(x, y))
 			})
 			ps = ps[excess:]
 		}
@@ -121,6 +125,119 @@ func Rebalance(partitions int, agents []string, owners map[int]string) map[int]s
 		room[pr.a]--
 	}
 	return out
+}
+
+// AgentView is what one agent knows of a queue when it rebalances: the
+// input of its local rules (Step), which apply Rebalance to it.
+type AgentView struct {
+	// Self is the agent's name.
+	Self string
+	// Agents are the live agents serving the queue as Self sees them
+	// (Self is counted among them in any case).
+	Agents []string
+	// Held are the partitions Self consumes now.
+	Held []int
+	// Handing are the partitions Self has handed over (or lost) and still
+	// drains: not to be taken back before the drain ends.
+	Handing []int
+	// Leases is the lease table, partition -> holder, read only when
+	// NeedsLeases says so (nil otherwise).
+	Leases map[int]string
+	// Orphans are the orphans of Self's previous Step (its Orphans).
+	Orphans map[int]bool
+}
+
+// NeedsLeases reports whether Self must read the lease table before Step:
+// only an agent under its quota does, so a settled fleet reads nothing.
+func (v AgentView) NeedsLeases(partitions int) bool {
+	return len(v.Held) < v.quota(partitions)
+}
+
+func (v AgentView) quota(partitions int) int {
+	return Quotas(partitions, append(slices.Clone(v.Agents), v.Self))[v.Self]
+}
+
+// AgentStep is what one agent does in one round of rebalancing.
+type AgentStep struct {
+	// Quota is Self's quota.
+	Quota int
+	// Release are the partitions to hand over now, sorted: only ever the
+	// excess of an agent over its quota.
+	Release []int
+	// Take are the partitions to try to take, in order, for as long as
+	// Self holds fewer than Quota: first the orphans Rebalance gives Self,
+	// then the fallback, the other orphans that were orphans in the
+	// previous Step as well.
+	Take []int
+	// Orphans are the partitions without a live owner in this view
+	// (nil when the lease table was not read): the next view's Orphans.
+	Orphans map[int]bool
+}
+
+// Step applies the agents' local rules to v: Rebalance of Self's view
+// (Self's own holdings as Held says, others' from the lease table; a
+// partition with no lease, a lease of an agent not in Agents, or Self's own
+// lease on a partition it neither holds nor drains, as after a restart, is
+// an orphan). An agent at its quota does nothing; one over it releases its
+// lowest-scoring excess; one under it takes what Rebalance plans for it,
+// and then, so that no orphan waits on an agent whose view differs and
+// leaves it to another, any orphan that stayed one since its last Step.
+func (v AgentView) Step(partitions int) AgentStep {
+	agents := append(slices.Clone(v.Agents), v.Self)
+	st := AgentStep{Quota: Quotas(partitions, agents)[v.Self]}
+	owners := make(map[int]string, partitions)
+	for _, p := range v.Held {
+		owners[p] = v.Self
+	}
+	if v.Leases != nil && len(v.Held) < st.Quota {
+		live := make(map[string]bool, len(agents))
+		for _, a := range agents {
+			live[a] = true
+		}
+		handing := make(map[int]bool, len(v.Handing))
+		for _, p := range v.Handing {
+			handing[p] = true
+		}
+		st.Orphans = make(map[int]bool)
+		for p := range partitions {
+			holder, leased := v.Leases[p]
+			switch {
+			case owners[p] == v.Self:
+				// Held: the renewals keep its lease or find it lost.
+			case leased && holder != v.Self && live[holder]:
+				owners[p] = holder
+			case handing[p]:
+				// An orphan for the others, not yet for Self.
+			default:
+				st.Orphans[p] = true
+			}
+		}
+	}
+	if v.Leases == nil && len(v.Held) <= st.Quota {
+		return st // nothing to release, and nothing known to take
+	}
+	want := Rebalance(partitions, agents, owners)
+	for _, p := range v.Held {
+		if want[p] != v.Self {
+			st.Release = append(st.Release, p)
+		}
+	}
+	slices.Sort(st.Release)
+	if len(v.Held) >= st.Quota {
+		return st
+	}
+	var spare []int
+	for p := range partitions {
+		switch {
+		case !st.Orphans[p]:
+		case want[p] == v.Self:
+			st.Take = append(st.Take, p)
+		case v.Orphans[p]:
+			spare = append(spare, p)
+		}
+	}
+	st.Take = append(st.Take, spare...)
+	return st
 }
 
 // Balanced returns nil when owners is a settled assignment of partitions
@@ -162,11 +279,18 @@ func members(agents []string) []string {
 // fnv alone leaves nearby partition numbers with correlated scores, which
 // would hand runs of partitions to the same agent.
 func rendezvousScore(p int, agent string) uint64 {
-	h := fnv.New64a()
-	_, _ = h.Write([]byte(agent))
-	_, _ = h.Write([]byte{0})
-	_, _ = h.Write(strconv.AppendInt(nil, int64(p), 10))
-	x := h.Sum64()
+	const offset64, prime64 = 14695981039346656037, 1099511628211
+	x := uint64(offset64)
+	for i := range len(agent) {
+		x ^= uint64(agent[i])
+		x *= prime64
+	}
+	x *= prime64 // the 0 byte between agent and partition
+	var buf [20]byte
+	for _, c := range strconv.AppendInt(buf[:0], int64(p), 10) {
+		x ^= uint64(c)
+		x *= prime64
+	}
 	x ^= x >> 30
 	x *= 0xbf58476d1ce4e5b9
 	x ^= x >> 27

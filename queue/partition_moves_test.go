@@ -184,7 +184,7 @@ func TestPartitionMovesRandomFleets(t *testing.T) {
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 64))
 	c := &moveChecker{t: t}
-	for range 12 {
+	for range 30 {
 		partitions := 1 + rng.IntN(300)
 		fleet := []string{fmt.Sprintf("a%x", rng.Uint32())}
 		owners := settle(t, rng, partitions, fleet, nil)

@@ -207,7 +207,7 @@ func TestRebalance(t *testing.T) {
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 2))
-	for range 400 {
+	for range 1500 {
 		partitions := 1 + rng.IntN(130)
 		var fleet []string
 		for i := range 1 + rng.IntN(12) {
