@@ -271,3 +271,63 @@ func TestRebalance(t *testing.T) {
 		}
 	}
 }
+
+// TestAgentStep pins the local rules beyond Rebalance: an agent at its
+// quota reads nothing and does nothing; one under it takes first what
+// Rebalance plans for it, then an orphan planned for another agent only
+// once it stayed an orphan since the previous reading (the fallback); and
+// a partition it still drains is never taken back, nor one whose holder is
+// live.
+func TestAgentStep(t *testing.T) {
+	t.Parallel()
+	// 4 partitions over a, b: quota 2 each.
+	at := queue.AgentView{Self: "a", Agents: []string{"a", "b"}, Held: []int{0, 1}}
+	if at.NeedsLeases(4) {
+		t.Error("an agent at its quota asks for the lease table")
+	}
+	if st := at.Step(4); st.Quota != 2 || len(st.Release) != 0 || len(st.Take) != 0 {
+		t.Errorf("Step at quota = %+v, want nothing", st)
+	}
+	over := queue.AgentView{Self: "a", Agents: []string{"b"}, Held: []int{0, 1, 2, 3}}
+	if st := over.Step(4); len(st.Release) != 2 || len(st.Take) != 0 {
+		t.Errorf("Step over quota = %+v, want 2 released", st)
+	}
+
+	// a holds nothing, b holds nothing: all four are orphans; Rebalance
+	// plans two for a and two for b.
+	under := queue.AgentView{Self: "a", Agents: []string{"a", "b"}, Leases: map[int]string{}}
+	if !under.NeedsLeases(4) {
+		t.Fatal("an agent under its quota does not ask for the lease table")
+	}
+	plan := queue.Rebalance(4, []string{"a", "b"}, nil)
+	first := under.Step(4)
+	var mine, theirs []int
+	for p := range 4 {
+		if plan[p] == "a" {
+			mine = append(mine, p)
+		} else {
+			theirs = append(theirs, p)
+		}
+	}
+	if !slices.Equal(first.Take, mine) {
+		t.Errorf("first reading: Take = %v, want only the planned %v", first.Take, mine)
+	}
+	under.Orphans = first.Orphans
+	second := under.Step(4)
+	if want := append(slices.Clone(mine), theirs...); !slices.Equal(second.Take, want) {
+		t.Errorf("second reading: Take = %v, want the planned %v, then the orphans left to b %v", second.Take, mine, theirs)
+	}
+
+	// A partition a drains, and one a live b holds, are not taken; a lease
+	// of a's own on a partition it neither holds nor drains (a restart) is
+	// an orphan, and so is a lease of an agent not live.
+	v := queue.AgentView{Self: "a", Agents: []string{"a", "b"}, Handing: []int{mine[0]},
+		Leases: map[int]string{mine[0]: "a", theirs[0]: "b", mine[1]: "dead", theirs[1]: "a"}}
+	st := v.Step(4)
+	if slices.Contains(st.Take, mine[0]) || slices.Contains(st.Take, theirs[0]) {
+		t.Errorf("Take = %v includes the partition a drains (%d) or one b holds (%d)", st.Take, mine[0], theirs[0])
+	}
+	if !st.Orphans[mine[1]] || !st.Orphans[theirs[1]] || st.Orphans[mine[0]] || st.Orphans[theirs[0]] {
+		t.Errorf("Orphans = %v, want %d and %d only", st.Orphans, mine[1], theirs[1])
+	}
+}
