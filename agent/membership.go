@@ -340,15 +340,9 @@ func (a *lane) rebalance(ctx context.Context, names []string, gone map[string]ti
 		a.log.Info("handing partition over", zap.Int("partition", r.partition))
 		a.releasePartition(r, true)
 	}
-	held := len(v.Held)
-	for _, p := range st.Take {
-		if held >= st.Quota || ctx.Err() != nil {
-			return
-		}
-		if a.takePartition(ctx, p, gone) {
-			held++
-		}
-	}
+	st.Takes(len(v.Held)-len(drop), func(p int) bool {
+		return ctx.Err() == nil && a.takePartition(ctx, p, gone)
+	})
 }
 
 // takePartition takes partition p's lease (at once from an agent in gone)

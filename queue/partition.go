@@ -240,6 +240,21 @@ func (v AgentView) Step(partitions int) AgentStep {
 	return st
 }
 
+// Takes tries st.Take in order with take (which reports whether it got
+// the partition) for as long as Self, holding held partitions after the
+// releases, is under its quota, and returns how many it then holds.
+func (st AgentStep) Takes(held int, take func(p int) bool) int {
+	for _, p := range st.Take {
+		if held >= st.Quota {
+			break
+		}
+		if take(p) {
+			held++
+		}
+	}
+	return held
+}
+
 // Balanced returns nil when owners is a settled assignment of partitions
 // among agents: every partition owned by one of agents, and each agent
 // holding exactly its quota (Quotas), so that Rebalance moves nothing.

@@ -135,20 +135,22 @@ func (f *simFleet) act(a *simAgent) {
 		a.handing[p] = f.rng.IntN(3)
 	}
 	for _, p := range st.Take {
-		if len(a.held) >= st.Quota {
-			break
-		}
 		if _, draining := a.handing[p]; draining || a.held[p] {
 			t.Fatalf("%s told to take partition %d it holds or drains", a.name, p)
 		}
+	}
+	st.Takes(len(a.held), func(p int) bool {
 		holder, leased := f.leases[p]
 		_, holderAlive := f.agents[holder]
-		takeable := !leased || holder == a.name || (!holderAlive && !slices.Contains(a.view, holder))
-		if !takeable {
-			continue
+		if leased && holder != a.name && (holderAlive || slices.Contains(a.view, holder)) {
+			return false // held: by a live agent, or by one not yet seen gone
 		}
 		f.setLease(p, a.name)
 		a.held[p] = true
+		return true
+	})
+	if len(a.held) > st.Quota {
+		t.Fatalf("%s holds %d partitions, over its quota %d in its view %v", a.name, len(a.held), st.Quota, a.view)
 	}
 	// No partition is consumed by two live agents.
 	for _, b := range f.agents {
