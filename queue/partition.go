@@ -61,10 +61,10 @@ func Quotas(partitions int, agents []string) map[string]int {
 // (Rebalance of its own result changes nothing), and any part of the moves
 // done (releases alone, or releases and takes) leads to the same result:
 // agents acting on the same membership at different moments do not undo
-// each other's moves. Agents run it on their own view (see the agent's
-// membership loop), so the moves a join or a leave causes are exactly the
-// newcomer's quota or the leaver's holdings, at most ⌈partitions/N⌉. With
-// no agents the result is empty.
+// each other's moves. Agents run it on their own view (AgentView.Step), so
+// the moves a join or a leave causes are exactly the newcomer's quota or
+// the leaver's holdings, at most ⌈partitions/N⌉ for a fleet of N. With no
+// agents the result is empty.
 func Rebalance(partitions int, agents []string, owners map[int]string) map[int]string {
 	quota := Quotas(partitions, agents)
 	out := make(map[int]string, partitions)
