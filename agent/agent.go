@@ -52,6 +52,11 @@ type lane struct {
 	runners   map[int]*runner // by partition
 	anyRunner *runner
 	draining  sync.WaitGroup // drains started by rebalancing
+	handing   map[int]bool   // partitions released and still draining (membership.go)
+	// orphans are the partitions the last rebalance that read the lease
+	// table found without a live owner (membership.go); only the
+	// membership loop uses them.
+	orphans map[int]bool
 
 	started atomic.Bool
 	killed  *atomic.Bool // the Agent's

@@ -207,7 +207,7 @@ func TestLongJobNotRedelivered(t *testing.T) {
 }
 
 // TestNoConsumeWithoutLease: a partition whose lease another owner holds is
-// not consumed, however the rendezvous assignment falls, until that lease
+// not consumed, however the assignment falls, until that lease
 // is released.
 func TestNoConsumeWithoutLease(t *testing.T) {
 	t.Parallel()

@@ -2,8 +2,9 @@
 // contract (package queue) and a local worker pool (package pool).
 //
 // An Agent registers itself in the fleet_agents bucket and heartbeats there.
-// From the set of live agents it computes, by rendezvous hashing, which
-// session partitions it should own, and takes each through a lease in
+// From the set of live agents it computes its quota of the session
+// partitions (queue.Quotas); over it, it hands its excess over, and under
+// it, it takes the orphans queue.Rebalance gives it, each through a lease in
 // fleet_leases. For every partition it holds it runs a fetch loop on that
 // partition's durable consumer; anonymous jobs come from one shared consumer.
 // It watches the registry: a join or a departure rebalances at once, and the

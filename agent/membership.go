@@ -218,10 +218,9 @@ func (a *Agent) heartbeatLoop() {
 	}
 }
 
-// membershipLoop renews every queue's leases and reconciles each queue's
-// owned partitions with the rendezvous assignment over the live agents
-// serving that queue, at once when the registry watch reports a join or a
-// departure.
+// membershipLoop renews every queue's leases and rebalances each queue's
+// partitions over the live agents serving that queue (lane.rebalance), at
+// once when the registry watch reports a join or a departure.
 func (a *Agent) membershipLoop() {
 	defer a.loops.Done()
 	ctx := a.loopCtx
@@ -294,66 +293,86 @@ func (a *lane) renewLeases(ctx context.Context) {
 	}
 }
 
-// rebalance takes the partitions rendezvous hashing over names (the live
-// agents serving this queue, sorted) gives this agent and hands back the
-// ones it no longer should own.
+// rebalance applies the agents' local rules (queue.AgentView.Step) to this
+// agent's view: names (the live agents serving this queue, sorted; this
+// agent among them), what it consumes and drains, and, only when it is
+// under its quota, the lease table. The quotas come from the membership
+// alone, so an agent at its quota, as every agent is once the fleet has
+// settled, moves nothing and reads nothing. One over its quota hands over
+// its lowest-scoring excess (releasePartition: the lease is deleted once
+// the drain ends). One under it takes the orphans Rebalance gives it, then
+// any orphan that stayed one since its last reading, a dead agent's at
+// once (TakeLease with gone).
 func (a *lane) rebalance(ctx context.Context, names []string, gone map[string]time.Time) {
-	want := make(map[int]bool)
-	for p := range a.cfg.Queue.Partitions {
-		if queue.Rendezvous(p, names) == a.cfg.Name {
-			want[p] = true
+	partitions := a.cfg.Queue.Partitions
+	v := queue.AgentView{Self: a.cfg.Name, Agents: names, Orphans: a.orphans}
+	a.mu.Lock()
+	v.Held = a.ownedLocked()
+	for p := range a.handing {
+		v.Handing = append(v.Handing, p)
+	}
+	a.mu.Unlock()
+	if v.NeedsLeases(partitions) {
+		leases, err := a.topo.LeaseOwners(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				a.log.Warn("read leases", zap.Error(err))
+			}
+			return
+		}
+		v.Leases = make(map[int]string, len(leases))
+		for p, l := range leases {
+			v.Leases[p] = l.Owner
 		}
 	}
+	st := v.Step(partitions)
+	a.orphans = st.Orphans
 
 	a.mu.Lock()
 	var drop []*runner
-	for p, r := range a.runners {
-		if !want[p] {
+	for _, p := range st.Release {
+		if r, ok := a.runners[p]; ok {
 			drop = append(drop, r)
 		}
 	}
-	var take []int
-	for p := range want {
-		if _, ok := a.runners[p]; !ok {
-			take = append(take, p)
-		}
-	}
 	a.mu.Unlock()
-
 	for _, r := range drop {
 		a.log.Info("handing partition over", zap.Int("partition", r.partition))
 		a.releasePartition(r, true)
 	}
-	slices.Sort(take)
-	for _, p := range take {
-		if ctx.Err() != nil {
-			return
-		}
-		sent := time.Now()
-		var lease *queue.Lease
-		var err error
-		if len(gone) > 0 {
-			lease, err = a.topo.TakeLease(ctx, p, a.cfg.Name, gone)
-		} else {
-			lease, err = a.topo.AcquireLease(ctx, p, a.cfg.Name)
-		}
-		if err != nil {
-			if !errors.Is(err, queue.ErrLeaseHeld) && ctx.Err() == nil {
-				a.log.Warn("acquire lease", zap.Int("partition", p), zap.Error(err))
-			}
-			continue // the old owner is draining, or its lease has not expired yet
-		}
-		cons, err := a.topo.PartitionConsumer(ctx, p)
-		if err != nil {
-			a.log.Warn("partition consumer", zap.Int("partition", p), zap.Error(err))
-			_ = a.topo.ReleaseLease(ctx, lease)
-			continue
-		}
-		a.mu.Lock()
-		a.runners[p] = a.newRunner(p, cons, lease, sent)
-		a.mu.Unlock()
-		a.log.Debug("took partition", zap.Int("partition", p))
+	st.Takes(len(v.Held)-len(drop), func(p int) bool {
+		return ctx.Err() == nil && a.takePartition(ctx, p, gone)
+	})
+}
+
+// takePartition takes partition p's lease (at once from an agent in gone)
+// and starts consuming it, and reports whether it did.
+func (a *lane) takePartition(ctx context.Context, p int, gone map[string]time.Time) bool {
+	sent := time.Now()
+	var lease *queue.Lease
+	var err error
+	if len(gone) > 0 {
+		lease, err = a.topo.TakeLease(ctx, p, a.cfg.Name, gone)
+	} else {
+		lease, err = a.topo.AcquireLease(ctx, p, a.cfg.Name)
 	}
+	if err != nil {
+		if !errors.Is(err, queue.ErrLeaseHeld) && ctx.Err() == nil {
+			a.log.Warn("acquire lease", zap.Int("partition", p), zap.Error(err))
+		}
+		return false // the old owner is draining, or its lease has not expired yet
+	}
+	cons, err := a.topo.PartitionConsumer(ctx, p)
+	if err != nil {
+		a.log.Warn("partition consumer", zap.Int("partition", p), zap.Error(err))
+		_ = a.topo.ReleaseLease(ctx, lease)
+		return false
+	}
+	a.mu.Lock()
+	a.runners[p] = a.newRunner(p, cons, lease, sent)
+	a.mu.Unlock()
+	a.log.Debug("took partition", zap.Int("partition", p))
+	return true
 }
 
 // releasePartition removes r from the owned set and drains it in the
@@ -368,10 +387,19 @@ func (a *lane) releasePartition(r *runner, release bool) {
 		return
 	}
 	delete(a.runners, r.partition)
+	if a.handing == nil {
+		a.handing = make(map[int]bool)
+	}
+	a.handing[r.partition] = true
 	a.mu.Unlock()
 	a.draining.Add(1)
 	go func() {
 		defer a.draining.Done()
+		defer func() {
+			a.mu.Lock()
+			delete(a.handing, r.partition)
+			a.mu.Unlock()
+		}()
 		r.drain(a.baseCtx)
 		if release && a.baseCtx.Err() == nil {
 			ctx, cancel := context.WithTimeout(a.baseCtx, 5*time.Second)

@@ -131,7 +131,7 @@ func (f *Fleet) Live() []*agent.Agent {
 }
 
 // WaitBalanced waits until every partition is owned by exactly one live
-// agent and each live agent owns exactly its rendezvous share (the
+// agent and each live agent owns exactly its quota (queue.Quotas: the
 // assignment has settled), and fails the test if that takes longer than
 // timeout. It is localfleet.WaitBalanced, the tools' one wait.
 func (f *Fleet) WaitBalanced(t testing.TB, timeout time.Duration) {

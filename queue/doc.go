@@ -37,7 +37,8 @@
 // # Ownership
 //
 // Agents heartbeat into fleet_agents (entries expire after AgentTTL) and
-// divide the partitions with Rendezvous/Assign over the live agents. An
+// divide the partitions over the live agents by sticky quotas (Quotas,
+// Rebalance: a join or a leave moves at most ceil(P/N) partitions). An
 // agent consumes partition n only while it holds the lease "p-<n>" in
 // fleet_leases: AcquireLease creates it, RenewLease updates it at its last
 // revision, and the bucket-wide TTL (with limit markers) expires it when the

@@ -2,6 +2,9 @@ package queue_test
 
 import (
 	"fmt"
+	"maps"
+	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -131,66 +134,200 @@ func TestPartitionOfMatchesDefaults(t *testing.T) {
 	}
 }
 
-func TestRendezvous(t *testing.T) {
+// TestQuotas: the quotas add up to P and differ by at most one, the larger
+// ones go to the first names in sorted order whatever order the agents are
+// listed in, and a join never raises an old agent's quota nor a leave lower
+// a remaining agent's (what keeps a join's and a leave's moves to the
+// newcomer's or the leaver's share).
+func TestQuotas(t *testing.T) {
 	t.Parallel()
-	if got := queue.Rendezvous(3, nil); got != "" {
-		t.Errorf("Rendezvous with no agents = %q, want empty", got)
+	if got := queue.Quotas(8, nil); len(got) != 0 {
+		t.Errorf("Quotas with no agents = %v, want empty", got)
 	}
-	agents := []string{"a", "b", "c", "d"}
-	reversed := []string{"d", "c", "b", "a"}
-	for p := range 64 {
-		if x, y := queue.Rendezvous(p, agents), queue.Rendezvous(p, reversed); x != y {
-			t.Fatalf("partition %d: owner depends on order: %q vs %q", p, x, y)
+	if got := queue.Quotas(10, []string{"b", "a", "c", "a", ""}); !maps.Equal(got, map[string]int{"a": 4, "b": 3, "c": 3}) {
+		t.Errorf("Quotas(10, b a c a \"\") = %v, want a:4 b:3 c:3", got)
+	}
+	if got := queue.Quotas(2, []string{"x", "y", "z"}); !maps.Equal(got, map[string]int{"x": 1, "y": 1, "z": 0}) {
+		t.Errorf("Quotas(2, x y z) = %v", got)
+	}
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 1))
+	for range 2000 {
+		partitions := 1 + rng.IntN(500)
+		var fleet []string
+		for range 1 + rng.IntN(30) {
+			fleet = append(fleet, fmt.Sprintf("n%d", rng.IntN(1000)))
 		}
-	}
-
-	const partitions = 64
-	before := queue.Assign(partitions, agents)
-	total := 0
-	for a, ps := range before {
-		total += len(ps)
-		// 64 over 4 agents: each should get a fair share, not a run.
-		if len(ps) < 6 || len(ps) > 26 {
-			t.Errorf("agent %s owns %d partitions, badly balanced: %v", a, len(ps), before)
+		q := queue.Quotas(partitions, fleet)
+		sum, lo, hi := 0, partitions, 0
+		for _, n := range q {
+			sum, lo, hi = sum+n, min(lo, n), max(hi, n)
 		}
-	}
-	if total != partitions {
-		t.Fatalf("assigned %d partitions, want %d", total, partitions)
-	}
-
-	// A join moves only partitions to the newcomer.
-	after := queue.Assign(partitions, append(agents, "e"))
-	owner := func(m map[string][]int) map[int]string {
-		o := make(map[int]string)
-		for a, ps := range m {
-			for _, p := range ps {
-				o[p] = a
+		if sum != partitions || hi-lo > 1 {
+			t.Fatalf("Quotas(%d, %v) = %v: sum %d, spread %d", partitions, fleet, q, sum, hi-lo)
+		}
+		joiner := fmt.Sprintf("n%d", rng.IntN(1000))
+		if _, in := q[joiner]; in {
+			continue
+		}
+		joined := queue.Quotas(partitions, append(slices.Clone(fleet), joiner))
+		for a, n := range q {
+			if joined[a] > n {
+				t.Fatalf("P=%d: %s joining %v raised %s's quota from %d to %d", partitions, joiner, fleet, a, n, joined[a])
 			}
 		}
-		return o
 	}
-	ob, oa := owner(before), owner(after)
-	for p := range partitions {
-		if ob[p] != oa[p] && oa[p] != "e" {
-			t.Errorf("partition %d moved from %s to %s on a join of e", p, ob[p], oa[p])
+}
+
+// TestRebalance starts from arbitrary owners (agents over and under quota,
+// owners that are not members, missing partitions) and checks the rules:
+// the result is balanced and a fixed point; an agent at or under its quota
+// keeps every partition it held; an agent over it keeps exactly its quota,
+// its highest-scoring partitions (which Rebalance of its holdings alone,
+// the view an agent has without the lease table, says too); and only
+// agents under quota gain.
+func TestRebalance(t *testing.T) {
+	t.Parallel()
+	if got := queue.Rebalance(4, nil, map[int]string{0: "x"}); len(got) != 0 {
+		t.Errorf("Rebalance with no agents = %v, want empty", got)
+	}
+	if got := queue.Rebalance(3, []string{"solo"}, nil); !maps.Equal(got, map[int]string{0: "solo", 1: "solo", 2: "solo"}) {
+		t.Errorf("Rebalance(3, solo) = %v", got)
+	}
+	if err := queue.Balanced(3, []string{"a", "b"}, map[int]string{0: "a", 1: "a", 2: "a"}); err == nil {
+		t.Error("Balanced accepted a holding 3 of 3 partitions beside b")
+	}
+	if err := queue.Balanced(2, []string{"a", "b"}, map[int]string{0: "a", 1: "c"}); err == nil {
+		t.Error("Balanced accepted a partition owned by a non-member")
+	}
+	if err := queue.Balanced(2, []string{"a", "b"}, map[int]string{0: "a"}); err == nil {
+		t.Error("Balanced accepted an unowned partition")
+	}
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 2))
+	for range 1500 {
+		partitions := 1 + rng.IntN(130)
+		var fleet []string
+		for i := range 1 + rng.IntN(12) {
+			fleet = append(fleet, fmt.Sprintf("agent-%d", i))
+		}
+		owners := map[int]string{}
+		for p := range partitions {
+			switch x := rng.IntN(10); {
+			case x == 0: // unowned
+			case x == 1:
+				owners[p] = "gone-agent"
+			default: // skewed, so that some agents are far over quota
+				owners[p] = fleet[min(rng.IntN(len(fleet)), rng.IntN(len(fleet)))]
+			}
+		}
+		quota := queue.Quotas(partitions, fleet)
+		got := queue.Rebalance(partitions, fleet, owners)
+		if err := queue.Balanced(partitions, fleet, got); err != nil {
+			t.Fatalf("Rebalance(%d, %v, %v): %v", partitions, fleet, owners, err)
+		}
+		if again := queue.Rebalance(partitions, fleet, got); !maps.Equal(again, got) {
+			t.Fatalf("Rebalance is not a fixed point: %v -> %v", got, again)
+		}
+		for _, a := range fleet {
+			var held []int
+			for p := range partitions {
+				if owners[p] == a {
+					held = append(held, p)
+				}
+			}
+			kept := 0
+			for _, p := range held {
+				if got[p] == a {
+					kept++
+				}
+			}
+			if len(held) <= quota[a] && kept != len(held) {
+				t.Fatalf("%s at or under quota %d lost %d of its %d partitions", a, quota[a], len(held)-kept, len(held))
+			}
+			if len(held) > quota[a] {
+				if kept != quota[a] {
+					t.Fatalf("%s over quota %d kept %d of %d", a, quota[a], kept, len(held))
+				}
+				alone := map[int]string{}
+				for _, p := range held {
+					alone[p] = a
+				}
+				// The agent's own view: only its holdings known.
+				local := queue.Rebalance(partitions, fleet, alone)
+				for _, p := range held {
+					if (local[p] == a) != (got[p] == a) {
+						t.Fatalf("%s keeps partition %d by the full table (%v) but not by its own view, or the reverse", a, p, got[p] == a)
+					}
+				}
+			}
+			for p := range partitions {
+				if got[p] == a && owners[p] != a && len(held) >= quota[a] {
+					t.Fatalf("%s at or over quota gained partition %d", a, p)
+				}
+			}
 		}
 	}
-	if len(after["e"]) == 0 {
-		t.Error("newcomer e got no partitions")
+}
+
+// TestAgentStep pins the local rules beyond Rebalance: an agent at its
+// quota reads nothing and does nothing; one under it takes first what
+// Rebalance plans for it, then an orphan planned for another agent only
+// once it stayed an orphan since the previous reading (the fallback); and
+// a partition it still drains is never taken back, nor one whose holder is
+// live.
+func TestAgentStep(t *testing.T) {
+	t.Parallel()
+	// 4 partitions over a, b: quota 2 each.
+	at := queue.AgentView{Self: "a", Agents: []string{"a", "b"}, Held: []int{0, 1}}
+	if at.NeedsLeases(4) {
+		t.Error("an agent at its quota asks for the lease table")
+	}
+	if st := at.Step(4); st.Quota != 2 || len(st.Release) != 0 || len(st.Take) != 0 {
+		t.Errorf("Step at quota = %+v, want nothing", st)
+	}
+	over := queue.AgentView{Self: "a", Agents: []string{"b"}, Held: []int{0, 1, 2, 3}}
+	if st := over.Step(4); len(st.Release) != 2 || len(st.Take) != 0 {
+		t.Errorf("Step over quota = %+v, want 2 released", st)
 	}
 
-	// A leave moves only the leaver's partitions.
-	left := owner(queue.Assign(partitions, []string{"a", "b", "d"}))
-	for p := range partitions {
-		if ob[p] != "c" && ob[p] != left[p] {
-			t.Errorf("partition %d moved from %s to %s when c left", p, ob[p], left[p])
+	// a holds nothing, b holds nothing: all four are orphans; Rebalance
+	// plans two for a and two for b.
+	under := queue.AgentView{Self: "a", Agents: []string{"a", "b"}, Leases: map[int]string{}}
+	if !under.NeedsLeases(4) {
+		t.Fatal("an agent under its quota does not ask for the lease table")
+	}
+	plan := queue.Rebalance(4, []string{"a", "b"}, nil)
+	first := under.Step(4)
+	var mine, theirs []int
+	for p := range 4 {
+		if plan[p] == "a" {
+			mine = append(mine, p)
+		} else {
+			theirs = append(theirs, p)
 		}
 	}
-
-	if got := queue.Assign(4, []string{"solo", "idle-never"}); len(got["solo"])+len(got["idle-never"]) != 4 {
-		t.Errorf("Assign(4) = %v", got)
+	if !slices.Equal(first.Take, mine) {
+		t.Errorf("first reading: Take = %v, want only the planned %v", first.Take, mine)
 	}
-	if got := queue.Assign(4, nil); len(got) != 0 {
-		t.Errorf("Assign with no agents = %v, want empty", got)
+	under.Orphans = first.Orphans
+	second := under.Step(4)
+	if want := append(slices.Clone(mine), theirs...); !slices.Equal(second.Take, want) {
+		t.Errorf("second reading: Take = %v, want the planned %v, then the orphans left to b %v", second.Take, mine, theirs)
+	}
+
+	// A partition a drains, and one a live b holds, are not taken; a lease
+	// of a's own on a partition it neither holds nor drains (a restart) is
+	// an orphan, and so is a lease of an agent not live.
+	v := queue.AgentView{Self: "a", Agents: []string{"a", "b"}, Handing: []int{mine[0]},
+		Leases: map[int]string{mine[0]: "a", theirs[0]: "b", mine[1]: "dead", theirs[1]: "a"}}
+	st := v.Step(4)
+	if slices.Contains(st.Take, mine[0]) || slices.Contains(st.Take, theirs[0]) {
+		t.Errorf("Take = %v includes the partition a drains (%d) or one b holds (%d)", st.Take, mine[0], theirs[0])
+	}
+	if !st.Orphans[mine[1]] || !st.Orphans[theirs[1]] || st.Orphans[mine[0]] || st.Orphans[theirs[0]] {
+		t.Errorf("Orphans = %v, want %d and %d only", st.Orphans, mine[1], theirs[1])
 	}
 }

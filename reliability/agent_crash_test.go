@@ -3,7 +3,6 @@ package reliability_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -12,17 +11,12 @@ import (
 	"github.com/procfleet/procfleet/queue"
 )
 
-// waitLeases waits until the partitions are leased the way rendezvous
-// hashing assigns them among owners (the fleet has settled), and returns
-// the owners by partition.
+// waitLeases waits until the partitions are leased among owners as a
+// settled fleet holds them (queue.Balanced: each partition leased by one of
+// owners, each owner at its quota), and returns the owners by partition.
 func waitLeases(t *testing.T, topo *queue.Topology, owners []string, timeout time.Duration) map[int]string {
 	t.Helper()
 	got := map[int]string{}
-	for o, ps := range queue.Assign(topo.Config.Partitions, owners) {
-		for _, p := range ps {
-			got[p] = o
-		}
-	}
 	fleettest.Eventually(t, timeout, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -30,12 +24,11 @@ func waitLeases(t *testing.T, topo *queue.Topology, owners []string, timeout tim
 		if err != nil {
 			return err
 		}
-		for p, o := range got {
-			if l := leases[p]; l.Owner != o {
-				return fmt.Errorf("partition %d leased by %q, not yet by %s", p, l.Owner, o)
-			}
+		got = map[int]string{}
+		for p, l := range leases {
+			got[p] = l.Owner
 		}
-		return nil
+		return queue.Balanced(topo.Config.Partitions, owners, got)
 	})
 	return got
 }

@@ -235,9 +235,11 @@ func (f *Fleet) Stop(ctx context.Context) {
 
 // WaitBalanced waits until the live agents among agents have settled the
 // partitions: each of the partitions is owned by exactly one of them, and
-// each owns exactly its rendezvous share (so no handover is still under
-// way). It polls until ctx ends and then returns an error that says what
-// was still missing; it never returns nil without the fleet balanced.
+// each owns exactly its quota (queue.Quotas), so that no handover is still
+// under way. Which partitions an agent owns depends on the order the fleet
+// formed in (queue.Rebalance is sticky), so it is not checked. It polls
+// until ctx ends and then returns an error that says what was still
+// missing; it never returns nil without the fleet balanced.
 func WaitBalanced(ctx context.Context, agents []*agent.Agent, partitions int) error {
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
@@ -254,8 +256,9 @@ func WaitBalanced(ctx context.Context, agents []*agent.Agent, partitions int) er
 	}
 }
 
-// balanced returns nil when the live agents own the partitions exactly as
-// queue.Assign divides them, else what differs.
+// balanced returns nil when every partition is owned by exactly one live
+// agent and every live agent owns its quota (queue.Balanced), else what
+// differs.
 func balanced(agents []*agent.Agent, partitions int) error {
 	var live []*agent.Agent
 	for _, a := range agents {
@@ -268,24 +271,19 @@ func balanced(agents []*agent.Agent, partitions int) error {
 	if len(live) == 0 {
 		return errors.New("no live agent")
 	}
-	seen := make([]int, partitions)
+	owners := make(map[int]string, partitions)
 	names := make([]string, 0, len(live))
 	for _, a := range live {
 		names = append(names, a.Name())
 		for _, p := range a.Partitions() {
-			if p >= 0 && p < partitions {
-				seen[p]++
+			if p < 0 || p >= partitions {
+				return fmt.Errorf("agent %s owns partition %d, out of range [0,%d)", a.Name(), p, partitions)
 			}
+			if o, dup := owners[p]; dup {
+				return fmt.Errorf("partition %d is owned by %s and %s", p, o, a.Name())
+			}
+			owners[p] = a.Name()
 		}
 	}
-	if i := slices.IndexFunc(seen, func(n int) bool { return n != 1 }); i >= 0 {
-		return fmt.Errorf("partition %d is owned by %d agents", i, seen[i])
-	}
-	share := queue.Assign(partitions, names)
-	for _, a := range live {
-		if want := share[a.Name()]; !slices.Equal(a.Partitions(), want) {
-			return fmt.Errorf("agent %s owns %v, not yet %v", a.Name(), a.Partitions(), want)
-		}
-	}
-	return nil
+	return queue.Balanced(partitions, names, owners)
 }

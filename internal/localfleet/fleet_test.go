@@ -3,7 +3,6 @@ package localfleet_test
 import (
 	"context"
 	"errors"
-	"slices"
 	"testing"
 	"time"
 
@@ -15,8 +14,9 @@ import (
 )
 
 // TestStartBalancesAndWaitBalancedNeverLies: Start returns a fleet whose
-// agents own exactly their rendezvous shares, and WaitBalanced on a state
-// that cannot be balanced reports it when ctx ends instead of returning nil.
+// agents own every partition once, each agent its quota, and WaitBalanced
+// on a state that cannot be balanced reports it when ctx ends instead of
+// returning nil.
 func TestStartBalancesAndWaitBalancedNeverLies(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -34,12 +34,20 @@ func TestStartBalancesAndWaitBalancedNeverLies(t *testing.T) {
 	defer f.Stop(context.Background())
 
 	agents := f.Agents()
-	names := []string{agents[0].Name(), agents[1].Name()}
-	share := queue.Assign(8, names)
+	seen := map[int]string{}
 	for _, a := range agents {
-		if !slices.Equal(a.Partitions(), share[a.Name()]) {
-			t.Errorf("%s owns %v after Start, want %v", a.Name(), a.Partitions(), share[a.Name()])
+		if n := len(a.Partitions()); n != 4 {
+			t.Errorf("%s owns %v after Start, want 4 of 8 partitions", a.Name(), a.Partitions())
 		}
+		for _, p := range a.Partitions() {
+			if o, dup := seen[p]; dup {
+				t.Errorf("partition %d owned by %s and %s", p, o, a.Name())
+			}
+			seen[p] = a.Name()
+		}
+	}
+	if len(seen) != 8 {
+		t.Errorf("%d of 8 partitions owned after Start: %v", len(seen), seen)
 	}
 
 	// Two agents cannot balance 9 partitions of a fleet that has 8.

@@ -139,8 +139,8 @@ func startServerProcess(ctx context.Context, bin, dir string, cpus []int) (*chil
 }
 
 // startAgentProcesses runs cfg.Agents cmd/agent processes (inheriting this
-// process's CPU affinity) and waits until they hold every partition as
-// queue.Assign divides them.
+// process's CPU affinity) and waits until they hold every partition, each
+// its quota (queue.Balanced).
 func startAgentProcesses(ctx context.Context, cfg *Config, url string, topo *queue.Topology) ([]*child, error) {
 	var kids []*child
 	names := make([]string, cfg.Agents)
@@ -159,7 +159,6 @@ func startAgentProcesses(ctx context.Context, cfg *Config, url string, topo *que
 		}
 		kids = append(kids, c)
 	}
-	want := queue.Assign(topo.Config.Partitions, names)
 	ctx, cancel := context.WithTimeout(ctx, localfleet.DefaultBalanceTimeout)
 	defer cancel()
 	for {
@@ -172,7 +171,7 @@ func startAgentProcesses(ctx context.Context, cfg *Config, url string, topo *que
 			return nil, err
 		}
 		owners, err := topo.LeaseOwners(ctx)
-		if err == nil && balancedLeases(owners, want) {
+		if err == nil && balancedLeases(topo.Config.Partitions, names, owners) {
 			return kids, nil
 		}
 		select {
@@ -184,15 +183,12 @@ func startAgentProcesses(ctx context.Context, cfg *Config, url string, topo *que
 	}
 }
 
-func balancedLeases(owners map[int]queue.Lease, want map[string][]int) bool {
-	for name, ps := range want {
-		for _, p := range ps {
-			if l, ok := owners[p]; !ok || l.Owner != name {
-				return false
-			}
-		}
+func balancedLeases(partitions int, names []string, leases map[int]queue.Lease) bool {
+	owners := make(map[int]string, len(leases))
+	for p, l := range leases {
+		owners[p] = l.Owner
 	}
-	return true
+	return queue.Balanced(partitions, names, owners) == nil
 }
 
 func stopChildren(kids []*child) {
