@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -111,6 +112,9 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Topology, e
 		return nil, err
 	}
 	cfg.ResultsMaxAge, cfg.ResultsDedup = have.MaxAge, have.Duplicates
+	if have.Storage != cfg.Storage {
+		cfg.ResultsStorage = map[jetstream.StorageType]string{jetstream.FileStorage: "file", jetstream.MemoryStorage: "memory"}[have.Storage]
+	}
 
 	if t.DLQ, err = openStream(ctx, js, cfg.DLQStream()); err != nil {
 		return nil, err
@@ -143,6 +147,7 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Topology, e
 	if c, err := t.Jobs.Consumer(ctx, AnyConsumerName); err == nil {
 		have := c.CachedInfo().Config
 		cfg.AckWait, cfg.MaxDeliver, cfg.MaxAckPending = have.AckWait, have.MaxDeliver, have.MaxAckPending
+		cfg.MemoryConsumers = have.MemoryStorage
 		t.cacheConsumer(AnyConsumerName, c)
 		if slices.Equal(consumerFilters(have), cfg.legacyAnyFilters()) {
 			// A topology from before the untransformed session subjects
@@ -239,12 +244,23 @@ func (c Config) resultsStreamConfig() jetstream.StreamConfig {
 		Description: "procfleet job results, one per job id",
 		Subjects:    []string{c.ResultSubject("*")},
 		Retention:   jetstream.LimitsPolicy,
-		Storage:     c.Storage,
+		Storage:     c.resultsStorage(),
 		Replicas:    c.Replicas,
 		MaxAge:      c.ResultsMaxAge,
 		Duplicates:  c.ResultsDedup,
 		AllowDirect: true, // GetResult is a direct get, answered without the API layer
 	}
+}
+
+// resultsStorage is the results stream's storage (Config.ResultsStorage).
+func (c Config) resultsStorage() jetstream.StorageType {
+	switch c.ResultsStorage {
+	case "file":
+		return jetstream.FileStorage
+	case "memory":
+		return jetstream.MemoryStorage
+	}
+	return c.Storage
 }
 
 func (c Config) dlqStreamConfig() jetstream.StreamConfig {
@@ -325,6 +341,7 @@ func (c Config) consumerConfig(name string, filters ...string) jetstream.Consume
 		AckWait:       c.AckWait,
 		MaxDeliver:    c.MaxDeliver,
 		MaxAckPending: c.MaxAckPending,
+		MemoryStorage: c.MemoryConsumers,
 	}
 	if len(filters) == 1 {
 		cc.FilterSubject = filters[0]
@@ -593,5 +610,35 @@ func (t *Topology) consumerContract(want, have jetstream.ConsumerConfig) error {
 	if have.DeliverPolicy != want.DeliverPolicy {
 		return mismatch("DeliverPolicy", want.DeliverPolicy, have.DeliverPolicy)
 	}
+	if have.MemoryStorage != want.MemoryStorage {
+		return mismatch("MemoryStorage", want.MemoryStorage, have.MemoryStorage)
+	}
+	return nil
+}
+
+// RecreateConsumer creates the job consumer name ("p-<n>" or "any") again
+// with this topology's configuration, if it is missing. With
+// Config.MemoryConsumers a server restart loses every job consumer: the
+// agents call this when a pull finds theirs gone. An existing consumer is
+// left as it is. It needs the right to create consumers on the jobs stream.
+func (t *Topology) RecreateConsumer(ctx context.Context, name string) error {
+	var want jetstream.ConsumerConfig
+	if name == AnyConsumerName {
+		want = t.Config.consumerConfig(AnyConsumerName, t.Config.anyConsumerFilters()...)
+	} else {
+		p, err := strconv.Atoi(strings.TrimPrefix(name, "p-"))
+		if err != nil || name != PartitionConsumerName(p) || p < 0 || p >= t.Config.Partitions {
+			return fmt.Errorf("queue: recreate consumer %q: not a job consumer of %s", name, t.Config.JobsStream())
+		}
+		want = t.Config.consumerConfig(PartitionConsumerName(p), t.Config.PartitionFilter(p))
+	}
+	c, err := t.Jobs.CreateConsumer(ctx, want)
+	if errors.Is(err, jetstream.ErrConsumerExists) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("queue: recreate consumer %s/%s: %w", t.Config.JobsStream(), name, err)
+	}
+	t.cacheConsumer(name, c)
 	return nil
 }

@@ -23,7 +23,7 @@ import (
 
 // runFleet runs the workload through NATS and in-process agents.
 func runFleet(ctx context.Context, cfg *Config, w *workload) (*Measurement, error) {
-	qcfg := queue.Config{}
+	qcfg := queue.Config{MemoryConsumers: cfg.MemoryConsumers, ResultsStorage: cfg.ResultsStorage, ResultsMaxAge: cfg.ResultsMaxAge}
 	url := cfg.NATSURL
 	var server *child
 	if len(cfg.ServerCPUs) > 0 || cfg.AgentProcess {
@@ -43,7 +43,7 @@ func runFleet(ctx context.Context, cfg *Config, w *workload) (*Measurement, erro
 					return nil, err
 				}
 			}
-			if server, url, err = startServerProcess(ctx, cfg.ServerBin, dir, cfg.ServerCPUs); err != nil {
+			if server, url, err = startServerProcess(ctx, cfg.ServerBin, dir, cfg.ServerCPUs, serveFlags(qcfg)); err != nil {
 				return nil, err
 			}
 			// Stopped after the fleet (deferred first, runs last).
