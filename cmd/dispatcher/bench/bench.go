@@ -22,6 +22,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/procfleet/procfleet/internal/localfleet"
+	"github.com/procfleet/procfleet/queue"
 )
 
 // ErrInvalidConfig is wrapped by every error Run returns for a bad Config.
@@ -110,6 +111,9 @@ type Config struct {
 	MemoryConsumers bool
 	ResultsStorage  string
 	ResultsMaxAge   time.Duration
+	// Partitions is the topology's session partition count. Default 0:
+	// queue.DefaultPartitions (64).
+	Partitions int
 	// CPUProfile, when set, receives a CPU profile of the fleet measurement.
 	// Default nil (no profile).
 	CPUProfile io.Writer
@@ -146,6 +150,7 @@ type Report struct {
 	MemoryConsumers bool          `json:"memory_consumers,omitempty"`
 	ResultsStorage  string        `json:"results_storage,omitempty"`
 	ResultsMaxAge   time.Duration `json:"results_max_age_ns,omitempty"`
+	Partitions      int           `json:"partitions,omitempty"`
 	// LoadBefore and LoadAfter are /proc/loadavg's 1, 5 and 15 minute load
 	// averages when the run began and ended: figures from a loaded machine
 	// are noisy.
@@ -272,6 +277,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("%w: StartupDelay cannot be negative", ErrInvalidConfig)
 	case c.ResultsStorage != "" && c.ResultsStorage != "file" && c.ResultsStorage != "memory":
 		return fmt.Errorf("%w: ResultsStorage must be \"file\" or \"memory\", got %q", ErrInvalidConfig, c.ResultsStorage)
+	case c.Partitions < 0 || c.Partitions > queue.MaxPartitions:
+		return fmt.Errorf("%w: Partitions must be between 0 (the default) and %d, got %d", ErrInvalidConfig, queue.MaxPartitions, c.Partitions)
 	case c.ResultsMaxAge < 0:
 		return fmt.Errorf("%w: ResultsMaxAge cannot be negative", ErrInvalidConfig)
 	}
@@ -318,6 +325,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	rep.ServerCPUs, rep.AgentProcess, rep.LoadBefore = cfg.ServerCPUs, cfg.AgentProcess, loadAvg()
 	rep.MemoryConsumers, rep.ResultsStorage, rep.ResultsMaxAge = cfg.MemoryConsumers, cfg.ResultsStorage, cfg.ResultsMaxAge
+	rep.Partitions = cfg.Partitions
 	if len(cfg.ServerCPUs) > 0 {
 		rest, err := otherCPUs(cfg.ServerCPUs)
 		if err != nil {

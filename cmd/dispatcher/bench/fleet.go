@@ -23,7 +23,7 @@ import (
 
 // runFleet runs the workload through NATS and in-process agents.
 func runFleet(ctx context.Context, cfg *Config, w *workload) (*Measurement, error) {
-	qcfg := queue.Config{MemoryConsumers: cfg.MemoryConsumers, ResultsStorage: cfg.ResultsStorage, ResultsMaxAge: cfg.ResultsMaxAge}
+	qcfg := queue.Config{MemoryConsumers: cfg.MemoryConsumers, ResultsStorage: cfg.ResultsStorage, ResultsMaxAge: cfg.ResultsMaxAge, Partitions: cfg.Partitions}
 	url := cfg.NATSURL
 	var server *child
 	if len(cfg.ServerCPUs) > 0 || cfg.AgentProcess {

@@ -116,6 +116,9 @@ func serveFlags(qcfg queue.Config) []string {
 	if qcfg.ResultsStorage != "" {
 		flags = append(flags, "--results-storage", qcfg.ResultsStorage)
 	}
+	if qcfg.Partitions > 0 {
+		flags = append(flags, "--partitions", strconv.Itoa(qcfg.Partitions))
+	}
 	if qcfg.ResultsMaxAge > 0 {
 		flags = append(flags, "--results-max-age", qcfg.ResultsMaxAge.String())
 	}

@@ -190,6 +190,9 @@ func (r *Report) storage() string {
 	if r.ResultsStorage != "" {
 		parts = append(parts, "results on "+r.ResultsStorage+" storage")
 	}
+	if r.Partitions > 0 {
+		parts = append(parts, strconv.Itoa(r.Partitions)+" partitions")
+	}
 	if r.ResultsMaxAge > 0 {
 		parts = append(parts, "results kept "+r.ResultsMaxAge.String())
 	}
