@@ -121,9 +121,11 @@ type Config struct {
 	// attempts per server lifetime, not in all: each server restart may
 	// grant a job up to max_attempts more. The poison guard (worker
 	// deaths, kept in a KV bucket) still holds across restarts. Fixed when
-	// the consumers are created: a later Ensure with another value is a
-	// *MismatchError (the server cannot change it; delete the job
-	// consumers, never the stream, to switch).
+	// the jobs stream is created, which records it (stream metadata
+	// "procfleet_memory_consumers"): Ensure and Open adopt the stream's
+	// choice, so whoever recreates a lost consumer makes it alike, and
+	// Ensure asking for it on a stream created without it is a
+	// *MismatchError.
 	MemoryConsumers bool
 
 	// CancelTTL is how long a cancel is kept in the cancels stream (its

@@ -31,20 +31,63 @@ func TestMemoryConsumers(t *testing.T) {
 		}
 	}
 
-	var me *queue.MismatchError
-	_, err := queue.Ensure(ctx, b.js, queue.Config{Partitions: 4})
-	if !errors.As(err, &me) || me.Field != "MemoryStorage" || me.Want != false || me.Have != true {
-		t.Fatalf("Ensure with file-stored consumers over memory-stored ones: %v", err)
-	}
+	// The jobs stream decides: an Ensure or Open that does not ask for it
+	// adopts it.
 	topo, err := queue.Open(ctx, b.js, queue.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !topo.Config.MemoryConsumers {
-		t.Error("Open did not adopt MemoryConsumers from the consumers")
+		t.Error("Open did not adopt MemoryConsumers from the jobs stream")
+	}
+	if _, err := b.topo.Jobs.Consumer(ctx, "p-3"); err != nil {
+		t.Fatal(err)
+	}
+	// What a server restart does to the consumers, done by hand: an agent
+	// whose Open finds the shared consumer gone falls back to Ensure with
+	// its own configuration, which must make them memory-stored again.
+	if err := b.topo.Jobs.DeleteConsumer(ctx, "p-3"); err != nil {
+		t.Fatal(err)
+	}
+	again, err := queue.Ensure(ctx, b.js, queue.Config{Partitions: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !again.Config.MemoryConsumers {
+		t.Error("Ensure did not adopt MemoryConsumers from the jobs stream")
+	}
+	if c, err := b.topo.Jobs.Consumer(ctx, "p-3"); err != nil || !c.CachedInfo().Config.MemoryStorage {
+		t.Errorf("consumer p-3 made again by Ensure: %v, memory-stored %v", err, err == nil && c.CachedInfo().Config.MemoryStorage)
 	}
 
-	// What a server restart does to them, done by hand.
+	// A consumer made otherwise by hand is a mismatch.
+	if err := b.topo.Jobs.DeleteConsumer(ctx, "p-1"); err != nil {
+		t.Fatal(err)
+	}
+	fileCfg := queue.Config{Partitions: 4}.WithDefaults()
+	if _, err := b.topo.Jobs.CreateConsumer(ctx, jetstream.ConsumerConfig{Durable: "p-1", FilterSubject: fileCfg.PartitionFilter(1),
+		AckPolicy: jetstream.AckExplicitPolicy, AckWait: fileCfg.AckWait, MaxDeliver: fileCfg.MaxDeliver, MaxAckPending: fileCfg.MaxAckPending}); err != nil {
+		t.Fatal(err)
+	}
+	var me *queue.MismatchError
+	if _, err := queue.Ensure(ctx, b.js, queue.Config{Partitions: 4}); !errors.As(err, &me) || me.Field != "MemoryStorage" {
+		t.Fatalf("Ensure over a file-stored consumer of a memory-consumer stream: %v", err)
+	}
+	if err := b.topo.Jobs.DeleteConsumer(ctx, "p-1"); err != nil {
+		t.Fatal(err)
+	}
+
+	// RecreateMissingConsumers makes what is missing, and only that.
+	if err := b.topo.Jobs.DeleteConsumer(ctx, "p-2"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := topo.RecreateMissingConsumers(ctx); err != nil || n != 2 {
+		t.Fatalf("RecreateMissingConsumers = %d, %v; want 2 (p-1 and p-2)", n, err)
+	}
+	if n, err := topo.RecreateMissingConsumers(ctx); err != nil || n != 0 {
+		t.Fatalf("RecreateMissingConsumers again = %d, %v; want 0", n, err)
+	}
+
 	for _, name := range []string{"p-2", queue.AnyConsumerName} {
 		if err := topo.Jobs.DeleteConsumer(ctx, name); err != nil {
 			t.Fatal(err)
@@ -72,7 +115,10 @@ func TestMemoryConsumers(t *testing.T) {
 		}
 	}
 
-	// The default stays file-stored.
+	// The default stays file-stored; asking for memory-stored consumers
+	// later is a mismatch (the stream was made without), and
+	// RecreateMissingConsumers leaves a deleted file-stored consumer to
+	// Ensure.
 	d := setup(t, queue.Config{Partitions: 2})
 	c, err := d.topo.Jobs.Consumer(ctx, "p-0")
 	if err != nil {
@@ -80,5 +126,14 @@ func TestMemoryConsumers(t *testing.T) {
 	}
 	if c.CachedInfo().Config.MemoryStorage || d.topo.Config.MemoryConsumers {
 		t.Error("default consumers are memory-stored")
+	}
+	if _, err := queue.Ensure(ctx, d.js, queue.Config{Partitions: 2, MemoryConsumers: true}); !errors.As(err, &me) || me.Field != "MemoryConsumers" {
+		t.Errorf("Ensure asking for memory-stored consumers on a stream made without: %v", err)
+	}
+	if err := d.topo.Jobs.DeleteConsumer(ctx, "p-1"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := d.topo.RecreateMissingConsumers(ctx); err != nil || n != 0 {
+		t.Errorf("RecreateMissingConsumers on file-stored consumers = %d, %v; want 0", n, err)
 	}
 }

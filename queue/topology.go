@@ -48,6 +48,16 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config) (*Topology,
 	if t.Jobs, err = ensureStream(ctx, js, cfg.jobsStreamConfig()); err != nil {
 		return nil, err
 	}
+	// The jobs stream records at its creation how its consumers keep their
+	// state, so that whoever recreates a lost consumer (an agent's Ensure
+	// after a server restart, say) makes it the same way.
+	if streamMem := memoryConsumers(t.Jobs.CachedInfo().Config); streamMem != cfg.MemoryConsumers {
+		if cfg.MemoryConsumers {
+			return nil, &MismatchError{Resource: "stream " + cfg.JobsStream(), Field: "MemoryConsumers", Want: true, Have: false}
+		}
+		cfg.MemoryConsumers = true
+		t.Config = cfg
+	}
 	if t.Results, err = ensureStream(ctx, js, cfg.resultsStreamConfig()); err != nil {
 		return nil, err
 	}
@@ -101,6 +111,7 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Topology, e
 		return nil, err
 	}
 	cfg.Storage, cfg.Replicas, cfg.DedupWindow = have.Storage, have.Replicas, have.Duplicates
+	cfg.MemoryConsumers = memoryConsumers(have)
 
 	if t.Results, err = openStream(ctx, js, cfg.ResultsStream()); err != nil {
 		return nil, err
@@ -147,7 +158,6 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Topology, e
 	if c, err := t.Jobs.Consumer(ctx, AnyConsumerName); err == nil {
 		have := c.CachedInfo().Config
 		cfg.AckWait, cfg.MaxDeliver, cfg.MaxAckPending = have.AckWait, have.MaxDeliver, have.MaxAckPending
-		cfg.MemoryConsumers = have.MemoryStorage
 		t.cacheConsumer(AnyConsumerName, c)
 		if slices.Equal(consumerFilters(have), cfg.legacyAnyFilters()) {
 			// A topology from before the untransformed session subjects
@@ -211,7 +221,12 @@ func (t *Topology) cacheConsumer(name string, c jetstream.Consumer) {
 // Stream and bucket configurations.
 
 func (c Config) jobsStreamConfig() jetstream.StreamConfig {
+	var meta map[string]string
+	if c.MemoryConsumers {
+		meta = map[string]string{memoryConsumersKey: "true"}
+	}
 	return c.withSchedules(jetstream.StreamConfig{
+		Metadata:    meta,
 		Name:        c.JobsStream(),
 		Description: "procfleet jobs, session jobs filed by partition",
 		Subjects:    []string{c.sessionWildcard(), c.AnySubject()},
@@ -228,6 +243,14 @@ func (c Config) jobsStreamConfig() jetstream.StreamConfig {
 			Destination: c.partitionTransform(),
 		},
 	})
+}
+
+// memoryConsumersKey is the jobs stream's metadata key that records
+// Config.MemoryConsumers.
+const memoryConsumersKey = "procfleet_memory_consumers"
+
+func memoryConsumers(sc jetstream.StreamConfig) bool {
+	return sc.Metadata[memoryConsumersKey] == "true"
 }
 
 // limitOrUnlimited maps 0 (unlimited in QueueLimits) to the server's -1.
@@ -614,6 +637,43 @@ func (t *Topology) consumerContract(want, have jetstream.ConsumerConfig) error {
 		return mismatch("MemoryStorage", want.MemoryStorage, have.MemoryStorage)
 	}
 	return nil
+}
+
+// RecreateMissingConsumers creates again, with Config.MemoryConsumers, the
+// job consumers a server restart lost, and returns how many it made. It
+// does nothing for file-stored consumers, which a restart keeps: one missing
+// there was deleted by someone, and Ensure is the place to make it again.
+func (t *Topology) RecreateMissingConsumers(ctx context.Context) (int, error) {
+	if !t.Config.MemoryConsumers {
+		return 0, nil
+	}
+	have := make(map[string]bool)
+	lister := t.Jobs.ListConsumers(ctx)
+	for info := range lister.Info() {
+		have[info.Name] = true
+	}
+	if err := lister.Err(); err != nil {
+		return 0, fmt.Errorf("queue: list consumers of %s: %w", t.Config.JobsStream(), err)
+	}
+	made := 0
+	for _, name := range append(t.partitionConsumerNames(), AnyConsumerName) {
+		if have[name] {
+			continue
+		}
+		if err := t.RecreateConsumer(ctx, name); err != nil {
+			return made, err
+		}
+		made++
+	}
+	return made, nil
+}
+
+func (t *Topology) partitionConsumerNames() []string {
+	names := make([]string, t.Config.Partitions)
+	for p := range names {
+		names[p] = PartitionConsumerName(p)
+	}
+	return names
 }
 
 // RecreateConsumer creates the job consumer name ("p-<n>" or "any") again
