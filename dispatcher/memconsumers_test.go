@@ -13,14 +13,15 @@ import (
 	"github.com/procfleet/procfleet/queue"
 )
 
-// TestServeRecreatesMemoryConsumers: with memory-stored job consumers, the
-// ones a server restart loses (here deleted by hand) are made again by
-// `serve` within a sweep, for agents whose NATS user may not create
-// consumers; they come back memory-stored.
+// TestServeRecreatesMemoryConsumers: with memory-stored job consumers and
+// results, the consumers and the results stream a server restart loses
+// (here deleted by hand) are made again by `serve` within a sweep, for
+// agents whose NATS user may not create them; they come back
+// memory-stored.
 func TestServeRecreatesMemoryConsumers(t *testing.T) {
 	t.Parallel()
 	nc := fleettest.StartServer(t).Connect(t)
-	startServe(t, nc, dispatcher.ServeConfig{Queue: queue.Config{Partitions: 4, MemoryConsumers: true}})
+	startServe(t, nc, dispatcher.ServeConfig{Queue: queue.Config{Partitions: 4, MemoryConsumers: true, ResultsStorage: "memory"}})
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
@@ -37,7 +38,17 @@ func TestServeRecreatesMemoryConsumers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	if err := js.DeleteStream(ctx, "FLEET_RESULTS"); err != nil {
+		t.Fatal(err)
+	}
 	fleettest.Eventually(t, 30*time.Second, func() error {
+		rs, err := js.Stream(ctx, "FLEET_RESULTS")
+		if err != nil {
+			return err
+		}
+		if rs.CachedInfo().Config.Storage != jetstream.MemoryStorage {
+			return errors.New("results stream came back file-stored")
+		}
 		for _, name := range lost {
 			c, err := jobs.Consumer(ctx, name)
 			if err != nil {

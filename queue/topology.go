@@ -639,6 +639,27 @@ func (t *Topology) consumerContract(want, have jetstream.ConsumerConfig) error {
 	return nil
 }
 
+// RecreateResultsStream creates the results stream again if it is
+// memory-stored (Config.ResultsStorage or Storage "memory") and missing: a
+// server restart loses it, and until it is back no result can be stored
+// (agents requeue their jobs meanwhile). It reports whether it made it.
+func (t *Topology) RecreateResultsStream(ctx context.Context) (bool, error) {
+	if t.Config.resultsStorage() != jetstream.MemoryStorage {
+		return false, nil
+	}
+	_, err := t.JS.Stream(ctx, t.Config.ResultsStream())
+	if err == nil {
+		return false, nil
+	}
+	if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return false, fmt.Errorf("queue: stream %s: %w", t.Config.ResultsStream(), err)
+	}
+	if _, err := ensureStream(ctx, t.JS, t.Config.resultsStreamConfig()); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
 // RecreateMissingConsumers creates again, with Config.MemoryConsumers, the
 // job consumers a server restart lost, and returns how many it made. It
 // does nothing for file-stored consumers, which a restart keeps: one missing

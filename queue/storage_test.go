@@ -3,6 +3,7 @@ package queue_test
 import (
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -135,5 +136,34 @@ func TestMemoryConsumers(t *testing.T) {
 	}
 	if n, err := d.topo.RecreateMissingConsumers(ctx); err != nil || n != 0 {
 		t.Errorf("RecreateMissingConsumers on file-stored consumers = %d, %v; want 0", n, err)
+	}
+}
+
+// TestResultsStorage: the results stream may be stored otherwise than the
+// fleet's streams; Open adopts what the stream has, an Ensure asking for
+// other storage is a mismatch, and an unknown storage is refused.
+func TestResultsStorage(t *testing.T) {
+	t.Parallel()
+	b := setup(t, queue.Config{Partitions: 2, ResultsStorage: "memory", ResultsMaxAge: time.Minute})
+	ctx := testCtx(t)
+	if got := b.topo.Results.CachedInfo().Config; got.Storage != jetstream.MemoryStorage || got.MaxAge != time.Minute {
+		t.Fatalf("results stream: storage %v, max age %v; want memory, 1m", got.Storage, got.MaxAge)
+	}
+	if got := b.topo.Jobs.CachedInfo().Config.Storage; got != jetstream.FileStorage {
+		t.Errorf("jobs stream storage %v, want file (the fleet's)", got)
+	}
+	topo, err := queue.Open(ctx, b.js, queue.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if topo.Config.ResultsStorage != "memory" || topo.Config.ResultsMaxAge != time.Minute {
+		t.Errorf("Open: ResultsStorage %q, ResultsMaxAge %v", topo.Config.ResultsStorage, topo.Config.ResultsMaxAge)
+	}
+	var me *queue.MismatchError
+	if _, err := queue.Ensure(ctx, b.js, queue.Config{Partitions: 2, ResultsStorage: "file", ResultsMaxAge: time.Minute}); !errors.As(err, &me) || me.Field != "Storage" {
+		t.Errorf("Ensure with file-stored results over memory-stored ones: %v", err)
+	}
+	if err := (queue.Config{ResultsStorage: "disk"}).WithDefaults().Validate(); !errors.Is(err, queue.ErrInvalidConfig) {
+		t.Errorf("ResultsStorage disk: %v, want ErrInvalidConfig", err)
 	}
 }
