@@ -43,6 +43,10 @@ type runner struct {
 	// renewal) was sent (Agent.stamp); see pullDeadline.
 	leaseOK atomic.Int64
 
+	// recreatedAt is when the fetch loop last tried to recreate a lost
+	// memory-stored consumer (recreateConsumer); only that loop uses it.
+	recreatedAt time.Time
+
 	// runAvg is a moving average of how long this runner's jobs ran on a
 	// worker (ns); 0 until one has. See shortJobs.
 	runAvg atomic.Int64
@@ -139,6 +143,13 @@ func (r *runner) recreateConsumer(ctx context.Context, err error) {
 	if !topo.Config.MemoryConsumers || !errors.Is(err, nats.ErrNoResponders) {
 		return
 	}
+	// At most once a second per runner: an agent that may not create
+	// consumers waits for the dispatcher's sweep without a request storm.
+	now := time.Now()
+	if now.Sub(r.recreatedAt) < time.Second {
+		return
+	}
+	r.recreatedAt = now
 	name := queue.AnyConsumerName
 	if r.partition >= 0 {
 		name = queue.PartitionConsumerName(r.partition)
