@@ -122,9 +122,10 @@ type Config struct {
 	// grant a job up to max_attempts more. The poison guard (worker
 	// deaths, kept in a KV bucket) still holds across restarts. Fixed when
 	// the jobs stream is created, which records it (stream metadata
-	// "procfleet_memory_consumers"): Ensure and Open adopt the stream's
-	// choice, so whoever recreates a lost consumer makes it alike, and
-	// Ensure asking for it on a stream created without it is a
+	// "procfleet_memory_consumers"): Ensure and Open adopt an existing
+	// stream's choice, whatever this field says, so whoever recreates a
+	// lost consumer makes it alike (check Topology.Config to see what an
+	// Ensure got). A consumer stored otherwise than its stream says is a
 	// *MismatchError.
 	MemoryConsumers bool
 

@@ -117,7 +117,7 @@ func TestMemoryConsumers(t *testing.T) {
 	}
 
 	// The default stays file-stored; asking for memory-stored consumers
-	// later is a mismatch (the stream was made without), and
+	// later adopts the stream's choice (it was made without), and
 	// RecreateMissingConsumers leaves a deleted file-stored consumer to
 	// Ensure.
 	d := setup(t, queue.Config{Partitions: 2})
@@ -128,8 +128,9 @@ func TestMemoryConsumers(t *testing.T) {
 	if c.CachedInfo().Config.MemoryStorage || d.topo.Config.MemoryConsumers {
 		t.Error("default consumers are memory-stored")
 	}
-	if _, err := queue.Ensure(ctx, d.js, queue.Config{Partitions: 2, MemoryConsumers: true}); !errors.As(err, &me) || me.Field != "MemoryConsumers" {
-		t.Errorf("Ensure asking for memory-stored consumers on a stream made without: %v", err)
+	if got, err := queue.Ensure(ctx, d.js, queue.Config{Partitions: 2, MemoryConsumers: true}); err != nil || got.Config.MemoryConsumers {
+		t.Errorf("Ensure asking for memory-stored consumers on a stream made without: %v, MemoryConsumers %v; want the stream's choice (false)",
+			err, err == nil && got.Config.MemoryConsumers)
 	}
 	if err := d.topo.Jobs.DeleteConsumer(ctx, "p-1"); err != nil {
 		t.Fatal(err)

@@ -50,12 +50,10 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config) (*Topology,
 	}
 	// The jobs stream records at its creation how its consumers keep their
 	// state, so that whoever recreates a lost consumer (an agent's Ensure
-	// after a server restart, say) makes it the same way.
+	// after a server restart, say) makes it the same way; an existing
+	// stream's choice wins over cfg's.
 	if streamMem := memoryConsumers(t.Jobs.CachedInfo().Config); streamMem != cfg.MemoryConsumers {
-		if cfg.MemoryConsumers {
-			return nil, &MismatchError{Resource: "stream " + cfg.JobsStream(), Field: "MemoryConsumers", Want: true, Have: false}
-		}
-		cfg.MemoryConsumers = true
+		cfg.MemoryConsumers = streamMem
 		t.Config = cfg
 	}
 	if t.Results, err = ensureStream(ctx, js, cfg.resultsStreamConfig()); err != nil {

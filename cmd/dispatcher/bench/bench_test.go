@@ -124,10 +124,11 @@ func TestBenchConfigErrors(t *testing.T) {
 }
 
 // TestBenchStorageChoices: the topology choices reach the server process's
-// `serve` as flags. The bench's own topology check (queue.Ensure after
-// serve made the topology) refuses consumers or a results stream stored
-// otherwise than asked, so a choice that did not reach the server fails the
-// run. Not parallel: it pins this process, as TestBenchProcessesApart does.
+// `serve` as flags. The bench checks the topology serve made against what
+// it was asked (queue.Ensure refuses a results stream stored otherwise or
+// another partition count; the bench itself, consumers stored otherwise),
+// so a choice that did not reach the server fails the run. Not parallel: it
+// pins this process, as TestBenchProcessesApart does.
 func TestBenchStorageChoices(t *testing.T) {
 	if runtime.NumCPU() < 2 {
 		t.Skip("needs 2 CPUs to pin the server apart")

@@ -71,6 +71,11 @@ func runFleet(ctx context.Context, cfg *Config, w *workload) (*Measurement, erro
 		f.Stop(sctx)
 	}()
 	qcfg, nc := f.Queue(), f.NC
+	// An existing jobs stream keeps its consumers' storage whatever is
+	// asked (queue.Config.MemoryConsumers): measure only what was asked.
+	if got := f.Client.Topology().Config.MemoryConsumers; got != cfg.MemoryConsumers {
+		return nil, fmt.Errorf("bench: memory-stored consumers asked %v, the topology has %v", cfg.MemoryConsumers, got)
+	}
 	var pubErr atomic.Pointer[error]
 	js, err := jetstream.New(nc,
 		jetstream.WithPublishAsyncMaxPending(4096),
