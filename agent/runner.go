@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
@@ -41,6 +42,10 @@ type runner struct {
 	// leaseOK is when the last successful write of the lease (acquire or
 	// renewal) was sent (Agent.stamp); see pullDeadline.
 	leaseOK atomic.Int64
+
+	// recreatedAt is when the fetch loop last tried to recreate a lost
+	// memory-stored consumer (recreateConsumer); only that loop uses it.
+	recreatedAt time.Time
 
 	// runAvg is a moving average of how long this runner's jobs ran on a
 	// worker (ns); 0 until one has. See shortJobs.
@@ -119,11 +124,43 @@ func (r *runner) loop() {
 		if err != nil && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) {
 			a.log.Warn("fetch", zap.Int("partition", r.partition), zap.Error(err))
 			backlog = 0
+			r.recreateConsumer(ctx, err)
 			if !sleepCtx(ctx, 250*time.Millisecond) {
 				return
 			}
 		}
 	}
+}
+
+// recreateConsumer answers a pull that found no consumer: with memory-stored
+// consumers (queue.Config.MemoryConsumers) a restart of the server loses
+// them, while the jobs wait in the stream. A pull request to a consumer that
+// does not exist has no responders; so does one sent while the server's
+// JetStream is starting, when the create fails too and the next failed pull
+// tries again.
+func (r *runner) recreateConsumer(ctx context.Context, err error) {
+	topo := r.a.topo
+	if !topo.Config.MemoryConsumers || !errors.Is(err, nats.ErrNoResponders) {
+		return
+	}
+	// At most once a second per runner: an agent that may not create
+	// consumers waits for the dispatcher's sweep without a request storm.
+	now := time.Now()
+	if now.Sub(r.recreatedAt) < time.Second {
+		return
+	}
+	r.recreatedAt = now
+	name := queue.AnyConsumerName
+	if r.partition >= 0 {
+		name = queue.PartitionConsumerName(r.partition)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := topo.RecreateConsumer(cctx, name); err != nil {
+		r.a.log.Warn("recreate memory-stored consumer", zap.String("consumer", name), zap.Error(err))
+		return
+	}
+	r.a.log.Info("recreated memory-stored consumer (lost with a server restart)", zap.String("consumer", name))
 }
 
 // claimMargin is the part of a TTL a claim is not relied on for: the server

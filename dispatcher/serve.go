@@ -123,6 +123,10 @@ func Serve(ctx context.Context, nc *nats.Conn, cfg ServeConfig) error {
 		return err
 	}
 	qcfg := c.topo.Config
+	if cfg.Queue.MemoryConsumers && !qcfg.MemoryConsumers {
+		log.Warn("memory-stored consumers asked for, but the jobs stream was created without them: its consumers stay file-stored",
+			zap.String("stream", qcfg.JobsStream()))
+	}
 	if cfg.Registerer != nil {
 		if err := cfg.Registerer.Register(c.Metrics()); err != nil {
 			return fmt.Errorf("dispatcher: metrics: %w", err)

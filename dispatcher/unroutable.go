@@ -65,6 +65,21 @@ func (s *sweeper) sweep(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		// Memory-stored consumers are lost with a server restart; agents
+		// whose NATS user may not create consumers wait for these.
+		if made, err := t.RecreateMissingConsumers(ctx); err != nil {
+			s.log.Warn("recreate memory-stored consumers", zap.String("queue", n), zap.Error(err))
+		} else if made > 0 {
+			s.log.Info("recreated memory-stored consumers lost with a server restart", zap.String("queue", n), zap.Int("consumers", made))
+		}
+		if n == s.c.topo.Config.QueueName() {
+			// One results stream serves every queue.
+			if made, err := t.RecreateResultsStream(ctx); err != nil {
+				s.log.Warn("recreate memory-stored results stream", zap.Error(err))
+			} else if made {
+				s.log.Info("recreated the memory-stored results stream lost with a server restart")
+			}
+		}
 		if !s.watched[n] && n != s.c.topo.Config.QueueName() {
 			// Serve watches its own queue already.
 			if err := t.WatchMaxDeliveries(ctx, s.c.nc, "dispatcher", s.log); err != nil {

@@ -62,6 +62,15 @@ type Config struct {
 	// capped at ResultsMaxAge.
 	ResultsDedup time.Duration
 
+	// ResultsStorage is the results stream's storage: "file", "memory",
+	// or "" for Storage. Memory-stored results cost the server less per
+	// job (see README, Performance) but a server restart loses every stored
+	// result, while the jobs they answer stay acked: a client that had not
+	// read a result by then never will. Pair it with a short ResultsMaxAge
+	// so that the stream's memory stays bounded. Fixed when the stream is
+	// created (a later Ensure with another value is a *MismatchError).
+	ResultsStorage string
+
 	// AgentTTL is the agents bucket TTL: an agent that stops heartbeating
 	// disappears after it. Default 3s (agents heartbeat every third of it);
 	// minimum 1s. Survivors watch the bucket and, the moment a dead agent's
@@ -96,6 +105,29 @@ type Config struct {
 	// MaxAckPending bounds unacked jobs per consumer. Default 1000; -1
 	// means unlimited.
 	MaxAckPending int
+
+	// MemoryConsumers keeps the job consumers' state (what each consumer
+	// delivered, to whom, how often) in the server's memory instead of
+	// state files. Default off. Under session load the 64 partition
+	// consumers otherwise rewrite their state files up to 10 times a
+	// second each, which costs the server about a quarter of its CPU per
+	// session job (see README, Performance). The jobs themselves stay in
+	// the jobs stream with its Storage, so a server restart loses none,
+	// but it does lose the consumers: agents recreate a missing consumer
+	// when they find it gone (their NATS user needs the right to create
+	// consumers on the jobs stream; otherwise the dispatcher's Ensure,
+	// e.g. `serve` starting, does), and the recreated consumer counts
+	// deliveries from 1 again. So max_attempts and MaxDeliver bound the
+	// attempts per server lifetime, not in all: each server restart may
+	// grant a job up to max_attempts more. The poison guard (worker
+	// deaths, kept in a KV bucket) still holds across restarts. Fixed when
+	// the jobs stream is created, which records it (stream metadata
+	// "procfleet_memory_consumers"): Ensure and Open adopt an existing
+	// stream's choice, whatever this field says, so whoever recreates a
+	// lost consumer makes it alike (check Topology.Config to see what an
+	// Ensure got). A consumer stored otherwise than its stream says is a
+	// *MismatchError.
+	MemoryConsumers bool
 
 	// CancelTTL is how long a cancel is kept in the cancels stream (its
 	// max age): a job delivered within it after its cancel never runs.
@@ -194,6 +226,8 @@ func (c Config) Validate() error {
 		return bad("MaxDeliver must be at least 1 (or -1 for unlimited), got %d", c.MaxDeliver)
 	case c.MaxAckPending < 1 && c.MaxAckPending != -1:
 		return bad("MaxAckPending must be at least 1 (or -1 for unlimited), got %d", c.MaxAckPending)
+	case c.ResultsStorage != "" && c.ResultsStorage != "file" && c.ResultsStorage != "memory":
+		return bad("ResultsStorage must be \"file\", \"memory\" or empty (Storage), got %q", c.ResultsStorage)
 	case c.CancelTTL < c.DedupWindow:
 		return bad("CancelTTL must be at least DedupWindow (%s), got %s", c.DedupWindow, c.CancelTTL)
 	}

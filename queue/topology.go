@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -46,6 +47,14 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config) (*Topology,
 	var err error
 	if t.Jobs, err = ensureStream(ctx, js, cfg.jobsStreamConfig()); err != nil {
 		return nil, err
+	}
+	// The jobs stream records at its creation how its consumers keep their
+	// state, so that whoever recreates a lost consumer (an agent's Ensure
+	// after a server restart, say) makes it the same way; an existing
+	// stream's choice wins over cfg's.
+	if streamMem := memoryConsumers(t.Jobs.CachedInfo().Config); streamMem != cfg.MemoryConsumers {
+		cfg.MemoryConsumers = streamMem
+		t.Config = cfg
 	}
 	if t.Results, err = ensureStream(ctx, js, cfg.resultsStreamConfig()); err != nil {
 		return nil, err
@@ -100,6 +109,7 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Topology, e
 		return nil, err
 	}
 	cfg.Storage, cfg.Replicas, cfg.DedupWindow = have.Storage, have.Replicas, have.Duplicates
+	cfg.MemoryConsumers = memoryConsumers(have)
 
 	if t.Results, err = openStream(ctx, js, cfg.ResultsStream()); err != nil {
 		return nil, err
@@ -111,6 +121,9 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Topology, e
 		return nil, err
 	}
 	cfg.ResultsMaxAge, cfg.ResultsDedup = have.MaxAge, have.Duplicates
+	if have.Storage != cfg.Storage {
+		cfg.ResultsStorage = map[jetstream.StorageType]string{jetstream.FileStorage: "file", jetstream.MemoryStorage: "memory"}[have.Storage]
+	}
 
 	if t.DLQ, err = openStream(ctx, js, cfg.DLQStream()); err != nil {
 		return nil, err
@@ -206,7 +219,12 @@ func (t *Topology) cacheConsumer(name string, c jetstream.Consumer) {
 // Stream and bucket configurations.
 
 func (c Config) jobsStreamConfig() jetstream.StreamConfig {
+	var meta map[string]string
+	if c.MemoryConsumers {
+		meta = map[string]string{memoryConsumersKey: "true"}
+	}
 	return c.withSchedules(jetstream.StreamConfig{
+		Metadata:    meta,
 		Name:        c.JobsStream(),
 		Description: "procfleet jobs, session jobs filed by partition",
 		Subjects:    []string{c.sessionWildcard(), c.AnySubject()},
@@ -225,6 +243,14 @@ func (c Config) jobsStreamConfig() jetstream.StreamConfig {
 	})
 }
 
+// memoryConsumersKey is the jobs stream's metadata key that records
+// Config.MemoryConsumers.
+const memoryConsumersKey = "procfleet_memory_consumers"
+
+func memoryConsumers(sc jetstream.StreamConfig) bool {
+	return sc.Metadata[memoryConsumersKey] == "true"
+}
+
 // limitOrUnlimited maps 0 (unlimited in QueueLimits) to the server's -1.
 func limitOrUnlimited(n int64) int64 {
 	if n <= 0 {
@@ -239,12 +265,23 @@ func (c Config) resultsStreamConfig() jetstream.StreamConfig {
 		Description: "procfleet job results, one per job id",
 		Subjects:    []string{c.ResultSubject("*")},
 		Retention:   jetstream.LimitsPolicy,
-		Storage:     c.Storage,
+		Storage:     c.resultsStorage(),
 		Replicas:    c.Replicas,
 		MaxAge:      c.ResultsMaxAge,
 		Duplicates:  c.ResultsDedup,
 		AllowDirect: true, // GetResult is a direct get, answered without the API layer
 	}
+}
+
+// resultsStorage is the results stream's storage (Config.ResultsStorage).
+func (c Config) resultsStorage() jetstream.StorageType {
+	switch c.ResultsStorage {
+	case "file":
+		return jetstream.FileStorage
+	case "memory":
+		return jetstream.MemoryStorage
+	}
+	return c.Storage
 }
 
 func (c Config) dlqStreamConfig() jetstream.StreamConfig {
@@ -325,6 +362,7 @@ func (c Config) consumerConfig(name string, filters ...string) jetstream.Consume
 		AckWait:       c.AckWait,
 		MaxDeliver:    c.MaxDeliver,
 		MaxAckPending: c.MaxAckPending,
+		MemoryStorage: c.MemoryConsumers,
 	}
 	if len(filters) == 1 {
 		cc.FilterSubject = filters[0]
@@ -593,5 +631,93 @@ func (t *Topology) consumerContract(want, have jetstream.ConsumerConfig) error {
 	if have.DeliverPolicy != want.DeliverPolicy {
 		return mismatch("DeliverPolicy", want.DeliverPolicy, have.DeliverPolicy)
 	}
+	if have.MemoryStorage != want.MemoryStorage {
+		return mismatch("MemoryStorage", want.MemoryStorage, have.MemoryStorage)
+	}
+	return nil
+}
+
+// RecreateResultsStream creates the results stream again if it is
+// memory-stored (Config.ResultsStorage or Storage "memory") and missing: a
+// server restart loses it, and until it is back no result can be stored
+// (agents requeue their jobs meanwhile). It reports whether it made it.
+func (t *Topology) RecreateResultsStream(ctx context.Context) (bool, error) {
+	if t.Config.resultsStorage() != jetstream.MemoryStorage {
+		return false, nil
+	}
+	_, err := t.JS.Stream(ctx, t.Config.ResultsStream())
+	if err == nil {
+		return false, nil
+	}
+	if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return false, fmt.Errorf("queue: stream %s: %w", t.Config.ResultsStream(), err)
+	}
+	if _, err := ensureStream(ctx, t.JS, t.Config.resultsStreamConfig()); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// RecreateMissingConsumers creates again, with Config.MemoryConsumers, the
+// job consumers a server restart lost, and returns how many it made. It
+// does nothing for file-stored consumers, which a restart keeps: one missing
+// there was deleted by someone, and Ensure is the place to make it again.
+func (t *Topology) RecreateMissingConsumers(ctx context.Context) (int, error) {
+	if !t.Config.MemoryConsumers {
+		return 0, nil
+	}
+	have := make(map[string]bool)
+	lister := t.Jobs.ListConsumers(ctx)
+	for info := range lister.Info() {
+		have[info.Name] = true
+	}
+	if err := lister.Err(); err != nil {
+		return 0, fmt.Errorf("queue: list consumers of %s: %w", t.Config.JobsStream(), err)
+	}
+	made := 0
+	for _, name := range append(t.partitionConsumerNames(), AnyConsumerName) {
+		if have[name] {
+			continue
+		}
+		if err := t.RecreateConsumer(ctx, name); err != nil {
+			return made, err
+		}
+		made++
+	}
+	return made, nil
+}
+
+func (t *Topology) partitionConsumerNames() []string {
+	names := make([]string, t.Config.Partitions)
+	for p := range names {
+		names[p] = PartitionConsumerName(p)
+	}
+	return names
+}
+
+// RecreateConsumer creates the job consumer name ("p-<n>" or "any") again
+// with this topology's configuration, if it is missing. With
+// Config.MemoryConsumers a server restart loses every job consumer: the
+// agents call this when a pull finds theirs gone. An existing consumer is
+// left as it is. It needs the right to create consumers on the jobs stream.
+func (t *Topology) RecreateConsumer(ctx context.Context, name string) error {
+	var want jetstream.ConsumerConfig
+	if name == AnyConsumerName {
+		want = t.Config.consumerConfig(AnyConsumerName, t.Config.anyConsumerFilters()...)
+	} else {
+		p, err := strconv.Atoi(strings.TrimPrefix(name, "p-"))
+		if err != nil || name != PartitionConsumerName(p) || p < 0 || p >= t.Config.Partitions {
+			return fmt.Errorf("queue: recreate consumer %q: not a job consumer of %s", name, t.Config.JobsStream())
+		}
+		want = t.Config.consumerConfig(PartitionConsumerName(p), t.Config.PartitionFilter(p))
+	}
+	c, err := t.Jobs.CreateConsumer(ctx, want)
+	if errors.Is(err, jetstream.ErrConsumerExists) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("queue: recreate consumer %s/%s: %w", t.Config.JobsStream(), name, err)
+	}
+	t.cacheConsumer(name, c)
 	return nil
 }

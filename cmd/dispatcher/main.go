@@ -158,6 +158,11 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	schedules := fs.Bool("schedules", false, "allow delayed and periodic jobs (the server's message schedules); the server then also "+
 		"allows Nats-Rollup headers on the jobs streams, so any job publisher could purge waiting jobs: only where every publisher is trusted")
 	metrics := fs.String("metrics", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9100 (default off)")
+	memConsumers := fs.Bool("memory-consumers", false, "when creating the job consumers: keep their state in the server's memory, not in state files "+
+		"(less server CPU per session job; a server restart loses them, agents recreate them, and delivery counts start again: see README, Performance)")
+	resultsStorage := fs.String("results-storage", "", "when creating the results stream: file or memory (default: the fleet's storage, file); "+
+		"memory-stored results are lost with a server restart")
+	resultsMaxAge := fs.Duration("results-max-age", 0, "how long results are kept (default 24h)")
 	unroutable := fs.Duration("unroutable-after", 0, "dead-letter as unroutable a job that waited this long in a queue no agent has served for this long (default 0: jobs wait)")
 	if err := cli.Parse(fs, args); err != nil {
 		return err
@@ -210,6 +215,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	qc := c.queue()
 	qc.Partitions = *partitions
 	qc.Schedules = *schedules
+	qc.MemoryConsumers, qc.ResultsStorage, qc.ResultsMaxAge = *memConsumers, *resultsStorage, *resultsMaxAge
 	return dispatcher.Serve(ctx, nc, dispatcher.ServeConfig{Queue: qc, HTTPAddr: *httpAddr, HTTPTokens: tokens,
 		HTTPTLSCert: *httpCert, HTTPTLSKey: *httpKey, Logger: log, Registerer: reg, UnroutableAfter: *unroutable})
 }

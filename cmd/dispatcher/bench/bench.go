@@ -22,6 +22,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/procfleet/procfleet/internal/localfleet"
+	"github.com/procfleet/procfleet/queue"
 )
 
 // ErrInvalidConfig is wrapped by every error Run returns for a bad Config.
@@ -102,6 +103,17 @@ type Config struct {
 	// AgentBin is the agent program of AgentProcess. Default:
 	// localfleet.AgentProgram.Find.
 	AgentBin string
+	// MemoryConsumers, ResultsStorage and ResultsMaxAge are the topology's
+	// queue.Config fields of the same names: the storage choices whose cost
+	// the README reports. Defaults: the topology's (file-stored consumers,
+	// results on the fleet's storage for 24 hours). With ServerCPUs the
+	// server process's `serve` gets them as flags.
+	MemoryConsumers bool
+	ResultsStorage  string
+	ResultsMaxAge   time.Duration
+	// Partitions is the topology's session partition count. Default 0:
+	// queue.DefaultPartitions (64).
+	Partitions int
 	// CPUProfile, when set, receives a CPU profile of the fleet measurement.
 	// Default nil (no profile).
 	CPUProfile io.Writer
@@ -133,6 +145,12 @@ type Report struct {
 	// ServerCPUs and AgentProcess are Config's: where the parts ran.
 	ServerCPUs   []int `json:"server_cpus,omitempty"`
 	AgentProcess bool  `json:"agent_process,omitempty"`
+	// MemoryConsumers, ResultsStorage and ResultsMaxAge are Config's: the
+	// topology's storage choices.
+	MemoryConsumers bool          `json:"memory_consumers,omitempty"`
+	ResultsStorage  string        `json:"results_storage,omitempty"`
+	ResultsMaxAge   time.Duration `json:"results_max_age_ns,omitempty"`
+	Partitions      int           `json:"partitions,omitempty"`
 	// LoadBefore and LoadAfter are /proc/loadavg's 1, 5 and 15 minute load
 	// averages when the run began and ended: figures from a loaded machine
 	// are noisy.
@@ -257,6 +275,12 @@ func (c *Config) validate() error {
 		return fmt.Errorf("%w: ServerCPUs starts a server of its own, NATSURL names one: set one of them", ErrInvalidConfig)
 	case c.StartupDelay < 0:
 		return fmt.Errorf("%w: StartupDelay cannot be negative", ErrInvalidConfig)
+	case c.ResultsStorage != "" && c.ResultsStorage != "file" && c.ResultsStorage != "memory":
+		return fmt.Errorf("%w: ResultsStorage must be \"file\" or \"memory\", got %q", ErrInvalidConfig, c.ResultsStorage)
+	case c.Partitions < 0 || c.Partitions > queue.MaxPartitions:
+		return fmt.Errorf("%w: Partitions must be between 0 (the default) and %d, got %d", ErrInvalidConfig, queue.MaxPartitions, c.Partitions)
+	case c.ResultsMaxAge < 0:
+		return fmt.Errorf("%w: ResultsMaxAge cannot be negative", ErrInvalidConfig)
 	}
 	return nil
 }
@@ -300,6 +324,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		rep.NATS = cfg.NATSURL
 	}
 	rep.ServerCPUs, rep.AgentProcess, rep.LoadBefore = cfg.ServerCPUs, cfg.AgentProcess, loadAvg()
+	rep.MemoryConsumers, rep.ResultsStorage, rep.ResultsMaxAge = cfg.MemoryConsumers, cfg.ResultsStorage, cfg.ResultsMaxAge
+	rep.Partitions = cfg.Partitions
 	if len(cfg.ServerCPUs) > 0 {
 		rest, err := otherCPUs(cfg.ServerCPUs)
 		if err != nil {

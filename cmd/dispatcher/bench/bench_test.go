@@ -108,14 +108,46 @@ func TestBenchProcessesApart(t *testing.T) {
 func TestBenchConfigErrors(t *testing.T) {
 	t.Parallel()
 	for field, cfg := range map[string]bench.Config{
-		"PayloadSize": {PayloadSize: 4},
-		"Inflight":    {Inflight: -1},
-		"Agents":      {Agents: -1},
-		"ServerCPUs":  {ServerCPUs: []int{0}, NATSURL: "nats://127.0.0.1:1"},
+		"PayloadSize":    {PayloadSize: 4},
+		"Inflight":       {Inflight: -1},
+		"Agents":         {Agents: -1},
+		"ServerCPUs":     {ServerCPUs: []int{0}, NATSURL: "nats://127.0.0.1:1"},
+		"ResultsStorage": {ResultsStorage: "disk"},
+		"ResultsMaxAge":  {ResultsMaxAge: -time.Second},
+		"Partitions":     {Partitions: 5000},
 	} {
 		_, err := bench.Run(context.Background(), cfg)
 		if !errors.Is(err, bench.ErrInvalidConfig) || !strings.Contains(err.Error(), field) {
 			t.Errorf("%s: got %v, want ErrInvalidConfig naming the field", field, err)
 		}
+	}
+}
+
+// TestBenchStorageChoices: the topology choices reach the server process's
+// `serve` as flags. The bench checks the topology serve made against what
+// it was asked (queue.Ensure refuses a results stream stored otherwise or
+// another partition count; the bench itself, consumers stored otherwise),
+// so a choice that did not reach the server fails the run. Not parallel: it
+// pins this process, as TestBenchProcessesApart does.
+func TestBenchStorageChoices(t *testing.T) {
+	if runtime.NumCPU() < 2 {
+		t.Skip("needs 2 CPUs to pin the server apart")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	cfg := bench.Config{Jobs: 200, Workers: 2, Sessions: 4, ServerCPUs: []int{0}, NoFloor: true,
+		MemoryConsumers: true, ResultsStorage: "memory", ResultsMaxAge: time.Minute, Partitions: 8}
+	cfg.Out, cfg.Progress = &out, io.Discard
+	rep, err := bench.Run(ctx, cfg)
+	if err != nil {
+		t.Fatalf("bench: %v\n%s", err, out.String())
+	}
+	if rep.Fleet == nil || rep.Fleet.Jobs != cfg.Jobs || rep.Fleet.Failed != 0 {
+		t.Fatalf("report %+v", rep)
+	}
+	want := "storage: memory-stored job consumers, results on memory storage, 8 partitions, results kept 1m0s"
+	if !strings.Contains(out.String(), want) {
+		t.Errorf("output lacks %q:\n%s", want, out.String())
 	}
 }

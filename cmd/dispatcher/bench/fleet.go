@@ -23,7 +23,7 @@ import (
 
 // runFleet runs the workload through NATS and in-process agents.
 func runFleet(ctx context.Context, cfg *Config, w *workload) (*Measurement, error) {
-	qcfg := queue.Config{}
+	qcfg := queue.Config{MemoryConsumers: cfg.MemoryConsumers, ResultsStorage: cfg.ResultsStorage, ResultsMaxAge: cfg.ResultsMaxAge, Partitions: cfg.Partitions}
 	url := cfg.NATSURL
 	var server *child
 	if len(cfg.ServerCPUs) > 0 || cfg.AgentProcess {
@@ -43,7 +43,7 @@ func runFleet(ctx context.Context, cfg *Config, w *workload) (*Measurement, erro
 					return nil, err
 				}
 			}
-			if server, url, err = startServerProcess(ctx, cfg.ServerBin, dir, cfg.ServerCPUs); err != nil {
+			if server, url, err = startServerProcess(ctx, cfg.ServerBin, dir, cfg.ServerCPUs, serveFlags(qcfg)); err != nil {
 				return nil, err
 			}
 			// Stopped after the fleet (deferred first, runs last).
@@ -71,6 +71,11 @@ func runFleet(ctx context.Context, cfg *Config, w *workload) (*Measurement, erro
 		f.Stop(sctx)
 	}()
 	qcfg, nc := f.Queue(), f.NC
+	// An existing jobs stream keeps its consumers' storage whatever is
+	// asked (queue.Config.MemoryConsumers): measure only what was asked.
+	if got := f.Client.Topology().Config.MemoryConsumers; got != cfg.MemoryConsumers {
+		return nil, fmt.Errorf("bench: memory-stored consumers asked %v, the topology has %v", cfg.MemoryConsumers, got)
+	}
 	var pubErr atomic.Pointer[error]
 	js, err := jetstream.New(nc,
 		jetstream.WithPublishAsyncMaxPending(4096),

@@ -106,14 +106,34 @@ func freePort() (int, error) {
 
 // startServerProcess runs `<bin> serve --embedded` in a fresh data
 // directory, pinned to cpus, and waits until it accepts connections.
-func startServerProcess(ctx context.Context, bin, dir string, cpus []int) (*child, string, error) {
+// serveFlags are the `dispatcher serve` flags that make the topology qcfg
+// asks for.
+func serveFlags(qcfg queue.Config) []string {
+	var flags []string
+	if qcfg.MemoryConsumers {
+		flags = append(flags, "--memory-consumers")
+	}
+	if qcfg.ResultsStorage != "" {
+		flags = append(flags, "--results-storage", qcfg.ResultsStorage)
+	}
+	if qcfg.Partitions > 0 {
+		flags = append(flags, "--partitions", strconv.Itoa(qcfg.Partitions))
+	}
+	if qcfg.ResultsMaxAge > 0 {
+		flags = append(flags, "--results-max-age", qcfg.ResultsMaxAge.String())
+	}
+	return flags
+}
+
+func startServerProcess(ctx context.Context, bin, dir string, cpus []int, flags []string) (*child, string, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, "", err
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(port)
-	c, err := startChild("NATS server", bin, []string{"serve", "--embedded", "--listen", addr,
-		"--data", filepath.Join(dir, "nats"), "--log-level", "warn"}, cpus)
+	args := append([]string{"serve", "--embedded", "--listen", addr,
+		"--data", filepath.Join(dir, "nats"), "--log-level", "warn"}, flags...)
+	c, err := startChild("NATS server", bin, args, cpus)
 	if err != nil {
 		return nil, "", err
 	}

@@ -64,6 +64,9 @@ func (r *Report) WriteTable(out io.Writer) {
 		where = "agents as cmd/agent processes"
 	}
 	fmt.Fprintf(out, "  NATS:    %s; %s, capacity %s\n", r.NATS, where, capacity)
+	if st := r.storage(); st != "" {
+		fmt.Fprintf(out, "  storage: %s\n", st)
+	}
 	mach := fmt.Sprintf("%s/%s, %d CPUs", r.Machine.OS, r.Machine.Arch, r.Machine.CPUs)
 	if r.Machine.Model != "" {
 		mach += ", " + r.Machine.Model
@@ -175,4 +178,23 @@ func fmtDur(d time.Duration) string {
 	default:
 		return fmt.Sprintf("%dµs", d.Microseconds())
 	}
+}
+
+// storage names the topology's storage choices that differ from the
+// defaults, "" if none do.
+func (r *Report) storage() string {
+	var parts []string
+	if r.MemoryConsumers {
+		parts = append(parts, "memory-stored job consumers")
+	}
+	if r.ResultsStorage != "" {
+		parts = append(parts, "results on "+r.ResultsStorage+" storage")
+	}
+	if r.Partitions > 0 {
+		parts = append(parts, strconv.Itoa(r.Partitions)+" partitions")
+	}
+	if r.ResultsMaxAge > 0 {
+		parts = append(parts, "results kept "+r.ResultsMaxAge.String())
+	}
+	return strings.Join(parts, ", ")
 }
