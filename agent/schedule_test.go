@@ -58,29 +58,67 @@ func TestDelayedJobStartsOnTime(t *testing.T) {
 
 // TestDelayedJobsKeepSessionOrder: 200 delayed jobs across 20 sessions,
 // submitted latest-due first, run in each session in due-time order.
+//
+// The order is the scheduler's only while every job reaches the server
+// before it falls due: a job that arrives late (SubmitAt takes up to a
+// second in the past) fires at once, and the server fires the schedules due
+// in one run in stream order, which here is the reverse of due order. So the
+// submissions run concurrently, one line per session, and a submission that
+// overran its lead (a starved machine) is done again, under new sessions,
+// with twice the lead.
 func TestDelayedJobsKeepSessionOrder(t *testing.T) {
 	t.Parallel()
 	cfg, execLog := withExecLog(t, withSchedules(fleetConfig(2, 3)))
 	f := fleettest.StartFleet(t, cfg)
 	f.WaitBalanced(t, 30*time.Second) // no partition moves while jobs fire
-	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 180*time.Second)
 	defer cancel()
 
 	const sessions, perSession = 20, 10
-	// Jobs of one session are due a second apart; sessions are offset by
-	// 25 ms so that they interleave. Submission runs backwards in due
-	// time, so stream order is the opposite of due order.
-	base := time.Now().Add(3 * time.Second)
 	var ids []string
-	for k := perSession - 1; k >= 0; k-- {
+	var prefix string
+	lead := 3 * time.Second
+	for round := 1; ; round++ {
+		// Jobs of one session are due a second apart; sessions are offset
+		// by 25 ms so that they interleave. Each session's jobs are
+		// submitted backwards in due time, so stream order is the
+		// opposite of due order.
+		prefix = fmt.Sprintf("r%d-", round)
+		start := time.Now()
+		base := start.Add(lead)
+		ids = ids[:0]
+		errs := make(chan error, sessions)
 		for s := range sessions {
-			id := fmt.Sprintf("ord-s%02d-k%d", s, k)
-			at := base.Add(time.Duration(k)*time.Second + time.Duration(s)*25*time.Millisecond)
-			if _, err := f.Client.SubmitAt(ctx, fmt.Sprintf("s%02d", s), &queue.Job{ID: id, Command: "echo"}, at); err != nil {
+			session := fmt.Sprintf("%ss%02d", prefix, s)
+			for k := range perSession {
+				ids = append(ids, fmt.Sprintf("ord-%s-k%d", session, k))
+			}
+			go func() {
+				for k := perSession - 1; k >= 0; k-- {
+					at := base.Add(time.Duration(k)*time.Second + time.Duration(s)*25*time.Millisecond)
+					id := fmt.Sprintf("ord-%s-k%d", session, k)
+					if _, err := f.Client.SubmitAt(ctx, session, &queue.Job{ID: id, Command: "echo"}, at); err != nil {
+						errs <- fmt.Errorf("submit %s: %w", id, err)
+						return
+					}
+				}
+				errs <- nil
+			}()
+		}
+		for range sessions {
+			if err := <-errs; err != nil {
 				t.Fatal(err)
 			}
-			ids = append(ids, id)
 		}
+		took := time.Since(start)
+		t.Logf("round %d: %d delayed jobs submitted in %v (lead %v)", round, len(ids), took.Round(time.Millisecond), lead)
+		if took < lead {
+			break // every job was scheduled before it fell due
+		}
+		if round == 3 {
+			t.Fatalf("submitting %d delayed jobs took %v, over the lead of %v, three times", len(ids), took, lead)
+		}
+		lead *= 2
 	}
 	for _, id := range ids {
 		res, err := f.Client.Result(ctx, id, nil)
@@ -94,6 +132,9 @@ func TestDelayedJobsKeepSessionOrder(t *testing.T) {
 	execs := fleettest.ReadExecLog(t, execLog)
 	order := map[string][]execAt{}
 	for id, es := range execs {
+		if !strings.HasPrefix(id, "ord-"+prefix) {
+			continue // an earlier round's
+		}
 		if len(es) != 1 {
 			t.Fatalf("job %s ran %d times", id, len(es))
 		}
