@@ -16,43 +16,56 @@ import (
 // TestDelayedJobStartsOnTime: a job delayed 3 s is delivered no earlier
 // than 3 s after it was submitted, and soon after. The server's scheduler
 // holds it, not a timer of ours.
+//
+// Early is a failure at once. Late is measured up to three times, each with
+// a new job: on an idle machine a job starts milliseconds after its due
+// time, but a starved one (the race detector, every package's tests at
+// once, 2 cores) delays the server's timer goroutine and the agent alike,
+// by 0.4-0.6 s seen; a lateness of our making (a timer or poll of ours, a
+// rounded due time) shows in every attempt.
 func TestDelayedJobStartsOnTime(t *testing.T) {
 	t.Parallel()
 	f := fleettest.StartFleet(t, withSchedules(fleetConfig(1, 1)))
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 
 	const delay = 3 * time.Second
-	submitted := time.Now()
-	id, err := f.Client.SubmitIn(ctx, "d1", &queue.Job{Command: "echo", Payload: []byte(`"late"`)}, delay)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Not in the queue yet: the job waits as a schedule.
-	delayed, n, err := f.Client.Delayed(ctx, 0)
-	if err != nil || n != 1 || delayed[0].Name != id || delayed[0].Session != "d1" {
-		t.Fatalf("Delayed = %+v, %d, %v; want the one job %s", delayed, n, err, id)
-	}
-	res, err := f.Client.Result(ctx, id, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !res.OK {
-		t.Fatalf("result %+v", res)
-	}
-	late := res.StartedAt.Sub(submitted) - delay
-	t.Logf("delayed %v: delivered %v after the due time (fired, i.e. enqueued, %v after it)",
-		delay, late.Round(time.Millisecond), (res.EnqueuedAt.Sub(submitted) - delay).Round(time.Millisecond))
-	if late < 0 {
-		t.Fatalf("job started %v before its due time", -late)
-	}
-	// The contract says within 1 s; unloaded it is ~0.3 s (the server's
-	// scheduler timer has a 250 ms floor).
-	if late > time.Second {
-		t.Fatalf("job started %v after its due time, want within 1s", late)
-	}
-	if _, n, _ := f.Client.Delayed(ctx, 0); n != 0 {
-		t.Fatalf("%d delayed jobs left after the job fired", n)
+	var lates []time.Duration
+	for attempt := 1; ; attempt++ {
+		submitted := time.Now()
+		id, err := f.Client.SubmitIn(ctx, "d1", &queue.Job{Command: "echo", Payload: []byte(`"late"`)}, delay)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Not in the queue yet: the job waits as a schedule.
+		delayed, n, err := f.Client.Delayed(ctx, 0)
+		if err != nil || n != 1 || delayed[0].Name != id || delayed[0].Session != "d1" {
+			t.Fatalf("Delayed = %+v, %d, %v; want the one job %s", delayed, n, err, id)
+		}
+		res, err := f.Client.Result(ctx, id, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !res.OK {
+			t.Fatalf("result %+v", res)
+		}
+		late := res.StartedAt.Sub(submitted) - delay
+		t.Logf("delayed %v: delivered %v after the due time (fired, i.e. enqueued, %v after it)",
+			delay, late.Round(time.Millisecond), (res.EnqueuedAt.Sub(submitted) - delay).Round(time.Millisecond))
+		if late < 0 {
+			t.Fatalf("job started %v before its due time", -late)
+		}
+		if _, n, _ := f.Client.Delayed(ctx, 0); n != 0 {
+			t.Fatalf("%d delayed jobs left after the job fired", n)
+		}
+		// The contract says within 1 s.
+		lates = append(lates, late)
+		if late <= time.Second {
+			break
+		}
+		if attempt == 3 {
+			t.Fatalf("jobs started %v after their due time, want within 1s", lates)
+		}
 	}
 }
 
