@@ -178,17 +178,20 @@ func TestGracefulStopHandover(t *testing.T) {
 // TestLongJobNotRedelivered: a job that runs three times its consumer's
 // AckWait is kept alive with InProgress and runs exactly once, on a session
 // partition and on the anonymous consumer alike, though a free worker could
-// have taken a redelivery at any time.
+// have taken a redelivery at any time. The InProgress goes out every third
+// of AckWait; at 4 s a starved agent may miss more than a whole beat (it
+// would take 2.7 s of silence to lose the job), where at 2 s the margin was
+// 1.3 s.
 func TestLongJobNotRedelivered(t *testing.T) {
 	t.Parallel()
 	cfg := fleetConfig(1, 3)
-	cfg.Agent.Queue.AckWait = 2 * time.Second
+	cfg.Agent.Queue.AckWait = 4 * time.Second
 	cfg, execLog := withExecLog(t, cfg)
 	f := fleettest.StartFleet(t, cfg)
-	if got := f.Topology().Config.AckWait; got != 2*time.Second {
+	if got := f.Topology().Config.AckWait; got != 4*time.Second {
 		t.Fatalf("AckWait %s", got)
 	}
-	payload := json.RawMessage(`{"ms":6000}`)
+	payload := json.RawMessage(`{"ms":12000}`)
 	ids := []string{
 		submit(t, f, "", &queue.Job{ID: "long-any", Command: "sleep", Payload: payload, TimeoutMS: 30000}),
 		submit(t, f, "s1", &queue.Job{ID: "long-s1", Command: "sleep", Payload: payload, TimeoutMS: 30000}),
