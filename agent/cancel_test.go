@@ -418,7 +418,10 @@ func TestCancelAfterResult(t *testing.T) {
 	if !before.OK {
 		t.Fatalf("%+v", before.Error)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	// One deadline for the cancel here and the read at the end, with the
+	// probe's run, its cancel grace (2s: the helper has no cancel) and its
+	// result in between.
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	reply, err := f.Client.Cancel(ctx, id)
 	if err != nil {

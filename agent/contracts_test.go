@@ -178,17 +178,20 @@ func TestGracefulStopHandover(t *testing.T) {
 // TestLongJobNotRedelivered: a job that runs three times its consumer's
 // AckWait is kept alive with InProgress and runs exactly once, on a session
 // partition and on the anonymous consumer alike, though a free worker could
-// have taken a redelivery at any time.
+// have taken a redelivery at any time. The InProgress goes out every third
+// of AckWait; at 4 s a starved agent may miss more than a whole beat (it
+// would take 2.7 s of silence to lose the job), where at 2 s the margin was
+// 1.3 s.
 func TestLongJobNotRedelivered(t *testing.T) {
 	t.Parallel()
 	cfg := fleetConfig(1, 3)
-	cfg.Agent.Queue.AckWait = 2 * time.Second
+	cfg.Agent.Queue.AckWait = 4 * time.Second
 	cfg, execLog := withExecLog(t, cfg)
 	f := fleettest.StartFleet(t, cfg)
-	if got := f.Topology().Config.AckWait; got != 2*time.Second {
+	if got := f.Topology().Config.AckWait; got != 4*time.Second {
 		t.Fatalf("AckWait %s", got)
 	}
-	payload := json.RawMessage(`{"ms":6000}`)
+	payload := json.RawMessage(`{"ms":12000}`)
 	ids := []string{
 		submit(t, f, "", &queue.Job{ID: "long-any", Command: "sleep", Payload: payload, TimeoutMS: 30000}),
 		submit(t, f, "s1", &queue.Job{ID: "long-s1", Command: "sleep", Payload: payload, TimeoutMS: 30000}),
@@ -275,13 +278,15 @@ func TestNoConsumeWithoutLease(t *testing.T) {
 
 // TestCrashFailoverBeforeLeaseExpiry: when an agent dies (Kill: no release,
 // no goodbye), the survivors take its partitions once its registry entry
-// expires, long before its leases would. The lease TTL here is ten times
-// the agent TTL, so waiting for the leases cannot pass.
+// expires, long before its leases would. The lease TTL here is twenty
+// times the agent TTL, so waiting for the leases cannot pass, and the bound
+// below (a quarter of it) leaves a loaded machine five times the 2 s
+// expected.
 func TestCrashFailoverBeforeLeaseExpiry(t *testing.T) {
 	t.Parallel()
 	cfg := fleetConfig(3, 1)
 	cfg.Agent.Queue.AgentTTL = 2 * time.Second
-	cfg.Agent.Queue.LeaseTTL = 20 * time.Second
+	cfg.Agent.Queue.LeaseTTL = 40 * time.Second
 	f := fleettest.StartFleet(t, cfg)
 	f.WaitBalanced(t, 30*time.Second)
 	victim := f.Agents[2]
@@ -294,8 +299,8 @@ func TestCrashFailoverBeforeLeaseExpiry(t *testing.T) {
 	took := time.Since(killed)
 	t.Logf("agent killed: its partitions moved to the survivors in %s", took.Round(time.Millisecond))
 	// Expected: AgentTTL less up to one heartbeat interval, plus the
-	// server's expiry lag: about 2 s. The bound leaves twice that and more,
-	// and stays far below the lease TTL.
+	// server's expiry lag: about 2 s. The bound leaves five times that, and
+	// stays far below the lease TTL.
 	if bound := f.Topology().Config.LeaseTTL / 4; took > bound {
 		t.Errorf("failover took %s, want at most %s (the dead agent's leases were waited out)", took, bound)
 	}

@@ -14,7 +14,8 @@ import (
 // TestFailoverAfterServerRestart: the survivors' view of the registry
 // outlives a restart of the NATS server, so a crash right after it still
 // moves the dead agent's partitions once its entry expires, long before its
-// leases would (here ten times later).
+// leases would (here twenty times later; the bound, a quarter of the lease
+// TTL, leaves a loaded machine five times the 2 s expected).
 func TestFailoverAfterServerRestart(t *testing.T) {
 	t.Parallel()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -30,7 +31,7 @@ func TestFailoverAfterServerRestart(t *testing.T) {
 	cfg := fleetConfig(3, 1)
 	cfg.Server = first
 	cfg.Agent.Queue.AgentTTL = 2 * time.Second
-	cfg.Agent.Queue.LeaseTTL = 30 * time.Second
+	cfg.Agent.Queue.LeaseTTL = 40 * time.Second
 	f := fleettest.StartFleet(t, cfg)
 	f.WaitBalanced(t, 30*time.Second)
 

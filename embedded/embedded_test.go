@@ -11,14 +11,14 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"go.uber.org/goleak"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/procfleet/procfleet/embedded"
+	"github.com/procfleet/procfleet/internal/sharedtest"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	sharedtest.VerifyTestMain(m)
 }
 
 func start(t *testing.T, cfg embedded.Config) string {

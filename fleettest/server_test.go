@@ -40,7 +40,9 @@ func TestStartServerRestart(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	reuse := fleettest.WithServerConfig(func(c *embedded.Config) { c.StoreDir = dir })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	// The deadline covers two server starts (JetStream recovery from disk
+	// included) on what may be a starved machine.
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
 	first := fleettest.StartServer(t, reuse)

@@ -8,6 +8,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/procfleet/procfleet/fleettest/testworker"
+	"github.com/procfleet/procfleet/internal/sharedtest"
 )
 
 // envArmDir names a directory of one-shot start modes for helper workers:
@@ -29,5 +30,5 @@ func TestMain(m *testing.M) {
 		testworker.Main()
 		return
 	}
-	goleak.VerifyTestMain(m, goleak.Cleanup(func(int) { removeBinaries() }))
+	goleak.VerifyTestMain(sharedtest.Settled(m), goleak.Cleanup(func(int) { removeBinaries() }))
 }

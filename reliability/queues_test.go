@@ -229,8 +229,10 @@ func TestQueuesFailover(t *testing.T) {
 	f := startMixedFleet(t)
 	// Load: jobs keep arriving on both queues while agent-a dies, a round
 	// every 50ms for 3s: one job for each of 40 programs sessions, 10 echo
-	// jobs.
+	// jobs. The second half waits for the kill, so that however slow the
+	// machine, the kill falls inside the load.
 	const rounds = 60
+	killedc := make(chan struct{})
 	var programIDs, echoIDs []string
 	for r := range rounds {
 		for s := range 40 {
@@ -256,6 +258,13 @@ func TestQueuesFailover(t *testing.T) {
 				return err
 			}
 			for r := range rounds {
+				if r == rounds/2 {
+					select {
+					case <-killedc:
+					case <-time.After(2 * time.Minute):
+						return errors.New("agent-a was not killed within 2 minutes of half the load")
+					}
+				}
 				for s := range 40 {
 					if err := send(fmt.Sprintf("fleet.job.programs.s.programs-s%d", s), programIDs[r*40+s]); err != nil {
 						return err
@@ -304,6 +313,7 @@ func TestQueuesFailover(t *testing.T) {
 	f.procs["agent-a"].kill()
 	killed := time.Now()
 	atKill := published.Load()
+	close(killedc)
 	if err := <-pubErr; err != nil {
 		t.Fatalf("publish: %v", err)
 	}

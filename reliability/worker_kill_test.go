@@ -18,13 +18,16 @@ import (
 	"github.com/procfleet/procfleet/queue"
 )
 
-// fastFleet is a fleet of in-process agents with short TTLs and retry
-// backoff, whose helper workers log their executions.
+// fastFleet is a fleet of in-process agents with a short AckWait and retry
+// backoff, whose helper workers log their executions. The lease TTL is the
+// default: at 2 s a renewal that a starved machine (this suite runs its
+// tests side by side) delays past it can move a partition, and its
+// sessions, with no fault to explain it.
 func fastFleet(t *testing.T, agents, workers int) (fleettest.FleetConfig, string) {
 	t.Helper()
 	// Worker deaths are the point here; only errors are worth a log line.
 	cfg := fleettest.FleetConfig{Agents: agents, Logger: zaptest.NewLogger(t, zaptest.Level(zap.ErrorLevel))}
-	cfg.Agent.Queue = queue.Config{Partitions: 16, AgentTTL: 3 * time.Second, LeaseTTL: 2 * time.Second, AckWait: 3 * time.Second}
+	cfg.Agent.Queue = queue.Config{Partitions: 16, AgentTTL: 3 * time.Second, AckWait: 3 * time.Second}
 	cfg.Agent.Pool.Size = workers
 	cfg.Agent.RetryBackoffMin = 20 * time.Millisecond
 	cfg.Agent.RetryBackoffMax = 500 * time.Millisecond

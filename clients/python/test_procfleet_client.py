@@ -140,8 +140,11 @@ class ClientTest(unittest.TestCase):
 
     def test_duplicate_and_conflict(self):
         job_id = uid("dup")
-        first = self.c.submit("sleep", {"ms": 3000}, job_id=job_id)
-        again = self.c.submit("sleep", {"ms": 3000}, job_id=job_id)
+        # The conflict needs the first job still waiting or running: 10 s
+        # leave a loaded machine (the Go tests run beside this) ample time
+        # for the three submits.
+        first = self.c.submit("sleep", {"ms": 10000}, job_id=job_id)
+        again = self.c.submit("sleep", {"ms": 10000}, job_id=job_id)
         self.assertTrue(again.duplicate)
         self.assertEqual(again.seq, first.seq)
         with self.assertRaises(pc.Conflict) as cm:

@@ -4,12 +4,11 @@ import (
 	"strings"
 	"testing"
 
-	"go.uber.org/goleak"
-
 	"github.com/procfleet/procfleet/fleettest"
+	"github.com/procfleet/procfleet/internal/sharedtest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { sharedtest.VerifyTestMain(m) }
 
 func TestUnreachableNATSNamesURL(t *testing.T) {
 	err := run([]string{"--nats", "nats://127.0.0.1:1", "--worker-cmd", "python3 worker.py", "--log-level", "error"})

@@ -79,7 +79,9 @@ func TestDashboardBrowser(t *testing.T) {
 		cfg.Pool.Size = 2
 	}})
 	base := startServe(t, f.Server.Connect(t), dispatcher.ServeConfig{HTTPTokens: testTokens()})
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Second)
+	// One deadline for the fleet calls of the whole walk through the page,
+	// which takes 15-25 s, and longer on a loaded machine.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
 	// Sign in: the page answers 401 with the form; the token opens it.
@@ -118,15 +120,24 @@ func TestDashboardBrowser(t *testing.T) {
 		shot(t, bctx, "queues")
 	}
 
-	// A job looked up by id: its progress arrives while it runs.
-	if _, err := f.Client.Submit(ctx, "slow", &queue.Job{ID: "slow-1", Command: "sleep", Payload: json.RawMessage(`{"MS":6000}`)}); err != nil {
-		t.Fatal(err)
-	}
+	// A job looked up by id: its progress arrives while it runs. The page
+	// looks it up before it is submitted and follows it from then on, so a
+	// slow browser cannot miss its one progress report (at half its run).
 	run(t, bctx, 10*time.Second, "look up slow-1",
 		chromedp.Click(chromedp.CSS(`#tabs button[data-tab="jobs"]`)),
 		chromedp.SetValue(chromedp.CSS("#job-id"), "slow-1"),
 		chromedp.Click(chromedp.CSS(`#job-form button[type="submit"]`)),
 	)
+	// The click replaced the page's event stream with one that follows
+	// slow-1; a snapshot on it means the dispatcher listens for its events.
+	if _, err := eval[bool](bctx, `(S.lastSnap = 0, true)`); err != nil {
+		t.Fatal(err)
+	}
+	waitJS(t, bctx, 15*time.Second, "the page following slow-1, not yet submitted",
+		`S.lastSnap > 0 && document.getElementById("job-state").textContent === "waiting"`)
+	if _, err := f.Client.Submit(ctx, "slow", &queue.Job{ID: "slow-1", Command: "sleep", Payload: json.RawMessage(`{"MS":8000}`)}); err != nil {
+		t.Fatal(err)
+	}
 	waitJS(t, bctx, 15*time.Second, "a progress event of slow-1",
 		`document.querySelectorAll("#job-progress li").length > 0`)
 	state, err := eval[string](bctx, `document.getElementById("job-state").textContent`)
@@ -140,7 +151,7 @@ func TestDashboardBrowser(t *testing.T) {
 	if state == "done" || !strings.Contains(progress, `"pct":50`) {
 		t.Fatalf("progress %q with state %q: want the progress while the job still runs", progress, state)
 	}
-	waitJS(t, bctx, 15*time.Second, "slow-1 done with its attempt listed",
+	waitJS(t, bctx, 20*time.Second, "slow-1 done with its attempt listed",
 		`document.getElementById("job-state").textContent === "done" && document.querySelectorAll("#job-attempts tbody tr").length === 1`)
 	shot(t, bctx, "jobs")
 

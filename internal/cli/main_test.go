@@ -3,9 +3,9 @@ package cli_test
 import (
 	"testing"
 
-	"go.uber.org/goleak"
+	"github.com/procfleet/procfleet/internal/sharedtest"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	sharedtest.VerifyTestMain(m)
 }

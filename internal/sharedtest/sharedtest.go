@@ -21,13 +21,51 @@ import (
 // TestMain is the TestMain of every package whose tests start helper
 // workers: in a child started by testworker.Command it runs the worker (and
 // never returns); otherwise it runs the tests and checks that none of them
-// left a goroutine behind.
+// left a goroutine behind (VerifyTestMain).
 func TestMain(m *testing.M, opts ...goleak.Option) {
 	if testworker.IsHelper() {
 		testworker.Main()
 		return
 	}
-	goleak.VerifyTestMain(m, opts...)
+	VerifyTestMain(m, opts...)
+}
+
+// leakSettle is how long VerifyTestMain lets goroutines that are still
+// ending go before it calls them leaked.
+const leakSettle = 10 * time.Second
+
+// VerifyTestMain is goleak.VerifyTestMain with patience: after a successful
+// run it waits up to leakSettle for the goroutines that the tests' cleanups
+// told to stop (a closed connection's readers, a stopped server's loops, a
+// worker's pipe copiers) to end, then checks as goleak does. goleak's own
+// retries give up after about half a second, which a starved machine at
+// the end of a package (CI runs the packages side by side) can exceed; a
+// real leak is still there after leakSettle and fails the run. opts must
+// not hold goleak.Cleanup (see Settled).
+func VerifyTestMain(m *testing.M, opts ...goleak.Option) {
+	goleak.VerifyTestMain(Settled(m, opts...), opts...)
+}
+
+// Settled returns m for goleak.VerifyTestMain, waiting as VerifyTestMain
+// does after a successful run: for a TestMain that passes goleak.Cleanup
+// to goleak.VerifyTestMain (and only the other options here).
+func Settled(m *testing.M, opts ...goleak.Option) goleak.TestingM {
+	return settling{m: m, opts: opts}
+}
+
+// settling runs the tests, then waits for the goroutines to settle.
+type settling struct {
+	m    *testing.M
+	opts []goleak.Option
+}
+
+func (s settling) Run() int {
+	code := s.m.Run()
+	if code == 0 {
+		// The verdict is goleak.VerifyTestMain's, right after.
+		_ = Poll(leakSettle, 100*time.Millisecond, func() error { return goleak.Find(s.opts...) })
+	}
+	return code
 }
 
 // Eventually polls cond every 20ms until it returns nil or timeout passes,

@@ -43,8 +43,16 @@ CANCEL_WORKER = textwrap.dedent(
             session.state["cleaned"] = True
         return "slept"
 
+    @pw.handler("nap")
+    def nap(payload, session):
+        # sleep, once it has said it started.
+        pw.progress("started")
+        time.sleep(payload)
+        return "slept"
+
     @pw.handler("read")
     def read(payload, session):
+        pw.progress("started")
         r, w = os.pipe()
         try:
             return os.read(r, 1).decode()  # nobody ever writes
@@ -54,12 +62,14 @@ CANCEL_WORKER = textwrap.dedent(
 
     @pw.handler("spin")
     def spin(payload, session):
-        # Never sleeps nor reports progress: only polls.
+        pw.progress("started")
+        # Never sleeps nor reports progress again: only polls.
         while True:
             pw.check_canceled()
 
     @pw.handler("stubborn")
     def stubborn(payload, session):
+        pw.progress("started")
         try:
             time.sleep(payload)
         except pw.Canceled:
@@ -68,6 +78,7 @@ CANCEL_WORKER = textwrap.dedent(
 
     @pw.handler("swallow")
     def swallow(payload, session):
+        pw.progress("started")
         # A broad except Exception must not swallow a cancel.
         try:
             time.sleep(payload)
@@ -99,12 +110,15 @@ class CancelTest(WorkerTestCase):
 
     def call_then_cancel(self, w, cid, command, payload, session="s", after=0.3):
         """Start call cid, wait until it runs, cancel it; return the result
-        frame and the seconds from the cancel to it."""
+        frame and the seconds from the cancel to it. A handler that says it
+        started (a first progress frame) is running, and after more time
+        to block; a cancel before it started would end the call before the
+        handler, whatever it does, on a machine slow to start it."""
         w.send({"type": "call", "id": cid, "command": command, "payload": payload, "session": session})
-        if command == "loop":
+        if command in ("loop", "read", "spin", "stubborn", "swallow", "nap"):
             first = w.recv()
             self.assertEqual(first["type"], "progress", first)
-        else:
+        if command != "loop":
             time.sleep(after)  # let the handler block; the result is what is checked
         start = time.monotonic()
         w.send({"type": "cancel", "id": cid})
@@ -137,7 +151,7 @@ class CancelTest(WorkerTestCase):
 
     def test_blocked_sleep_is_interrupted(self):
         w = self.start()
-        msg, took = self.call_then_cancel(w, 1, "sleep", 60)
+        msg, took = self.call_then_cancel(w, 1, "nap", 60)
         self.assertCanceled(msg, 1)
         self.assertLess(took, 2.0)
         self.shutdown(w)
