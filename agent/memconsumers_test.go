@@ -5,11 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"testing"
 	"time"
 
-	"github.com/procfleet/procfleet/embedded"
 	"github.com/procfleet/procfleet/fleettest"
 	"github.com/procfleet/procfleet/queue"
 )
@@ -23,14 +21,7 @@ import (
 // test's client made the topology once, before the restart.
 func TestMemoryConsumersSurviveServerRestart(t *testing.T) {
 	t.Parallel()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	dir := t.TempDir()
-	same := fleettest.WithServerConfig(func(c *embedded.Config) { c.StoreDir, c.Port = dir, port })
+	same := fleettest.Restartable(t)
 	first := fleettest.StartServer(t, same)
 
 	cfg := fleetConfig(1, 2)

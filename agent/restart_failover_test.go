@@ -3,11 +3,9 @@ package agent_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"testing"
 	"time"
 
-	"github.com/procfleet/procfleet/embedded"
 	"github.com/procfleet/procfleet/fleettest"
 )
 
@@ -18,14 +16,7 @@ import (
 // TTL, leaves a loaded machine five times the 2 s expected).
 func TestFailoverAfterServerRestart(t *testing.T) {
 	t.Parallel()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	dir := t.TempDir()
-	same := fleettest.WithServerConfig(func(c *embedded.Config) { c.StoreDir, c.Port = dir, port })
+	same := fleettest.Restartable(t)
 	first := fleettest.StartServer(t, same)
 
 	cfg := fleetConfig(3, 1)

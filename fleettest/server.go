@@ -2,6 +2,7 @@ package fleettest
 
 import (
 	"context"
+	"net"
 	"testing"
 	"time"
 
@@ -40,6 +41,24 @@ func WithServerLogger(log *zap.Logger) ServerOption {
 // a StoreDir across a restart or to set accounts through Options.
 func WithServerConfig(fn func(*embedded.Config)) ServerOption {
 	return func(c *embedded.Config) { fn(c) }
+}
+
+// Restartable returns an option that gives every server started with it the
+// same store directory and the same loopback port, so that a test can stop
+// its server and start it again, and clients reconnect to the same URL. The
+// port is picked free now, then bound by the first server.
+func Restartable(t testing.TB) ServerOption {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("fleettest: pick a port: %v", err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	if err := l.Close(); err != nil {
+		t.Fatalf("fleettest: pick a port: %v", err)
+	}
+	dir := t.TempDir()
+	return WithServerConfig(func(c *embedded.Config) { c.StoreDir, c.Port = dir, port })
 }
 
 // StartServer starts an embedded nats-server with JetStream in t.TempDir()
