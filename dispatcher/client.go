@@ -26,7 +26,8 @@ type Client struct {
 
 // NewClient opens the fleet's topology on nc. It fails with an error
 // wrapping queue.ErrNoTopology if nobody has created it (run
-// `dispatcher serve`, or an agent, first), or use EnsureClient.
+// `dispatcher serve`, or an agent, first), or use EnsureClient. With
+// cfg.Partitions 0 it adopts the jobs stream's partition count.
 func NewClient(ctx context.Context, nc *nats.Conn, cfg queue.Config) (*Client, error) {
 	return newClient(ctx, nc, cfg, queue.Open, false)
 }
@@ -46,7 +47,11 @@ func newClient(ctx context.Context, nc *nats.Conn, cfg queue.Config,
 	if err != nil {
 		return nil, fmt.Errorf("dispatcher: jetstream: %w", err)
 	}
-	topo, err := open(ctx, js, cfg.WithDefaults())
+	// Open adopts the stream's partition count when cfg leaves it 0 (the
+	// command line's status, submit, dlq: a fleet made with `serve
+	// --partitions 8` has no other partition count); Ensure creates with
+	// the default.
+	topo, err := open(ctx, js, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("dispatcher: topology on %s: %w", nc.ConnectedUrlRedacted(), err)
 	}

@@ -80,3 +80,44 @@ func TestClientWaitsForItsOwnJob(t *testing.T) {
 		t.Fatal("ResultFor did not return its own job's result")
 	}
 }
+
+// TestNewClientAdoptsPartitions: a client opened without a partition count
+// (the command line's status and submit) works against a fleet created with
+// another count than the default (`serve --partitions 2`): it adopts the
+// stream's, and routes a session job to that session's partition.
+func TestNewClientAdoptsPartitions(t *testing.T) {
+	t.Parallel()
+	srv := fleettest.StartServer(t)
+	nc := srv.Connect(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := dispatcher.EnsureClient(ctx, nc, queue.Config{Partitions: 2}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := dispatcher.NewClient(ctx, nc, queue.Config{})
+	if err != nil {
+		t.Fatalf("NewClient on a fleet of 2 partitions: %v", err)
+	}
+	cfg := c.Topology().Config
+	if cfg.Partitions != 2 {
+		t.Fatalf("Partitions = %d, want the stream's 2", cfg.Partitions)
+	}
+	if _, err := c.Submit(ctx, "user-42", &queue.Job{ID: "adopt-1", Command: "echo"}); err != nil {
+		t.Fatal(err)
+	}
+	p := cfg.PartitionOf("user-42")
+	cons, err := c.Topology().PartitionConsumer(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.NumPending != 1 {
+		t.Fatalf("partition %d holds %d jobs, want the one submitted", p, info.NumPending)
+	}
+	if _, err := c.Status(ctx); err != nil {
+		t.Fatalf("Status: %v", err)
+	}
+}
