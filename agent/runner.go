@@ -44,8 +44,13 @@ type runner struct {
 	leaseOK atomic.Int64
 
 	// recreatedAt is when the fetch loop last tried to recreate a lost
-	// memory-stored consumer (recreateConsumer); only that loop uses it.
-	recreatedAt time.Time
+	// memory-stored consumer (recreateConsumer), and recreating is closed
+	// when that attempt ends (nil: none in flight); noConsumerLogged is
+	// when the loop last logged a pull that found no consumer. Only the
+	// fetch loop uses them.
+	recreatedAt      time.Time
+	recreating       chan struct{}
+	noConsumerLogged time.Time
 
 	// runAvg is a moving average of how long this runner's jobs ran on a
 	// worker (ns); 0 until one has. See shortJobs.
@@ -112,6 +117,12 @@ func (r *runner) end(j *job) {
 func (r *runner) loop() {
 	defer close(r.loopDone)
 	ctx := r.fetchCtx
+	defer func() {
+		// ctx has ended, which ends a recreate in flight too.
+		if r.recreating != nil {
+			<-r.recreating
+		}
+	}()
 	a := r.a
 	// backlog is what the consumer reported still pending with the last
 	// message delivered: while there is one, pulls are reserved batches
@@ -122,7 +133,15 @@ func (r *runner) loop() {
 		var err error
 		backlog, err = r.pull(ctx, backlog)
 		if err != nil && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) {
-			a.log.Warn("fetch", zap.Int("partition", r.partition), zap.Error(err))
+			// A lost consumer fails every pull (4 a second) until it is
+			// made again, possibly by serve's sweep a few seconds later:
+			// one line per runner every few seconds tells as much.
+			if now := time.Now(); !errors.Is(err, nats.ErrNoResponders) || now.Sub(r.noConsumerLogged) >= noConsumerLogEvery {
+				if errors.Is(err, nats.ErrNoResponders) {
+					r.noConsumerLogged = now
+				}
+				a.log.Warn("fetch", zap.Int("partition", r.partition), zap.Error(err))
+			}
 			backlog = 0
 			r.recreateConsumer(ctx, err)
 			if !sleepCtx(ctx, 250*time.Millisecond) {
@@ -132,16 +151,37 @@ func (r *runner) loop() {
 	}
 }
 
+// noConsumerLogEvery spaces a runner's log lines about pulls that find no
+// consumer.
+const noConsumerLogEvery = 5 * time.Second
+
+// recreateTimeout bounds one attempt to recreate a consumer. A server that
+// refuses the request (the user may not create consumers) drops it, so a
+// refusal is this long without an answer.
+const recreateTimeout = 5 * time.Second
+
 // recreateConsumer answers a pull that found no consumer: with memory-stored
 // consumers (queue.Config.MemoryConsumers) a restart of the server loses
 // them, while the jobs wait in the stream. A pull request to a consumer that
 // does not exist has no responders; so does one sent while the server's
 // JetStream is starting, when the create fails too and the next failed pull
-// tries again.
+// tries again. The attempt runs beside the fetch loop, which goes on
+// pulling: under deploy/nats-server.conf the agent may not create
+// consumers, its request goes unanswered for recreateTimeout, and the
+// consumer comes back by serve's sweep, after which the next pull must not
+// wait for that timeout.
 func (r *runner) recreateConsumer(ctx context.Context, err error) {
 	topo := r.a.topo
 	if !topo.Config.MemoryConsumers || !errors.Is(err, nats.ErrNoResponders) {
 		return
+	}
+	if r.recreating != nil {
+		select {
+		case <-r.recreating:
+			r.recreating = nil
+		default:
+			return // one attempt at a time
+		}
 	}
 	// At most once a second per runner: an agent that may not create
 	// consumers waits for the dispatcher's sweep without a request storm.
@@ -154,13 +194,25 @@ func (r *runner) recreateConsumer(ctx context.Context, err error) {
 	if r.partition >= 0 {
 		name = queue.PartitionConsumerName(r.partition)
 	}
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if err := topo.RecreateConsumer(cctx, name); err != nil {
-		r.a.log.Warn("recreate memory-stored consumer", zap.String("consumer", name), zap.Error(err))
-		return
-	}
-	r.a.log.Info("recreated memory-stored consumer (lost with a server restart)", zap.String("consumer", name))
+	done := make(chan struct{})
+	r.recreating = done
+	go func() {
+		defer close(done)
+		cctx, cancel := context.WithTimeout(ctx, recreateTimeout)
+		defer cancel()
+		err := topo.RecreateConsumer(cctx, name)
+		switch {
+		case err == nil:
+			r.a.log.Info("recreated memory-stored consumer (lost with a server restart)", zap.String("consumer", name))
+		case ctx.Err() != nil:
+		case errors.Is(err, context.DeadlineExceeded):
+			r.a.log.Warn("recreate memory-stored consumer: no answer (is this agent's NATS user allowed to create consumers? "+
+				"deploy/nats-server.conf's agent is not: dispatcher serve's sweep makes them); pulling meanwhile",
+				zap.String("consumer", name), zap.Duration("waited", recreateTimeout))
+		default:
+			r.a.log.Warn("recreate memory-stored consumer", zap.String("consumer", name), zap.Error(err))
+		}
+	}()
 }
 
 // claimMargin is the part of a TTL a claim is not relied on for: the server
