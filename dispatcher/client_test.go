@@ -3,6 +3,7 @@ package dispatcher_test
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -119,5 +120,45 @@ func TestNewClientAdoptsPartitions(t *testing.T) {
 	}
 	if _, err := c.Status(ctx); err != nil {
 		t.Fatalf("Status: %v", err)
+	}
+}
+
+// TestStatusWithForeignEntries: `dispatcher status` works with entries no
+// agent wrote (a client of the embedded server, which has no users, can
+// write them): a registry entry without a start shows no uptime (not
+// 2562047h47m16s), and a key in the leases bucket that is no lease is left
+// out.
+func TestStatusWithForeignEntries(t *testing.T) {
+	t.Parallel()
+	nc := fleettest.StartServer(t).Connect(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := dispatcher.EnsureClient(ctx, nc, queue.Config{Partitions: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	topo := c.Topology()
+	if _, err := topo.Agents.Put(ctx, "forged", []byte(`{"name":"forged","host":"elsewhere"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := topo.Leases.Put(ctx, "junk", []byte("ghost")); err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.Status(ctx)
+	if err != nil {
+		t.Fatalf("Status: %v", err)
+	}
+	var table strings.Builder
+	if err := st.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	var line string
+	for l := range strings.Lines(table.String()) {
+		if strings.HasPrefix(l, "forged ") {
+			line = l
+		}
+	}
+	if f := strings.Fields(line); len(f) < 4 || f[3] != "-" {
+		t.Fatalf("the forged entry's line %q, want uptime -:\n%s", line, table.String())
 	}
 }

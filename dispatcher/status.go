@@ -111,7 +111,13 @@ func (st *Status) WriteTable(w io.Writer) error {
 				state = "degraded"
 			}
 			if i == 0 {
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t", a.Name, a.Host, a.PID, st.At.Sub(a.StartedAt).Round(time.Second))
+				// An entry without a start (not written by an agent) has
+				// no uptime.
+				uptime := "-"
+				if !a.StartedAt.IsZero() {
+					uptime = st.At.Sub(a.StartedAt).Round(time.Second).String()
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t", a.Name, a.Host, a.PID, uptime)
 			} else {
 				fmt.Fprintf(tw, "\t\t\t\t")
 			}

@@ -145,17 +145,21 @@ func (t *Topology) ReleaseLease(ctx context.Context, l *Lease) error {
 }
 
 // LeaseOwners returns the live leases of the topology's queue by partition.
+// Keys that are no lease of it (another queue's, or anything else a client
+// of the bucket wrote: "junk", "p-999" in a queue of 64) are left out; they
+// expire with the bucket's TTL like any lease, and must not stop the
+// agents' rebalancing or `dispatcher status` meanwhile.
 func (t *Topology) LeaseOwners(ctx context.Context) (map[int]Lease, error) {
 	out := make(map[int]Lease)
 	keyPrefix := strings.TrimSuffix(t.Config.leaseKey(0), "0")
 	err := latestEntries(ctx, t.Leases, func(e jetstream.KeyValueEntry) error {
 		n, ok := strings.CutPrefix(e.Key(), keyPrefix)
-		if !ok && (strings.Contains(e.Key(), ".") || strings.HasPrefix(e.Key(), "p-")) {
-			return nil // another queue's
+		if !ok {
+			return nil
 		}
 		p, err := strconv.Atoi(n)
-		if !ok || err != nil {
-			return fmt.Errorf("queue: unexpected key %q in bucket %s", e.Key(), t.Config.LeasesBucket())
+		if err != nil || p < 0 || p >= t.Config.Partitions || n != strconv.Itoa(p) {
+			return nil
 		}
 		out[p] = Lease{Partition: p, Owner: string(e.Value()), Revision: e.Revision()}
 		return nil

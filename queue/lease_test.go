@@ -167,3 +167,29 @@ func TestAgents(t *testing.T) {
 		return nil
 	})
 }
+
+// TestLeaseOwnersSkipForeignKeys: keys in the leases bucket that are no
+// lease of this queue (anyone with the bucket's rights can write one: a
+// client of the embedded server, which has no users) are left out of
+// LeaseOwners instead of failing it, which failed `dispatcher status` and
+// every rebalance that read the lease table until the key expired.
+func TestLeaseOwnersSkipForeignKeys(t *testing.T) {
+	t.Parallel()
+	b := setup(t, queue.Config{Partitions: 4})
+	ctx := testCtx(t)
+	if _, err := b.topo.AcquireLease(ctx, 2, "agent-a"); err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{"junk", "p-x", "p-99", "p-02", "gpu.p-1"} {
+		if _, err := b.topo.Leases.Put(ctx, key, []byte("ghost")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	owners, err := b.topo.LeaseOwners(ctx)
+	if err != nil {
+		t.Fatalf("LeaseOwners with foreign keys in the bucket: %v", err)
+	}
+	if len(owners) != 1 || owners[2].Owner != "agent-a" {
+		t.Fatalf("LeaseOwners = %+v, want only partition 2 of agent-a", owners)
+	}
+}
