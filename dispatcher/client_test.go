@@ -126,8 +126,8 @@ func TestNewClientAdoptsPartitions(t *testing.T) {
 // TestStatusWithForeignEntries: `dispatcher status` works with entries no
 // agent wrote (a client of the embedded server, which has no users, can
 // write them): a registry entry without a start shows no uptime (not
-// 2562047h47m16s), and a key in the leases bucket that is no lease is left
-// out.
+// 2562047h47m16s), one that is not JSON is listed by its key (the agents
+// count it), and a key in the leases bucket that is no lease is left out.
 func TestStatusWithForeignEntries(t *testing.T) {
 	t.Parallel()
 	nc := fleettest.StartServer(t).Connect(t)
@@ -141,6 +141,9 @@ func TestStatusWithForeignEntries(t *testing.T) {
 	if _, err := topo.Agents.Put(ctx, "forged", []byte(`{"name":"forged","host":"elsewhere"}`)); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := topo.Agents.Put(ctx, "notjson", []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := topo.Leases.Put(ctx, "junk", []byte("ghost")); err != nil {
 		t.Fatal(err)
 	}
@@ -152,13 +155,22 @@ func TestStatusWithForeignEntries(t *testing.T) {
 	if err := st.WriteTable(&table); err != nil {
 		t.Fatal(err)
 	}
-	var line string
+	var line, notJSON string
 	for l := range strings.Lines(table.String()) {
 		if strings.HasPrefix(l, "forged ") {
 			line = l
 		}
+		if strings.HasPrefix(l, "notjson ") {
+			notJSON = l
+		}
 	}
 	if f := strings.Fields(line); len(f) < 4 || f[3] != "-" {
 		t.Fatalf("the forged entry's line %q, want uptime -:\n%s", line, table.String())
+	}
+	// The agents count an entry that is not JSON as an agent of the
+	// default queue (its partitions wait for it until it expires): status
+	// shows it, so that a user sees why.
+	if !strings.Contains(notJSON, "default") {
+		t.Fatalf("no line for the entry that is not JSON:\n%s", table.String())
 	}
 }

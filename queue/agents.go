@@ -103,13 +103,16 @@ func (t *Topology) RemoveAgent(ctx context.Context, name string) error {
 	return nil
 }
 
-// ListAgents returns the live agents sorted by name.
+// ListAgents returns the live agents sorted by name. An entry that is not
+// an AgentInfo (no agent wrote it; anyone with the bucket's rights can) is
+// listed by its key alone, serving the default queue: that is how the agents
+// count it when they divide the partitions, until it expires.
 func (t *Topology) ListAgents(ctx context.Context) ([]AgentInfo, error) {
 	var out []AgentInfo
 	err := latestEntries(ctx, t.Agents, func(e jetstream.KeyValueEntry) error {
 		var a AgentInfo
 		if err := json.Unmarshal(e.Value(), &a); err != nil {
-			return fmt.Errorf("queue: agent entry %q is not valid: %w", e.Key(), err)
+			a = AgentInfo{Name: e.Key()}
 		}
 		if a.Name == "" {
 			a.Name = e.Key()
