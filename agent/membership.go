@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"maps"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -163,6 +164,7 @@ func (a *Agent) watchRegistry(ctx context.Context, w jetstream.KeyWatcher, forge
 	check := time.NewTicker(ttl)
 	defer check.Stop()
 	lastSelf := time.Now()
+	var twin nameTwin
 	for {
 		select {
 		case <-ctx.Done():
@@ -176,6 +178,7 @@ func (a *Agent) watchRegistry(ctx context.Context, w jetstream.KeyWatcher, forge
 		case e, ok := <-w.Updates():
 			if e != nil && e.Key() == a.cfg.Name && e.Operation() == jetstream.KeyValuePut {
 				lastSelf = time.Now()
+				twin.check(a, e.Value())
 			}
 			if !ok {
 				if ctx.Err() == nil {
@@ -188,6 +191,41 @@ func (a *Agent) watchRegistry(ctx context.Context, w jetstream.KeyWatcher, forge
 			}
 		}
 	}
+}
+
+// nameTwin notices another live agent heartbeating under this agent's name
+// (two processes started with one --name): each takes the other's leases as
+// its own, so their partitions, and the sessions on them, go back and forth
+// between the two every few seconds. Nothing in the registry shows it (one
+// key, whoever wrote last), so the agent says so in its log.
+type nameTwin struct {
+	seenSelf bool      // one of this agent's own heartbeats came back
+	warned   time.Time // when the last error was logged
+}
+
+// nameTwinLogEvery spaces the error lines about a twin.
+const nameTwinLogEvery = 30 * time.Second
+
+// check reads one put of this agent's key. A foreign one before this
+// agent's own first heartbeat came back is a predecessor's last (an agent
+// restarted under the same name); after it, a live twin's.
+func (tw *nameTwin) check(a *Agent, value []byte) {
+	var in queue.AgentInfo
+	if json.Unmarshal(value, &in) != nil {
+		return
+	}
+	host, _ := os.Hostname()
+	if in.Host == host && in.PID == os.Getpid() && in.StartedAt.Equal(a.startedAt) {
+		tw.seenSelf = true
+		return
+	}
+	if !tw.seenSelf || time.Since(tw.warned) < nameTwinLogEvery {
+		return
+	}
+	tw.warned = time.Now()
+	a.log.Error("another agent runs under this agent's name: the two take each other's partitions, and their sessions "+
+		"move between them every few seconds; give every agent its own --name",
+		zap.String("other_host", in.Host), zap.Int("other_pid", in.PID), zap.Time("other_started_at", in.StartedAt))
 }
 
 // kickRebalance asks the membership loop to rebalance now.
