@@ -52,7 +52,10 @@ type lane struct {
 	runners   map[int]*runner // by partition
 	anyRunner *runner
 	draining  sync.WaitGroup // drains started by rebalancing
-	handing   map[int]bool   // partitions released and still draining (membership.go)
+	// handing are the runners released and still draining, by partition
+	// (membership.go): kept alive, and their leases renewed while they
+	// are handed over, until the drain ends.
+	handing map[int]*runner
 	// orphans are the partitions the last rebalance that read the lease
 	// table found without a live owner (membership.go); only the
 	// membership loop uses them.
@@ -323,7 +326,7 @@ func (a *lane) keepAliveLoop() {
 			return
 		case <-t.C:
 		}
-		rs := a.runnerList(true)
+		rs := append(a.runnerList(true), a.handingList()...)
 		for _, r := range rs {
 			r.touchHeld()
 		}
@@ -341,6 +344,17 @@ func (a *lane) runnerList(withAny bool) []*runner {
 	}
 	if withAny && a.anyRunner != nil {
 		rs = append(rs, a.anyRunner)
+	}
+	return rs
+}
+
+// handingList returns the runners released and still draining.
+func (a *lane) handingList() []*runner {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	rs := make([]*runner, 0, len(a.handing))
+	for _, r := range a.handing {
+		rs = append(rs, r)
 	}
 	return rs
 }

@@ -291,6 +291,22 @@ func (a *lane) renewLeases(ctx context.Context) {
 			}
 		}
 	}
+	// A partition handed over stays this agent's until its drain ends
+	// (its running jobs finish): were its lease to lapse before, the next
+	// owner could run a session's next job beside the one still running
+	// here.
+	for _, r := range a.handingList() {
+		r.leaseMu.Lock()
+		if r.handover && !r.released {
+			if err := a.topo.RenewLease(ctx, r.lease); errors.Is(err, queue.ErrLeaseLost) {
+				a.log.Warn("lease lost while handing over", zap.Int("partition", r.partition))
+				r.released = true
+			} else if err != nil && ctx.Err() == nil {
+				a.log.Warn("renew lease", zap.Int("partition", r.partition), zap.Error(err))
+			}
+		}
+		r.leaseMu.Unlock()
+	}
 }
 
 // rebalance applies the agents' local rules (queue.AgentView.Step) to this
@@ -379,7 +395,9 @@ func (a *lane) takePartition(ctx context.Context, p int, gone map[string]time.Ti
 // background; once its running jobs are done, the sessions it served are
 // ended on their workers (another agent may run them next, so the state here
 // is stale) and, if release is set, the lease is deleted so the new owner can
-// take it without waiting for expiry.
+// take it without waiting for expiry. Meanwhile its held jobs are kept alive
+// (keepAliveLoop) and, if release is set, its lease is renewed
+// (renewLeases): the partition moves only once the drain has ended.
 func (a *lane) releasePartition(r *runner, release bool) {
 	a.mu.Lock()
 	if a.runners[r.partition] != r {
@@ -388,9 +406,12 @@ func (a *lane) releasePartition(r *runner, release bool) {
 	}
 	delete(a.runners, r.partition)
 	if a.handing == nil {
-		a.handing = make(map[int]bool)
+		a.handing = make(map[int]*runner)
 	}
-	a.handing[r.partition] = true
+	a.handing[r.partition] = r
+	r.leaseMu.Lock()
+	r.handover = release
+	r.leaseMu.Unlock()
 	a.mu.Unlock()
 	a.draining.Add(1)
 	go func() {
@@ -401,13 +422,16 @@ func (a *lane) releasePartition(r *runner, release bool) {
 			a.mu.Unlock()
 		}()
 		r.drain(a.baseCtx)
-		if release && a.baseCtx.Err() == nil {
+		r.leaseMu.Lock()
+		defer r.leaseMu.Unlock()
+		if release && !r.released && a.baseCtx.Err() == nil {
 			ctx, cancel := context.WithTimeout(a.baseCtx, 5*time.Second)
 			defer cancel()
 			if err := a.topo.ReleaseLease(ctx, r.lease); err != nil && !errors.Is(err, queue.ErrLeaseLost) {
 				a.log.Warn("release lease", zap.Int("partition", r.partition), zap.Error(err))
 			}
 		}
+		r.released = true
 	}()
 }
 

@@ -39,6 +39,14 @@ type runner struct {
 	ackDone   chan struct{}
 	closeAcks sync.Once
 
+	// leaseMu orders the lease writes of a runner being handed over: the
+	// membership loop's renewals while it drains and the release once the
+	// drain has ended (releasePartition). handover says the lease is to be
+	// kept until then; released that it is no longer to be written.
+	leaseMu  sync.Mutex
+	handover bool
+	released bool
+
 	// leaseOK is when the last successful write of the lease (acquire or
 	// renewal) was sent (Agent.stamp); see pullDeadline.
 	leaseOK atomic.Int64
