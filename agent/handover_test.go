@@ -1,13 +1,16 @@
 package agent_test
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/procfleet/procfleet/agent"
+	"github.com/procfleet/procfleet/dispatcher"
 	"github.com/procfleet/procfleet/fleettest"
 	"github.com/procfleet/procfleet/queue"
 )
@@ -78,4 +81,107 @@ func TestHandoverWaitsForLongJob(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestLeaseLostKeepsJobAlive: an agent that finds its lease lost (here
+// deleted under it) while a job of that partition runs for longer than
+// AckWait keeps that job alive while it drains: the agent that takes the
+// partition next does not get the job redelivered and run a second time.
+func TestLeaseLostKeepsJobAlive(t *testing.T) {
+	t.Parallel()
+	srv := fleettest.StartServer(t)
+	cfg := fleetConfig(2, 2)
+	cfg.Server = srv
+	cfg.Agent.Queue.Partitions = 2
+	cfg.Agent.Queue.AckWait = 4 * time.Second
+	cfg, execLog := withExecLog(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	other, err := dispatcher.EnsureClient(ctx, srv.Connect(t), cfg.Agent.Queue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	topo := other.Topology()
+	// An intruder, not an agent, holds partition 1: the agent without a
+	// partition stays under its quota and takes partition 0 once it is an
+	// orphan.
+	intruder, err := topo.AcquireLease(ctx, 1, "intruder")
+	if err != nil {
+		t.Fatal(err)
+	}
+	renewed := make(chan struct{})
+	rctx, stopRenew := context.WithCancel(ctx)
+	go func() {
+		defer close(renewed)
+		for sleepFor(rctx, time.Second) {
+			if err := topo.RenewLease(rctx, intruder); err != nil && rctx.Err() == nil {
+				t.Errorf("intruder's renewal: %v", err)
+				return
+			}
+		}
+	}()
+	defer func() { stopRenew(); <-renewed }()
+
+	f := fleettest.StartFleet(t, cfg)
+	var holder, taker *agent.Agent
+	fleettest.Eventually(t, 30*time.Second, func() error {
+		for i, a := range f.Agents {
+			if slices.Equal(a.Partitions(), []int{0}) {
+				holder, taker = a, f.Agents[1-i]
+				return nil
+			}
+		}
+		return errors.New("no agent owns partition 0")
+	})
+	session := ""
+	for i := 0; session == ""; i++ {
+		if s := fmt.Sprintf("s%d", i); topo.Config.PartitionOf(s) == 0 {
+			session = s
+		}
+	}
+	const run = 14 * time.Second
+	long := submit(t, f, session, &queue.Job{ID: "long", Command: "sleep",
+		Payload: json.RawMessage(fmt.Sprintf(`{"ms":%d}`, run.Milliseconds())), TimeoutMS: 60000})
+	fleettest.Eventually(t, 30*time.Second, func() error {
+		if n := len(fleettest.ReadExecLog(t, execLog)[long]); n != 1 {
+			return fmt.Errorf("long job started %d times", n)
+		}
+		return nil
+	})
+	started := time.Now()
+	leases, err := topo.LeaseOwners(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := leases[0]; l.Owner != holder.Name() {
+		t.Fatalf("partition 0 leased to %q, want %s", l.Owner, holder.Name())
+	}
+	l := leases[0]
+	if err := topo.ReleaseLease(ctx, &l); err != nil {
+		t.Fatal(err)
+	}
+	fleettest.Eventually(t, 30*time.Second, func() error {
+		if !slices.Equal(taker.Partitions(), []int{0}) {
+			return fmt.Errorf("%s owns %v", taker.Name(), taker.Partitions())
+		}
+		return nil
+	})
+	if took := time.Since(started); took > run/2 {
+		t.Fatalf("%s took partition 0 %s after the long job started; the test proves nothing", taker.Name(), took)
+	}
+	if r := result(t, f, long); !r.OK || r.Attempt != 1 || r.Agent != holder.Name() {
+		t.Errorf("long job: %+v, want ok at attempt 1 on %s", r, holder.Name())
+	}
+	checkOnce(t, execLog, []string{long})
+}
+
+func sleepFor(ctx context.Context, d time.Duration) bool {
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-tm.C:
+		return true
+	}
 }
