@@ -248,8 +248,30 @@ func (a *lane) drain(ctx context.Context) {
 	if !a.started.Load() {
 		return
 	}
-	a.draining.Wait()
+	// Every partition is handed over: its lease is kept (renewed) until
+	// its drain ends, also those of drains rebalancing started.
 	rs := a.runnerList(true)
+	for _, r := range rs {
+		r.leaseMu.Lock()
+		r.handover = true
+		r.leaseMu.Unlock()
+	}
+	rctx, stopRenew := context.WithCancel(a.baseCtx)
+	renewing := make(chan struct{})
+	go func() {
+		defer close(renewing)
+		t := time.NewTicker(a.cfg.LeaseRenewInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-rctx.Done():
+				return
+			case <-t.C:
+			}
+			a.renewHandovers(rctx, append(a.handingList(), rs...))
+		}
+	}()
+	a.draining.Wait()
 	var wg sync.WaitGroup
 	for _, r := range rs {
 		wg.Add(1)
@@ -259,6 +281,8 @@ func (a *lane) drain(ctx context.Context) {
 		}()
 	}
 	wg.Wait()
+	stopRenew()
+	<-renewing
 	a.kaCancel()
 	a.kaLoop.Wait()
 
@@ -267,7 +291,7 @@ func (a *lane) drain(ctx context.Context) {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	for _, r := range rs {
-		if r.lease != nil {
+		if r.lease != nil && !r.released {
 			if e := a.topo.ReleaseLease(rctx, r.lease); e != nil {
 				a.log.Warn("release lease", zap.Int("partition", r.partition), zap.Error(e))
 			}

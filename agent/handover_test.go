@@ -185,3 +185,79 @@ func sleepFor(ctx context.Context, d time.Duration) bool {
 		return true
 	}
 }
+
+// TestGracefulStopKeepsSessionOrder: an agent stopping gracefully while one
+// of its session's jobs runs for longer than AgentTTL and LeaseTTL keeps its
+// registry entry and its leases until that job has ended: the survivor runs
+// the session's next job only after it, not once the stopping agent's entry
+// or leases would have expired.
+func TestGracefulStopKeepsSessionOrder(t *testing.T) {
+	t.Parallel()
+	cfg := fleetConfig(2, 2)
+	cfg.Agent.Queue.Partitions = 2
+	cfg, execLog := withExecLog(t, cfg)
+	f := fleettest.StartFleet(t, cfg)
+	f.WaitBalanced(t, 30*time.Second)
+	q := f.Topology().Config
+	const run = 20 * time.Second
+	if run < 2*q.AgentTTL || run < 3*q.LeaseTTL {
+		t.Fatalf("a %s job does not outlast AgentTTL %s and LeaseTTL %s", run, q.AgentTTL, q.LeaseTTL)
+	}
+	victim := f.Agents[0]
+	p := victim.Partitions()[0]
+	session := ""
+	for i := 0; session == ""; i++ {
+		if s := fmt.Sprintf("s%d", i); q.PartitionOf(s) == p {
+			session = s
+		}
+	}
+	submitted := time.Now()
+	long := submit(t, f, session, &queue.Job{ID: "long", Command: "sleep",
+		Payload: json.RawMessage(fmt.Sprintf(`{"ms":%d}`, run.Milliseconds())), TimeoutMS: 60000})
+	fleettest.Eventually(t, 30*time.Second, func() error {
+		if n := len(fleettest.ReadExecLog(t, execLog)[long]); n != 1 {
+			return fmt.Errorf("long job started %d times", n)
+		}
+		return nil
+	})
+	next := submit(t, f, session, &queue.Job{ID: "next", Command: "echo", Payload: json.RawMessage(`1`)})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	stopping := time.Now()
+	stopped := make(chan error, 1)
+	go func() { stopped <- victim.Stop(ctx) }()
+	// Well past a LeaseTTL into the stop, the job still runs, and the lease
+	// is still the stopping agent's.
+	fleettest.Eventually(t, 60*time.Second, func() error {
+		if wait := 3 * q.LeaseTTL / 2; time.Since(stopping) < wait {
+			return fmt.Errorf("%s into the stop, want %s", time.Since(stopping).Round(time.Millisecond), wait)
+		}
+		return nil
+	})
+	leases, err := f.Topology().LeaseOwners(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if time.Since(submitted) >= run {
+		t.Fatalf("the long job may have ended %s after it was submitted; the test proves nothing", time.Since(submitted))
+	}
+	if l, ok := leases[p]; !ok || l.Owner != victim.Name() {
+		t.Errorf("%s into the stop, while its job still runs, partition %d is leased to %q, want the stopping %s",
+			time.Since(stopping).Round(time.Millisecond), p, l.Owner, victim.Name())
+	}
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+	rLong, rNext := result(t, f, long), result(t, f, next)
+	if !rLong.OK || rLong.Attempt != 1 || rLong.Agent != victim.Name() {
+		t.Errorf("long job: %+v, want ok at attempt 1 on %s", rLong, victim.Name())
+	}
+	if !rNext.OK {
+		t.Errorf("next job: %+v, want ok", rNext)
+	}
+	if rNext.StartedAt.Before(rLong.FinishedAt) {
+		t.Errorf("the session's next job started on %s at %s, before the long one ended at %s on %s",
+			rNext.Agent, rNext.StartedAt.Format(time.StampMilli), rLong.FinishedAt.Format(time.StampMilli), rLong.Agent)
+	}
+	checkOnce(t, execLog, []string{long, next})
+}

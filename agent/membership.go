@@ -203,7 +203,11 @@ func (a *Agent) kickRebalance() {
 // the others' eyes.
 func (a *Agent) heartbeatLoop() {
 	defer a.loops.Done()
-	ctx := a.loopCtx
+	a.beat(a.loopCtx)
+}
+
+// beat refreshes the registry entry every HeartbeatInterval until ctx ends.
+func (a *Agent) beat(ctx context.Context) {
 	t := time.NewTicker(a.cfg.HeartbeatInterval)
 	defer t.Stop()
 	for {
@@ -291,13 +295,17 @@ func (a *lane) renewLeases(ctx context.Context) {
 			}
 		}
 	}
-	// A partition handed over stays this agent's until its drain ends
-	// (its running jobs finish): were its lease to lapse before, the next
-	// owner could run a session's next job beside the one still running
-	// here.
-	for _, r := range a.handingList() {
+	a.renewHandovers(ctx, a.handingList())
+}
+
+// renewHandovers renews the leases of runners in rs that hand their
+// partition over: it stays this agent's until their drain ends (their
+// running jobs finish), for were the lease to lapse before, the next owner
+// could run a session's next job beside the one still running here.
+func (a *lane) renewHandovers(ctx context.Context, rs []*runner) {
+	for _, r := range rs {
 		r.leaseMu.Lock()
-		if r.handover && !r.released {
+		if r.lease != nil && r.handover && !r.released {
 			if err := a.topo.RenewLease(ctx, r.lease); errors.Is(err, queue.ErrLeaseLost) {
 				a.log.Warn("lease lost while handing over", zap.Int("partition", r.partition))
 				r.released = true
