@@ -271,7 +271,20 @@ func (a *lane) drain(ctx context.Context) {
 			a.renewHandovers(rctx, append(a.handingList(), rs...))
 		}
 	}()
-	a.draining.Wait()
+	// The drains rebalancing started end with ctx too.
+	handed := make(chan struct{})
+	go func() {
+		defer close(handed)
+		a.draining.Wait()
+	}()
+	select {
+	case <-handed:
+	case <-ctx.Done():
+		for _, r := range a.handingList() {
+			r.cancelCalls()
+		}
+		<-handed
+	}
 	var wg sync.WaitGroup
 	for _, r := range rs {
 		wg.Add(1)

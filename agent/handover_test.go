@@ -261,3 +261,58 @@ func TestGracefulStopKeepsSessionOrder(t *testing.T) {
 	}
 	checkOnce(t, execLog, []string{long, next})
 }
+
+// TestStopBoundsHandoverDrain: a graceful stop whose context ends while a
+// partition handed over earlier still drains a long job cancels that job
+// (it is naked and runs again elsewhere) and returns, as it does for the
+// partitions it still owns, rather than waiting for the job to end.
+func TestStopBoundsHandoverDrain(t *testing.T) {
+	t.Parallel()
+	cfg := fleetConfig(1, 2)
+	cfg.Agent.Queue.Partitions = 1
+	cfg.Configure = func(i int, c *agent.Config) {
+		c.Name = map[int]string{1: "b-old", 2: "a-new"}[i]
+	}
+	cfg, execLog := withExecLog(t, cfg)
+	f := fleettest.StartFleet(t, cfg)
+	old := f.Agents[0]
+	fleettest.Eventually(t, 30*time.Second, func() error {
+		if got := old.Partitions(); !slices.Equal(got, []int{0}) {
+			return fmt.Errorf("old agent owns %v", got)
+		}
+		return nil
+	})
+	const run, grace = 20 * time.Second, 2 * time.Second
+	long := submit(t, f, "handed", &queue.Job{ID: "long", Command: "sleep",
+		Payload: json.RawMessage(fmt.Sprintf(`{"ms":%d}`, run.Milliseconds())), TimeoutMS: 120000})
+	fleettest.Eventually(t, 30*time.Second, func() error {
+		if n := len(fleettest.ReadExecLog(t, execLog)[long]); n != 1 {
+			return fmt.Errorf("long job started %d times", n)
+		}
+		return nil
+	})
+	f.AddAgent(t)
+	fleettest.Eventually(t, 30*time.Second, func() error {
+		if got := old.Partitions(); len(got) != 0 {
+			return fmt.Errorf("old agent still owns %v", got)
+		}
+		return nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	began := time.Now()
+	// The context ends before the workers are stopped too: an error
+	// saying so is expected.
+	if err := old.Stop(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatal(err)
+	}
+	// Five times the grace, and still well short of the job's run.
+	if took := time.Since(began); took > 5*grace {
+		t.Errorf("Stop with a %s context took %s: it waited for the handed-over job", grace, took)
+	}
+	rctx, rcancel := context.WithTimeout(context.Background(), 2*run)
+	defer rcancel()
+	if r, err := f.Client.Result(rctx, long, nil); err != nil || !r.OK || r.Agent != "a-new" {
+		t.Errorf("long job: %+v (%v), want ok on a-new after the stop canceled it", r, err)
+	}
+}

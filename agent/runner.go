@@ -398,12 +398,7 @@ func (r *runner) drain(ctx context.Context) {
 	select {
 	case <-done:
 	case <-ctx.Done():
-		r.a.log.Warn("drain deadline: canceling running jobs", zap.Int("partition", r.partition))
-		r.mu.Lock()
-		for j := range r.held {
-			j.cancelCall()
-		}
-		r.mu.Unlock()
+		r.cancelCalls()
 		<-done
 	}
 	r.stopAcks()
@@ -416,6 +411,17 @@ func (r *runner) drain(ctx context.Context) {
 	for s := range sessions {
 		r.a.pool.EndSession(s)
 	}
+}
+
+// cancelCalls cancels the running calls of a drain that ran out of time
+// (their jobs are naked by the normal failure path).
+func (r *runner) cancelCalls() {
+	r.a.log.Warn("drain deadline: canceling running jobs", zap.Int("partition", r.partition))
+	r.mu.Lock()
+	for j := range r.held {
+		j.cancelCall()
+	}
+	r.mu.Unlock()
 }
 
 // wait blocks until the fetch loop and every job have ended (after Kill).
