@@ -52,7 +52,10 @@ type lane struct {
 	runners   map[int]*runner // by partition
 	anyRunner *runner
 	draining  sync.WaitGroup // drains started by rebalancing
-	handing   map[int]bool   // partitions released and still draining (membership.go)
+	// handing are the runners released and still draining, by partition
+	// (membership.go): kept alive, and their leases renewed while they
+	// are handed over, until the drain ends.
+	handing map[int]*runner
 	// orphans are the partitions the last rebalance that read the lease
 	// table found without a live owner (membership.go); only the
 	// membership loop uses them.
@@ -245,8 +248,43 @@ func (a *lane) drain(ctx context.Context) {
 	if !a.started.Load() {
 		return
 	}
-	a.draining.Wait()
+	// Every partition is handed over: its lease is kept (renewed) until
+	// its drain ends, also those of drains rebalancing started.
 	rs := a.runnerList(true)
+	for _, r := range rs {
+		r.leaseMu.Lock()
+		r.handover = true
+		r.leaseMu.Unlock()
+	}
+	rctx, stopRenew := context.WithCancel(a.baseCtx)
+	renewing := make(chan struct{})
+	go func() {
+		defer close(renewing)
+		t := time.NewTicker(a.cfg.LeaseRenewInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-rctx.Done():
+				return
+			case <-t.C:
+			}
+			a.renewHandovers(rctx, append(a.handingList(), rs...))
+		}
+	}()
+	// The drains rebalancing started end with ctx too.
+	handed := make(chan struct{})
+	go func() {
+		defer close(handed)
+		a.draining.Wait()
+	}()
+	select {
+	case <-handed:
+	case <-ctx.Done():
+		for _, r := range a.handingList() {
+			r.cancelCalls()
+		}
+		<-handed
+	}
 	var wg sync.WaitGroup
 	for _, r := range rs {
 		wg.Add(1)
@@ -256,6 +294,8 @@ func (a *lane) drain(ctx context.Context) {
 		}()
 	}
 	wg.Wait()
+	stopRenew()
+	<-renewing
 	a.kaCancel()
 	a.kaLoop.Wait()
 
@@ -264,7 +304,7 @@ func (a *lane) drain(ctx context.Context) {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	for _, r := range rs {
-		if r.lease != nil {
+		if r.lease != nil && !r.released {
 			if e := a.topo.ReleaseLease(rctx, r.lease); e != nil {
 				a.log.Warn("release lease", zap.Int("partition", r.partition), zap.Error(e))
 			}
@@ -323,7 +363,7 @@ func (a *lane) keepAliveLoop() {
 			return
 		case <-t.C:
 		}
-		rs := a.runnerList(true)
+		rs := append(a.runnerList(true), a.handingList()...)
 		for _, r := range rs {
 			r.touchHeld()
 		}
@@ -341,6 +381,17 @@ func (a *lane) runnerList(withAny bool) []*runner {
 	}
 	if withAny && a.anyRunner != nil {
 		rs = append(rs, a.anyRunner)
+	}
+	return rs
+}
+
+// handingList returns the runners released and still draining.
+func (a *lane) handingList() []*runner {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	rs := make([]*runner, 0, len(a.handing))
+	for _, r := range a.handing {
+		rs = append(rs, r)
 	}
 	return rs
 }

@@ -241,7 +241,11 @@ func (a *Agent) kickRebalance() {
 // the others' eyes.
 func (a *Agent) heartbeatLoop() {
 	defer a.loops.Done()
-	ctx := a.loopCtx
+	a.beat(a.loopCtx)
+}
+
+// beat refreshes the registry entry every HeartbeatInterval until ctx ends.
+func (a *Agent) beat(ctx context.Context) {
 	t := time.NewTicker(a.cfg.HeartbeatInterval)
 	defer t.Stop()
 	for {
@@ -328,6 +332,26 @@ func (a *lane) renewLeases(ctx context.Context) {
 				a.log.Warn("renew lease", zap.Int("partition", r.partition), zap.Error(err))
 			}
 		}
+	}
+	a.renewHandovers(ctx, a.handingList())
+}
+
+// renewHandovers renews the leases of runners in rs that hand their
+// partition over: it stays this agent's until their drain ends (their
+// running jobs finish), for were the lease to lapse before, the next owner
+// could run a session's next job beside the one still running here.
+func (a *lane) renewHandovers(ctx context.Context, rs []*runner) {
+	for _, r := range rs {
+		r.leaseMu.Lock()
+		if r.lease != nil && r.handover && !r.released {
+			if err := a.topo.RenewLease(ctx, r.lease); errors.Is(err, queue.ErrLeaseLost) {
+				a.log.Warn("lease lost while handing over", zap.Int("partition", r.partition))
+				r.released = true
+			} else if err != nil && ctx.Err() == nil {
+				a.log.Warn("renew lease", zap.Int("partition", r.partition), zap.Error(err))
+			}
+		}
+		r.leaseMu.Unlock()
 	}
 }
 
@@ -417,7 +441,9 @@ func (a *lane) takePartition(ctx context.Context, p int, gone map[string]time.Ti
 // background; once its running jobs are done, the sessions it served are
 // ended on their workers (another agent may run them next, so the state here
 // is stale) and, if release is set, the lease is deleted so the new owner can
-// take it without waiting for expiry.
+// take it without waiting for expiry. Meanwhile its held jobs are kept alive
+// (keepAliveLoop) and, if release is set, its lease is renewed
+// (renewLeases): the partition moves only once the drain has ended.
 func (a *lane) releasePartition(r *runner, release bool) {
 	a.mu.Lock()
 	if a.runners[r.partition] != r {
@@ -426,9 +452,12 @@ func (a *lane) releasePartition(r *runner, release bool) {
 	}
 	delete(a.runners, r.partition)
 	if a.handing == nil {
-		a.handing = make(map[int]bool)
+		a.handing = make(map[int]*runner)
 	}
-	a.handing[r.partition] = true
+	a.handing[r.partition] = r
+	r.leaseMu.Lock()
+	r.handover = release
+	r.leaseMu.Unlock()
 	a.mu.Unlock()
 	a.draining.Add(1)
 	go func() {
@@ -439,13 +468,16 @@ func (a *lane) releasePartition(r *runner, release bool) {
 			a.mu.Unlock()
 		}()
 		r.drain(a.baseCtx)
-		if release && a.baseCtx.Err() == nil {
+		r.leaseMu.Lock()
+		defer r.leaseMu.Unlock()
+		if release && !r.released && a.baseCtx.Err() == nil {
 			ctx, cancel := context.WithTimeout(a.baseCtx, 5*time.Second)
 			defer cancel()
 			if err := a.topo.ReleaseLease(ctx, r.lease); err != nil && !errors.Is(err, queue.ErrLeaseLost) {
 				a.log.Warn("release lease", zap.Int("partition", r.partition), zap.Error(err))
 			}
 		}
+		r.released = true
 	}()
 }
 

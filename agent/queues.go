@@ -279,7 +279,7 @@ func (a *Agent) Stop(ctx context.Context) error {
 			err = errors.Join(errs...)
 			return
 		}
-		// 1. Stop being discoverable, taking partitions and renewing anything.
+		// 1. Stop being discoverable and taking partitions.
 		if a.svc != nil {
 			_ = a.svc.Stop()
 		}
@@ -287,8 +287,18 @@ func (a *Agent) Stop(ctx context.Context) error {
 		a.loops.Wait()
 
 		// 2-4. Every queue at once: no more fetching, held-but-not-started
-		// jobs are naked, running ones finish, leases are released.
+		// jobs are naked, running ones finish, leases are released. Until
+		// then the agent stays in the registry, and lane.drain keeps its
+		// leases: a session whose job still runs here does not move.
+		bctx, stopBeats := context.WithCancel(a.baseCtx)
+		beating := make(chan struct{})
+		go func() {
+			defer close(beating)
+			a.beat(bctx)
+		}()
 		a.eachLane(func(l *lane) error { l.drain(ctx); return nil })
+		stopBeats()
+		<-beating
 
 		// 5. Leave the registry, so survivors count this agent out.
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)

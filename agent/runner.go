@@ -39,6 +39,14 @@ type runner struct {
 	ackDone   chan struct{}
 	closeAcks sync.Once
 
+	// leaseMu orders the lease writes of a runner being handed over: the
+	// membership loop's renewals while it drains and the release once the
+	// drain has ended (releasePartition). handover says the lease is to be
+	// kept until then; released that it is no longer to be written.
+	leaseMu  sync.Mutex
+	handover bool
+	released bool
+
 	// leaseOK is when the last successful write of the lease (acquire or
 	// renewal) was sent (Agent.stamp); see pullDeadline.
 	leaseOK atomic.Int64
@@ -442,12 +450,7 @@ func (r *runner) drain(ctx context.Context) {
 	select {
 	case <-done:
 	case <-ctx.Done():
-		r.a.log.Warn("drain deadline: canceling running jobs", zap.Int("partition", r.partition))
-		r.mu.Lock()
-		for j := range r.held {
-			j.cancelCall()
-		}
-		r.mu.Unlock()
+		r.cancelCalls()
 		<-done
 	}
 	r.stopAcks()
@@ -460,6 +463,17 @@ func (r *runner) drain(ctx context.Context) {
 	for s := range sessions {
 		r.a.pool.EndSession(s)
 	}
+}
+
+// cancelCalls cancels the running calls of a drain that ran out of time
+// (their jobs are naked by the normal failure path).
+func (r *runner) cancelCalls() {
+	r.a.log.Warn("drain deadline: canceling running jobs", zap.Int("partition", r.partition))
+	r.mu.Lock()
+	for j := range r.held {
+		j.cancelCall()
+	}
+	r.mu.Unlock()
 }
 
 // wait blocks until the fetch loop and every job have ended (after Kill).
