@@ -314,7 +314,9 @@ func (w *Worker) send(ctx context.Context, id uint64, fill func(*protocol.Messag
 		if err := ctx.Err(); err != nil {
 			return w.fail(ctxReason(ctx), err)
 		}
+		hooked := make(chan struct{})
 		stop := context.AfterFunc(ctx, func() {
+			defer close(hooked)
 			w.pmu.Lock()
 			mine := w.pendingID == id
 			w.pmu.Unlock()
@@ -322,7 +324,13 @@ func (w *Worker) send(ctx context.Context, id uint64, fill func(*protocol.Messag
 				w.fail(ctxReason(ctx), ctx.Err())
 			}
 		})
-		defer stop()
+		// The hook is send's own: if ctx ended and it started, wait for it,
+		// so that it never runs (and logs) after the call returned.
+		defer func() {
+			if !stop() {
+				<-hooked
+			}
+		}()
 	}
 	select {
 	case w.wlock <- struct{}{}:
