@@ -209,18 +209,37 @@ func (a *Agent) start(ctx context.Context) error {
 		}
 	}
 	// Pools start together: a GPU host's slow model server does not hold up
-	// its small workers.
+	// its small workers. Meanwhile the name is claimed (claimName): an
+	// agent restarted after a crash waits there for its predecessor's entry
+	// to expire, as its workers start.
 	errs := make([]error, len(a.lanes))
+	sctx, cancelStart := context.WithCancel(ctx)
+	defer cancelStart()
+	var claimErr error
 	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if claimErr = a.claimName(sctx); claimErr != nil {
+			cancelStart()
+		}
+	}()
 	for i, l := range a.lanes {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = l.startPool(ctx)
+			if errs[i] = l.startPool(sctx); errs[i] != nil {
+				cancelStart()
+			}
 		}()
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	// The first failure cancels the rest: its error is the one to tell.
+	err = errors.Join(errs...)
+	if err == nil || errors.Is(claimErr, ErrNameInUse) {
+		err = claimErr
+	}
+	if err != nil {
 		killPools()
 		for _, l := range a.lanes {
 			l.stopCancels()
