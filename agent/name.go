@@ -28,16 +28,18 @@ var ErrNameInUse = errors.New("is in use by a live agent")
 // a removal or the server's expiry marker (within AgentTTL of the last
 // heartbeat) means dead, a put means live. An entry neither refreshed nor
 // expired within twice AgentTTL (its expiry marker was lost) counts as
-// dead too.
-func (a *Agent) claimName(ctx context.Context) error {
+// dead too. It returns the revision of the last word on the key (0: none),
+// for register.
+func (a *Agent) claimName(ctx context.Context) (uint64, error) {
 	kv := a.lanes[0].topo.Agents
 	w, err := kv.Watch(ctx, a.cfg.Name)
 	if err != nil {
-		return fmt.Errorf("agent: read registry entry %q: %w", a.cfg.Name, err)
+		return 0, fmt.Errorf("agent: read registry entry %q: %w", a.cfg.Name, err)
 	}
 	defer func() { _ = w.Stop() }()
 	var (
-		held     bool
+		held     bool   // a put is the key's latest word
+		rev      uint64 // the latest word's revision
 		caughtUp bool
 		expiry   *time.Timer
 		expired  <-chan time.Time
@@ -50,31 +52,53 @@ func (a *Agent) claimName(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("agent: waiting for the registry entry %q of an earlier agent to expire: %w", a.cfg.Name, ctx.Err())
+			return 0, fmt.Errorf("agent: waiting for the registry entry %q of an earlier agent to expire: %w", a.cfg.Name, ctx.Err())
 		case <-expired:
-			return nil // neither refreshed nor removed: its holder is dead
+			return rev, nil // neither refreshed nor removed: its holder is dead
 		case e, ok := <-w.Updates():
 			if !ok {
-				return fmt.Errorf("agent: read registry entry %q: watcher closed", a.cfg.Name)
+				return 0, fmt.Errorf("agent: read registry entry %q: watcher closed", a.cfg.Name)
 			}
 			switch {
 			case e == nil: // the current entry, if any, has been sent
 				if !held {
-					return nil
+					return rev, nil
 				}
 				caughtUp = true
 				expiry = time.NewTimer(2 * a.cfg.Queue.AgentTTL)
 				expired = expiry.C
 			case e.Operation() != jetstream.KeyValuePut:
 				if caughtUp {
-					return nil // removed (a clean stop) or expired (a crash)
+					return e.Revision(), nil // removed (a clean stop) or expired (a crash)
 				}
-				held = false
+				held, rev = false, e.Revision()
 			case !caughtUp:
-				held = true
+				held, rev = true, e.Revision()
 			default:
-				return nameInUse(a.cfg.Name, e.Value())
+				return 0, nameInUse(a.cfg.Name, e.Value())
 			}
+		}
+	}
+}
+
+// register writes this agent's first registry entry, over revision last
+// of its key (claimName's). If another agent wrote under the name in
+// between (two agents started at the same moment under one name), the
+// name is claimed again: that agent's next heartbeat makes it an
+// ErrNameInUse.
+func (a *Agent) register(ctx context.Context, last uint64) error {
+	for {
+		sent := time.Now()
+		err := a.lanes[0].topo.Register(ctx, a.info(), last)
+		if err == nil {
+			a.beatOK.Store(a.stamp(sent))
+			return nil
+		}
+		if !errors.Is(err, queue.ErrAgentEntryChanged) {
+			return fmt.Errorf("agent: register: %w", err)
+		}
+		if last, err = a.claimName(ctx); err != nil {
+			return err
 		}
 	}
 }

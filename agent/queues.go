@@ -216,11 +216,12 @@ func (a *Agent) start(ctx context.Context) error {
 	sctx, cancelStart := context.WithCancel(ctx)
 	defer cancelStart()
 	var claimErr error
+	var claimed uint64
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		if claimErr = a.claimName(sctx); claimErr != nil {
+		if claimed, claimErr = a.claimName(sctx); claimErr != nil {
 			cancelStart()
 		}
 	}()
@@ -247,12 +248,12 @@ func (a *Agent) start(ctx context.Context) error {
 		return err
 	}
 	a.startedAt = time.Now()
-	if err := a.heartbeat(ctx); err != nil {
+	if err := a.register(ctx, claimed); err != nil {
 		killPools()
 		for _, l := range a.lanes {
 			l.stopCancels()
 		}
-		return fmt.Errorf("agent: register: %w", err)
+		return err
 	}
 	a.started.Store(true)
 	for _, l := range a.lanes {

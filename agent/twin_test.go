@@ -86,6 +86,41 @@ func TestNameTwinRefused(t *testing.T) {
 	}
 }
 
+// TestNameTwinsStartingTogether: two agents started at the same moment
+// under one name both find it free (their workers start meanwhile), but
+// only one registers: the other's first entry is written only over what it
+// read (queue.Topology.Register), so it finds the first's entry, sees it
+// refreshed, and refuses to start.
+func TestNameTwinsStartingTogether(t *testing.T) {
+	t.Parallel()
+	srv := fleettest.StartServer(t)
+	as := make([]*agent.Agent, 2)
+	for i := range as {
+		as[i], _ = twinAgent(t, srv, "twin")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	errs := make(chan error, len(as))
+	for _, a := range as {
+		go func() { errs <- a.Start(ctx) }()
+	}
+	var started, refused int
+	for range as {
+		switch err := <-errs; {
+		case err == nil:
+			started++
+		case errors.Is(err, agent.ErrNameInUse):
+			refused++
+			t.Logf("refused: %v", err)
+		default:
+			t.Errorf("Start: %v", err)
+		}
+	}
+	if started != 1 || refused != 1 {
+		t.Fatalf("%d started and %d refused, want one of each", started, refused)
+	}
+}
+
 // TestRestartUnderOldNameAfterCrash: an agent restarted under the name of
 // one that crashed (Kill: its entry stays until it expires) is no twin: it
 // starts once that entry expires, and the fleet is balanced again with it
