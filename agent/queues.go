@@ -209,18 +209,38 @@ func (a *Agent) start(ctx context.Context) error {
 		}
 	}
 	// Pools start together: a GPU host's slow model server does not hold up
-	// its small workers.
+	// its small workers. Meanwhile the name is claimed (claimName): an
+	// agent restarted after a crash waits there for its predecessor's entry
+	// to expire, as its workers start.
 	errs := make([]error, len(a.lanes))
+	sctx, cancelStart := context.WithCancel(ctx)
+	defer cancelStart()
+	var claimErr error
+	var claimed uint64
 	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if claimed, claimErr = a.claimName(sctx); claimErr != nil {
+			cancelStart()
+		}
+	}()
 	for i, l := range a.lanes {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = l.startPool(ctx)
+			if errs[i] = l.startPool(sctx); errs[i] != nil {
+				cancelStart()
+			}
 		}()
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	// The first failure cancels the rest: its error is the one to tell.
+	err = errors.Join(errs...)
+	if err == nil || errors.Is(claimErr, ErrNameInUse) {
+		err = claimErr
+	}
+	if err != nil {
 		killPools()
 		for _, l := range a.lanes {
 			l.stopCancels()
@@ -228,12 +248,12 @@ func (a *Agent) start(ctx context.Context) error {
 		return err
 	}
 	a.startedAt = time.Now()
-	if err := a.heartbeat(ctx); err != nil {
+	if err := a.register(ctx, claimed); err != nil {
 		killPools()
 		for _, l := range a.lanes {
 			l.stopCancels()
 		}
-		return fmt.Errorf("agent: register: %w", err)
+		return err
 	}
 	a.started.Store(true)
 	for _, l := range a.lanes {

@@ -79,19 +79,51 @@ func (a *AgentInfo) Load(queue string) (QueueLoad, bool) {
 // Heartbeat registers or refreshes agent a (key a.Name). The entry expires
 // after AgentTTL without a heartbeat. UpdatedAt is stamped with now.
 func (t *Topology) Heartbeat(ctx context.Context, a *AgentInfo) error {
-	if a == nil || a.Name == "" {
-		return errors.New("queue: heartbeat: agent name is required")
-	}
-	c := *a
-	c.UpdatedAt = time.Now().UTC()
-	data, err := json.Marshal(&c)
+	data, err := agentEntry(a)
 	if err != nil {
-		return fmt.Errorf("queue: heartbeat %s: %w", a.Name, err)
+		return err
 	}
 	if _, err := t.Agents.Put(ctx, a.Name, data); err != nil {
 		return fmt.Errorf("queue: heartbeat %s: %w", a.Name, err)
 	}
 	return nil
+}
+
+// ErrAgentEntryChanged is returned by Register when the entry under the
+// agent's name changed since the revision it was given.
+var ErrAgentEntryChanged = errors.New("queue: the registry entry under this name changed since it was read")
+
+// Register writes agent a's first entry, as Heartbeat does, but only if
+// the latest revision of its key is still last (0: the key has none): an
+// agent that has made sure no other live agent holds its name registers so,
+// and a twin that registered in between (two agents started at the same
+// moment under one name) makes it fail with ErrAgentEntryChanged.
+func (t *Topology) Register(ctx context.Context, a *AgentInfo, last uint64) error {
+	data, err := agentEntry(a)
+	if err != nil {
+		return err
+	}
+	if _, err := t.Agents.Update(ctx, a.Name, data, last); err != nil {
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return fmt.Errorf("queue: register %s: %w", a.Name, ErrAgentEntryChanged)
+		}
+		return fmt.Errorf("queue: register %s: %w", a.Name, err)
+	}
+	return nil
+}
+
+// agentEntry is a's registry entry, stamped now.
+func agentEntry(a *AgentInfo) ([]byte, error) {
+	if a == nil || a.Name == "" {
+		return nil, errors.New("queue: heartbeat: agent name is required")
+	}
+	c := *a
+	c.UpdatedAt = time.Now().UTC()
+	data, err := json.Marshal(&c)
+	if err != nil {
+		return nil, fmt.Errorf("queue: heartbeat %s: %w", a.Name, err)
+	}
+	return data, nil
 }
 
 // RemoveAgent deletes the agent's entry at once (a clean stop) instead of

@@ -193,3 +193,49 @@ func TestLeaseOwnersSkipForeignKeys(t *testing.T) {
 		t.Fatalf("LeaseOwners = %+v, want only partition 2 of agent-a", owners)
 	}
 }
+
+// TestRegister: an agent's first entry is written only over the revision
+// it read (0: none): over an entry written since, it is
+// ErrAgentEntryChanged, and the entry is left as it was; over a removed
+// one, at the removal's revision, it is written.
+func TestRegister(t *testing.T) {
+	t.Parallel()
+	b := setup(t, queue.Config{Partitions: 2})
+	ctx := testCtx(t)
+	first := &queue.AgentInfo{Name: "twin", Host: "h1", PID: 1}
+	if err := b.topo.Register(ctx, first, 0); err != nil {
+		t.Fatalf("register under a free name: %v", err)
+	}
+	e, err := b.topo.Agents.Get(ctx, "twin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	second := &queue.AgentInfo{Name: "twin", Host: "h2", PID: 2}
+	if err := b.topo.Register(ctx, second, 0); !errors.Is(err, queue.ErrAgentEntryChanged) {
+		t.Fatalf("register over an entry written since: %v, want ErrAgentEntryChanged", err)
+	}
+	if list, err := b.topo.ListAgents(ctx); err != nil || len(list) != 1 || list[0].Host != "h1" {
+		t.Fatalf("after the refused register: %+v, %v; want h1's entry", list, err)
+	}
+	if err := b.topo.RemoveAgent(ctx, "twin"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.topo.Register(ctx, second, e.Revision()); !errors.Is(err, queue.ErrAgentEntryChanged) {
+		t.Fatalf("register over the put before a removal: %v, want ErrAgentEntryChanged", err)
+	}
+	w, err := b.topo.Agents.Watch(ctx, "twin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	removed := <-w.Updates()
+	_ = w.Stop()
+	if removed == nil {
+		t.Fatal("no removal marker")
+	}
+	if err := b.topo.Register(ctx, second, removed.Revision()); err != nil {
+		t.Fatalf("register over the removal: %v", err)
+	}
+	if list, err := b.topo.ListAgents(ctx); err != nil || len(list) != 1 || list[0].Host != "h2" {
+		t.Fatalf("after the register: %+v, %v; want h2's entry", list, err)
+	}
+}

@@ -95,7 +95,10 @@ func (t *Topology) partitionConsumerNames() []string {
 // with this topology's configuration, if it is missing. With
 // Config.MemoryConsumers a server restart loses every job consumer: the
 // agents call this when a pull finds theirs gone. An existing consumer is
-// left as it is. It needs the right to create consumers on the jobs stream.
+// left as it is; one that breaks the contract Ensure checks (other
+// filters, ack or deliver policy, storage: someone else made it) is a
+// *MismatchError. It needs the right to create consumers on the jobs
+// stream.
 func (t *Topology) RecreateConsumer(ctx context.Context, name string) error {
 	var want jetstream.ConsumerConfig
 	if name == AnyConsumerName {
@@ -109,6 +112,16 @@ func (t *Topology) RecreateConsumer(ctx context.Context, name string) error {
 	}
 	c, err := t.Jobs.CreateConsumer(ctx, want)
 	if errors.Is(err, jetstream.ErrConsumerExists) {
+		// It exists with another configuration (one alike is no error):
+		// fine if only what Ensure tunes in place differs (AckWait and the
+		// like), not if it would deliver other jobs or otherwise.
+		if c, err = t.Jobs.Consumer(ctx, name); err != nil {
+			return fmt.Errorf("queue: recreate consumer %s/%s: %w", t.Config.JobsStream(), name, err)
+		}
+		if err := t.consumerContract(want, c.CachedInfo().Config); err != nil {
+			return err // it names the consumer
+		}
+		t.cacheConsumer(name, c)
 		return nil
 	}
 	if err != nil {

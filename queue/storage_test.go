@@ -2,6 +2,7 @@ package queue_test
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -166,5 +167,63 @@ func TestResultsStorage(t *testing.T) {
 	}
 	if err := (queue.Config{ResultsStorage: "disk"}).WithDefaults().Validate(); !errors.Is(err, queue.ErrInvalidConfig) {
 		t.Errorf("ResultsStorage disk: %v, want ErrInvalidConfig", err)
+	}
+}
+
+// TestRecreateConsumerMismatch: RecreateConsumer finding its consumer made
+// again by someone else with another configuration accepts it if only what
+// Ensure tunes in place differs (AckWait), and otherwise reports a
+// *MismatchError naming the consumer and the field, leaving it in place.
+func TestRecreateConsumerMismatch(t *testing.T) {
+	t.Parallel()
+	b := setup(t, queue.Config{Partitions: 4})
+	ctx := testCtx(t)
+	// remake deletes consumer name and creates it again as tweak makes it.
+	remake := func(name string, tweak func(*jetstream.ConsumerConfig)) {
+		t.Helper()
+		c, err := b.topo.Jobs.Consumer(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cc := c.CachedInfo().Config
+		if err := b.topo.Jobs.DeleteConsumer(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+		tweak(&cc)
+		if _, err := b.topo.Jobs.CreateConsumer(ctx, cc); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	remake("p-1", func(cc *jetstream.ConsumerConfig) { cc.AckWait = 3 * b.topo.Config.AckWait })
+	if err := b.topo.RecreateConsumer(ctx, "p-1"); err != nil {
+		t.Errorf("recreate p-1 over one with another AckWait: %v, want nil", err)
+	}
+
+	for _, tc := range []struct {
+		name, field string
+		tweak       func(*jetstream.ConsumerConfig)
+	}{
+		// One session's jobs only (a work queue stream allows no overlap).
+		{"p-2", "FilterSubject", func(cc *jetstream.ConsumerConfig) {
+			cc.FilterSubject = strings.TrimSuffix(b.topo.Config.PartitionFilter(2), "*") + "one"
+		}},
+		{"p-3", "MemoryStorage", func(cc *jetstream.ConsumerConfig) { cc.MemoryStorage = true }},
+		// Without the untransformed session subjects.
+		{queue.AnyConsumerName, "FilterSubject", func(cc *jetstream.ConsumerConfig) {
+			cc.FilterSubjects = []string{b.topo.Config.AnySubject()}
+		}},
+	} {
+		remake(tc.name, tc.tweak)
+		err := b.topo.RecreateConsumer(ctx, tc.name)
+		var me *queue.MismatchError
+		if !errors.As(err, &me) || me.Field != tc.field || !strings.HasSuffix(me.Resource, "/"+tc.name) {
+			t.Errorf("recreate %s over one with another %s: %v, want a MismatchError on it", tc.name, tc.field, err)
+			continue
+		}
+		t.Logf("%s: %v", tc.name, err)
+		if _, err := b.topo.Jobs.Consumer(ctx, tc.name); err != nil {
+			t.Errorf("%s after the mismatch: %v, want it left in place", tc.name, err)
+		}
 	}
 }

@@ -1,9 +1,16 @@
 package main
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
+	"github.com/procfleet/procfleet/agent"
 	"github.com/procfleet/procfleet/fleettest"
 	"github.com/procfleet/procfleet/internal/sharedtest"
 )
@@ -62,5 +69,49 @@ func TestPoisonAndTimeoutFlags(t *testing.T) {
 				t.Fatalf("got %v, want an error containing %q", err, c.want)
 			}
 		})
+	}
+}
+
+// TestNameInUseRefused: cmd/agent started under the name of a live agent
+// fails (main exits 1 with it) with an error naming the holder, instead of
+// taking its leases.
+func TestNameInUseRefused(t *testing.T) {
+	srv := fleettest.StartServer(t)
+	worker := []string{"python3", "../../examples/echo_worker.py"}
+	cfg := agent.Config{Name: "x"}
+	cfg.Pool.Size = 1
+	cfg.Pool.Worker.Command = worker
+	holder, err := agent.New(srv.Connect(t), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := holder.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := holder.Stop(context.Background()); err != nil {
+			t.Errorf("stop the holder: %v", err)
+		}
+	})
+	errc := make(chan error, 1)
+	go func() {
+		errc <- run([]string{"--nats", srv.URL, "--name", "x", "--pool-size", "1",
+			"--worker-cmd", strings.Join(worker, " "), "--log-level", "error"})
+	}()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, agent.ErrNameInUse) || !strings.Contains(err.Error(), fmt.Sprintf("pid %d", os.Getpid())) {
+			t.Fatalf("run under a name in use: %v, want ErrNameInUse naming the holder's pid", err)
+		}
+		t.Logf("agent: %v", err)
+	case <-time.After(30 * time.Second): // refused within about a heartbeat interval (1 s)
+		// It started: stop it the way an operator would.
+		if err := syscall.Kill(os.Getpid(), syscall.SIGINT); err != nil {
+			t.Fatal(err)
+		}
+		<-errc
+		t.Fatal("cmd/agent started under a name a live agent holds")
 	}
 }
