@@ -131,7 +131,7 @@ func (j *job) recordFree() {
 			return
 		default:
 			rev = e.Revision()
-			if json.Unmarshal(e.Value(), &rec) != nil || rec.Delivery >= j.meta.NumDelivered {
+			if json.Unmarshal(e.Value(), &rec) != nil || rec.Delivery > j.meta.NumDelivered {
 				// Unreadable, or from before the consumer counted anew.
 				rec = freeRecord{}
 			}
