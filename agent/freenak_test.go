@@ -14,20 +14,24 @@ import (
 	"github.com/procfleet/procfleet/queue"
 )
 
-// drainHeldJob runs a session's long job on the only agent, submits a
-// second job of that session with max_attempts 1 (held behind the long one:
-// delivered, waiting in the session's line) and makes the agent hand its
-// only partition over to a newcomer, which drains the held job while the
-// long one still runs. It returns the held job's result and the long one's.
-func drainHeldJob(t *testing.T, maxDeliver int) (held, long *queue.Result, execLog string) {
+// drainHeldJob runs a session's long job on agent "b-old", the owner of
+// the only partition, submits a second job of that session with
+// max_attempts 1 (held behind the long one: delivered, waiting in the
+// session's line), then drains the held job while the long one still runs:
+// by a join (a newcomer "a-new" sorts first, so with one partition its
+// quota is 1 and b-old's 0) or, with stop, by a graceful stop of b-old
+// (then "c-other", idle from the start, takes the partition). It returns
+// the held job's result and the long one's.
+func drainHeldJob(t *testing.T, maxDeliver int, stop bool) (held, long *queue.Result, execLog string) {
 	cfg := fleetConfig(1, 2)
 	cfg.Agent.Queue.Partitions = 1
 	cfg.Agent.Queue.MaxDeliver = maxDeliver
-	// "a-new" sorts first, so with one partition and two agents its quota
-	// is 1 and the old agent's 0: the join moves the partition.
-	cfg.Configure = func(i int, c *agent.Config) {
-		c.Name = map[int]string{1: "b-old", 2: "a-new"}[i]
+	names := map[int]string{1: "b-old", 2: "a-new"}
+	if stop {
+		cfg.Agents = 2
+		names = map[int]string{1: "b-old", 2: "c-other"}
 	}
+	cfg.Configure = func(i int, c *agent.Config) { c.Name = names[i] }
 	cfg, execLog = withExecLog(t, cfg)
 	f := fleettest.StartFleet(t, cfg)
 	old := f.Agents[0]
@@ -65,15 +69,23 @@ func drainHeldJob(t *testing.T, maxDeliver int) (held, long *queue.Result, execL
 		}
 		return nil
 	})
-	f.AddAgent(t)
-	joined := time.Now()
+	drained := time.Now()
+	if stop {
+		sctx, scancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer scancel()
+		if err := old.Stop(sctx); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		f.AddAgent(t)
+	}
 	held, long = result(t, f, heldID), result(t, f, longID)
 	if !long.OK || long.Agent != "b-old" {
 		t.Fatalf("long job: %+v, want ok on b-old", long)
 	}
-	if !long.FinishedAt.After(joined) {
-		t.Fatalf("the long job ended at %s, before the join at %s: nothing was drained; the test proves nothing",
-			long.FinishedAt.Format(time.StampMilli), joined.Format(time.StampMilli))
+	if !long.FinishedAt.After(drained) {
+		t.Fatalf("the long job ended at %s, before the drain began at %s: nothing was drained; the test proves nothing",
+			long.FinishedAt.Format(time.StampMilli), drained.Format(time.StampMilli))
 	}
 	return held, long, execLog
 }
@@ -81,15 +93,24 @@ func drainHeldJob(t *testing.T, maxDeliver int) (held, long *queue.Result, execL
 // TestDrainedJobNotCharged: a delivery a drain hands back before the job
 // reached a worker is not charged against max_attempts: a job with
 // max_attempts 1, held behind a long job of its session when a join moved
-// its partition, runs once on the newcomer and ends ok at attempt 1,
-// instead of being dead-lettered unrun as exhausted.
+// its partition (or a graceful stop ended its agent), runs once on the
+// next owner and ends ok at attempt 1, instead of being dead-lettered
+// unrun as exhausted.
 func TestDrainedJobNotCharged(t *testing.T) {
 	t.Parallel()
-	held, _, execLog := drainHeldJob(t, 0)
-	if !held.OK || held.Attempt != 1 || held.Agent != "a-new" {
-		t.Errorf("held job: %+v (error %+v), want ok at attempt 1 on a-new (delivered twice, charged once)", held, held.Error)
+	for _, tc := range []struct {
+		name, next string
+		stop       bool
+	}{{"join", "a-new", false}, {"stop", "c-other", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			held, _, execLog := drainHeldJob(t, 0, tc.stop)
+			if !held.OK || held.Attempt != 1 || held.Agent != tc.next {
+				t.Errorf("held job: %+v (error %+v), want ok at attempt 1 on %s (delivered twice, charged once)", held, held.Error, tc.next)
+			}
+			checkOnce(t, execLog, []string{"held", "long"})
+		})
 	}
-	checkOnce(t, execLog, []string{"held", "long"})
 }
 
 // TestDrainOnLastDeliveryEnds: the consumer's MaxDeliver stays a hard stop
@@ -98,7 +119,7 @@ func TestDrainedJobNotCharged(t *testing.T) {
 // naked into a stream that would never deliver it again.
 func TestDrainOnLastDeliveryEnds(t *testing.T) {
 	t.Parallel()
-	held, _, execLog := drainHeldJob(t, 1)
+	held, _, execLog := drainHeldJob(t, 1, false)
 	if held.OK || held.Error == nil || held.Error.Kind != queue.KindExhausted || held.Agent != "b-old" ||
 		!strings.Contains(held.Error.Message, "MaxDeliver") {
 		t.Errorf("held job: %+v (error %+v), want exhausted by b-old at the consumer's MaxDeliver", held, held.Error)
