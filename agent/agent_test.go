@@ -210,10 +210,8 @@ func TestKilledWorkerNaksAndRebinds(t *testing.T) {
 	if !second.OK {
 		t.Fatalf("second job failed: %+v", second.Error)
 	}
-	if second.Attempt != 1 {
-		// The checkout found the session's worker dead before the job was
-		// sent to it: the nak that followed is not charged.
-		t.Errorf("second job attempt = %d, want 1 (the checkout error naks it once, uncharged)", second.Attempt)
+	if second.Attempt != 2 {
+		t.Errorf("second job attempt = %d, want 2 (the checkout error naks it once)", second.Attempt)
 	}
 	if !rep2.NewSession || rep2.PID == rep.PID {
 		t.Errorf("second job ran on pid %d new_session=%v; want a replacement with new_session", rep2.PID, rep2.NewSession)

@@ -18,11 +18,15 @@ import (
 // A job's attempt is its consumer's delivery count, less the deliveries
 // that ended without the job reaching a worker through no fault of its own:
 // a drain (a graceful stop, or a partition handed over) hands back the jobs
-// it held but had not started, and a checkout that finds its worker dead or
-// broken before the job was sent to it hands the job back too. Those are
-// "free": they are not charged against max_attempts, so that a job with
-// max_attempts 1 is not dead-lettered unrun because a scale-up or a rolling
-// restart drained it.
+// it held but had not started. Those are "free": they are not charged
+// against max_attempts, so that a job with max_attempts 1 is not
+// dead-lettered unrun because a scale-up or a rolling restart drained it.
+//
+// A checkout that finds its worker dead or broken before the job was sent
+// to it is charged still: such a nak comes with a delay that lets the
+// session's later jobs overtake the job, and a result's attempt 1 is what
+// tells a reader (the reliability corpus, the chaos report) that a job ran
+// on its first delivery, in its session's order.
 //
 // The count lives in the poison bucket (queue.PoisonTTL), under
 // "free.<stream>.<sequence>" (the poison guard's keys are
@@ -86,13 +90,11 @@ func (j *job) lastDelivery() bool {
 	return j.meta != nil && md > 0 && j.meta.NumDelivered >= uint64(md)
 }
 
-// handBack naks a job that has not reached a worker, through no fault of
-// its own, after counting this delivery as free: at once (a drain), or
-// after delay (a checkout that found its worker dead: the delay grows with
-// the deliveries, charged or not). On the job's last delivery it ends the
-// job as exhausted instead: a nak would leave it in the stream with nothing
-// to deliver it, and reports false.
-func (j *job) handBack(delay time.Duration) bool {
+// handBack naks a job that has not reached a worker through no fault of
+// its own (a drain), at once, after counting this delivery as free. On the
+// job's last delivery it ends the job as exhausted instead (a nak would
+// leave it in the stream with nothing to deliver it), and reports false.
+func (j *job) handBack() bool {
 	if j.job != nil && j.meta != nil && j.lastDelivery() {
 		j.exhaust(fmt.Sprintf("delivered %d times, the consumer's MaxDeliver (%d of them ran or failed as attempts)",
 			j.meta.NumDelivered, j.attempt))
@@ -101,11 +103,7 @@ func (j *job) handBack(delay time.Duration) bool {
 	if j.job != nil && j.meta != nil {
 		j.recordFree()
 	}
-	if delay > 0 {
-		_ = j.msg.NakWithDelay(delay)
-	} else {
-		_ = j.msg.Nak()
-	}
+	_ = j.msg.Nak()
 	return true
 }
 

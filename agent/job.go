@@ -146,20 +146,12 @@ func (j *job) run() {
 		case j.r.waitCtx.Err() != nil:
 			// Draining: hand the job back for the next owner, at once,
 			// without charging the delivery.
-			if j.handBack(0) {
+			if j.handBack() {
 				a.record(outcomeRequeued, 0)
 			}
 		case errors.Is(err, pool.ErrSessionLost):
 			a.record(outcomeSessionLost, 0)
 			j.finish(&queue.Result{OK: false, Error: &queue.ErrorInfo{Kind: queue.KindSessionLost, Message: err.Error()}}, started)
-		case errors.Is(err, pool.ErrWorkerDead) || errors.Is(err, pool.ErrWorkerBroken):
-			// The worker was found dead or broken before the job was sent
-			// to it: not the job's fault, so the delivery is not charged.
-			a.counters.checkoutErrs.Add(1)
-			j.logger().Info("checkout found its worker dead; job will be redelivered", zap.Error(err))
-			if j.handBack(j.backoffAfter(int(j.meta.NumDelivered))) {
-				a.record(outcomeRetried, 0)
-			}
 		default:
 			a.counters.checkoutErrs.Add(1)
 			j.logger().Info("checkout failed; job will be redelivered", zap.Error(err))
@@ -379,12 +371,9 @@ func (j *job) retry(kind string, cause error) {
 
 // backoff doubles with each attempt, with jitter, within the configured
 // bounds.
-func (j *job) backoff() time.Duration { return j.backoffAfter(j.attempt) }
-
-// backoffAfter is the delay after n deliveries.
-func (j *job) backoffAfter(n int) time.Duration {
+func (j *job) backoff() time.Duration {
 	a := j.r.a
-	d := a.cfg.RetryBackoffMin << min(max(n-1, 0), 20)
+	d := a.cfg.RetryBackoffMin << min(max(j.attempt-1, 0), 20)
 	d = min(d, a.cfg.RetryBackoffMax)
 	return d/2 + rand.N(d/2+1)
 }
