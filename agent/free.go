@@ -31,7 +31,7 @@ import (
 // The count lives in the poison bucket (queue.PoisonTTL), under
 // "free.<stream>.<sequence>" (the poison guard's keys are
 // "<stream>.<sequence>" and are only ever read by exact key), written just
-// before such a nak and read only on a redelivery. A job's key is deleted
+// after such a nak (see handBack) and read only on a redelivery. A job's key is deleted
 // when the job ends; a key left behind (an agent killed meanwhile) expires
 // with the bucket's TTL. When the count cannot be read, the attempt is the
 // delivery count, as if nothing were free.
@@ -91,19 +91,25 @@ func (j *job) lastDelivery() bool {
 }
 
 // handBack naks a job that has not reached a worker through no fault of
-// its own (a drain), at once, after counting this delivery as free. On the
+// its own (a drain), at once, and counts this delivery as free. On the
 // job's last delivery it ends the job as exhausted instead (a nak would
 // leave it in the stream with nothing to deliver it), and reports false.
+//
+// The nak comes first, so that a drain's naks keep the pace (and so the
+// order) they had without the count: the server redelivers naked jobs in
+// the order of their naks. The count is written before the drain ends, so
+// before the partition's lease goes to the next owner; a redelivery read
+// before it is written (a lease lost meanwhile) is charged, as before.
 func (j *job) handBack() bool {
 	if j.job != nil && j.meta != nil && j.lastDelivery() {
-		j.exhaust(fmt.Sprintf("delivered %d times, the consumer's MaxDeliver (%d of them ran or failed as attempts)",
-			j.meta.NumDelivered, j.attempt))
+		j.exhaust(fmt.Sprintf("delivered %d times, the consumer's MaxDeliver, and handed back unrun on the last (%d earlier deliveries charged as attempts)",
+			j.meta.NumDelivered, j.attempt-1))
 		return false
 	}
+	_ = j.msg.Nak()
 	if j.job != nil && j.meta != nil {
 		j.recordFree()
 	}
-	_ = j.msg.Nak()
 	return true
 }
 
