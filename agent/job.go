@@ -25,7 +25,10 @@ type job struct {
 	meta    *jetstream.MsgMetadata
 	job     *queue.Job
 	parsErr error
+	// attempt is the deliveries charged to the job: its delivery count
+	// less the free ones (see free.go).
 	attempt int
+	free    int
 
 	ticket    *pool.Ticket
 	reserveEr error
@@ -61,6 +64,7 @@ func newJob(r *runner, msg jetstream.Msg) *job {
 	j.job, j.parsErr = queue.ParseJob(msg.Subject(), msg.Headers(), msg.Data(), meta.Sequence.Stream, r.a.cfg.Queue)
 	if j.parsErr == nil {
 		j.adoptFiringID() // a periodic schedule's firing: see expire.go
+		j.loadFree()
 	}
 	if j.parsErr == nil {
 		limit := r.a.cfg.Pool.Worker.MaxFrame
@@ -119,7 +123,7 @@ func (j *job) run() {
 		return
 	}
 	if j.attempt > j.maxAttempts() {
-		j.exhaust(fmt.Sprintf("delivered %d times, max_attempts is %d", j.attempt, j.maxAttempts()))
+		j.exhaust(fmt.Sprintf("attempt %d exceeds max_attempts %d (delivered %d times)", j.attempt, j.maxAttempts(), j.meta.NumDelivered))
 		return
 	}
 	if j.expire(nil) { // deadline passed before delivery: see expire.go
@@ -140,9 +144,11 @@ func (j *job) run() {
 		}
 		switch {
 		case j.r.waitCtx.Err() != nil:
-			// Draining: hand the job back for the next owner, at once.
-			a.record(outcomeRequeued, 0)
-			_ = j.msg.Nak()
+			// Draining: hand the job back for the next owner, at once,
+			// without charging the delivery.
+			if j.handBack() {
+				a.record(outcomeRequeued, 0)
+			}
 		case errors.Is(err, pool.ErrSessionLost):
 			a.record(outcomeSessionLost, 0)
 			j.finish(&queue.Result{OK: false, Error: &queue.ErrorInfo{Kind: queue.KindSessionLost, Message: err.Error()}}, started)
@@ -306,7 +312,9 @@ func (j *job) acked(f jetstream.PubAckFuture) {
 	}
 	if err := j.msg.Ack(); err != nil {
 		j.logger().Warn("ack", zap.Error(err))
+		return
 	}
+	j.forgetFree()
 }
 
 // storeTimeout bounds the wait for a result to be stored.
@@ -346,17 +354,22 @@ func (j *job) store(res *queue.Result, started time.Time) bool {
 }
 
 // retry naks the job with a growing delay, or ends it in the dead-letter
-// stream when this was its last attempt.
+// stream when this was its last attempt, or its consumer's last delivery.
 func (j *job) retry(kind string, cause error) {
 	if j.attempt >= j.maxAttempts() {
 		j.exhaust(fmt.Sprintf("attempt %d of %d failed (%s): %v", j.attempt, j.maxAttempts(), kind, cause))
+		return
+	}
+	if j.lastDelivery() {
+		j.exhaust(fmt.Sprintf("attempt %d of %d failed (%s) on delivery %d, the consumer's MaxDeliver: %v",
+			j.attempt, j.maxAttempts(), kind, j.meta.NumDelivered, cause))
 		return
 	}
 	j.r.a.record(outcomeRetried, 0)
 	_ = j.msg.NakWithDelay(j.backoff())
 }
 
-// backoff doubles with each delivery, with jitter, within the configured
+// backoff doubles with each attempt, with jitter, within the configured
 // bounds.
 func (j *job) backoff() time.Duration {
 	a := j.r.a
@@ -376,6 +389,7 @@ func (j *job) exhaust(why string) {
 	}
 	if j.store(&queue.Result{OK: false, Error: &queue.ErrorInfo{Kind: queue.KindExhausted, Message: why}}, time.Now()) {
 		_ = j.msg.Term()
+		j.forgetFree()
 	}
 }
 

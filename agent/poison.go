@@ -40,13 +40,16 @@ import (
 
 // workerDeath is one worker lost while running a job.
 type workerDeath struct {
-	Attempt int       `json:"attempt"`
-	Agent   string    `json:"agent"`
-	Worker  string    `json:"worker"`
-	PID     int       `json:"pid,omitempty"`
-	Kind    string    `json:"kind"` // crash, protocol or timeout
-	Cause   string    `json:"cause"`
-	At      time.Time `json:"at"`
+	Attempt int `json:"attempt"`
+	// Delivery is the consumer's delivery count: unlike the attempt (which
+	// leaves free deliveries out, see free.go), it never repeats.
+	Delivery uint64    `json:"delivery,omitempty"`
+	Agent    string    `json:"agent"`
+	Worker   string    `json:"worker"`
+	PID      int       `json:"pid,omitempty"`
+	Kind     string    `json:"kind"` // crash, protocol or timeout
+	Cause    string    `json:"cause"`
+	At       time.Time `json:"at"`
 }
 
 // deathRecord is the value of a key in the poison bucket.
@@ -109,7 +112,7 @@ func (j *job) poisoned(lease *pool.Lease, err error) bool {
 		cause = cause[:maxCauseLen] + "..."
 	}
 	d := workerDeath{
-		Attempt: j.attempt, Agent: a.cfg.Name, Worker: lease.WorkerID(), PID: lease.PID(),
+		Attempt: j.attempt, Delivery: j.meta.NumDelivered, Agent: a.cfg.Name, Worker: lease.WorkerID(), PID: lease.PID(),
 		Kind: kind, Cause: cause, At: time.Now().UTC(),
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(a.baseCtx), storeTimeout)
@@ -149,7 +152,11 @@ func recordDeath(ctx context.Context, kv jetstream.KeyValue, key string, d worke
 			}
 		}
 		for _, old := range rec.Deaths {
-			if old.Attempt == d.Attempt {
+			same := old.Attempt == d.Attempt
+			if old.Delivery != 0 && d.Delivery != 0 {
+				same = old.Delivery == d.Delivery
+			}
+			if same {
 				return rec.Deaths, nil // this delivery was recorded already
 			}
 		}

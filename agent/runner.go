@@ -392,7 +392,7 @@ func (r *runner) dispatch(msg jetstream.Msg, reserved bool) *jetstream.MsgMetada
 	r.mu.Lock()
 	if r.drained {
 		r.mu.Unlock()
-		_ = msg.Nak()
+		_ = j.handBack()
 		a.held.done(1)
 		return j.meta
 	}
