@@ -113,6 +113,18 @@ func (j *job) handBack() bool {
 	return true
 }
 
+// handBackInOrder hands the job back once the earlier held jobs of its
+// session have ended (handed back too, or run by the worker they wait for):
+// the server redelivers naked messages in the order of their naks, so the
+// next owner then gets the session's jobs in their order. Naked at once by
+// their own goroutines, a drain's held jobs came back in any order.
+func (j *job) handBackInOrder() bool {
+	if j.prev != nil {
+		<-j.prev.settled
+	}
+	return j.handBack()
+}
+
 // recordFree adds this delivery to the job's free count. On failure the
 // delivery is charged, as it was before free deliveries existed.
 func (j *job) recordFree() {

@@ -47,10 +47,17 @@ type job struct {
 	// result is the result handed off, kept for the acker in case the
 	// stream refuses it for its size.
 	result *queue.Result
+
+	// prev is the job of the same session dispatched just before this one
+	// by the same runner, while it had not ended; settled closes when this
+	// job has ended (runner.end). A drain hands a session's held jobs back
+	// in that order (see handBackInOrder).
+	prev    *job
+	settled chan struct{}
 }
 
 func newJob(r *runner, msg jetstream.Msg) *job {
-	j := &job{r: r, msg: msg, attempt: 1}
+	j := &job{r: r, msg: msg, attempt: 1, settled: make(chan struct{})}
 	meta, err := msg.Metadata()
 	if err != nil {
 		j.parsErr = &queue.BadRequestError{Reason: "message has no JetStream metadata: " + err.Error()}
@@ -144,9 +151,10 @@ func (j *job) run() {
 		}
 		switch {
 		case j.r.waitCtx.Err() != nil:
-			// Draining: hand the job back for the next owner, at once,
-			// without charging the delivery.
-			if j.handBack() {
+			// Draining: hand the job back for the next owner, at once
+			// (behind its session's earlier jobs), without charging the
+			// delivery.
+			if j.handBackInOrder() {
 				a.record(outcomeRequeued, 0)
 			}
 		case errors.Is(err, pool.ErrSessionLost):

@@ -67,6 +67,7 @@ type runner struct {
 	mu       sync.Mutex
 	held     map[*job]struct{}
 	sessions map[string]struct{} // sessions this runner has served
+	lastOf   map[string]*job     // each session's last dispatched job not yet ended
 	drained  bool
 }
 
@@ -78,6 +79,7 @@ func (a *lane) newRunner(partition int, cons jetstream.Consumer, lease *queue.Le
 		loopDone: make(chan struct{}),
 		held:     make(map[*job]struct{}),
 		sessions: make(map[string]struct{}),
+		lastOf:   make(map[string]*job),
 		// Jobs beyond the capacity block on a full channel, which only
 		// delays them.
 		acks:    make(chan pendingAck, a.cfg.Capacity+64),
@@ -118,6 +120,7 @@ func (r *runner) stopAcks() {
 func (r *runner) end(j *job) {
 	j.untrackCancel()
 	r.forget(j)
+	close(j.settled)
 	r.a.held.done(1)
 	r.jobs.Done()
 }
@@ -390,15 +393,19 @@ func (r *runner) dispatch(msg jetstream.Msg, reserved bool) *jetstream.MsgMetada
 	msg = crashableMsg{Msg: msg, killed: a.killed}
 	j := newJob(r, msg)
 	r.mu.Lock()
+	if j.job != nil && j.job.Session != "" {
+		j.prev = r.lastOf[j.job.Session]
+	}
 	if r.drained {
 		r.mu.Unlock()
-		_ = j.handBack()
+		_ = j.handBackInOrder()
 		a.held.done(1)
 		return j.meta
 	}
 	r.held[j] = struct{}{}
 	if j.job != nil && j.job.Session != "" {
 		r.sessions[j.job.Session] = struct{}{}
+		r.lastOf[j.job.Session] = j
 	}
 	r.mu.Unlock()
 	j.trackCancel()
@@ -416,6 +423,12 @@ func (r *runner) dispatch(msg jetstream.Msg, reserved bool) *jetstream.MsgMetada
 func (r *runner) forget(j *job) {
 	r.mu.Lock()
 	delete(r.held, j)
+	if j.job != nil && r.lastOf[j.job.Session] == j {
+		delete(r.lastOf, j.job.Session)
+	}
+	// A later job of the session needs this one's settled, not its
+	// predecessor: unlink, so that no chain of ended jobs stays reachable.
+	j.prev = nil
 	r.mu.Unlock()
 }
 

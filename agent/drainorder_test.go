@@ -1,0 +1,88 @@
+package agent_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/procfleet/procfleet/agent"
+	"github.com/procfleet/procfleet/fleettest"
+	"github.com/procfleet/procfleet/queue"
+)
+
+// TestDrainKeepsSessionOrder: a join moves a partition while a long job of
+// a session runs and ten more of that session are held behind it. The
+// draining agent hands the held jobs back in their order (the server
+// redelivers naked messages in the order they were naked), so the next
+// owner runs them in submission order: a join is not a fault, and FIFO
+// holds across it. Handed back all at once by their own goroutines, they
+// were redelivered in whatever order the naks happened to go out.
+func TestDrainKeepsSessionOrder(t *testing.T) {
+	t.Parallel()
+	cfg := fleetConfig(1, 2)
+	cfg.Agent.Queue.Partitions = 1
+	cfg.Agent.Capacity = 16 // room to hold all ten behind the long job
+	names := map[int]string{1: "b-old", 2: "a-new"}
+	cfg.Configure = func(i int, c *agent.Config) { c.Name = names[i] }
+	cfg, execLog := withExecLog(t, cfg)
+	f := fleettest.StartFleet(t, cfg)
+	fleettest.Eventually(t, 30*time.Second, func() error {
+		if got := f.Agents[0].Partitions(); !slices.Equal(got, []int{0}) {
+			return fmt.Errorf("old agent owns %v", got)
+		}
+		return nil
+	})
+	const session, held = "ordered", 10
+	longID := submit(t, f, session, &queue.Job{ID: "long", Command: "sleep", Payload: json.RawMessage(`{"ms":8000}`), TimeoutMS: 60000})
+	fleettest.Eventually(t, 30*time.Second, func() error {
+		if n := len(fleettest.ReadExecLog(t, execLog)[longID]); n != 1 {
+			return fmt.Errorf("long job started %d times", n)
+		}
+		return nil
+	})
+	ids := make([]string, held)
+	for i := range ids {
+		ids[i] = submit(t, f, session, &queue.Job{ID: fmt.Sprintf("held-%02d", i), Command: "echo", Payload: json.RawMessage(`1`)})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cons, err := f.Topology().PartitionConsumer(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fleettest.Eventually(t, 30*time.Second, func() error {
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if info.NumAckPending != held+1 {
+			return fmt.Errorf("%d jobs delivered and pending, want %d", info.NumAckPending, held+1)
+		}
+		return nil
+	})
+	joined := time.Now()
+	f.AddAgent(t)
+	if r := result(t, f, longID); !r.OK || r.Agent != "b-old" || !r.FinishedAt.After(joined) {
+		t.Fatalf("long job %+v: want ok on b-old, ending after the join; the test proves nothing otherwise", r)
+	}
+	for _, id := range ids {
+		if r := result(t, f, id); !r.OK || r.Agent != "a-new" {
+			t.Fatalf("held job %s: %+v, want ok on a-new", id, r)
+		}
+	}
+	execs := fleettest.ReadExecLog(t, execLog)
+	var order []string
+	for _, id := range ids {
+		if len(execs[id]) != 1 {
+			t.Fatalf("job %s ran %d times", id, len(execs[id]))
+		}
+	}
+	slices.SortFunc(ids, func(a, b string) int { return execs[a][0].Line - execs[b][0].Line })
+	order = append(order, ids...)
+	if !slices.IsSorted(order) {
+		t.Fatalf("the held jobs ran on the next owner in the order %v, want submission order", order)
+	}
+}
