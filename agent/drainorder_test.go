@@ -36,13 +36,7 @@ func TestDrainKeepsSessionOrder(t *testing.T) {
 		return nil
 	})
 	const session, held = "ordered", 10
-	longID := submit(t, f, session, &queue.Job{ID: "long", Command: "sleep", Payload: json.RawMessage(`{"ms":8000}`), TimeoutMS: 60000})
-	fleettest.Eventually(t, 30*time.Second, func() error {
-		if n := len(fleettest.ReadExecLog(t, execLog)[longID]); n != 1 {
-			return fmt.Errorf("long job started %d times", n)
-		}
-		return nil
-	})
+	longID := startLong(t, f, execLog, session, 8*time.Second, 60*time.Second)
 	ids := make([]string, held)
 	for i := range ids {
 		ids[i] = submit(t, f, session, &queue.Job{ID: fmt.Sprintf("held-%02d", i), Command: "echo", Payload: json.RawMessage(`1`)})

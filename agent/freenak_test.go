@@ -43,14 +43,7 @@ func drainHeldJob(t *testing.T, maxDeliver int, stop bool) (held, long *queue.Re
 	})
 	const run = 8 * time.Second
 	const session = "drained"
-	longID := submit(t, f, session, &queue.Job{ID: "long", Command: "sleep",
-		Payload: json.RawMessage(fmt.Sprintf(`{"ms":%d}`, run.Milliseconds())), TimeoutMS: 60000})
-	fleettest.Eventually(t, 30*time.Second, func() error {
-		if n := len(fleettest.ReadExecLog(t, execLog)[longID]); n != 1 {
-			return fmt.Errorf("long job started %d times", n)
-		}
-		return nil
-	})
+	longID := startLong(t, f, execLog, session, run, 60*time.Second)
 	heldID := submit(t, f, session, &queue.Job{ID: "held", Command: "echo", Payload: json.RawMessage(`1`), MaxAttempts: 1})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -46,14 +46,7 @@ func TestHandoverWaitsForLongJob(t *testing.T) {
 		return nil
 	})
 	const session = "handed"
-	long := submit(t, f, session, &queue.Job{ID: "long", Command: "sleep",
-		Payload: json.RawMessage(fmt.Sprintf(`{"ms":%d}`, run.Milliseconds())), TimeoutMS: 60000})
-	fleettest.Eventually(t, 30*time.Second, func() error {
-		if n := len(fleettest.ReadExecLog(t, execLog)[long]); n != 1 {
-			return fmt.Errorf("long job started %d times", n)
-		}
-		return nil
-	})
+	long := startLong(t, f, execLog, session, run, 60*time.Second)
 	next := submit(t, f, session, &queue.Job{ID: "next", Command: "echo", Payload: json.RawMessage(`1`)})
 	newcomer := f.AddAgent(t)
 	fleettest.Eventually(t, 30*time.Second, func() error {
@@ -140,14 +133,7 @@ func TestLeaseLostKeepsJobAlive(t *testing.T) {
 		}
 	}
 	const run = 14 * time.Second
-	long := submit(t, f, session, &queue.Job{ID: "long", Command: "sleep",
-		Payload: json.RawMessage(fmt.Sprintf(`{"ms":%d}`, run.Milliseconds())), TimeoutMS: 60000})
-	fleettest.Eventually(t, 30*time.Second, func() error {
-		if n := len(fleettest.ReadExecLog(t, execLog)[long]); n != 1 {
-			return fmt.Errorf("long job started %d times", n)
-		}
-		return nil
-	})
+	long := startLong(t, f, execLog, session, run, 60*time.Second)
 	started := time.Now()
 	leases, err := topo.LeaseOwners(ctx)
 	if err != nil {
@@ -212,14 +198,7 @@ func TestGracefulStopKeepsSessionOrder(t *testing.T) {
 		}
 	}
 	submitted := time.Now()
-	long := submit(t, f, session, &queue.Job{ID: "long", Command: "sleep",
-		Payload: json.RawMessage(fmt.Sprintf(`{"ms":%d}`, run.Milliseconds())), TimeoutMS: 60000})
-	fleettest.Eventually(t, 30*time.Second, func() error {
-		if n := len(fleettest.ReadExecLog(t, execLog)[long]); n != 1 {
-			return fmt.Errorf("long job started %d times", n)
-		}
-		return nil
-	})
+	long := startLong(t, f, execLog, session, run, 60*time.Second)
 	next := submit(t, f, session, &queue.Job{ID: "next", Command: "echo", Payload: json.RawMessage(`1`)})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -283,14 +262,7 @@ func TestStopBoundsHandoverDrain(t *testing.T) {
 		return nil
 	})
 	const run, grace = 20 * time.Second, 2 * time.Second
-	long := submit(t, f, "handed", &queue.Job{ID: "long", Command: "sleep",
-		Payload: json.RawMessage(fmt.Sprintf(`{"ms":%d}`, run.Milliseconds())), TimeoutMS: 120000})
-	fleettest.Eventually(t, 30*time.Second, func() error {
-		if n := len(fleettest.ReadExecLog(t, execLog)[long]); n != 1 {
-			return fmt.Errorf("long job started %d times", n)
-		}
-		return nil
-	})
+	long := startLong(t, f, execLog, "handed", run, 120*time.Second)
 	f.AddAgent(t)
 	fleettest.Eventually(t, 30*time.Second, func() error {
 		if got := old.Partitions(); len(got) != 0 {
@@ -315,4 +287,19 @@ func TestStopBoundsHandoverDrain(t *testing.T) {
 	if r, err := f.Client.Result(rctx, long, nil); err != nil || !r.OK || r.Agent != "a-new" {
 		t.Errorf("long job: %+v (%v), want ok on a-new after the stop canceled it", r, err)
 	}
+}
+
+// startLong submits a session's job "long" that sleeps for run (with the
+// given timeout) and waits until a worker has started it, once.
+func startLong(t *testing.T, f *fleettest.Fleet, execLog, session string, run, timeout time.Duration) string {
+	t.Helper()
+	id := submit(t, f, session, &queue.Job{ID: "long", Command: "sleep",
+		Payload: json.RawMessage(fmt.Sprintf(`{"ms":%d}`, run.Milliseconds())), TimeoutMS: timeout.Milliseconds()})
+	fleettest.Eventually(t, 30*time.Second, func() error {
+		if n := len(fleettest.ReadExecLog(t, execLog)[id]); n != 1 {
+			return fmt.Errorf("long job started %d times", n)
+		}
+		return nil
+	})
+	return id
 }
