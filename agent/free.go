@@ -95,11 +95,12 @@ func (j *job) lastDelivery() bool {
 // job's last delivery it ends the job as exhausted instead (a nak would
 // leave it in the stream with nothing to deliver it), and reports false.
 //
-// The nak comes first, so that a drain's naks keep the pace (and so the
-// order) they had without the count: the server redelivers naked jobs in
-// the order of their naks. The count is written before the drain ends, so
-// before the partition's lease goes to the next owner; a redelivery read
-// before it is written (a lease lost meanwhile) is charged, as before.
+// The nak comes first, so that the job is back in the stream as early as
+// it can be; the session's next held job is handed back only after this
+// one has ended, count written (handBackInOrder). The count is written
+// before the drain ends, so before the partition's lease goes to the next
+// owner; a redelivery read before it is written (a lease lost meanwhile) is
+// charged, as before.
 func (j *job) handBack() bool {
 	if j.job != nil && j.meta != nil && j.lastDelivery() {
 		j.exhaust(fmt.Sprintf("delivered %d times, the consumer's MaxDeliver, and handed back unrun on the last (%d earlier deliveries charged as attempts)",
