@@ -241,13 +241,21 @@ def loop(payload, session):
 
 @pw.handler("stubborn")
 def stubborn(payload, session):
-    # Ignores the cancel: catches it and keeps on.
+    # Ignores the cancel: catches it and keeps on. Everything from the
+    # "started" progress on is inside the try: the cancel the test sends on
+    # that progress may interrupt any line after it.
     import time
-    pw.progress("started")
     end = time.monotonic() + 60
-    while time.monotonic() < end:
+    first = True
+    while True:
         try:
-            time.sleep(end - time.monotonic())
+            if first:
+                first = False
+                pw.progress("started")
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(left)
         except pw.Canceled:
             pass
     return "done"
