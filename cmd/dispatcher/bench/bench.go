@@ -78,6 +78,12 @@ type Config struct {
 	NoFloor bool
 	// NoFleet skips the fleet measurement. Default false.
 	NoFleet bool
+	// NATSFloor adds the NATS floor measurement: the fleet's run with a
+	// plain pull loop in place of agents and workers (it stores each job's
+	// echo result and acks the job), so that what NATS alone costs per job
+	// in this pattern is measured beside what the fleet costs. Default
+	// false.
+	NATSFloor bool
 	// StartupWorkers, when above 0, adds a start-up measurement: a pool of
 	// this many workers, each delayed by StartupDelay before it runs
 	// WorkerCmd, started with StartConcurrency equal to its size. Default 0
@@ -140,6 +146,7 @@ type Report struct {
 	Machine     Machine             `json:"machine"`
 	Floor       *Measurement        `json:"floor,omitempty"`
 	Fleet       *Measurement        `json:"fleet,omitempty"`
+	NATSFloor   *Measurement        `json:"nats_floor,omitempty"`
 	Ratio       float64             `json:"fleet_floor_ratio,omitempty"` // fleet throughput / floor throughput
 	Startup     *StartupMeasurement `json:"startup,omitempty"`
 	// ServerCPUs and AgentProcess are Config's: where the parts ran.
@@ -348,11 +355,19 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		rep.Floor = run
 	}
 	if !cfg.NoFleet {
-		run, err := runFleet(ctx, &cfg, w)
+		run, err := runFleet(ctx, &cfg, w, false)
 		if err != nil {
 			return nil, fmt.Errorf("bench: fleet: %w", err)
 		}
 		rep.Fleet = run
+	}
+	if cfg.NATSFloor {
+		fmt.Fprintln(cfg.Progress, "NATS floor: the same jobs answered by a plain pull loop, no agent, no worker")
+		run, err := runFleet(ctx, &cfg, w, true)
+		if err != nil {
+			return nil, fmt.Errorf("bench: NATS floor: %w", err)
+		}
+		rep.NATSFloor = run
 	}
 	if rep.Floor != nil && rep.Fleet != nil && rep.Floor.Throughput > 0 {
 		rep.Ratio = rep.Fleet.Throughput / rep.Floor.Throughput

@@ -23,7 +23,7 @@ func TestBenchSmoke(t *testing.T) {
 		name string
 		cfg  bench.Config
 	}{
-		{"anonymous", bench.Config{Jobs: 30, Workers: 2, StartupWorkers: 2, StartupDelay: 10 * time.Millisecond}},
+		{"anonymous", bench.Config{Jobs: 30, Workers: 2, StartupWorkers: 2, StartupDelay: 10 * time.Millisecond, NATSFloor: true}},
 		{"sessions closed loop", bench.Config{Jobs: 12, Workers: 1, Sessions: 3, Inflight: 2, PayloadSize: 40}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -46,6 +46,12 @@ func TestBenchSmoke(t *testing.T) {
 			want := []string{"floor (pipes)", "fleet", "fleet/floor", "jobs/s", "p99", "peak RSS"}
 			if cfg.StartupWorkers > 0 {
 				want = append(want, "start-up: 2 workers")
+			}
+			if cfg.NATSFloor {
+				if n := rep.NATSFloor; n == nil || n.Jobs != cfg.Jobs || n.Failed != 0 {
+					t.Fatalf("NATS floor %+v", n)
+				}
+				want = append(want, "NATS floor ", "NATS floor CPU per job: NATS server in this process")
 			}
 			for _, w := range want {
 				if !strings.Contains(out.String(), w) {
@@ -70,7 +76,7 @@ func TestBenchProcessesApart(t *testing.T) {
 	defer cancel()
 	var out bytes.Buffer
 	// Enough jobs for the agent's CPU to pass one clock tick (10ms).
-	cfg := bench.Config{Jobs: 400, Workers: 2, Sessions: 4, ServerCPUs: []int{0}, AgentProcess: true}
+	cfg := bench.Config{Jobs: 400, Workers: 2, Sessions: 4, ServerCPUs: []int{0}, AgentProcess: true, NATSFloor: true}
 	cfg.Out, cfg.Progress = &out, io.Discard
 	rep, err := bench.Run(ctx, cfg)
 	if err != nil {
@@ -90,8 +96,13 @@ func TestBenchProcessesApart(t *testing.T) {
 	if rep.Fleet.ServerAffinity != "0" || rep.Fleet.AgentAffinity != rest {
 		t.Errorf("affinity: server %q, agent %q; want \"0\" and %q", rep.Fleet.ServerAffinity, rep.Fleet.AgentAffinity, rest)
 	}
+	// The NATS floor answered every job of every partition through the
+	// same kind of server process, measured apart too.
+	if n := rep.NATSFloor; n == nil || n.Jobs != cfg.Jobs || n.Failed != 0 || n.CPUServer <= 0 || n.ServerAffinity != "0" {
+		t.Errorf("NATS floor %+v; want every job, none failed, the server's CPU read apart on CPU 0", n)
+	}
 	for _, w := range []string{"agent process:  ", "NATS server:    ", "bench client:   ", "workers:        ",
-		"own process on CPU(s) 0", "load average"} {
+		"own process on CPU(s) 0", "load average", "NATS floor CPU per job: NATS server "} {
 		if !strings.Contains(out.String(), w) {
 			t.Errorf("output lacks %q:\n%s", w, out.String())
 		}

@@ -21,8 +21,14 @@ import (
 	"github.com/procfleet/procfleet/worker"
 )
 
-// runFleet runs the workload through NATS and in-process agents.
-func runFleet(ctx context.Context, cfg *Config, w *workload) (*Measurement, error) {
+// runFleet runs the workload through NATS and in-process agents or, with
+// natsOnly, through NATS and the NATS floor's loop (natsfloor.go) instead of
+// agents.
+func runFleet(ctx context.Context, cfg *Config, w *workload, natsOnly bool) (*Measurement, error) {
+	// Programs found below are built into this run's directory, which
+	// goes with it: the next run finds its own.
+	c := *cfg
+	cfg = &c
 	qcfg := queue.Config{MemoryConsumers: cfg.MemoryConsumers, ResultsStorage: cfg.ResultsStorage, ResultsMaxAge: cfg.ResultsMaxAge, Partitions: cfg.Partitions}
 	url := cfg.NATSURL
 	var server *child
@@ -32,7 +38,7 @@ func runFleet(ctx context.Context, cfg *Config, w *workload) (*Measurement, erro
 			return nil, err
 		}
 		defer os.RemoveAll(dir)
-		if cfg.AgentProcess && cfg.AgentBin == "" {
+		if cfg.AgentProcess && !natsOnly && cfg.AgentBin == "" {
 			if cfg.AgentBin, err = localfleet.AgentProgram.Find(ctx, dir); err != nil {
 				return nil, err
 			}
@@ -88,14 +94,15 @@ func runFleet(ctx context.Context, cfg *Config, w *workload) (*Measurement, erro
 
 	fmt.Fprintf(cfg.Progress, "fleet: NATS %s, %d agent(s) x %d workers\n", f.URL, cfg.Agents, cfg.Workers)
 	var agentProcs []*child
-	if cfg.AgentProcess {
+	agentsHere := cfg.Agents * btoi(!cfg.AgentProcess && !natsOnly)
+	if cfg.AgentProcess && !natsOnly {
 		if agentProcs, err = startAgentProcesses(ctx, cfg, f.URL, f.Client.Topology()); err != nil {
 			return nil, err
 		}
 		// Stopped before the fleet's connection and server go.
 		defer stopChildren(agentProcs)
 	}
-	for i := range cfg.Agents * btoi(!cfg.AgentProcess) {
+	for i := range agentsHere {
 		acfg := agent.Config{Name: fmt.Sprintf("bench-agent-%d", i+1), Logger: cfg.Logger}
 		acfg.Pool.Size = cfg.Workers
 		acfg.Capacity = cfg.Capacity
@@ -104,7 +111,7 @@ func runFleet(ctx context.Context, cfg *Config, w *workload) (*Measurement, erro
 			return nil, err
 		}
 	}
-	if !cfg.AgentProcess {
+	if agentsHere > 0 {
 		bctx, stopWait := context.WithTimeout(ctx, localfleet.DefaultBalanceTimeout)
 		err = localfleet.WaitBalanced(bctx, f.Agents(), qcfg.Partitions)
 		stopWait()
@@ -113,6 +120,13 @@ func runFleet(ctx context.Context, cfg *Config, w *workload) (*Measurement, erro
 		}
 	}
 	agents := f.Agents()
+	var loop *natsLoop
+	if natsOnly {
+		if loop, err = startNATSLoop(ctx, f.URL, qcfg, cfg.Sessions > 0); err != nil {
+			return nil, err
+		}
+		defer func() { _ = loop.stop() }()
+	}
 
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
@@ -156,7 +170,7 @@ func runFleet(ctx context.Context, cfg *Config, w *workload) (*Measurement, erro
 		}
 	}
 	var prof bool
-	if cfg.CPUProfile != nil {
+	if cfg.CPUProfile != nil && !natsOnly {
 		if err := pprof.StartCPUProfile(cfg.CPUProfile); err != nil {
 			return nil, fmt.Errorf("cpu profile: %w", err)
 		}
@@ -197,10 +211,17 @@ func runFleet(ctx context.Context, cfg *Config, w *workload) (*Measurement, erro
 	if e := pubErr.Load(); e != nil && err == nil {
 		err = fmt.Errorf("publish: %w", *e)
 	}
+	name := "fleet"
+	if loop != nil {
+		name = natsFloorName
+		if e := loop.stop(); e != nil && err == nil {
+			err = e
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
-	return p.result("fleet", &res), nil
+	return p.result(name, &res), nil
 }
 
 func btoi(b bool) int {

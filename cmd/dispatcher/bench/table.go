@@ -82,7 +82,7 @@ func (r *Report) WriteTable(out io.Writer) {
 	const nameW = 14
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "  %-*s\tjobs/s\tp50\tp90\tp99\tmax\tCPU s/1k jobs: this process\tworkers\tpeak RSS\t\n", nameW, "")
-	for _, run := range []*Measurement{r.Floor, r.Fleet} {
+	for _, run := range []*Measurement{r.Floor, r.Fleet, r.NATSFloor} {
 		if run == nil {
 			continue
 		}
@@ -95,7 +95,7 @@ func (r *Report) WriteTable(out io.Writer) {
 		fmt.Fprintf(tw, "  %-*s\t%.2f\t\t\t\t\t\t\t\t\n", nameW, "fleet/floor", r.Ratio)
 	}
 	_ = tw.Flush()
-	for _, run := range []*Measurement{r.Floor, r.Fleet} {
+	for _, run := range []*Measurement{r.Floor, r.Fleet, r.NATSFloor} {
 		if run != nil && run.Failed > 0 {
 			fmt.Fprintf(out, "  %s: %d jobs failed\n", run.Name, run.Failed)
 		}
@@ -130,6 +130,20 @@ func (r *Report) writeParts(out io.Writer) {
 	}
 	if r.Floor != nil && r.Floor.Jobs > 0 {
 		fmt.Fprintf(out, "  floor CPU per job: driver %s, workers %s\n", perJob(r.Floor.CPUSelf, r.Floor.Jobs), perJob(r.Floor.CPUWorkers, r.Floor.Jobs))
+	}
+	if n := r.NATSFloor; n != nil && n.Jobs > 0 {
+		server := "in this process"
+		switch {
+		case len(r.ServerCPUs) > 0:
+			server = perJob(n.CPUServer, n.Jobs)
+		case !r.embedded():
+			server = "elsewhere, not measured"
+		}
+		self := "the pull loop and the bench client"
+		if r.embedded() {
+			self += " and the NATS server"
+		}
+		fmt.Fprintf(out, "  NATS floor CPU per job: NATS server %s; %s %s\n", server, self, perJob(n.CPUSelf, n.Jobs))
 	}
 	f := r.Fleet
 	if f == nil || f.Jobs == 0 {
