@@ -189,6 +189,10 @@ type Measurement struct {
 	// processes' (AgentProcess). Zero when not measured apart.
 	CPUServer time.Duration `json:"cpu_server_ns,omitempty"`
 	CPUAgents time.Duration `json:"cpu_agents_ns,omitempty"`
+	// SyscallsServer and SyscallsAgents are the read and write system
+	// calls (socket, pipe and file) of the same processes during the run.
+	SyscallsServer int64 `json:"syscalls_server,omitempty"`
+	SyscallsAgents int64 `json:"syscalls_agents,omitempty"`
 	// ServerAffinity and AgentAffinity are the Cpus_allowed_list of the
 	// NATS server and the (first) agent process, read during the run;
 	// empty when they did not run apart.

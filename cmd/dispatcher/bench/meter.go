@@ -18,7 +18,9 @@ type meter struct {
 	wcpu0  map[int]time.Duration
 	server int // pid of the NATS server process, or 0
 	scpu0  time.Duration
+	sio0   int64
 	agents map[int]time.Duration // agent process pid: CPU at the start
+	aio0   map[int]int64         // agent process pid: syscalls at the start
 	peak   atomic.Int64
 	// agentPeak is the largest sum of the agent processes' RSS sampled.
 	agentPeak atomic.Int64
@@ -62,11 +64,11 @@ func startMeter(pids []int, server int, agents []int) *meter {
 func (m *meter) parts(server int, agents []int) {
 	m.server = server
 	if server > 0 {
-		m.scpu0 = procCPU(server)
+		m.scpu0, m.sio0 = procCPU(server), procSyscalls(server)
 	}
-	m.agents = map[int]time.Duration{}
+	m.agents, m.aio0 = map[int]time.Duration{}, map[int]int64{}
 	for _, pid := range agents {
-		m.agents[pid] = procCPU(pid)
+		m.agents[pid], m.aio0[pid] = procCPU(pid), procSyscalls(pid)
 	}
 }
 
@@ -83,9 +85,11 @@ func (m *meter) end(run *Measurement) {
 	}
 	if m.server > 0 {
 		run.CPUServer = max(procCPU(m.server)-m.scpu0, 0)
+		run.SyscallsServer = max(procSyscalls(m.server)-m.sio0, 0)
 	}
 	for pid, c0 := range m.agents {
 		run.CPUAgents += max(procCPU(pid)-c0, 0)
+		run.SyscallsAgents += max(procSyscalls(pid)-m.aio0[pid], 0)
 	}
 	run.PeakRSS = max(m.peak.Load(), selfRSS())
 	run.AgentPeakRSS = max(m.agentPeak.Load(), m.agentsRSS())
@@ -123,6 +127,28 @@ func procCPU(pid int) time.Duration {
 	ut, _ := strconv.ParseInt(f[11], 10, 64)
 	st, _ := strconv.ParseInt(f[12], 10, 64)
 	return time.Duration(ut+st) * time.Second / clockTick
+}
+
+// procSyscalls is the read and write system calls pid has made (syscr +
+// syscw of /proc/<pid>/io, all its threads; socket and pipe I/O included);
+// 0 if unreadable. Unlike CPU time it does not move with the machine's
+// load, so it shows a change in batching that the noise of CPU times hides.
+func procSyscalls(pid int) int64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/io")
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "syscr: "); ok {
+			c, _ := strconv.ParseInt(v, 10, 64)
+			n += c
+		} else if v, ok := strings.CutPrefix(line, "syscw: "); ok {
+			c, _ := strconv.ParseInt(v, 10, 64)
+			n += c
+		}
+	}
+	return n
 }
 
 // agentsRSS is the sum of the agent processes' VmRSS.

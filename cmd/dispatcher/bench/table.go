@@ -135,7 +135,7 @@ func (r *Report) writeParts(out io.Writer) {
 		server := "in this process"
 		switch {
 		case len(r.ServerCPUs) > 0:
-			server = perJob(n.CPUServer, n.Jobs)
+			server = perJob(n.CPUServer, n.Jobs) + ", " + callsPerJob(n.SyscallsServer, n.Jobs)
 		case !r.embedded():
 			server = "elsewhere, not measured"
 		}
@@ -152,14 +152,14 @@ func (r *Report) writeParts(out io.Writer) {
 	fmt.Fprintln(out, "  fleet CPU per job:")
 	var inSelf []string
 	if r.AgentProcess {
-		fmt.Fprintf(out, "    agent process:  %s (CPUs %s; peak RSS %.1f MB)\n", perJob(f.CPUAgents, f.Jobs), f.AgentAffinity, float64(f.AgentPeakRSS)/(1<<20))
+		fmt.Fprintf(out, "    agent process:  %s, %s (CPUs %s; peak RSS %.1f MB)\n", perJob(f.CPUAgents, f.Jobs), callsPerJob(f.SyscallsAgents, f.Jobs), f.AgentAffinity, float64(f.AgentPeakRSS)/(1<<20))
 	} else {
 		fmt.Fprintln(out, "    agent process:  in the bench process, not apart (--agent-process)")
 		inSelf = append(inSelf, "agents")
 	}
 	switch {
 	case len(r.ServerCPUs) > 0:
-		fmt.Fprintf(out, "    NATS server:    %s (its own process, CPUs %s)\n", perJob(f.CPUServer, f.Jobs), f.ServerAffinity)
+		fmt.Fprintf(out, "    NATS server:    %s, %s (its own process, CPUs %s)\n", perJob(f.CPUServer, f.Jobs), callsPerJob(f.SyscallsServer, f.Jobs), f.ServerAffinity)
 	case r.embedded():
 		fmt.Fprintln(out, "    NATS server:    in the bench process, not apart (--server-cpus)")
 		inSelf = append(inSelf, "NATS server")
@@ -172,6 +172,11 @@ func (r *Report) writeParts(out io.Writer) {
 	}
 	fmt.Fprintln(out, client)
 	fmt.Fprintf(out, "    workers:        %s\n", perJob(f.CPUWorkers, f.Jobs))
+}
+
+// callsPerJob formats read and write system calls per job.
+func callsPerJob(n int64, jobs int) string {
+	return fmt.Sprintf("%.2f reads+writes", float64(n)/float64(jobs))
 }
 
 func perJob(d time.Duration, jobs int) string {
