@@ -47,6 +47,10 @@ type lane struct {
 	kaCtx    context.Context
 	kaCancel context.CancelFunc
 	kaLoop   sync.WaitGroup
+	// crew runs the jobs (crew.go) and pub stores their results
+	// (publisher.go); both closed once every job has ended.
+	crew *crew
+	pub  *publisher
 
 	mu        sync.Mutex
 	runners   map[int]*runner // by partition
@@ -120,6 +124,7 @@ func newLane(ag *Agent, cfg Config) (*lane, error) {
 		pool:    p,
 		held:    newGate(cfg.Capacity),
 		runners: make(map[int]*runner),
+		crew:    newCrew(),
 		killed:  &ag.killed,
 		metrics: ag.metrics.forQueue(cfg.Queue.QueueName()),
 	}
@@ -130,6 +135,7 @@ func newLane(ag *Agent, cfg Config) (*lane, error) {
 	}
 	a.baseCtx, a.baseCancel = context.WithCancel(ag.baseCtx)
 	a.kaCtx, a.kaCancel = context.WithCancel(a.baseCtx)
+	a.pub = newPublisher(a)
 	return a, nil
 }
 
@@ -189,6 +195,7 @@ func (a *lane) run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("agent: queue %s: anonymous consumer: %w", a.queueName(), err)
 	}
+	a.pub.run()
 	a.mu.Lock()
 	a.anyRunner = a.newRunner(-1, anyCons, nil, time.Time{})
 	a.mu.Unlock()
@@ -318,6 +325,8 @@ func (a *lane) drain(ctx context.Context) {
 // stopPool stops the workers, last.
 func (a *lane) stopPool(ctx context.Context) error {
 	defer a.baseCancel()
+	a.crew.close()
+	a.pub.close()
 	a.stopCancels()
 	return a.pool.Stop(ctx)
 }
@@ -333,6 +342,8 @@ func (a *lane) kill() {
 		r.wait()
 	}
 	a.draining.Wait()
+	a.crew.close()
+	a.pub.close()
 	a.stopCancels()
 }
 

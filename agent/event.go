@@ -98,9 +98,10 @@ func readRSS(pid int) int64 {
 // maxEventError bounds the error text an attempt event carries.
 const maxEventError = 300
 
-// publishAttempt publishes the end of one attempt on a worker as a core NATS
-// event (fire and forget: one small message, no ack, no store).
-func (j *job) publishAttempt(workerID string, pid int, started time.Time, res worker.Result, err error) {
+// attemptEvent encodes the end of one attempt on a worker as the core NATS
+// event (fire and forget: one small message, no ack, no store) that
+// publishEvent, or the publisher with the job's result, sends.
+func (j *job) attemptEvent(workerID string, pid int, started time.Time, res worker.Result, err error) []byte {
 	a := j.r.a
 	ev := queue.AttemptEvent{
 		ID: j.job.ID, Session: j.job.Session, Command: j.job.Command, TimeoutMS: j.job.TimeoutMS,
@@ -136,31 +137,37 @@ func (j *job) publishAttempt(workerID string, pid int, started time.Time, res wo
 	if len(ev.Error) > maxEventError {
 		ev.Error = ev.Error[:maxEventError]
 	}
-	_ = a.nc.Publish(a.cfg.Queue.AttemptEventSubject(j.job.ID), appendAttemptEvent(make([]byte, 0, 384), &ev))
+	return appendAttemptEvent(make([]byte, 0, 384), &ev)
+}
+
+// publishEvent publishes the job's attempt event unless it went out with
+// its result already.
+func (j *job) publishEvent() {
+	if ev := j.takeEvent(); ev != nil {
+		_ = j.r.a.nc.Publish(j.r.a.cfg.Queue.AttemptEventSubject(j.job.ID), ev)
+	}
+}
+
+func (j *job) takeEvent() []byte {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	ev := j.event
+	j.event = nil
+	return ev
 }
 
 // appendAttemptEvent encodes ev as JSON, as json.Marshal would (less the
-// reflection: this runs once per attempt on the hot path).
+// reflection and any allocation but b's growth: this runs once per attempt
+// on the hot path).
 func appendAttemptEvent(b []byte, ev *queue.AttemptEvent) []byte {
 	b = append(b, `{"id":`...)
 	b = appendJSONString(b, ev.ID)
 	if ev.JobSeq != 0 {
 		b = strconv.AppendUint(append(b, `,"job_seq":`...), ev.JobSeq, 10)
 	}
-	str := func(key, v string) {
-		if v != "" {
-			b = appendJSONString(append(append(b, `,"`...), key+`":`...), v)
-		}
-	}
-	tm := func(key string, t time.Time) {
-		if !t.IsZero() {
-			b = append(append(b, `,"`...), key+`":"`...)
-			b = append(t.AppendFormat(b, time.RFC3339Nano), '"')
-		}
-	}
-	str("queue", ev.Queue)
-	str("session", ev.Session)
-	str("command", ev.Command)
+	b = appendStrField(b, `,"queue":`, ev.Queue)
+	b = appendStrField(b, `,"session":`, ev.Session)
+	b = appendStrField(b, `,"command":`, ev.Command)
 	if ev.TimeoutMS != 0 {
 		b = strconv.AppendInt(append(b, `,"timeout_ms":`...), ev.TimeoutMS, 10)
 	}
@@ -169,17 +176,36 @@ func appendAttemptEvent(b []byte, ev *queue.AttemptEvent) []byte {
 	}
 	b = strconv.AppendInt(append(b, `,"attempt":`...), int64(ev.Attempt), 10)
 	b = appendJSONString(append(b, `,"agent":`...), ev.Agent)
-	str("worker", ev.Worker)
+	b = appendStrField(b, `,"worker":`, ev.Worker)
 	if ev.WorkerPID != 0 {
 		b = strconv.AppendInt(append(b, `,"worker_pid":`...), int64(ev.WorkerPID), 10)
 	}
-	tm("enqueued_at", ev.EnqueuedAt)
-	tm("started_at", ev.StartedAt)
-	tm("finished_at", ev.FinishedAt)
+	b = appendTimeField(b, `,"enqueued_at":`, ev.EnqueuedAt)
+	b = appendTimeField(b, `,"started_at":`, ev.StartedAt)
+	b = appendTimeField(b, `,"finished_at":`, ev.FinishedAt)
 	b = appendJSONString(append(b, `,"outcome":`...), ev.Outcome)
-	str("kind", ev.Kind)
-	str("error", ev.Error)
+	b = appendStrField(b, `,"kind":`, ev.Kind)
+	b = appendStrField(b, `,"error":`, ev.Error)
 	return append(b, '}')
+}
+
+// appendStrField appends key (`,"name":`) and v as a JSON string, unless v
+// is empty (omitempty).
+func appendStrField(b []byte, key, v string) []byte {
+	if v == "" {
+		return b
+	}
+	return appendJSONString(append(b, key...), v)
+}
+
+// appendTimeField appends key (`,"name":`) and t as encoding/json writes a
+// time, unless t is zero (omitzero).
+func appendTimeField(b []byte, key string, t time.Time) []byte {
+	if t.IsZero() {
+		return b
+	}
+	b = append(append(b, key...), '"')
+	return append(t.AppendFormat(b, time.RFC3339Nano), '"')
 }
 
 // appendJSONString appends s as a JSON string; invalid UTF-8 becomes U+FFFD,

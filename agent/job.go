@@ -47,6 +47,9 @@ type job struct {
 	// result is the result handed off, kept for the acker in case the
 	// stream refuses it for its size.
 	result *queue.Result
+	// event is the attempt event of the job's call, until it is published
+	// (with the result, or by publishEvent); guarded by mu.
+	event []byte
 
 	// prev is the job of the same session dispatched just before this one
 	// by the same runner, while it had not ended; settled closes when this
@@ -204,7 +207,10 @@ func (j *job) call(lease *pool.Lease, started time.Time) {
 	res, err := lease.Call(ctx, c)
 	a.current.set(lease.WorkerID(), "")
 	j.r.observeRun(time.Since(callStart))
-	j.publishAttempt(lease.WorkerID(), lease.PID(), callStart, res, err)
+	j.mu.Lock()
+	j.event = j.attemptEvent(lease.WorkerID(), lease.PID(), callStart, res, err)
+	j.mu.Unlock()
+	defer j.publishEvent()
 	cancel()
 	lease.Release()
 	base := &queue.Result{Worker: lease.WorkerID(), WorkerPID: lease.PID(), NewSession: lease.NewSession()}
@@ -245,21 +251,36 @@ func (j *job) call(lease *pool.Lease, started time.Time) {
 
 // finish stores the job's result and acks the job once the stream has
 // acknowledged the result: a job is acked only after its result is stored.
-// The result is published asynchronously and the runner's acker waits for
-// its PubAck, so neither this goroutine nor a worker waits a round trip, and
-// the results of jobs finishing together share writes.
+// The lane's publisher stores the result (with the attempt event) and the
+// runner's acker waits for its PubAck, so neither this goroutine nor a
+// worker waits a round trip, and the results of jobs finishing together
+// share writes (see publisher).
 func (j *job) finish(res *queue.Result, started time.Time) {
 	j.fill(res, started)
-	f, err := j.r.a.topo.StoreResultAsync(res)
+	j.handedOff = true
+	j.r.a.pub.store(finished{j: j, res: res, event: j.takeEvent()})
+}
+
+// publish is the publisher's half of finish: it publishes the attempt event
+// and the result, and hands the result's future to the runner's acker.
+func (j *job) publish(f finished) {
+	a := j.r.a
+	if f.event != nil {
+		_ = a.nc.Publish(a.cfg.Queue.AttemptEventSubject(j.job.ID), f.event)
+	}
+	res := f.res
+	fut, err := a.topo.StoreResultAsync(res)
 	if errors.Is(err, queue.ErrTooLarge) {
-		f, err = j.r.a.topo.StoreResultAsync(j.tooLarge(res, err))
+		res = j.tooLarge(res, err)
+		fut, err = a.topo.StoreResultAsync(res)
 	}
 	if err != nil {
 		j.requeue("store result", err)
+		j.r.end(j)
 		return
 	}
-	j.handedOff, j.result = true, res
-	j.r.acks <- pendingAck{j: j, f: f}
+	j.result = res
+	j.r.acks <- pendingAck{j: j, f: fut}
 }
 
 // tooLarge is the outcome stored instead of res when res cannot be: the
@@ -279,45 +300,51 @@ func (j *job) requeue(what string, err error) {
 	_ = j.msg.NakWithDelay(j.backoff())
 }
 
-// acked is the acker's half of finish: it waits for the result's PubAck,
-// then acks the job, or naks it if the result was not stored.
-func (j *job) acked(f jetstream.PubAckFuture) {
+// stored is the acker's half of finish: it waits for the result's PubAck
+// and reports whether the job is to be acked now. It is not when the agent
+// was killed (like a crash, the job is left to its AckWait) or the result
+// was not stored (the job is requeued). Before it waits for a PubAck not
+// yet there it calls beforeWait: the acker sends the acks it holds.
+func (j *job) stored(f jetstream.PubAckFuture, beforeWait func()) bool {
 	a := j.r.a
 	if a.baseCtx.Err() != nil {
-		// Killed: like a crash, leave the job to its AckWait.
-		return
+		return false
 	}
 	var err error
 	select {
 	case <-f.Ok():
 	case err = <-f.Err():
 	default:
+		beforeWait()
 		t := time.NewTimer(storeTimeout)
+		defer t.Stop()
 		select {
 		case <-f.Ok():
 		case err = <-f.Err():
 		case <-t.C:
 			err = fmt.Errorf("no PubAck within %v", storeTimeout)
 		case <-a.baseCtx.Done():
-			// Killed: like a crash, leave the job to its AckWait.
-			t.Stop()
-			return
+			return false
 		}
-		t.Stop()
 	}
 	if errors.Is(err, jetstream.ErrStreamMessageExceedsMaximum) {
 		// The results stream refused it for its size (its max message
 		// size was lowered after this agent read it): every rerun would be
 		// refused too, so store the smaller stand-in, here.
 		if !j.store(j.tooLarge(j.result, err), j.result.StartedAt) {
-			return
+			return false
 		}
 		err = nil
 	}
 	if err != nil {
 		j.requeue("store result", err)
-		return
+		return false
 	}
+	return true
+}
+
+// ack acks a job whose result is stored.
+func (j *job) ack() {
 	if err := j.msg.Ack(); err != nil {
 		j.logger().Warn("ack", zap.Error(err))
 		return

@@ -101,14 +101,48 @@ type pendingAck struct {
 }
 
 // ackLoop acks jobs in the order their results were published; PubAcks come
-// back in that order, so one goroutine keeps up without waiting much.
+// back in that order, so one goroutine keeps up without waiting much. The
+// acks of jobs whose results are stored are sent together when the acker
+// would wait (for the next result or its PubAck), or maxAckBatch of them:
+// the publisher stores results in bursts (publisher.go), so the PubAcks of
+// a burst come back together and their acks cost one write, not one each.
+// An ack waits for nothing but the PubAcks already there.
 func (r *runner) ackLoop() {
 	defer close(r.ackDone)
-	for p := range r.acks {
-		p.j.acked(p.f)
-		r.end(p.j)
+	var due []*job
+	flush := func() {
+		for _, j := range due {
+			j.ack()
+			r.end(j)
+		}
+		clear(due)
+		due = due[:0]
+	}
+	for {
+		var p pendingAck
+		var ok bool
+		select {
+		case p, ok = <-r.acks:
+		default:
+			flush()
+			p, ok = <-r.acks
+		}
+		if !ok {
+			flush()
+			return
+		}
+		if !p.j.stored(p.f, flush) {
+			r.end(p.j)
+			continue
+		}
+		if due = append(due, p.j); len(due) >= maxAckBatch {
+			flush()
+		}
 	}
 }
+
+// maxAckBatch is the most acks the acker holds.
+const maxAckBatch = 64
 
 // stopAcks ends the acker once every job has ended.
 func (r *runner) stopAcks() {
@@ -411,12 +445,12 @@ func (r *runner) dispatch(msg jetstream.Msg, reserved bool) *jetstream.MsgMetada
 	j.trackCancel()
 	j.reserve()
 	r.jobs.Add(1)
-	go func() {
+	a.crew.run(func() {
 		j.run()
 		if !j.handedOff {
 			r.end(j)
 		}
-	}()
+	})
 	return j.meta
 }
 

@@ -96,3 +96,11 @@ func (p *Pool) workerStatsLocked(W *pw) WorkerStats {
 		StartedAt: W.w.StartedAt(),
 	}
 }
+
+// Waiting is Stats().Waiters without the rest: the checkouts waiting for a
+// worker now. It is cheap enough for every job.
+func (p *Pool) Waiting() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.nWaiters
+}
