@@ -32,6 +32,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&cfg.Command, "command", bench.DefaultCommand, "worker command each job runs")
 	floor := fs.Bool("floor", true, "measure the floor (the workers driven over pipes, no NATS)")
 	fleet := fs.Bool("fleet", true, "measure the fleet")
+	fs.IntVar(&cfg.NATSFloorBatch, "nats-floor-batch", bench.DefaultNATSFloorBatch, "jobs each pull of the NATS floor asks for")
 	fs.BoolVar(&cfg.NATSFloor, "nats-floor", false, "also measure the NATS floor: the same jobs through the same server, answered by a plain pull loop (result stored, job acked) instead of agents and workers")
 	fs.IntVar(&cfg.StartupWorkers, "startup-workers", bench.DefaultStartupWorkers, "also time a pool start of this many slow-starting workers (0: skip)")
 	fs.DurationVar(&cfg.StartupDelay, "startup-delay", bench.DefaultStartupDelay, "start-up delay of each worker in the start-up measurement")

@@ -84,6 +84,10 @@ type Config struct {
 	// in this pattern is measured beside what the fleet costs. Default
 	// false.
 	NATSFloor bool
+	// NATSFloorBatch is how many jobs each pull of the NATS floor asks
+	// for: the batch size, which decides most of the server's cost per
+	// job. Default DefaultNATSFloorBatch (32).
+	NATSFloorBatch int
 	// StartupWorkers, when above 0, adds a start-up measurement: a pool of
 	// this many workers, each delayed by StartupDelay before it runs
 	// WorkerCmd, started with StartConcurrency equal to its size. Default 0
@@ -134,21 +138,23 @@ type Config struct {
 
 // Report is what Run measured.
 type Report struct {
-	Agents      int                 `json:"agents"`
-	Workers     int                 `json:"workers_per_agent"`
-	Jobs        int                 `json:"jobs"`
-	Sessions    int                 `json:"sessions"`
-	PayloadSize int                 `json:"payload_size"`
-	Inflight    int                 `json:"inflight"`
-	Capacity    int                 `json:"capacity,omitempty"`
-	WorkerCmd   []string            `json:"worker_cmd"`
-	NATS        string              `json:"nats"`
-	Machine     Machine             `json:"machine"`
-	Floor       *Measurement        `json:"floor,omitempty"`
-	Fleet       *Measurement        `json:"fleet,omitempty"`
-	NATSFloor   *Measurement        `json:"nats_floor,omitempty"`
-	Ratio       float64             `json:"fleet_floor_ratio,omitempty"` // fleet throughput / floor throughput
-	Startup     *StartupMeasurement `json:"startup,omitempty"`
+	Agents      int          `json:"agents"`
+	Workers     int          `json:"workers_per_agent"`
+	Jobs        int          `json:"jobs"`
+	Sessions    int          `json:"sessions"`
+	PayloadSize int          `json:"payload_size"`
+	Inflight    int          `json:"inflight"`
+	Capacity    int          `json:"capacity,omitempty"`
+	WorkerCmd   []string     `json:"worker_cmd"`
+	NATS        string       `json:"nats"`
+	Machine     Machine      `json:"machine"`
+	Floor       *Measurement `json:"floor,omitempty"`
+	Fleet       *Measurement `json:"fleet,omitempty"`
+	NATSFloor   *Measurement `json:"nats_floor,omitempty"`
+	// NATSFloorBatch is Config's, when the NATS floor ran.
+	NATSFloorBatch int                 `json:"nats_floor_batch,omitempty"`
+	Ratio          float64             `json:"fleet_floor_ratio,omitempty"` // fleet throughput / floor throughput
+	Startup        *StartupMeasurement `json:"startup,omitempty"`
 	// ServerCPUs and AgentProcess are Config's: where the parts ran.
 	ServerCPUs   []int `json:"server_cpus,omitempty"`
 	AgentProcess bool  `json:"agent_process,omitempty"`
@@ -254,6 +260,9 @@ func (c *Config) setDefaults() {
 	if c.Command == "" {
 		c.Command = DefaultCommand
 	}
+	if c.NATSFloorBatch == 0 {
+		c.NATSFloorBatch = DefaultNATSFloorBatch
+	}
 	if c.StartupDelay == 0 {
 		c.StartupDelay = DefaultStartupDelay
 	}
@@ -280,6 +289,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("%w: Inflight cannot be negative", ErrInvalidConfig)
 	case c.Capacity < 0:
 		return fmt.Errorf("%w: Capacity cannot be negative", ErrInvalidConfig)
+	case c.NATSFloorBatch < 0:
+		return fmt.Errorf("%w: NATSFloorBatch cannot be negative", ErrInvalidConfig)
 	case c.StartupWorkers < 0:
 		return fmt.Errorf("%w: StartupWorkers cannot be negative", ErrInvalidConfig)
 	case c.NATSURL != "" && len(c.ServerCPUs) > 0:
@@ -371,7 +382,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		if err != nil {
 			return nil, fmt.Errorf("bench: NATS floor: %w", err)
 		}
-		rep.NATSFloor = run
+		rep.NATSFloor, rep.NATSFloorBatch = run, cfg.NATSFloorBatch
 	}
 	if rep.Floor != nil && rep.Fleet != nil && rep.Floor.Throughput > 0 {
 		rep.Ratio = rep.Fleet.Throughput / rep.Floor.Throughput

@@ -51,7 +51,7 @@ func TestBenchSmoke(t *testing.T) {
 				if n := rep.NATSFloor; n == nil || n.Jobs != cfg.Jobs || n.Failed != 0 {
 					t.Fatalf("NATS floor %+v", n)
 				}
-				want = append(want, "NATS floor ", "NATS floor CPU per job: NATS server in this process")
+				want = append(want, "NATS floor ", "NATS floor CPU per job (pulls of up to 32): NATS server in this process")
 			}
 			for _, w := range want {
 				if !strings.Contains(out.String(), w) {
@@ -102,7 +102,7 @@ func TestBenchProcessesApart(t *testing.T) {
 		t.Errorf("NATS floor %+v; want every job, none failed, the server's CPU read apart on CPU 0", n)
 	}
 	for _, w := range []string{"agent process:  ", "NATS server:    ", "bench client:   ", "workers:        ",
-		"own process on CPU(s) 0", "load average", "NATS floor CPU per job: NATS server "} {
+		"own process on CPU(s) 0", "load average", "NATS floor CPU per job (pulls of up to 32): NATS server "} {
 		if !strings.Contains(out.String(), w) {
 			t.Errorf("output lacks %q:\n%s", w, out.String())
 		}

@@ -122,7 +122,7 @@ func runFleet(ctx context.Context, cfg *Config, w *workload, natsOnly bool) (*Me
 	agents := f.Agents()
 	var loop *natsLoop
 	if natsOnly {
-		if loop, err = startNATSLoop(ctx, f.URL, qcfg, cfg.Sessions > 0); err != nil {
+		if loop, err = startNATSLoop(ctx, f.URL, qcfg, cfg.Sessions > 0, cfg.NATSFloorBatch); err != nil {
 			return nil, err
 		}
 		defer func() { _ = loop.stop() }()

@@ -33,13 +33,14 @@ type natsLoop struct {
 // natsFloorName is the NATS floor's row in the table.
 const natsFloorName = "NATS floor"
 
-// natsLoopBatch is how many jobs one pull asks for: the agent's largest
-// adaptive capacity.
-const natsLoopBatch = 32
+// DefaultNATSFloorBatch is how many jobs one pull of the NATS floor asks
+// for: the agent's largest adaptive capacity.
+const DefaultNATSFloorBatch = 32
 
 // startNATSLoop connects to url and starts one pull loop per job consumer
-// the workload uses: the anonymous jobs' consumer, or every partition's.
-func startNATSLoop(ctx context.Context, url string, qcfg queue.Config, sessions bool) (*natsLoop, error) {
+// the workload uses: the anonymous jobs' consumer, or every partition's;
+// each pull asks for up to batch jobs.
+func startNATSLoop(ctx context.Context, url string, qcfg queue.Config, sessions bool, batch int) (*natsLoop, error) {
 	nc, err := nats.Connect(url, nats.Name("procfleet-bench-nats-floor"))
 	if err != nil {
 		return nil, err
@@ -76,7 +77,7 @@ func startNATSLoop(ctx context.Context, url string, qcfg queue.Config, sessions 
 	l := &natsLoop{nc: nc, cancel: cancel}
 	for _, c := range cons {
 		l.wg.Go(func() {
-			if err := l.serve(lctx, topo, c); err != nil && lctx.Err() == nil {
+			if err := l.serve(lctx, topo, c, batch); err != nil && lctx.Err() == nil {
 				l.mu.Lock()
 				l.err = errors.Join(l.err, err)
 				l.mu.Unlock()
@@ -87,14 +88,14 @@ func startNATSLoop(ctx context.Context, url string, qcfg queue.Config, sessions 
 }
 
 // serve pulls from c until ctx ends.
-func (l *natsLoop) serve(ctx context.Context, topo *queue.Topology, c jetstream.Consumer) error {
+func (l *natsLoop) serve(ctx context.Context, topo *queue.Topology, c jetstream.Consumer, batch int) error {
 	type pending struct {
 		msg jetstream.Msg
 		f   jetstream.PubAckFuture
 	}
 	var held []pending
 	for ctx.Err() == nil {
-		msgs, err := c.Fetch(natsLoopBatch, jetstream.FetchMaxWait(time.Second))
+		msgs, err := c.Fetch(batch, jetstream.FetchMaxWait(time.Second))
 		if err != nil {
 			return err
 		}

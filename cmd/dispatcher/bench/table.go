@@ -143,7 +143,7 @@ func (r *Report) writeParts(out io.Writer) {
 		if r.embedded() {
 			self += " and the NATS server"
 		}
-		fmt.Fprintf(out, "  NATS floor CPU per job: NATS server %s; %s %s\n", server, self, perJob(n.CPUSelf, n.Jobs))
+		fmt.Fprintf(out, "  NATS floor CPU per job (pulls of up to %d): NATS server %s; %s %s\n", r.NATSFloorBatch, server, self, perJob(n.CPUSelf, n.Jobs))
 	}
 	f := r.Fleet
 	if f == nil || f.Jobs == 0 {
