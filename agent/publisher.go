@@ -8,23 +8,32 @@ import (
 	"github.com/procfleet/procfleet/queue"
 )
 
-// publisher stores a lane's results in bursts. A result finished while
-// none of the agent's earlier results waits for its PubAck is published at
-// once, so a lone job's result is not delayed at all; one finished while
-// some still wait is held until they are all acknowledged (or
-// maxResultHold has passed, or maxResultBurst are held), then published
-// with the others held meanwhile. The server then stores a burst of results
-// per read and answers with one write of PubAcks, which the acker turns
-// into one write of acks: a result, its PubAck and its ack each cost the
-// server a read or a write per job when they came one at a time, which was
-// most of its CPU per job.
+// publisher stores a lane's results in bursts. A result that finishes
+// while jobs of the lane wait for a worker (a backlog) is held until
+// maxResultBurst results are held or hold has passed, and then stored with
+// the others held meanwhile; one that finishes while earlier results still
+// wait for their PubAcks is held until they are back (or hold has passed);
+// one that finishes with neither is stored at once, from its own goroutine,
+// so a lone job's result is not delayed at all. The server then stores a
+// burst of results per read and answers with one write of PubAcks, which
+// the acker turns into one write of acks: a result, its PubAck and its ack
+// each cost the server a read or a write per job when they came one at a
+// time, which was most of its CPU per job.
 type publisher struct {
-	a    *lane
 	in   chan finished
 	done chan struct{}
+	hold time.Duration
 
 	// busy is set while the loop holds or publishes a burst.
 	busy atomic.Bool
+
+	// waiting is the lane's checkouts waiting for a worker; inFlight the
+	// results published whose PubAck has not come back, and settled a
+	// channel closed once there are none; publish stores one result.
+	waiting  func() int
+	inFlight func() int
+	settled  func() <-chan struct{}
+	publish  func(finished)
 
 	start, stop sync.Once
 	started     bool
@@ -44,15 +53,21 @@ const (
 )
 
 func newPublisher(a *lane) *publisher {
-	return &publisher{a: a, in: make(chan finished, 256), done: make(chan struct{})}
+	return &publisher{
+		in: make(chan finished, 256), done: make(chan struct{}), hold: maxResultHold,
+		waiting:  func() int { return a.pool.Waiting() },
+		inFlight: func() int { return a.topo.JS.PublishAsyncPending() },
+		settled:  func() <-chan struct{} { return a.topo.JS.PublishAsyncComplete() },
+		publish:  func(f finished) { f.j.publish(f) },
+	}
 }
 
 // store stores f's result: at once, from the caller's goroutine, when there
 // is nothing to wait for (the common case of a lone job, which saves the
 // loop's hop), or through the loop.
 func (p *publisher) store(f finished) {
-	if !p.busy.Load() && len(p.in) == 0 && p.a.pool.Waiting() == 0 && p.a.topo.JS.PublishAsyncPending() == 0 {
-		f.j.publish(f)
+	if !p.busy.Load() && len(p.in) == 0 && p.waiting() == 0 && p.inFlight() == 0 {
+		p.publish(f)
 		return
 	}
 	p.in <- f
@@ -80,8 +95,7 @@ func (p *publisher) close() {
 
 func (p *publisher) loop() {
 	defer close(p.done)
-	js := p.a.topo.JS
-	hold := time.NewTimer(maxResultHold)
+	hold := time.NewTimer(p.hold)
 	hold.Stop()
 	var burst []finished
 	for {
@@ -92,7 +106,7 @@ func (p *publisher) loop() {
 			}
 			burst = append(burst, f)
 			p.busy.Store(true)
-			hold.Reset(maxResultHold)
+			hold.Reset(p.hold)
 		}
 		// Take what else is waiting.
 		open := true
@@ -110,32 +124,21 @@ func (p *publisher) loop() {
 			}
 		}
 		if open && len(burst) < maxResultBurst {
-			var wait <-chan struct{}
-			switch {
-			case p.a.pool.Waiting() > 0:
-				// A backlog: more results come as soon as
-				// workers free up; the wait for a worker makes
-				// a job's latency anyway.
-				wait = nil
-			case js.PublishAsyncPending() > 0:
-				wait = js.PublishAsyncComplete()
-			default:
-				goto publish
-			}
-			select {
-			case <-wait:
-			case <-hold.C:
-			case f, ok := <-p.in:
-				if ok {
-					burst = append(burst, f)
-					continue
+			if until, ok := p.holdFor(); ok {
+				select {
+				case <-until:
+				case <-hold.C:
+				case f, ok := <-p.in:
+					if ok {
+						burst = append(burst, f)
+						continue
+					}
 				}
 			}
 		}
-	publish:
 		hold.Stop()
 		for _, f := range burst {
-			f.j.publish(f)
+			p.publish(f)
 		}
 		clear(burst)
 		burst = burst[:0]
@@ -144,4 +147,19 @@ func (p *publisher) loop() {
 			return
 		}
 	}
+}
+
+// holdFor reports whether the loop holds its burst for more results, and
+// what ends the hold early besides the timer and a full burst (nil:
+// nothing).
+func (p *publisher) holdFor() (until <-chan struct{}, ok bool) {
+	switch {
+	case p.waiting() > 0:
+		// A backlog: more results come as soon as workers free up, and
+		// the wait for a worker makes a job's latency anyway.
+		return nil, true
+	case p.inFlight() > 0:
+		return p.settled(), true
+	}
+	return nil, false
 }
