@@ -207,6 +207,8 @@ func (j *job) call(lease *pool.Lease, started time.Time) {
 	res, err := lease.Call(ctx, c)
 	a.current.set(lease.WorkerID(), "")
 	j.r.observeRun(time.Since(callStart))
+	// The event goes out with the result (finish), or before any other
+	// verdict (retry, exhaust, poison), or at the latest when call returns.
 	j.mu.Lock()
 	j.event = j.attemptEvent(lease.WorkerID(), lease.PID(), callStart, res, err)
 	j.mu.Unlock()
@@ -265,6 +267,12 @@ func (j *job) finish(res *queue.Result, started time.Time) {
 // and the result, and hands the result's future to the runner's acker.
 func (j *job) publish(f finished) {
 	a := j.r.a
+	if a.killed.Load() {
+		// Killed while the result waited in a burst: like a crash, store
+		// nothing; the job comes back after its AckWait.
+		j.r.end(j)
+		return
+	}
 	if f.event != nil {
 		_ = a.nc.Publish(a.cfg.Queue.AttemptEventSubject(j.job.ID), f.event)
 	}
@@ -330,7 +338,9 @@ func (j *job) stored(f jetstream.PubAckFuture, beforeWait func()) bool {
 	if errors.Is(err, jetstream.ErrStreamMessageExceedsMaximum) {
 		// The results stream refused it for its size (its max message
 		// size was lowered after this agent read it): every rerun would be
-		// refused too, so store the smaller stand-in, here.
+		// refused too, so store the smaller stand-in, here (a round trip:
+		// the acks held go first).
+		beforeWait()
 		if !j.store(j.tooLarge(j.result, err), j.result.StartedAt) {
 			return false
 		}
@@ -391,6 +401,7 @@ func (j *job) store(res *queue.Result, started time.Time) bool {
 // retry naks the job with a growing delay, or ends it in the dead-letter
 // stream when this was its last attempt, or its consumer's last delivery.
 func (j *job) retry(kind string, cause error) {
+	j.publishEvent() // the attempt's end before its verdict
 	if j.attempt >= j.maxAttempts() {
 		j.exhaust(fmt.Sprintf("attempt %d of %d failed (%s): %v", j.attempt, j.maxAttempts(), kind, cause))
 		return
@@ -416,6 +427,7 @@ func (j *job) backoff() time.Duration {
 // exhaust writes the dead letter and the "exhausted" result, then terms the
 // message (Term on a work queue removes it, so the copy comes first).
 func (j *job) exhaust(why string) {
+	j.publishEvent() // the attempt's end before its verdict
 	a := j.r.a
 	a.record(outcomeExhausted, 0)
 	j.logger().Warn("job exhausted its attempts; dead-lettered", zap.String("why", why))

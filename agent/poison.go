@@ -182,6 +182,7 @@ func recordDeath(ctx context.Context, kv jetstream.KeyValue, key string, d worke
 // poison ends a job that killed a.cfg.PoisonDeaths workers: dead letter,
 // then a "poison" result, then Term (as exhaust does).
 func (j *job) poison(deaths []workerDeath) {
+	j.publishEvent() // the attempt's end before its verdict
 	a := j.r.a
 	why := poisonReason(deaths, a.cfg.PoisonDeaths)
 	a.record(outcomePoison, 0)
