@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"syscall"
@@ -22,7 +23,18 @@ import (
 	"github.com/procfleet/procfleet/worker"
 )
 
+// defaultGOGC is the agent's garbage collection target when the GOGC
+// environment variable is not set. Its live heap is small (about 20 MB with
+// 100 000 queued jobs) and it allocates a little for every job, so Go's
+// default (collect once the heap has doubled) collects several times a
+// second under load; at 4x the live heap it collects a quarter as often,
+// for a few tens of MB.
+const defaultGOGC = 400
+
 func main() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(defaultGOGC)
+	}
 	if err := run(os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)
