@@ -13,10 +13,11 @@ import (
 // it never overshoots the capacity; reservations are granted in FIFO order,
 // at least min at a time, which keeps pulls batched and lets no loop starve
 // another. A loop with no known backlog only waits until there is some room
-// (wait) and then long-polls for one message, counting it on arrival (add):
-// such arrivals may overshoot the capacity by at most one per loop, which
-// never leaves a loop holding a reservation while it long-polls an empty
-// partition.
+// (wait) and then long-polls for one message (the anonymous loop: for as
+// many as it has free workers), counting each on arrival (add): such
+// arrivals may overshoot the capacity by at most one per partition loop
+// and the pool's free workers for the anonymous loop, which never leaves a
+// loop holding a reservation while it long-polls an empty partition.
 type gate struct {
 	mu    sync.Mutex
 	cap   int

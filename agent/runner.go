@@ -309,8 +309,7 @@ func (r *runner) pull(ctx context.Context, backlog int) (int, error) {
 	if r.partition < 0 && !r.shortJobs() {
 		// Anonymous jobs that may run long are only taken for a free
 		// worker, so that another agent's free worker gets them instead.
-		st := a.pool.Stats()
-		want = min(want, st.Idle-st.Waiters)
+		want = min(want, a.pool.Free())
 		if want <= 0 {
 			// Look again when a held job ends (which frees its
 			// worker), or after a while for workers freed otherwise
@@ -355,7 +354,15 @@ func (r *runner) pull(ctx context.Context, backlog int) (int, error) {
 		if wait <= 0 {
 			return 0, nil
 		}
-		msgs, err = r.cons.Fetch(1, jetstream.FetchMaxWait(wait))
+		// The anonymous runner asks for as many jobs as it has free
+		// workers (at least one), so that a closed loop of lone jobs
+		// finds this pull still open instead of waiting for a new one
+		// after every job; a partition's runner asks for one.
+		n := 1
+		if r.partition < 0 {
+			n = max(n, a.pool.Free())
+		}
+		msgs, err = r.cons.Fetch(n, jetstream.FetchMaxWait(wait))
 	}
 	got := 0
 	backlog = 0

@@ -383,6 +383,7 @@ func TestCancelKeepsPlace(t *testing.T) {
 	if st := p.Stats(); st.Waiters != 1 || st.Busy != 1 {
 		t.Fatalf("stats %+v", st)
 	}
+	checkCheapStats(t, p)
 	lb.Release()
 	lc, err := c.Wait(ctx)
 	if err != nil {
@@ -399,6 +400,7 @@ func TestCancelKeepsPlace(t *testing.T) {
 	if st := p.Stats(); st.Idle != 1 || st.Busy != 0 || st.Waiters != 0 {
 		t.Fatalf("stats %+v", st)
 	}
+	checkCheapStats(t, p)
 	_, err = d.Wait(ctx)
 	wantCheckoutErr(t, err, pool.ErrCheckoutTimeout)
 	if !errors.Is(err, context.Canceled) {
@@ -440,5 +442,15 @@ func TestCheckoutErrorString(t *testing.T) {
 	}
 	if !errors.Is(err, pool.ErrCheckout) || !errors.Is(err, pool.ErrWorkerDead) || !errors.Is(err, context.Canceled) || errors.Is(err, pool.ErrWorkerBroken) {
 		t.Fatal("errors.Is mismatch")
+	}
+}
+
+// checkCheapStats checks that Free and Waiting, the per-job accessors,
+// agree with Stats.
+func checkCheapStats(t *testing.T, p *pool.Pool) {
+	t.Helper()
+	st := p.Stats()
+	if free, waiting := p.Free(), p.Waiting(); free != st.Idle-st.Waiters || waiting != st.Waiters {
+		t.Fatalf("Free %d, Waiting %d; Stats says idle %d, waiters %d", free, waiting, st.Idle, st.Waiters)
 	}
 }

@@ -104,3 +104,18 @@ func (p *Pool) Waiting() int {
 	defer p.mu.Unlock()
 	return p.nWaiters
 }
+
+// Free is Stats().Idle less Stats().Waiters, without the rest: the idle
+// workers no waiting checkout will take (negative when more wait than are
+// idle). It is cheap enough for every pull.
+func (p *Pool) Free() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	idle := 0
+	for _, sl := range p.slots {
+		if W := sl.w; W != nil && W.state == wIdle {
+			idle++
+		}
+	}
+	return idle - p.nWaiters
+}
