@@ -1,7 +1,6 @@
 package agent_test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -29,34 +28,14 @@ func TestDrainKeepsSessionOrder(t *testing.T) {
 	cfg.Configure = func(i int, c *agent.Config) { c.Name = names[i] }
 	cfg, execLog := withExecLog(t, cfg)
 	f := fleettest.StartFleet(t, cfg)
-	fleettest.Eventually(t, 30*time.Second, func() error {
-		if got := f.Agents[0].Partitions(); !slices.Equal(got, []int{0}) {
-			return fmt.Errorf("old agent owns %v", got)
-		}
-		return nil
-	})
+	waitOwns(t, f.Agents[0], "old agent", []int{0})
 	const session, held = "ordered", 10
 	longID := startLong(t, f, execLog, session, 8*time.Second, 60*time.Second)
 	ids := make([]string, held)
 	for i := range ids {
 		ids[i] = submit(t, f, session, &queue.Job{ID: fmt.Sprintf("held-%02d", i), Command: "echo", Payload: json.RawMessage(`1`)})
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	cons, err := f.Topology().PartitionConsumer(ctx, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fleettest.Eventually(t, 30*time.Second, func() error {
-		info, err := cons.Info(ctx)
-		if err != nil {
-			return err
-		}
-		if info.NumAckPending != held+1 {
-			return fmt.Errorf("%d jobs delivered and pending, want %d", info.NumAckPending, held+1)
-		}
-		return nil
-	})
+	waitDelivered(t, f, held+1)
 	joined := time.Now()
 	f.AddAgent(t)
 	if r := result(t, f, longID); !r.OK || r.Agent != "b-old" || !r.FinishedAt.After(joined) {

@@ -3,8 +3,6 @@ package agent_test
 import (
 	"context"
 	"encoding/json"
-	"fmt"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -35,33 +33,13 @@ func drainHeldJob(t *testing.T, maxDeliver int, stop bool) (held, long *queue.Re
 	cfg, execLog = withExecLog(t, cfg)
 	f := fleettest.StartFleet(t, cfg)
 	old := f.Agents[0]
-	fleettest.Eventually(t, 30*time.Second, func() error {
-		if got := old.Partitions(); !slices.Equal(got, []int{0}) {
-			return fmt.Errorf("old agent owns %v", got)
-		}
-		return nil
-	})
+	waitOwns(t, old, "old agent", []int{0})
 	const run = 8 * time.Second
 	const session = "drained"
 	longID := startLong(t, f, execLog, session, run, 60*time.Second)
 	heldID := submit(t, f, session, &queue.Job{ID: "held", Command: "echo", Payload: json.RawMessage(`1`), MaxAttempts: 1})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cons, err := f.Topology().PartitionConsumer(ctx, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Both jobs delivered to the old agent: the second is held in line.
-	fleettest.Eventually(t, 30*time.Second, func() error {
-		info, err := cons.Info(ctx)
-		if err != nil {
-			return err
-		}
-		if info.NumAckPending != 2 {
-			return fmt.Errorf("%d jobs delivered and pending, want 2", info.NumAckPending)
-		}
-		return nil
-	})
+	waitDelivered(t, f, 2)
 	drained := time.Now()
 	if stop {
 		sctx, scancel := context.WithTimeout(context.Background(), 60*time.Second)

@@ -39,12 +39,7 @@ func TestHandoverWaitsForLongJob(t *testing.T) {
 		t.Fatalf("a %s job does not outlast AckWait %s and LeaseTTL %s", run, q.AckWait, q.LeaseTTL)
 	}
 	old := f.Agents[0]
-	fleettest.Eventually(t, 30*time.Second, func() error {
-		if got := old.Partitions(); !slices.Equal(got, []int{0}) {
-			return fmt.Errorf("old agent owns %v", got)
-		}
-		return nil
-	})
+	waitOwns(t, old, "old agent", []int{0})
 	const session = "handed"
 	long := startLong(t, f, execLog, session, run, 60*time.Second)
 	next := submit(t, f, session, &queue.Job{ID: "next", Command: "echo", Payload: json.RawMessage(`1`)})
@@ -56,24 +51,8 @@ func TestHandoverWaitsForLongJob(t *testing.T) {
 		return nil
 	})
 
-	rLong, rNext := result(t, f, long), result(t, f, next)
-	if !rLong.OK || rLong.Attempt != 1 || rLong.Agent != "b-old" {
-		t.Errorf("long job: %+v, want ok at attempt 1 on b-old", rLong)
-	}
-	if !rNext.OK {
-		t.Errorf("next job: %+v, want ok", rNext)
-	}
-	if rNext.StartedAt.Before(rLong.FinishedAt) {
-		t.Errorf("the session's next job started on %s at %s, before the long one ended at %s on %s",
-			rNext.Agent, rNext.StartedAt.Format(time.StampMilli), rLong.FinishedAt.Format(time.StampMilli), rLong.Agent)
-	}
-	checkOnce(t, execLog, []string{long, next})
-	fleettest.Eventually(t, 30*time.Second, func() error {
-		if got := newcomer.Partitions(); !slices.Equal(got, []int{0}) {
-			return fmt.Errorf("newcomer owns %v after the handover", got)
-		}
-		return nil
-	})
+	checkLongThenNext(t, f, execLog, long, next, "b-old")
+	waitOwns(t, newcomer, "newcomer, after the handover,", []int{0})
 }
 
 // TestLeaseLostKeepsJobAlive: an agent that finds its lease lost (here
@@ -227,18 +206,7 @@ func TestGracefulStopKeepsSessionOrder(t *testing.T) {
 	if err := <-stopped; err != nil {
 		t.Fatal(err)
 	}
-	rLong, rNext := result(t, f, long), result(t, f, next)
-	if !rLong.OK || rLong.Attempt != 1 || rLong.Agent != victim.Name() {
-		t.Errorf("long job: %+v, want ok at attempt 1 on %s", rLong, victim.Name())
-	}
-	if !rNext.OK {
-		t.Errorf("next job: %+v, want ok", rNext)
-	}
-	if rNext.StartedAt.Before(rLong.FinishedAt) {
-		t.Errorf("the session's next job started on %s at %s, before the long one ended at %s on %s",
-			rNext.Agent, rNext.StartedAt.Format(time.StampMilli), rLong.FinishedAt.Format(time.StampMilli), rLong.Agent)
-	}
-	checkOnce(t, execLog, []string{long, next})
+	checkLongThenNext(t, f, execLog, long, next, victim.Name())
 }
 
 // TestStopBoundsHandoverDrain: a graceful stop whose context ends while a
@@ -255,12 +223,7 @@ func TestStopBoundsHandoverDrain(t *testing.T) {
 	cfg, execLog := withExecLog(t, cfg)
 	f := fleettest.StartFleet(t, cfg)
 	old := f.Agents[0]
-	fleettest.Eventually(t, 30*time.Second, func() error {
-		if got := old.Partitions(); !slices.Equal(got, []int{0}) {
-			return fmt.Errorf("old agent owns %v", got)
-		}
-		return nil
-	})
+	waitOwns(t, old, "old agent", []int{0})
 	const run, grace = 20 * time.Second, 2 * time.Second
 	long := startLong(t, f, execLog, "handed", run, 120*time.Second)
 	f.AddAgent(t)
@@ -302,4 +265,57 @@ func startLong(t *testing.T, f *fleettest.Fleet, execLog, session string, run, t
 		return nil
 	})
 	return id
+}
+
+// waitOwns waits until agent a (who, in a failure) holds exactly the
+// partitions want.
+func waitOwns(t *testing.T, a *agent.Agent, who string, want []int) {
+	t.Helper()
+	fleettest.Eventually(t, 30*time.Second, func() error {
+		if got := a.Partitions(); !slices.Equal(got, want) {
+			return fmt.Errorf("%s owns %v, want %v", who, got, want)
+		}
+		return nil
+	})
+}
+
+// waitDelivered waits until partition 0's consumer has n jobs delivered and
+// not yet acked.
+func waitDelivered(t *testing.T, f *fleettest.Fleet, n int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cons, err := f.Topology().PartitionConsumer(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fleettest.Eventually(t, 30*time.Second, func() error {
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if info.NumAckPending != n {
+			return fmt.Errorf("%d jobs delivered and pending, want %d", info.NumAckPending, n)
+		}
+		return nil
+	})
+}
+
+// checkLongThenNext checks a session's long job and the job after it: the
+// long one ran once, ok, at attempt 1 on agent longAgent; the next one ran
+// once, ok, and only after the long one had ended.
+func checkLongThenNext(t *testing.T, f *fleettest.Fleet, execLog, long, next, longAgent string) {
+	t.Helper()
+	rLong, rNext := result(t, f, long), result(t, f, next)
+	if !rLong.OK || rLong.Attempt != 1 || rLong.Agent != longAgent {
+		t.Errorf("long job: %+v, want ok at attempt 1 on %s", rLong, longAgent)
+	}
+	if !rNext.OK {
+		t.Errorf("next job: %+v, want ok", rNext)
+	}
+	if rNext.StartedAt.Before(rLong.FinishedAt) {
+		t.Errorf("the session's next job started on %s at %s, before the long one ended at %s on %s",
+			rNext.Agent, rNext.StartedAt.Format(time.StampMilli), rLong.FinishedAt.Format(time.StampMilli), rLong.Agent)
+	}
+	checkOnce(t, execLog, []string{long, next})
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -75,12 +74,7 @@ func TestNameTwinRefused(t *testing.T) {
 	for i := range all {
 		all[i] = i
 	}
-	fleettest.Eventually(t, 30*time.Second, func() error {
-		if got := first.Partitions(); !slices.Equal(got, all) {
-			return fmt.Errorf("the agent alone under its name holds %v", got)
-		}
-		return nil
-	})
+	waitOwns(t, first, "the agent alone under its name", all)
 	if n := logs.FilterMessageSnippet(twinLog).Len(); n != 0 {
 		t.Fatalf("the holder logged %d twin errors: the refused agent registered", n)
 	}
