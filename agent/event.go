@@ -142,8 +142,11 @@ func (j *job) attemptEvent(workerID string, pid int, started time.Time, res work
 
 // publishEvent publishes the job's attempt event unless it went out with
 // its result already.
-func (j *job) publishEvent() {
-	if ev := j.takeEvent(); ev != nil {
+func (j *job) publishEvent() { j.sendEvent(j.takeEvent()) }
+
+// sendEvent publishes the encoded attempt event ev, if any.
+func (j *job) sendEvent(ev []byte) {
+	if ev != nil {
 		_ = j.r.a.nc.Publish(j.r.a.cfg.Queue.AttemptEventSubject(j.job.ID), ev)
 	}
 }

@@ -273,9 +273,7 @@ func (j *job) publish(f finished) {
 		j.r.end(j)
 		return
 	}
-	if f.event != nil {
-		_ = a.nc.Publish(a.cfg.Queue.AttemptEventSubject(j.job.ID), f.event)
-	}
+	j.sendEvent(f.event)
 	res := f.res
 	fut, err := a.topo.StoreResultAsync(res)
 	if errors.Is(err, queue.ErrTooLarge) {

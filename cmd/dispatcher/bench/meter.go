@@ -140,10 +140,7 @@ func procSyscalls(pid int) int64 {
 	}
 	var n int64
 	for line := range strings.SplitSeq(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "syscr: "); ok {
-			c, _ := strconv.ParseInt(v, 10, 64)
-			n += c
-		} else if v, ok := strings.CutPrefix(line, "syscw: "); ok {
+		if name, v, ok := strings.Cut(line, ": "); ok && (name == "syscr" || name == "syscw") {
 			c, _ := strconv.ParseInt(v, 10, 64)
 			n += c
 		}
