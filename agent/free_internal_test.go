@@ -25,7 +25,7 @@ import (
 func TestFreeDeliveryCount(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	_, url, stop, err := embedded.StartTemp(ctx, "freecount-*", zap.NewNop())
+	_, url, stop, err := embedded.StartTemp(ctx, "", "freecount-*", zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}

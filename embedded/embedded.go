@@ -216,11 +216,12 @@ func (z zapLogger) Tracef(format string, v ...any)  { z.l.Debugf(format, v...) }
 func (z zapLogger) Fatalf(format string, v ...any) { z.l.Errorf(format, v...) }
 
 // StartTemp starts a server like Start, with JetStream in a new temporary
-// directory named after pattern (as os.MkdirTemp), on 127.0.0.1 and a random
+// directory in parent named after pattern (as os.MkdirTemp: "" is the
+// system's temporary directory), on 127.0.0.1 and a random
 // port. stop shuts the server down and removes the directory. It is the
 // throwaway server of the demo, the benchmark and the chaos run.
-func StartTemp(ctx context.Context, pattern string, log *zap.Logger) (srv *server.Server, url string, stop func(), err error) {
-	dir, err := os.MkdirTemp("", pattern)
+func StartTemp(ctx context.Context, parent, pattern string, log *zap.Logger) (srv *server.Server, url string, stop func(), err error) {
+	dir, err := os.MkdirTemp(parent, pattern)
 	if err != nil {
 		return nil, "", nil, fmt.Errorf("%w: %v", ErrStart, err)
 	}

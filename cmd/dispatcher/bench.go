@@ -40,6 +40,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&cfg.ResultsStorage, "results-storage", "", "results stream storage, file or memory (see serve --results-storage; default the fleet's, file)")
 	fs.DurationVar(&cfg.ResultsMaxAge, "results-max-age", 0, "how long results are kept (see serve --results-max-age; default 24h)")
 	fs.IntVar(&cfg.Partitions, "partitions", 0, "session partitions of the topology (default 64; see serve --partitions)")
+	fs.StringVar(&cfg.StoreDir, "store-dir", "", "directory for the JetStream store of the server the bench starts (default: the system's temporary directory); its filesystem is part of the server's cost")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the fleet measurement to this file")
 	asJSON := fs.Bool("json", false, "print the report as JSON instead of a table")
 	logLevel := fs.String("log-level", "warn", "fleet log level")

@@ -33,6 +33,9 @@ type Config struct {
 	// TempPattern names the embedded server's temporary directory (as
 	// os.MkdirTemp). Default "procfleet-".
 	TempPattern string
+	// TempDir is where that directory is made. Default "": the system's
+	// temporary directory.
+	TempDir string
 	// Name is the fleet client's NATS connection name; agents' connections
 	// are named Name-<agent>. Default "procfleet-local".
 	Name string
@@ -121,7 +124,7 @@ func Start(ctx context.Context, cfg Config) (_ *Fleet, err error) {
 		}
 	}()
 	if f.URL == "" {
-		_, url, stop, err := embedded.StartTemp(ctx, cfg.TempPattern, cfg.Logger.Named("nats"))
+		_, url, stop, err := embedded.StartTemp(ctx, cfg.TempDir, cfg.TempPattern, cfg.Logger.Named("nats"))
 		if err != nil {
 			return nil, err
 		}

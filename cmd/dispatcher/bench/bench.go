@@ -124,6 +124,12 @@ type Config struct {
 	// Partitions is the topology's session partition count. Default 0:
 	// queue.DefaultPartitions (64).
 	Partitions int
+	// StoreDir is the directory in which the NATS server the bench starts
+	// (embedded or, with ServerCPUs, its own process) keeps its JetStream
+	// store, in a temporary directory of its own: the filesystem under the
+	// store is part of the server's cost per job (see the README). Default
+	// "": the system's temporary directory. Unused with NATSURL.
+	StoreDir string
 	// CPUProfile, when set, receives a CPU profile of the fleet measurement.
 	// Default nil (no profile).
 	CPUProfile io.Writer
@@ -164,6 +170,7 @@ type Report struct {
 	ResultsStorage  string        `json:"results_storage,omitempty"`
 	ResultsMaxAge   time.Duration `json:"results_max_age_ns,omitempty"`
 	Partitions      int           `json:"partitions,omitempty"`
+	StoreDir        string        `json:"store_dir,omitempty"`
 	// LoadBefore and LoadAfter are /proc/loadavg's 1, 5 and 15 minute load
 	// averages when the run began and ended: figures from a loaded machine
 	// are noisy.
@@ -295,6 +302,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("%w: StartupWorkers cannot be negative", ErrInvalidConfig)
 	case c.NATSURL != "" && len(c.ServerCPUs) > 0:
 		return fmt.Errorf("%w: ServerCPUs starts a server of its own, NATSURL names one: set one of them", ErrInvalidConfig)
+	case c.NATSURL != "" && c.StoreDir != "":
+		return fmt.Errorf("%w: StoreDir is for a server the bench starts, NATSURL names one: set one of them", ErrInvalidConfig)
 	case c.StartupDelay < 0:
 		return fmt.Errorf("%w: StartupDelay cannot be negative", ErrInvalidConfig)
 	case c.ResultsStorage != "" && c.ResultsStorage != "file" && c.ResultsStorage != "memory":
@@ -347,6 +356,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	rep.ServerCPUs, rep.AgentProcess, rep.LoadBefore = cfg.ServerCPUs, cfg.AgentProcess, loadAvg()
 	rep.MemoryConsumers, rep.ResultsStorage, rep.ResultsMaxAge = cfg.MemoryConsumers, cfg.ResultsStorage, cfg.ResultsMaxAge
+	rep.StoreDir = cfg.StoreDir
 	rep.Partitions = cfg.Partitions
 	if len(cfg.ServerCPUs) > 0 {
 		rest, err := otherCPUs(cfg.ServerCPUs)

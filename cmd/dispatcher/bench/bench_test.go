@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -126,6 +128,7 @@ func TestBenchConfigErrors(t *testing.T) {
 		"ResultsStorage": {ResultsStorage: "disk"},
 		"ResultsMaxAge":  {ResultsMaxAge: -time.Second},
 		"Partitions":     {Partitions: 5000},
+		"StoreDir":       {StoreDir: "/tmp", NATSURL: "nats://127.0.0.1:1"},
 	} {
 		_, err := bench.Run(context.Background(), cfg)
 		if !errors.Is(err, bench.ErrInvalidConfig) || !strings.Contains(err.Error(), field) {
@@ -148,7 +151,8 @@ func TestBenchStorageChoices(t *testing.T) {
 	defer cancel()
 	var out bytes.Buffer
 	cfg := bench.Config{Jobs: 200, Workers: 2, Sessions: 4, ServerCPUs: []int{0}, NoFloor: true,
-		MemoryConsumers: true, ResultsStorage: "memory", ResultsMaxAge: time.Minute, Partitions: 8}
+		MemoryConsumers: true, ResultsStorage: "memory", ResultsMaxAge: time.Minute, Partitions: 8,
+		StoreDir: t.TempDir()}
 	cfg.Out, cfg.Progress = &out, io.Discard
 	rep, err := bench.Run(ctx, cfg)
 	if err != nil {
@@ -157,8 +161,34 @@ func TestBenchStorageChoices(t *testing.T) {
 	if rep.Fleet == nil || rep.Fleet.Jobs != cfg.Jobs || rep.Fleet.Failed != 0 {
 		t.Fatalf("report %+v", rep)
 	}
-	want := "storage: memory-stored job consumers, results on memory storage, 8 partitions, results kept 1m0s"
+	want := "storage: memory-stored job consumers, results on memory storage, 8 partitions, results kept 1m0s, NATS store in " + cfg.StoreDir
 	if !strings.Contains(out.String(), want) {
 		t.Errorf("output lacks %q:\n%s", want, out.String())
+	}
+	if left, err := os.ReadDir(cfg.StoreDir); err != nil || len(left) != 0 {
+		t.Errorf("store directory after the run: %v %v, want it emptied", left, err)
+	}
+}
+
+// TestBenchStoreDir: the server the bench starts keeps its store in
+// StoreDir, embedded or in a process of its own; a StoreDir that cannot
+// hold it fails the run before any job, naming the directory.
+func TestBenchStoreDir(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "no-such-dir")
+	for _, apart := range []bool{false, true} {
+		if apart && runtime.NumCPU() < 2 {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		cfg := bench.Config{Jobs: 10, Workers: 1, NoFloor: true, StoreDir: missing}
+		if apart {
+			cfg.ServerCPUs = []int{0}
+		}
+		cfg.Out, cfg.Progress = io.Discard, io.Discard
+		_, err := bench.Run(ctx, cfg)
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), missing) {
+			t.Errorf("server apart %v: got %v, want an error naming %s", apart, err, missing)
+		}
 	}
 }

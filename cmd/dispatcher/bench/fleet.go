@@ -49,7 +49,14 @@ func runFleet(ctx context.Context, cfg *Config, w *workload, natsOnly bool) (*Me
 					return nil, err
 				}
 			}
-			if server, url, err = startServerProcess(ctx, cfg.ServerBin, dir, cfg.ServerCPUs, serveFlags(qcfg)); err != nil {
+			// The store apart from dir, where programs may be built: a
+			// StoreDir on tmpfs may not allow running them.
+			store, err := os.MkdirTemp(cfg.StoreDir, "procfleet-bench-nats-")
+			if err != nil {
+				return nil, err
+			}
+			defer os.RemoveAll(store)
+			if server, url, err = startServerProcess(ctx, cfg.ServerBin, store, cfg.ServerCPUs, serveFlags(qcfg)); err != nil {
 				return nil, err
 			}
 			// Stopped after the fleet (deferred first, runs last).
@@ -62,7 +69,7 @@ func runFleet(ctx context.Context, cfg *Config, w *workload, natsOnly bool) (*Me
 		qcfg.Prefix = "bench" + strings.ToLower(nuid.Next()[:8])
 	}
 	f, err := localfleet.Start(ctx, localfleet.Config{
-		URL: url, TempPattern: "procfleet-bench-", Name: "procfleet-bench",
+		URL: url, TempPattern: "procfleet-bench-", TempDir: cfg.StoreDir, Name: "procfleet-bench",
 		Queue: qcfg, Logger: cfg.Logger, BalanceTimeout: -1,
 	})
 	if err != nil {

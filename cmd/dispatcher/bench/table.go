@@ -215,5 +215,8 @@ func (r *Report) storage() string {
 	if r.ResultsMaxAge > 0 {
 		parts = append(parts, "results kept "+r.ResultsMaxAge.String())
 	}
+	if r.StoreDir != "" {
+		parts = append(parts, "NATS store in "+r.StoreDir)
+	}
 	return strings.Join(parts, ", ")
 }
