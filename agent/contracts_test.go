@@ -1,16 +1,19 @@
 package agent_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/procfleet/procfleet/agent"
 	"github.com/procfleet/procfleet/dispatcher"
 	"github.com/procfleet/procfleet/fleettest"
 	"github.com/procfleet/procfleet/queue"
@@ -370,5 +373,194 @@ func TestNoPullWhenHeartbeatsFail(t *testing.T) {
 	}
 	if r := result(t, f, id); !r.OK || r.Agent != a.Name() {
 		t.Fatalf("after the registry took heartbeats again: %+v", r)
+	}
+}
+
+// TestStepDownWhenOnlyHeartbeatsFail: an agent whose heartbeats are refused
+// while its lease renewals still get through (here its own registry entry
+// is too big for the bucket; in a cluster, a registry it cannot reach while
+// the leases' stream is fine) is gone in the others' eyes and pulls
+// nothing. It must not keep its partitions meanwhile: an agent that joins
+// does not know it, so it could never take them. It hands them over, and
+// takes its share again once a heartbeat gets through.
+func TestStepDownWhenOnlyHeartbeatsFail(t *testing.T) {
+	t.Parallel()
+	long := strings.Repeat("a", 128)
+	cfg := fleetConfig(1, 1)
+	cfg.Agent.Queue.Partitions = 4
+	cfg.Agent.Queue.AgentTTL = 2 * time.Second
+	cfg.Configure = func(i int, c *agent.Config) {
+		c.Name = long
+		if i == 2 {
+			c.Name = "b"
+		}
+	}
+	f := fleettest.StartFleet(t, cfg)
+	f.WaitBalanced(t, 30*time.Second)
+	a := f.Agents[0]
+	topo := f.Topology()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+
+	// The registry's largest message from now on: below a's entry even
+	// once it lists no partition (each of its two listings of [0,1,2,3]
+	// is 24 bytes), above b's (its name is 127 bytes shorter) even with
+	// the 54 bytes of header its first write carries.
+	var size int
+	fleettest.Eventually(t, 30*time.Second, func() error {
+		e, err := topo.Agents.Get(ctx, a.Name())
+		if err != nil {
+			return err
+		}
+		if size = len(e.Value()); bytes.Count(e.Value(), []byte(`"partitions":[0,1,2,3]`)) != 2 {
+			return fmt.Errorf("a's entry does not list its partitions yet: %s", e.Value())
+		}
+		return nil
+	})
+	limit := size - 48 - 10
+	js := f.Server.JetStream(t)
+	stream, err := js.Stream(ctx, "KV_"+topo.Config.AgentsBucket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := info.Config
+	narrow := open
+	narrow.MaxMsgSize = int32(limit)
+	if _, err := js.UpdateStream(ctx, narrow); err != nil {
+		t.Fatal(err)
+	}
+	// a is gone from the registry once its entry expires.
+	fleettest.Eventually(t, 30*time.Second, func() error {
+		if _, err := topo.Agents.Get(ctx, a.Name()); !errors.Is(err, jetstream.ErrKeyNotFound) {
+			return fmt.Errorf("a's entry: %v", err)
+		}
+		return nil
+	})
+	gone := time.Now()
+	// Then a writes each lease again (or deletes it): from here on, a lease
+	// a merely renewed is alive in a newcomer's eyes.
+	before, err := topo.LeaseOwners(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fleettest.Eventually(t, 30*time.Second, func() error {
+		now, err := topo.LeaseOwners(ctx)
+		if err != nil {
+			return err
+		}
+		for p, l := range before {
+			if n, ok := now[p]; ok && n.Revision == l.Revision {
+				return fmt.Errorf("partition %d's lease not written since a's entry expired", p)
+			}
+		}
+		return nil
+	})
+	// It hands them over: the leases go, and it takes none back while its
+	// heartbeats are refused (five of its rebalances and more).
+	fleettest.Eventually(t, 30*time.Second, func() error {
+		if now, err := topo.LeaseOwners(ctx); err != nil || len(now) != 0 {
+			return fmt.Errorf("leases %v (%v), want none", now, err)
+		}
+		return nil
+	})
+	window := time.NewTimer(1500 * time.Millisecond)
+	defer window.Stop()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for waiting := true; waiting; {
+		select {
+		case <-window.C:
+			waiting = false
+		case <-tick.C:
+			if now, err := topo.LeaseOwners(ctx); err != nil || len(now) != 0 {
+				t.Fatalf("leases %v (%v) while a's heartbeats are refused, want none", now, err)
+			}
+		}
+	}
+	b := f.AddAgent(t)
+	waitOwns(t, b, "the agent that joined", []int{0, 1, 2, 3})
+	waitOwns(t, a, "the agent whose heartbeats are refused", nil)
+	t.Logf("%s took every partition %s after a's entry expired", b.Name(), time.Since(gone).Round(time.Millisecond))
+	for i := range 8 {
+		s := fmt.Sprintf("s%d", i)
+		id := submit(t, f, s, &queue.Job{ID: "stepped-" + s, Command: "echo", Payload: json.RawMessage(`1`)})
+		if r := result(t, f, id); !r.OK || r.Agent != b.Name() {
+			t.Fatalf("session %s: %+v, want it served by %s", s, r, b.Name())
+		}
+	}
+
+	if _, err := js.UpdateStream(ctx, open); err != nil {
+		t.Fatal(err)
+	}
+	f.WaitBalanced(t, 30*time.Second)
+	if len(a.Partitions()) == 0 {
+		t.Fatalf("%s took nothing back after its heartbeats got through again", a.Name())
+	}
+}
+
+// TestServerRestartKeepsPartitions: a NATS restart that outlasts the
+// agent's claim (its heartbeats fail, but so do its renewals) hands
+// nothing over. When the server is back, a renewal may get through while
+// the last heartbeat that did is older than the claim (one sent long before
+// the reconnect, or none yet); the agent checks with a heartbeat of its own
+// before it steps down, so a lone agent keeps its partitions, and its
+// sessions their workers. The order after the reconnect is the client's:
+// without that check this test failed in 2 of 11 runs.
+func TestServerRestartKeepsPartitions(t *testing.T) {
+	t.Parallel()
+	same := fleettest.Restartable(t)
+	first := fleettest.StartServer(t, same)
+	cfg := fleetConfig(1, 1)
+	cfg.Server = first
+	cfg.Agent.Queue.Partitions = 4
+	cfg.Agent.Queue.AgentTTL = 2 * time.Second
+	cfg.Agent.Queue.LeaseTTL = 40 * time.Second
+	cfg.Agent.LeaseRenewInterval = 100 * time.Millisecond
+	f := fleettest.StartFleet(t, cfg)
+	f.WaitBalanced(t, 30*time.Second)
+	a := f.Agents[0]
+	all := []int{0, 1, 2, 3}
+
+	first.Shutdown()
+	first.WaitForShutdown()
+	// Down for longer than the claim (0.9 × AgentTTL): this is the fault
+	// itself, not a wait for something.
+	down := time.NewTimer(4 * time.Second)
+	<-down.C
+	restarted := time.Now()
+	fleettest.StartServer(t, same)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := a.Stop(ctx); err != nil {
+			t.Errorf("stop: %v", err)
+		}
+	})
+	// Until the agent has heartbeated through the new server and renewed
+	// many times more, it owns every partition at every look.
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	var beatBack time.Time
+	for beatBack.IsZero() || time.Since(beatBack) < time.Second {
+		if time.Since(restarted) > 60*time.Second {
+			t.Fatal("the agent did not heartbeat through the new server within 60s")
+		}
+		<-tick.C
+		if got := a.Partitions(); !slices.Equal(got, all) {
+			t.Fatalf("%s after the restart the agent owns %v, want %v: it handed partitions over", time.Since(restarted).Round(time.Millisecond), got, all)
+		}
+		if !beatBack.IsZero() {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		infos, err := f.Topology().ListAgents(ctx)
+		cancel()
+		if err == nil && len(infos) == 1 && infos[0].UpdatedAt.After(restarted) {
+			beatBack = time.Now()
+		}
 	}
 }

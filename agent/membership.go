@@ -315,13 +315,32 @@ func (a *Agent) rebalance(ctx context.Context) {
 	}
 }
 
+// renewLeases renews the leases of the partitions this lane consumes and
+// of those it hands over.
+//
+// An agent whose heartbeats have not got through for longer than its claim
+// (beatDeadline) pulls nothing, and the others may count it as gone. If its
+// lease renewals still get through (its registry entry refused, a registry
+// it cannot reach while the leases' stream is fine), renewing would keep
+// its partitions from the others for as long as that lasts: a lease renewed
+// after its holder went is alive (queue.Topology.TakeLease), and an agent
+// that joins meanwhile does not know the holder at all. So once a renewal
+// gets through while the claim has lapsed, and a heartbeat sent right then
+// is refused too, the lane hands each partition over as a graceful stop
+// does: running jobs finish, held ones go back in their sessions' order,
+// then the lease is deleted. It takes partitions again (rebalance) once a
+// heartbeat gets through. A lapse that is a lost connection (renewals fail
+// too) changes nothing: the leases expire by themselves if it lasts.
 func (a *lane) renewLeases(ctx context.Context) {
+	lapsed := time.Now().After(a.beatDeadline())
+	var renewed []*runner
 	for _, r := range a.runnerList(false) {
 		sent := time.Now()
 		err := a.topo.RenewLease(ctx, r.lease)
 		switch {
 		case err == nil:
 			r.leaseOK.Store(a.stamp(sent))
+			renewed = append(renewed, r)
 		case errors.Is(err, queue.ErrLeaseLost):
 			// Someone else may own it now: stop pulling at once. Running
 			// jobs still finish; their acks are valid on the shared consumer.
@@ -330,6 +349,15 @@ func (a *lane) renewLeases(ctx context.Context) {
 		default:
 			if ctx.Err() == nil {
 				a.log.Warn("renew lease", zap.Int("partition", r.partition), zap.Error(err))
+			}
+		}
+	}
+	if lapsed && len(renewed) > 0 && ctx.Err() == nil {
+		if err := a.ag.heartbeat(ctx); err != nil && ctx.Err() == nil {
+			a.log.Warn("heartbeats are refused while lease renewals get through: handing every partition over until a heartbeat does",
+				zap.Int("partitions", len(renewed)), zap.Error(err))
+			for _, r := range renewed {
+				a.releasePartition(r, true)
 			}
 		}
 	}
@@ -366,6 +394,11 @@ func (a *lane) renewHandovers(ctx context.Context, rs []*runner) {
 // any orphan that stayed one since its last reading, a dead agent's at
 // once (TakeLease with gone).
 func (a *lane) rebalance(ctx context.Context, names []string, gone map[string]time.Time) {
+	if time.Now().After(a.beatDeadline()) {
+		// The others may count this agent as gone: it takes nothing it
+		// could not pull from (see renewLeases).
+		return
+	}
 	partitions := a.cfg.Queue.Partitions
 	v := queue.AgentView{Self: a.cfg.Name, Agents: names, Orphans: a.orphans}
 	a.mu.Lock()

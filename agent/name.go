@@ -91,7 +91,7 @@ func (a *Agent) register(ctx context.Context, last uint64) error {
 		sent := time.Now()
 		err := a.lanes[0].topo.Register(ctx, a.info(), last)
 		if err == nil {
-			a.beatOK.Store(a.stamp(sent))
+			a.beatGotThrough(sent)
 			return nil
 		}
 		if !errors.Is(err, queue.ErrAgentEntryChanged) {

@@ -411,8 +411,21 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 	if err := a.lanes[0].topo.Heartbeat(ctx, a.info()); err != nil {
 		return err
 	}
-	a.beatOK.Store(a.stamp(sent))
+	a.beatGotThrough(sent)
 	return nil
+}
+
+// beatGotThrough records that a registry write sent at sent got through.
+// The heartbeat loop and the check in lane.renewLeases
+// may both write: the later sending time wins.
+func (a *Agent) beatGotThrough(sent time.Time) {
+	st := a.stamp(sent)
+	for {
+		old := a.beatOK.Load()
+		if st <= old || a.beatOK.CompareAndSwap(old, st) {
+			return
+		}
+	}
 }
 
 // stamp turns t into a number for an atomic, on the monotonic clock, so

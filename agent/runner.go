@@ -278,13 +278,22 @@ func (r *runner) pullDeadline() (deadline time.Time, owned bool) {
 	}
 	q := r.a.cfg.Queue
 	lease := r.a.at(r.leaseOK.Load()).Add(q.LeaseTTL - q.LeaseTTL/claimMargin)
-	beat := r.a.at(r.a.ag.beatOK.Load()).Add(q.AgentTTL - q.AgentTTL/claimMargin)
+	beat := r.a.beatDeadline()
 	deadline = lease
 	if beat.Before(deadline) {
 		deadline = beat
 	}
 	// A pull shorter than this is not worth a request.
 	return deadline, deadline.Sub(now) > 20*time.Millisecond
+}
+
+// beatDeadline is until when this agent's registry entry is sure to be
+// alive in the others' eyes: AgentTTL (less the claim margin) after the
+// last heartbeat that got through, as sent. Past it the others may count
+// the agent as gone and take its partitions at once.
+func (a *lane) beatDeadline() time.Time {
+	ttl := a.cfg.Queue.AgentTTL
+	return a.at(a.ag.beatOK.Load()).Add(ttl - ttl/claimMargin)
 }
 
 // maxPull bounds one pull request.
