@@ -211,8 +211,12 @@ func (a *lane) run(ctx context.Context) error {
 // dispatcher may) is waited for, until ctx ends, so that agents and the
 // dispatcher can start in any order.
 func (a *lane) openTopology(ctx context.Context, js jetstream.JetStream) (*queue.Topology, error) {
+	qcfg := a.cfg.Queue
+	if a.cfg.derived.partitions {
+		qcfg.Partitions = 0 // the stream's count (queue.Open, queue.Ensure)
+	}
 	for attempt := 0; ; attempt++ {
-		topo, err := queue.Open(ctx, js, a.cfg.Queue)
+		topo, err := queue.Open(ctx, js, qcfg)
 		if err == nil {
 			// Open checks the streams; the consumers come last in Ensure.
 			if _, err = topo.AnyConsumer(ctx); err == nil {
@@ -226,7 +230,7 @@ func (a *lane) openTopology(ctx context.Context, js jetstream.JetStream) (*queue
 		if !errors.Is(err, queue.ErrNoTopology) {
 			return nil, err
 		}
-		topo, err = queue.Ensure(ctx, js, a.cfg.Queue)
+		topo, err = queue.Ensure(ctx, js, qcfg)
 		if err == nil {
 			if a.deaths, err = queue.OpenPoison(ctx, js, a.cfg.Queue); err == nil {
 				if err = queue.OpenCancels(ctx, js, a.cfg.Queue); err == nil {

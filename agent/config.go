@@ -111,7 +111,8 @@ type Config struct {
 
 	// derived records which intervals follow from the queue's TTLs, so they
 	// can follow the server's values once the topology is opened.
-	derived struct{ heartbeat, renew, progress bool }
+	// partitions: Queue.Partitions was 0, so the stream's count is adopted.
+	derived struct{ heartbeat, renew, progress, partitions bool }
 }
 
 func (c *Config) deriveIntervals() {
@@ -206,6 +207,7 @@ func (c *Config) setDefaults() {
 		h, _ := os.Hostname()
 		c.Name = sanitizeToken(fmt.Sprintf("%s-%d", h, os.Getpid()))
 	}
+	c.derived.partitions = c.Queue.Partitions == 0
 	c.Queue = c.Queue.WithDefaults()
 	if c.JobTimeout == 0 {
 		c.JobTimeout = DefaultJobTimeout

@@ -36,11 +36,23 @@ type Topology struct {
 // An existing resource that differs in a contract field (partition count,
 // retention, subjects, storage, a consumer's filter or ack policy) is a
 // *MismatchError, never changed. Tunables (dedup windows, max age, TTLs,
-// replicas, AckWait, MaxDeliver, MaxAckPending) are updated to cfg.
+// replicas, AckWait, MaxDeliver, MaxAckPending) are updated to cfg. With
+// cfg.Partitions 0 an existing jobs stream's partition count is adopted,
+// as by Open; a stream made here gets DefaultPartitions.
 func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config) (*Topology, error) {
+	adoptPartitions := cfg.Partitions == 0
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if adoptPartitions {
+		n, err := streamPartitions(ctx, js, cfg.JobsStream())
+		if err != nil {
+			return nil, err
+		}
+		if n > 0 {
+			cfg.Partitions = n
+		}
 	}
 	t := &Topology{Config: cfg, JS: js, consumers: make(map[string]jetstream.Consumer)}
 	var err error
@@ -258,6 +270,20 @@ func openStream(ctx context.Context, js jetstream.JetStream, name string) (jetst
 }
 
 var partitionsRE = regexp.MustCompile(`\{\{\s*[pP]artition\s*\(\s*(\d+)\s*,`)
+
+// streamPartitions returns the partition count of the jobs stream name, 0
+// if there is no such stream (or its transform names no count).
+func streamPartitions(ctx context.Context, js jetstream.JetStream, name string) (int, error) {
+	st, err := js.Stream(ctx, name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("queue: stream %s: %w", name, err)
+	}
+	n, _ := parsePartitions(st.CachedInfo().Config.SubjectTransform)
+	return n, nil
+}
 
 func parsePartitions(tr *jetstream.SubjectTransformConfig) (int, bool) {
 	if tr == nil {

@@ -162,6 +162,13 @@ func TestEnsureMismatch(t *testing.T) {
 	if topo.Config.Partitions != 8 {
 		t.Errorf("Open adopted %d partitions, want 8", topo.Config.Partitions)
 	}
+	// So does Ensure (an agent that finds part of the topology missing).
+	if topo, err = queue.Ensure(ctx, b.js, queue.Config{}); err != nil {
+		t.Fatalf("Ensure without a partition count against a stream of 8: %v", err)
+	}
+	if topo.Config.Partitions != 8 {
+		t.Errorf("Ensure adopted %d partitions, want 8", topo.Config.Partitions)
+	}
 	// The stream was not touched.
 	info, err := b.topo.Jobs.Info(ctx)
 	if err != nil {
