@@ -309,6 +309,34 @@ func TestCrashFailoverBeforeLeaseExpiry(t *testing.T) {
 	}
 }
 
+// limitRegistry makes the agents bucket refuse any entry over maxMsgSize
+// bytes (the server's own expiry markers, empty, still fit), and returns
+// what undoes it.
+func limitRegistry(ctx context.Context, t *testing.T, f *fleettest.Fleet, maxMsgSize int) (reopen func()) {
+	t.Helper()
+	js := f.Server.JetStream(t)
+	stream, err := js.Stream(ctx, "KV_"+f.Topology().Config.AgentsBucket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := info.Config
+	narrow := open
+	narrow.MaxMsgSize = int32(maxMsgSize)
+	if _, err := js.UpdateStream(ctx, narrow); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		t.Helper()
+		if _, err := js.UpdateStream(ctx, open); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // TestNoPullWhenHeartbeatsFail: an agent whose heartbeats stop getting
 // through may be declared dead, and then the others take its partitions at
 // once; so before its entry can expire it stops pulling from them, and it
@@ -325,22 +353,8 @@ func TestNoPullWhenHeartbeatsFail(t *testing.T) {
 	defer cancel()
 
 	// The registry refuses every heartbeat from now on: each is bigger than
-	// it takes (the server's own expiry markers, empty, still fit).
-	js := f.Server.JetStream(t)
-	stream, err := js.Stream(ctx, "KV_"+topo.Config.AgentsBucket())
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := stream.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	open := info.Config
-	full := open
-	full.MaxMsgSize = 16
-	if _, err := js.UpdateStream(ctx, full); err != nil {
-		t.Fatal(err)
-	}
+	// it takes.
+	reopen := limitRegistry(ctx, t, f, 16)
 	if err := topo.Heartbeat(ctx, &queue.AgentInfo{Name: a.Name()}); err == nil {
 		t.Fatal("the full registry took a heartbeat; the test proves nothing")
 	}
@@ -368,9 +382,7 @@ func TestNoPullWhenHeartbeatsFail(t *testing.T) {
 			}
 		}
 	}
-	if _, err := js.UpdateStream(ctx, open); err != nil {
-		t.Fatal(err)
-	}
+	reopen()
 	if r := result(t, f, id); !r.OK || r.Agent != a.Name() {
 		t.Fatalf("after the registry took heartbeats again: %+v", r)
 	}
@@ -418,21 +430,7 @@ func TestStepDownWhenOnlyHeartbeatsFail(t *testing.T) {
 		return nil
 	})
 	limit := size - 48 - 10
-	js := f.Server.JetStream(t)
-	stream, err := js.Stream(ctx, "KV_"+topo.Config.AgentsBucket())
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := stream.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	open := info.Config
-	narrow := open
-	narrow.MaxMsgSize = int32(limit)
-	if _, err := js.UpdateStream(ctx, narrow); err != nil {
-		t.Fatal(err)
-	}
+	reopen := limitRegistry(ctx, t, f, limit)
 	// a is gone from the registry once its entry expires.
 	fleettest.Eventually(t, 30*time.Second, func() error {
 		if _, err := topo.Agents.Get(ctx, a.Name()); !errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -493,9 +491,7 @@ func TestStepDownWhenOnlyHeartbeatsFail(t *testing.T) {
 		}
 	}
 
-	if _, err := js.UpdateStream(ctx, open); err != nil {
-		t.Fatal(err)
-	}
+	reopen()
 	f.WaitBalanced(t, 30*time.Second)
 	if len(a.Partitions()) == 0 {
 		t.Fatalf("%s took nothing back after its heartbeats got through again", a.Name())
