@@ -251,26 +251,18 @@ func TestNoConsumeWithoutLease(t *testing.T) {
 	id := submit(t, f, session, &queue.Job{ID: "contended-1", Command: "echo", Payload: json.RawMessage(`1`)})
 	// For several rebalance rounds and pull waits the job must not run.
 	// The intruder keeps its lease alive meanwhile.
-	window := time.NewTimer(3 * time.Second)
-	defer window.Stop()
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	for waiting := true; waiting; {
-		select {
-		case <-window.C:
-			waiting = false
-		case <-tick.C:
-			if err := topo.RenewLease(ctx, lease); err != nil {
-				t.Fatal(err)
-			}
-			if slices.Contains(a.Partitions(), p) {
-				t.Fatalf("the agent took partition %d while %s holds its lease", p, lease.Owner)
-			}
-			if n := len(fleettest.ReadExecLog(t, execLog)[id]); n != 0 {
-				t.Fatalf("job %s ran on partition %d while %s holds its lease", id, p, lease.Owner)
-			}
+	fleettest.Throughout(t, 3*time.Second, 100*time.Millisecond, func() error {
+		if err := topo.RenewLease(ctx, lease); err != nil {
+			return err
 		}
-	}
+		if slices.Contains(a.Partitions(), p) {
+			return fmt.Errorf("the agent took partition %d while %s holds its lease", p, lease.Owner)
+		}
+		if n := len(fleettest.ReadExecLog(t, execLog)[id]); n != 0 {
+			return fmt.Errorf("job %s ran on partition %d while %s holds its lease", id, p, lease.Owner)
+		}
+		return nil
+	})
 	if err := topo.ReleaseLease(ctx, lease); err != nil {
 		t.Fatal(err)
 	}
@@ -368,20 +360,12 @@ func TestNoPullWhenHeartbeatsFail(t *testing.T) {
 		return nil
 	})
 	id := submit(t, f, "s1", &queue.Job{ID: "unbeaten", Command: "echo", Payload: json.RawMessage(`1`)})
-	window := time.NewTimer(ttl)
-	defer window.Stop()
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for waiting := true; waiting; {
-		select {
-		case <-window.C:
-			waiting = false
-		case <-tick.C:
-			if n := len(fleettest.ReadExecLog(t, execLog)[id]); n != 0 {
-				t.Fatalf("job %s ran while the agent's heartbeats failed for %s", id, time.Since(refused).Round(time.Millisecond))
-			}
+	fleettest.Throughout(t, ttl, 50*time.Millisecond, func() error {
+		if n := len(fleettest.ReadExecLog(t, execLog)[id]); n != 0 {
+			return fmt.Errorf("job %s ran while the agent's heartbeats failed for %s", id, time.Since(refused).Round(time.Millisecond))
 		}
-	}
+		return nil
+	})
 	reopen()
 	if r := result(t, f, id); !r.OK || r.Agent != a.Name() {
 		t.Fatalf("after the registry took heartbeats again: %+v", r)
@@ -465,20 +449,12 @@ func TestStepDownWhenOnlyHeartbeatsFail(t *testing.T) {
 		}
 		return nil
 	})
-	window := time.NewTimer(1500 * time.Millisecond)
-	defer window.Stop()
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for waiting := true; waiting; {
-		select {
-		case <-window.C:
-			waiting = false
-		case <-tick.C:
-			if now, err := topo.LeaseOwners(ctx); err != nil || len(now) != 0 {
-				t.Fatalf("leases %v (%v) while a's heartbeats are refused, want none", now, err)
-			}
+	fleettest.Throughout(t, 1500*time.Millisecond, 50*time.Millisecond, func() error {
+		if now, err := topo.LeaseOwners(ctx); err != nil || len(now) != 0 {
+			return fmt.Errorf("leases %v (%v) while a's heartbeats are refused, want none", now, err)
 		}
-	}
+		return nil
+	})
 	b := f.AddAgent(t)
 	waitOwns(t, b, "the agent that joined", []int{0, 1, 2, 3})
 	waitOwns(t, a, "the agent whose heartbeats are refused", nil)

@@ -151,6 +151,27 @@ func Eventually(t testing.TB, timeout time.Duration, cond func() error) {
 	sharedtest.Eventually(t, timeout, cond)
 }
 
+// Throughout checks cond every interval for d (the span a state must hold,
+// e.g. while a fault lasts) and fails the test at once with the first
+// error cond returns.
+func Throughout(t testing.TB, d, interval time.Duration, cond func() error) {
+	t.Helper()
+	window := time.NewTimer(d)
+	defer window.Stop()
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-window.C:
+			return
+		case <-tick.C:
+			if err := cond(); err != nil {
+				t.Fatalf("within %s: %v", d, err)
+			}
+		}
+	}
+}
+
 // Topology is a shortcut for the fleet's topology.
 func (f *Fleet) Topology() *queue.Topology { return f.Client.Topology() }
 
