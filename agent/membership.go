@@ -31,6 +31,19 @@ type registry struct {
 	gone   map[string]time.Time // agents whose entry was removed or expired, and when
 }
 
+// othersWroteSince reports whether the watch saw an entry of another agent
+// than self written after t.
+func (g *registry) othersWroteSince(self string, t time.Time) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for name, at := range g.live {
+		if name != self && at.After(t) {
+			return true
+		}
+	}
+	return false
+}
+
 // reset forgets everything, for a new watch.
 func (g *registry) reset() {
 	g.mu.Lock()
@@ -273,8 +286,13 @@ func (a *Agent) membershipLoop() {
 	for {
 		now := time.Now()
 		if now.Sub(lastRenew) >= a.cfg.LeaseRenewInterval {
-			for _, l := range a.lanes {
-				l.renewLeases(ctx)
+			lapsed := now.After(a.lanes[0].beatDeadline())
+			renewed := make([][]*runner, len(a.lanes))
+			for i, l := range a.lanes {
+				renewed[i] = l.renewLeases(ctx)
+			}
+			if lapsed {
+				a.stepDownIfRefused(ctx, renewed)
 			}
 			lastRenew = now
 		}
@@ -289,6 +307,47 @@ func (a *Agent) membershipLoop() {
 		case <-a.kick:
 			a.rebalance(ctx)
 			lastBalance = time.Now()
+		}
+	}
+}
+
+// stepDownIfRefused hands over every partition whose lease renewed holds
+// (per lane) when the registry refuses this agent alone.
+//
+// An agent whose heartbeats have not got through for longer than its claim
+// (beatDeadline) pulls nothing, and the others may count it as gone. If its
+// lease renewals still get through, renewing would keep its partitions from
+// the others for as long as that lasts: a lease renewed after its holder
+// went is alive (queue.Topology.TakeLease), and an agent that joins
+// meanwhile does not know the holder at all. So when the others'
+// heartbeats do get through (the watch saw one after this agent's claim
+// lapsed: the registry works, only not for this agent) and a heartbeat sent
+// now is refused too, the agent hands each partition over as a graceful
+// stop does: running jobs finish, held ones go back in their sessions'
+// order, then the lease is deleted. It takes partitions again (rebalance)
+// once a heartbeat gets through. A registry down for everyone (a lost
+// connection; a registry stream electing a leader) hands nothing over: all
+// agents just pause.
+func (a *Agent) stepDownIfRefused(ctx context.Context, renewed [][]*runner) {
+	n := 0
+	for _, rs := range renewed {
+		n += len(rs)
+	}
+	deadline := a.lanes[0].beatDeadline()
+	if n == 0 || ctx.Err() != nil || !a.reg.othersWroteSince(a.cfg.Name, deadline) {
+		return
+	}
+	hctx, cancel := context.WithTimeout(ctx, a.cfg.HeartbeatInterval)
+	err := a.heartbeat(hctx)
+	cancel()
+	if err == nil || ctx.Err() != nil || !time.Now().After(a.lanes[0].beatDeadline()) {
+		return
+	}
+	a.log.Warn("this agent's heartbeats are refused while the other agents' and its lease renewals get through: handing every partition over until one of its heartbeats does",
+		zap.Int("partitions", n), zap.Error(err))
+	for i, rs := range renewed {
+		for _, r := range rs {
+			a.lanes[i].releasePartition(r, true)
 		}
 	}
 }
@@ -316,27 +375,12 @@ func (a *Agent) rebalance(ctx context.Context) {
 }
 
 // renewLeases renews the leases of the partitions this lane consumes and
-// of those it hands over.
-//
-// An agent whose heartbeats have not got through for longer than its claim
-// (beatDeadline) pulls nothing, and the others may count it as gone. If its
-// lease renewals still get through (its registry entry refused, a registry
-// it cannot reach while the leases' stream is fine), renewing would keep
-// its partitions from the others for as long as that lasts: a lease renewed
-// after its holder went is alive (queue.Topology.TakeLease), and an agent
-// that joins meanwhile does not know the holder at all. So once a renewal
-// gets through while the claim has lapsed, and a heartbeat sent right then
-// is refused too, the lane hands each partition over as a graceful stop
-// does: running jobs finish, held ones go back in their sessions' order,
-// then the lease is deleted. It takes partitions again (rebalance) once a
-// heartbeat gets through. A lapse that is a lost connection (renewals fail
-// too) changes nothing: the leases expire by themselves if it lasts.
-func (a *lane) renewLeases(ctx context.Context) {
-	lapsed := time.Now().After(a.beatDeadline())
-	var renewed []*runner
+// of those it hands over, and returns the runners whose lease it renewed
+// (see Agent.stepDownIfRefused).
+func (a *lane) renewLeases(ctx context.Context) (renewed []*runner) {
 	for _, r := range a.runnerList(false) {
 		sent := time.Now()
-		err := a.topo.RenewLease(ctx, r.lease)
+		err := a.renew(ctx, r)
 		switch {
 		case err == nil:
 			r.leaseOK.Store(a.stamp(sent))
@@ -352,16 +396,24 @@ func (a *lane) renewLeases(ctx context.Context) {
 			}
 		}
 	}
-	if lapsed && len(renewed) > 0 && ctx.Err() == nil {
-		if err := a.ag.heartbeat(ctx); err != nil && ctx.Err() == nil {
-			a.log.Warn("heartbeats are refused while lease renewals get through: handing every partition over until a heartbeat does",
-				zap.Int("partitions", len(renewed)), zap.Error(err))
-			for _, r := range renewed {
-				a.releasePartition(r, true)
-			}
+	a.renewHandovers(ctx, a.handingList())
+	return renewed
+}
+
+// renew renews r's lease. A renewal whose outcome is unknown (a timeout as
+// the connection dropped) may still be applied later, leaving r's revision
+// behind its own write: the lease lost that the next renewal then reports is
+// looked at again (queue.Topology.ResumeLease) before it counts.
+func (a *lane) renew(ctx context.Context, r *runner) error {
+	err := a.topo.RenewLease(ctx, r.lease)
+	if errors.Is(err, queue.ErrLeaseLost) && r.leaseUnsure {
+		if err = a.topo.ResumeLease(ctx, r.lease); err == nil {
+			a.log.Info("lease kept: a renewal whose answer was lost had been applied", zap.Int("partition", r.partition))
+			err = a.topo.RenewLease(ctx, r.lease)
 		}
 	}
-	a.renewHandovers(ctx, a.handingList())
+	r.leaseUnsure = err != nil && !errors.Is(err, queue.ErrLeaseLost)
+	return err
 }
 
 // renewHandovers renews the leases of runners in rs that hand their
@@ -372,7 +424,7 @@ func (a *lane) renewHandovers(ctx context.Context, rs []*runner) {
 	for _, r := range rs {
 		r.leaseMu.Lock()
 		if r.lease != nil && r.handover && !r.released {
-			if err := a.topo.RenewLease(ctx, r.lease); errors.Is(err, queue.ErrLeaseLost) {
+			if err := a.renew(ctx, r); errors.Is(err, queue.ErrLeaseLost) {
 				a.log.Warn("lease lost while handing over", zap.Int("partition", r.partition))
 				r.released = true
 			} else if err != nil && ctx.Err() == nil {
@@ -396,7 +448,7 @@ func (a *lane) renewHandovers(ctx context.Context, rs []*runner) {
 func (a *lane) rebalance(ctx context.Context, names []string, gone map[string]time.Time) {
 	if time.Now().After(a.beatDeadline()) {
 		// The others may count this agent as gone: it takes nothing it
-		// could not pull from (see renewLeases).
+		// could not pull from (see Agent.stepDownIfRefused).
 		return
 	}
 	partitions := a.cfg.Queue.Partitions

@@ -50,6 +50,9 @@ type runner struct {
 	// leaseOK is when the last successful write of the lease (acquire or
 	// renewal) was sent (Agent.stamp); see pullDeadline.
 	leaseOK atomic.Int64
+	// leaseUnsure: the last renewal's outcome is unknown (lane.renew).
+	// Only the membership loop uses it.
+	leaseUnsure bool
 
 	// recreatedAt is when the fetch loop last tried to recreate a lost
 	// memory-stored consumer (recreateConsumer), and recreating is closed

@@ -130,6 +130,29 @@ func (t *Topology) RenewLease(ctx context.Context, l *Lease) error {
 	return nil
 }
 
+// ResumeLease follows a renewal of l whose outcome is unknown (an error
+// other than ErrLeaseLost: say, sent as the connection dropped and applied
+// by the server once it came back) and a later ErrLeaseLost: if the lease's
+// latest revision is newer than l's and still names l's owner, that write
+// was the unknown renewal (nobody wrote after it), and l moves to it.
+// Otherwise the lease is lost (ErrLeaseLost). Call it only after such an
+// unknown outcome: a lease this owner acquired anew under another Lease
+// also names it.
+func (t *Topology) ResumeLease(ctx context.Context, l *Lease) error {
+	e, err := t.Leases.Get(ctx, t.Config.leaseKey(l.Partition))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("%w: partition %d (owner %s, revision %d)", ErrLeaseLost, l.Partition, l.Owner, l.Revision)
+	}
+	if err != nil {
+		return fmt.Errorf("queue: resume lease %d: %w", l.Partition, err)
+	}
+	if string(e.Value()) != l.Owner || e.Revision() <= l.Revision {
+		return fmt.Errorf("%w: partition %d (owner %s, revision %d; now %s at %d)", ErrLeaseLost, l.Partition, l.Owner, l.Revision, e.Value(), e.Revision())
+	}
+	l.Revision = e.Revision()
+	return nil
+}
+
 // ReleaseLease gives partition l up at once, if l is still the latest
 // revision; otherwise it returns ErrLeaseLost and changes nothing (the
 // partition already belongs to someone else).

@@ -239,3 +239,51 @@ func TestRegister(t *testing.T) {
 		t.Fatalf("after the register: %+v, %v; want h2's entry", list, err)
 	}
 }
+
+// TestResumeLease: after a renewal whose answer was lost, the lease's
+// latest revision may be that renewal, applied: ResumeLease takes it when
+// it still names the owner, and reports ErrLeaseLost when someone else
+// wrote after it or the lease is gone.
+func TestResumeLease(t *testing.T) {
+	t.Parallel()
+	b := setup(t, queue.Config{Partitions: 4})
+	ctx := testCtx(t)
+	l, err := b.topo.AcquireLease(ctx, 0, "agent-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The renewal the client never heard back from.
+	applied, err := b.topo.Leases.Update(ctx, "p-0", []byte("agent-a"), l.Revision)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.topo.RenewLease(ctx, l); !errors.Is(err, queue.ErrLeaseLost) {
+		t.Fatalf("renew behind its own applied write: %v, want ErrLeaseLost", err)
+	}
+	if err := b.topo.ResumeLease(ctx, l); err != nil || l.Revision != applied {
+		t.Fatalf("resume: %v at revision %d, want nil at %d", err, l.Revision, applied)
+	}
+	if err := b.topo.RenewLease(ctx, l); err != nil {
+		t.Fatalf("renew after resume: %v", err)
+	}
+
+	// Someone else wrote after it: lost.
+	stale := *l
+	if _, err := b.topo.Leases.Update(ctx, "p-0", []byte("agent-b"), l.Revision); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.topo.ResumeLease(ctx, &stale); !errors.Is(err, queue.ErrLeaseLost) {
+		t.Errorf("resume over agent-b's write: %v, want ErrLeaseLost", err)
+	}
+	// Gone: lost.
+	gone, err := b.topo.AcquireLease(ctx, 1, "agent-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.topo.Leases.Delete(ctx, "p-1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.topo.ResumeLease(ctx, gone); !errors.Is(err, queue.ErrLeaseLost) {
+		t.Errorf("resume of a deleted lease: %v, want ErrLeaseLost", err)
+	}
+}
