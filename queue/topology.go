@@ -38,7 +38,8 @@ type Topology struct {
 // *MismatchError, never changed. Tunables (dedup windows, max age, TTLs,
 // replicas, AckWait, MaxDeliver, MaxAckPending) are updated to cfg. With
 // cfg.Partitions 0 an existing jobs stream's partition count is adopted,
-// as by Open; a stream made here gets DefaultPartitions.
+// as by Open; a stream made here gets the default queue's count if that
+// queue exists (the fleet's), else DefaultPartitions.
 func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config) (*Topology, error) {
 	adoptPartitions := cfg.Partitions == 0
 	cfg = cfg.WithDefaults()
@@ -47,6 +48,13 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config) (*Topology,
 	}
 	if adoptPartitions {
 		n, err := streamPartitions(ctx, js, cfg.JobsStream())
+		if err == nil && n == 0 && !cfg.IsDefaultQueue() {
+			// A queue made here gets the fleet's count, the default
+			// queue's, as the dispatcher gives it.
+			def := cfg
+			def.Queue = ""
+			n, err = streamPartitions(ctx, js, def.JobsStream())
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -169,6 +169,14 @@ func TestEnsureMismatch(t *testing.T) {
 	if topo.Config.Partitions != 8 {
 		t.Errorf("Ensure adopted %d partitions, want 8", topo.Config.Partitions)
 	}
+	// A queue Ensure makes without a count gets the fleet's: the default
+	// queue's.
+	if topo, err = queue.Ensure(ctx, b.js, queue.Config{Queue: "fresh"}); err != nil {
+		t.Fatalf("Ensure a new queue without a partition count: %v", err)
+	}
+	if topo.Config.Partitions != 8 {
+		t.Errorf("new queue made with %d partitions, want the default queue's 8", topo.Config.Partitions)
+	}
 	// The stream was not touched.
 	info, err := b.topo.Jobs.Info(ctx)
 	if err != nil {
