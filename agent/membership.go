@@ -311,8 +311,9 @@ func (a *Agent) membershipLoop() {
 	}
 }
 
-// stepDownIfRefused hands over every partition whose lease renewed holds
-// (per lane) when the registry refuses this agent alone.
+// stepDownIfRefused hands over the partitions in renewed (per lane, those
+// whose lease this round renewed) when the registry refuses this agent
+// alone.
 //
 // An agent whose heartbeats have not got through for longer than its claim
 // (beatDeadline) pulls nothing, and the others may count it as gone. If its
