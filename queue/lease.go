@@ -122,12 +122,17 @@ func (t *Topology) RenewLease(ctx context.Context, l *Lease) error {
 	rev, err := t.Leases.Update(ctx, t.Config.leaseKey(l.Partition), []byte(l.Owner), l.Revision)
 	if err != nil {
 		if isRevisionMismatch(err) || errors.Is(err, jetstream.ErrKeyNotFound) {
-			return fmt.Errorf("%w: partition %d (owner %s, revision %d)", ErrLeaseLost, l.Partition, l.Owner, l.Revision)
+			return l.lost("")
 		}
 		return fmt.Errorf("queue: renew lease %d: %w", l.Partition, err)
 	}
 	l.Revision = rev
 	return nil
+}
+
+// lost is the ErrLeaseLost error of l, with more said after its revision.
+func (l *Lease) lost(more string) error {
+	return fmt.Errorf("%w: partition %d (owner %s, revision %d%s)", ErrLeaseLost, l.Partition, l.Owner, l.Revision, more)
 }
 
 // ResumeLease follows a renewal of l whose outcome is unknown (an error
@@ -141,13 +146,13 @@ func (t *Topology) RenewLease(ctx context.Context, l *Lease) error {
 func (t *Topology) ResumeLease(ctx context.Context, l *Lease) error {
 	e, err := t.Leases.Get(ctx, t.Config.leaseKey(l.Partition))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return fmt.Errorf("%w: partition %d (owner %s, revision %d)", ErrLeaseLost, l.Partition, l.Owner, l.Revision)
+		return l.lost("")
 	}
 	if err != nil {
 		return fmt.Errorf("queue: resume lease %d: %w", l.Partition, err)
 	}
 	if string(e.Value()) != l.Owner || e.Revision() <= l.Revision {
-		return fmt.Errorf("%w: partition %d (owner %s, revision %d; now %s at %d)", ErrLeaseLost, l.Partition, l.Owner, l.Revision, e.Value(), e.Revision())
+		return l.lost(fmt.Sprintf("; now %s at %d", e.Value(), e.Revision()))
 	}
 	l.Revision = e.Revision()
 	return nil
@@ -160,7 +165,7 @@ func (t *Topology) ReleaseLease(ctx context.Context, l *Lease) error {
 	err := t.Leases.Delete(ctx, t.Config.leaseKey(l.Partition), jetstream.LastRevision(l.Revision))
 	if err != nil {
 		if isRevisionMismatch(err) || errors.Is(err, jetstream.ErrKeyNotFound) {
-			return fmt.Errorf("%w: partition %d (owner %s, revision %d)", ErrLeaseLost, l.Partition, l.Owner, l.Revision)
+			return l.lost("")
 		}
 		return fmt.Errorf("queue: release lease %d: %w", l.Partition, err)
 	}
