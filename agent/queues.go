@@ -416,8 +416,8 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 }
 
 // beatGotThrough records that a registry write sent at sent got through.
-// The heartbeat loop and the check in lane.renewLeases
-// may both write: the later sending time wins.
+// The heartbeat loop and Agent.stepDownIfRefused's check may both write:
+// the later sending time wins.
 func (a *Agent) beatGotThrough(sent time.Time) {
 	st := a.stamp(sent)
 	for {

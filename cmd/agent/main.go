@@ -66,7 +66,7 @@ func run(args []string) error {
 		queueName      = fs.String("queue", queue.DefaultQueue, "the queue the pool serves (jobs on <prefix>.job.<queue>.s.<session> and <prefix>.job.<queue>.any; default: the old subjects)")
 		configFile     = fs.String("config", "", "YAML file of the queues this agent serves, one pool each (replaces --queue, --worker-cmd, --pool-size, --capacity and the recycling flags; see examples/agent-queues.yaml)")
 		prefix         = fs.String("prefix", queue.DefaultPrefix, "subject prefix")
-		partitions     = fs.Int("partitions", 0, "session partitions: 0 adopts the jobs stream's count (64 for a stream this agent creates); another count must match the stream")
+		partitions     = fs.Int("partitions", 0, "session partitions: 0 adopts the jobs stream's count (for a stream this agent creates, the default queue's, else 64); another count must match the stream")
 		metrics        = fs.String("metrics", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9101 (default off)")
 		logFormat      = fs.String("log-format", "console", "console or json")
 		logLevel       = fs.String("log-level", "info", "debug, info, warn or error")
