@@ -143,6 +143,9 @@ func (w *Worker) awaitCall(ctx context.Context, id uint64, c *Call) (reply, bool
 			r, err := w.await(ctx)
 			return r, true, err
 		}
+		if w.HasFeature(protocol.FeatureCancelSignal) {
+			w.signalCancel()
+		}
 	}
 	t := time.NewTimer(grace)
 	defer t.Stop()

@@ -58,9 +58,29 @@ func TestCallCancelAnsweredWithinGrace(t *testing.T) {
 	}
 }
 
-// A worker with the cancel feature (the Python SDK's slow example) is sent
-// the cancel frame, answers with a Canceled error at once, and keeps
-// serving.
+// sleeperWorker is a Python SDK worker whose "sleep" command reports
+// progress, then sleeps in one piece: only the signal that follows the
+// cancel frame can stop it before the agent's grace runs out.
+const sleeperWorker = `
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import procfleet_worker as pw
+
+@pw.handler("sleep")
+def sleep(payload, session):
+    session.progress("sleeping")
+    time.sleep(payload)
+    return "slept"
+
+pw.run()
+`
+
+// A worker with the cancel feature (the Python SDK) is sent the cancel
+// frame while its handler sleeps, answers with a Canceled error at once,
+// and keeps serving. The SDK reads its frames on its main thread, with the
+// agent's signal after each cancel ("cancel_signal"), when the agent started
+// it; on a reader thread when a shell stands between them or
+// PROCFLEET_READER_THREAD is set. Each way stops the sleep.
 func TestCallCancelFrame(t *testing.T) {
 	t.Parallel()
 	python, err := exec.LookPath("python3")
@@ -71,42 +91,65 @@ func TestCallCancelFrame(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := worker.Config{ID: "py", Command: []string{python, filepath.Join(wd, "..", "examples", "slow_worker.py")}}
-	w := start(t, cfg)
-	if !slices.Equal(w.Features(), []string{"cancel"}) {
-		t.Fatalf("features %v, want [cancel]", w.Features())
-	}
-	cancel := make(chan struct{})
-	progressed := make(chan struct{}, 1)
-	go func() {
-		<-progressed
-		close(cancel)
-	}()
-	start := time.Now()
-	res, err := w.Call(ctxTimeout(t, 30*time.Second), &worker.Call{
-		Command: "slow", Payload: json.RawMessage(`{"ms":60000,"steps":600}`),
-		OnProgress: func(json.RawMessage) {
-			select {
-			case progressed <- struct{}{}:
-			default:
-			}
-		},
-		Cancel: cancel, CancelGrace: 20 * time.Second,
-	})
-	if err != nil {
+	sdk := filepath.Join(wd, "python")
+	script := filepath.Join(t.TempDir(), "sleeper.py")
+	if err := os.WriteFile(script, []byte(sleeperWorker), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if res.OK || !res.Canceled || res.Error == nil || res.Error.Type != "Canceled" {
-		t.Fatalf("result %+v (error %+v): want a Canceled error", res, res.Error)
-	}
-	if took := time.Since(start); took > 10*time.Second {
-		t.Errorf("cancel took %v", took)
-	}
-	res, err = w.Call(ctxTimeout(t, 30*time.Second), &worker.Call{Command: "slow", Payload: json.RawMessage(`{"ms":1}`)})
-	if err != nil || !res.OK {
-		t.Fatalf("next call: %+v, %v", res, err)
-	}
-	if errors.Is(w.Validate(), worker.ErrDead) {
-		t.Fatal("worker died")
+	for _, tc := range []struct {
+		name     string
+		command  []string
+		env      []string
+		features []string
+	}{
+		{"main thread, signaled", []string{python, script, sdk}, nil, []string{"cancel", "cancel_signal"}},
+		// Not exec'd: the shell waits for python, whose parent it is.
+		{"reader thread, under a shell", []string{"/bin/sh", "-c", `"$0" "$1" "$2"; exit $?`, python, script, sdk}, nil, []string{"cancel"}},
+		{"reader thread, asked for", []string{python, script, sdk}, []string{"PROCFLEET_READER_THREAD=1"}, []string{"cancel"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			cfg := worker.Config{ID: "py", Command: tc.command}
+			if tc.env != nil {
+				cfg.Env = append(os.Environ(), tc.env...)
+			}
+			w := start(t, cfg)
+			if !slices.Equal(w.Features(), tc.features) {
+				t.Fatalf("features %v, want %v", w.Features(), tc.features)
+			}
+			cancel := make(chan struct{})
+			progressed := make(chan struct{}, 1)
+			go func() {
+				<-progressed
+				close(cancel)
+			}()
+			start := time.Now()
+			res, err := w.Call(ctxTimeout(t, 60*time.Second), &worker.Call{
+				Command: "sleep", Payload: json.RawMessage(`300`),
+				OnProgress: func(json.RawMessage) {
+					select {
+					case progressed <- struct{}{}:
+					default:
+					}
+				},
+				Cancel: cancel, CancelGrace: 20 * time.Second,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.OK || !res.Canceled || res.Error == nil || res.Error.Type != "Canceled" {
+				t.Fatalf("result %+v (error %+v): want a Canceled error", res, res.Error)
+			}
+			if took := time.Since(start); took > 10*time.Second {
+				t.Errorf("cancel took %v", took)
+			}
+			res, err = w.Call(ctxTimeout(t, 30*time.Second), &worker.Call{Command: "sleep", Payload: json.RawMessage(`0.001`)})
+			if err != nil || !res.OK {
+				t.Fatalf("next call: %+v, %v", res, err)
+			}
+			if errors.Is(w.Validate(), worker.ErrDead) {
+				t.Fatal("worker died")
+			}
+		})
 	}
 }

@@ -78,6 +78,10 @@ func signalGroup(pid int, sig syscall.Signal) error {
 	}
 }
 
+// cancelSignal sends SIGUSR1 to pid alone (protocol.FeatureCancelSignal).
+// The caller guarantees pid has not been reaped.
+func cancelSignal(pid int) error { return syscall.Kill(pid, syscall.SIGUSR1) }
+
 // readRSS returns VmRSS of pid in bytes.
 func readRSS(pid int) (int64, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")

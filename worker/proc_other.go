@@ -23,4 +23,6 @@ func hasExited(int) bool { return true }
 
 func signalGroup(int, syscall.Signal) error { return ErrUnsupported }
 
+func cancelSignal(int) error { return ErrUnsupported }
+
 func readRSS(int) (int64, error) { return 0, ErrUnsupported }

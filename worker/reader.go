@@ -33,6 +33,7 @@ func (w *Worker) readStdout() {
 	}
 	w.commands = m.Commands
 	w.features = m.Features
+	w.readyPID = m.PID
 	close(w.ready)
 
 	for {

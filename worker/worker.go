@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -34,6 +35,7 @@ type Worker struct {
 	startedAt time.Time
 	commands  []string // set by the reader before ready is closed
 	features  []string // likewise
+	readyPID  int      // likewise: the pid the ready frame gave
 
 	// Parent ends of the pipes. stdin is closed by Stop (graceful EOF) and
 	// by the waiter once the process is reaped; the read ends are closed by
@@ -137,6 +139,11 @@ func (w *Worker) spawn() error {
 		return cmd.Err
 	}
 	cmd.Env = w.cfg.Env
+	if cmd.Env == nil {
+		cmd.Env = os.Environ()
+	}
+	// Last, so that it wins over an inherited one (a nested agent's).
+	cmd.Env = append(cmd.Env[:len(cmd.Env):len(cmd.Env)], protocol.AgentPIDEnv+"="+strconv.Itoa(os.Getpid()))
 	cmd.Dir = w.cfg.Dir
 	// Its own process group, killed with the agent (see proc_linux.go).
 	cmd.SysProcAttr = sysProcAttr()
@@ -283,6 +290,20 @@ func (w *Worker) failure() *Error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.failErr
+}
+
+// signalCancel sends the cancel signal (protocol.FeatureCancelSignal) to
+// the process, not its group, if it is the one the ready frame named and it
+// has not been reaped.
+func (w *Worker) signalCancel() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.reaped || w.readyPID != w.pid {
+		return
+	}
+	if err := cancelSignal(w.pid); err != nil {
+		w.log.Warn("cancel signal", zap.Error(err))
+	}
 }
 
 // signal sends sig to the group unless the leader has been reaped.

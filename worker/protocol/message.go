@@ -27,7 +27,18 @@ const (
 const (
 	// FeatureCancel: the worker understands cancel frames.
 	FeatureCancel = "cancel"
+	// FeatureCancelSignal: after each cancel frame, send SIGUSR1 to the
+	// worker's process, if the ready frame's pid is the process the agent
+	// started. Such a worker reads its frames on its main thread, which
+	// the signal interrupts so that it reads the cancel while a handler
+	// runs. A worker learns the agent's pid from AgentPIDEnv.
+	FeatureCancelSignal = "cancel_signal"
 )
+
+// AgentPIDEnv is set in every worker's environment to the pid of the
+// process that started it (the agent), so that a worker can tell whether it
+// is that process's child (see FeatureCancelSignal).
+const AgentPIDEnv = "PROCFLEET_AGENT_PID"
 
 // Message is one frame's object. It is a union of every message type: Type
 // says which fields are meaningful. Payload, Result and Data stay raw so that

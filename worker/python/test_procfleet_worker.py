@@ -14,6 +14,7 @@ Run from the repository root:
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import tempfile
@@ -125,6 +126,13 @@ TEST_WORKER = textwrap.dedent(
         v.append(v)
         return v
 
+    @pw.handler("sleep")
+    def sleep(payload, session):
+        session.progress("sleeping")
+        import time
+        time.sleep(payload)
+        return "slept"
+
     @pw.handler("progress_outside")
     def progress_outside(payload, session):
         return pw.current_call() is not None
@@ -174,6 +182,7 @@ COMMANDS = [
     "hugeint",
     "deep",
     "circular",
+    "sleep",
     "progress_outside",
 ]
 
@@ -190,6 +199,9 @@ class WorkerProcess:
         self._stderr = tempfile.TemporaryFile()
         full_env = dict(os.environ)
         full_env.pop("PROCFLEET_MAX_FRAME", None)
+        # The way frames are read is the test class's choice (mode_env).
+        full_env.pop("PROCFLEET_AGENT_PID", None)
+        full_env.pop("PROCFLEET_READER_THREAD", None)
         # Buffered stdio, as under an agent, so a missed flush shows.
         full_env.pop("PYTHONUNBUFFERED", None)
         full_env["SDK_DIR"] = HERE
@@ -287,8 +299,15 @@ class WorkerProcess:
 
 class WorkerTestCase(unittest.TestCase):
     script = None  # set by subclasses
+    # The environment that picks how the SDK reads frames: by default as
+    # under a wrapper process (a reader thread); SignaledSDKTest sets the
+    # agent's pid to ours, as an agent does for its child.
+    mode_env = {}
+    features = ["cancel"]
+    signaled = False
 
     def start(self, argv=None, env=None, wait_ready=True):
+        env = dict(self.mode_env, **(env or {}))
         w = WorkerProcess(argv or [sys.executable, self.script], env=env)
         self.addCleanup(w.cleanup)
         if wait_ready:
@@ -320,7 +339,7 @@ class SDKTest(WorkerTestCase):
         self.assertEqual(
             self.ready_msg,
             {"type": "ready", "protocol": 1, "pid": w.proc.pid, "commands": COMMANDS,
-             "features": ["cancel"]},
+             "features": self.features},
         )
 
     def test_echo(self):
@@ -497,6 +516,59 @@ class SDKTest(WorkerTestCase):
         for i in (1, 2, 1 << 40):
             w.send({"type": "ping", "id": i})
             self.assertEqual(w.recv(), {"type": "pong", "id": i})
+
+    def cancel(self, w, cid):
+        """Cancel call cid as the agent does: the frame, then the signal to
+        a worker that asked for it."""
+        w.send({"type": "cancel", "id": cid})
+        if self.signaled:
+            os.kill(w.proc.pid, signal.SIGUSR1)
+
+    def test_cancel_interrupts_a_sleeping_handler(self):
+        w = self.start()
+        w.send({"type": "call", "id": 1, "command": "sleep", "payload": 300})
+        self.assertEqual(w.recv(), {"type": "progress", "id": 1, "data": "sleeping"})
+        start = time.monotonic()
+        self.cancel(w, 1)
+        res = w.recv()
+        self.assertEqual((res["id"], res["ok"], res["error"]["type"]), (1, False, "Canceled"), res)
+        self.assertLess(time.monotonic() - start, TIMEOUT)
+        w._next_id = 1
+        self.assertEqual(w.call("echo", "after")["result"], "after")
+        self.shutdown(w)
+
+    def test_cancel_sent_with_its_call(self):
+        # Call and cancel in one write: the handler never starts.
+        w = self.start()
+        w.send_raw(frame({"type": "call", "id": 1, "command": "sleep", "payload": 300})
+                   + frame({"type": "cancel", "id": 1}))
+        if self.signaled:
+            os.kill(w.proc.pid, signal.SIGUSR1)
+        res = w.recv()
+        self.assertEqual((res["id"], res["ok"], res["error"]["type"]), (1, False, "Canceled"), res)
+        w._next_id = 1
+        self.assertEqual(w.call("echo", 2)["result"], 2)
+        self.shutdown(w)
+
+    def test_cancel_after_the_answer_is_ignored(self):
+        w = self.start()
+        self.assertEqual(w.call("echo", 1)["result"], 1)
+        self.cancel(w, 1)
+        for i in range(2, 6):
+            self.assertEqual(w.call("echo", i)["result"], i)
+        self.shutdown(w)
+
+    def test_stray_signal_and_ping_during_a_handler(self):
+        # A signal with no cancel frame does not stop the handler; a ping
+        # sent meanwhile is answered after the result.
+        w = self.start()
+        w.send({"type": "call", "id": 1, "command": "sleep", "payload": 0.3})
+        self.assertEqual(w.recv(), {"type": "progress", "id": 1, "data": "sleeping"})
+        os.kill(w.proc.pid, signal.SIGUSR1)
+        w.send({"type": "ping", "id": 7})
+        self.assertEqual(w.recv(), {"type": "result", "id": 1, "ok": True, "result": "slept"})
+        self.assertEqual(w.recv(), {"type": "pong", "id": 7})
+        self.shutdown(w)
 
     def test_shutdown_exits_zero(self):
         w = self.start()
@@ -757,6 +829,16 @@ class ExamplesTest(WorkerTestCase):
         bad = w.call("slow", {"ms": -1})
         self.assertEqual(bad["error"]["type"], "ValueError")
         self.shutdown(w)
+
+
+class SignaledSDKTest(SDKTest):
+    """SDKTest again, with the worker reading its frames on its main thread:
+    its parent (this process) is the agent named in its environment, and
+    the cancel tests signal it after each cancel frame as an agent does."""
+
+    mode_env = {"PROCFLEET_AGENT_PID": str(os.getpid())}
+    features = ["cancel", "cancel_signal"]
+    signaled = True
 
 
 if __name__ == "__main__":
