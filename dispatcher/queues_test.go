@@ -231,3 +231,136 @@ func TestUnroutableSparesServedQueues(t *testing.T) {
 		}
 	}
 }
+
+// TestUnroutableSweepYieldsToAConsumer: the sweep dead-letters a job only
+// while nobody pulls from its consumer. An agent that starts serving the
+// queue during a sweep (before the registry shows it) takes jobs the sweep
+// has already looked at; a job it runs must not also end unroutable. Here
+// a plain pull consumer plays that agent: while it holds the queue's two
+// old jobs with a pull request still open, or took a job less than
+// --unroutable-after ago, the sweep leaves them alone; once it has gone
+// quiet for that long, they end unroutable as before.
+func TestUnroutableSweepYieldsToAConsumer(t *testing.T) {
+	t.Parallel()
+	nc := fleettest.StartServer(t).Connect(t)
+	// A pull request open for 3 x after; checks every after/5. The
+	// margins (after/2 before the pull expires, deliveries 5 times as
+	// often as needed) hold on a loaded 2-core machine.
+	const after = 2 * time.Second
+	startServe(t, nc, dispatcher.ServeConfig{UnroutableAfter: after})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := dispatcher.NewClient(ctx, nc, queue.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	submit := func(id string) {
+		t.Helper()
+		if _, err := nc.RequestWithContext(ctx, "fleet.api.submit", []byte(`{"queue":"gpu","job":{"id":"`+id+`","command":"embed"}}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	submit("held-1")
+	submit("held-2")
+	gpu, err := c.Queue(ctx, "gpu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := gpu.AnyConsumer(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := cons.FetchNoWait(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := 0
+	for range batch.Messages() {
+		held++
+	}
+	if held != 2 || batch.Error() != nil {
+		t.Fatalf("took %d jobs (%v), want both", held, batch.Error())
+	}
+	// The "agent" keeps a pull request open, as agents do.
+	const open = 3 * after
+	pulling := time.Now()
+	waiting, err := cons.Fetch(1, jetstream.FetchMaxWait(open))
+	if err != nil {
+		t.Fatal(err)
+	}
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		for range waiting.Messages() {
+		}
+	}()
+	t.Cleanup(func() { <-drained })
+	unroutable := func(id string) error {
+		r, err := c.Topology().GetResult(ctx, id)
+		if errors.Is(err, queue.ErrResultNotFound) {
+			return fmt.Errorf("job %s has no result yet", id)
+		}
+		if err != nil {
+			return err
+		}
+		if r.Error == nil || r.Error.Kind != queue.KindUnroutable {
+			return fmt.Errorf("job %s: result %+v, want unroutable", id, r)
+		}
+		return nil
+	}
+	// Until after/2 before the pull expires, the jobs aged past
+	// --unroutable-after almost all along.
+	fleettest.Throughout(t, open-time.Since(pulling)-after/2, 100*time.Millisecond, func() error {
+		for _, id := range []string{"held-1", "held-2"} {
+			if unroutable(id) == nil {
+				return fmt.Errorf("job %s dead-lettered while a consumer of its queue pulled", id)
+			}
+		}
+		return nil
+	})
+	// The pull expires; --unroutable-after after the last delivery the
+	// sweep goes on.
+	<-drained
+	fleettest.Eventually(t, 10*time.Second, func() error { return errors.Join(unroutable("held-1"), unroutable("held-2")) })
+
+	// Deliveries less than --unroutable-after ago hold the sweep off
+	// too, with no pull request open: an "agent" that takes one job at a
+	// time takes all ten, although they wait far longer than that.
+	var ids []string
+	for i := range 10 {
+		ids = append(ids, fmt.Sprintf("taken-%d", i))
+		submit(ids[i])
+	}
+	tick := time.NewTicker(after / 5)
+	defer tick.Stop()
+	for took := 0; took < len(ids); {
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			t.Fatalf("took %d of %d jobs: %v", took, len(ids), ctx.Err())
+		}
+		batch, err := cons.FetchNoWait(1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for m := range batch.Messages() {
+			if err := m.DoubleAck(ctx); err != nil {
+				t.Fatal(err)
+			}
+			took++
+		}
+		if err := batch.Error(); err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range ids[took:] {
+			if unroutable(id) == nil {
+				t.Fatalf("job %s dead-lettered while a consumer of its queue took a job every %v", id, after/5)
+			}
+		}
+	}
+	for _, id := range ids {
+		if unroutable(id) == nil {
+			t.Errorf("job %s, taken by the consumer, also ended unroutable", id)
+		}
+	}
+}

@@ -132,12 +132,54 @@ func (s *sweeper) deadLetterUnserved(ctx context.Context, t *queue.Topology) err
 		if m.Time.After(cutoff) {
 			return nil // jobs are stored in time order: the rest are younger
 		}
+		if taker, err := s.takenNow(ctx, t, m.Subject); err != nil {
+			return fmt.Errorf("queue %s: job %d: %w", q, seq, err)
+		} else if taker != "" {
+			// An agent came: the queue is served again. Its clock
+			// starts afresh once no agent serves it.
+			delete(s.unserved, q)
+			s.log.Info("queue served again: sweep stopped", zap.String("queue", q), zap.String("evidence", taker), zap.Int("dead_lettered", done))
+			return nil
+		}
 		if err := s.unroutable(ctx, t, m); err != nil {
 			return err
 		}
 		done++
 	}
 	return nil
+}
+
+// takenNow says, just before a job is dead-lettered, whether its consumer
+// is being pulled from: an agent that started serving the queue after the
+// sweep began may be about to take the job, and a job it runs must not
+// also end as unroutable. Evidence is a pull request waiting at the
+// consumer, or a delivery within s.after (the queue has had no live agent
+// for that long, so an older delivery was to an agent now gone). It
+// returns what it saw, "" for nothing. This narrows the race to the few
+// milliseconds between this look and the job's deletion; it cannot close
+// it, since the dispatcher never takes jobs itself.
+func (s *sweeper) takenNow(ctx context.Context, t *queue.Topology, subject string) (string, error) {
+	cons, err := t.ConsumerOf(ctx, subject)
+	if errors.Is(err, queue.ErrNoTopology) {
+		return "", nil // no consumer (a memory-stored one not yet made again): nobody pulls
+	}
+	if err != nil {
+		return "", err
+	}
+	ci, err := cons.Info(ctx)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	switch {
+	case ci.NumWaiting > 0:
+		return fmt.Sprintf("%d pull request(s) waiting at consumer %s", ci.NumWaiting, ci.Name), nil
+	case ci.Delivered.Last != nil && time.Since(*ci.Delivered.Last) < s.after:
+		return fmt.Sprintf("consumer %s delivered a job %s ago", ci.Name, time.Since(*ci.Delivered.Last).Round(time.Millisecond)), nil
+	}
+	return "", nil
 }
 
 // unroutable stores the job's dead letter and unroutable result (under the

@@ -290,6 +290,23 @@ func (c Config) partitionPrefix(p int) string {
 	return c.jobPrefix() + "p." + strconv.Itoa(p) + "."
 }
 
+// PartitionOfSubject returns the partition of a stored job subject,
+// "fleet.job.p.<p>.<session>", and false for any other subject (an
+// anonymous job's, or a session subject the stream stored untransformed),
+// whose jobs the shared consumer takes.
+func (c Config) PartitionOfSubject(stored string) (int, bool) {
+	rest, ok := strings.CutPrefix(stored, c.jobPrefix()+"p.")
+	if !ok {
+		return 0, false
+	}
+	n, _, ok := strings.Cut(rest, ".")
+	if !ok {
+		return 0, false
+	}
+	p, err := strconv.Atoi(n)
+	return p, err == nil && p >= 0 && p < c.Partitions
+}
+
 // jobPrefix is what every job subject of the configured queue starts with:
 // "fleet.job." or "fleet.job.<queue>.".
 func (c Config) jobPrefix() string {

@@ -208,6 +208,15 @@ func (t *Topology) AnyConsumer(ctx context.Context) (jetstream.Consumer, error) 
 	return t.consumer(ctx, AnyConsumerName)
 }
 
+// ConsumerOf returns the consumer that delivers the job stored under
+// subject: its partition's, or the shared one.
+func (t *Topology) ConsumerOf(ctx context.Context, subject string) (jetstream.Consumer, error) {
+	if p, ok := t.Config.PartitionOfSubject(subject); ok {
+		return t.PartitionConsumer(ctx, p)
+	}
+	return t.AnyConsumer(ctx)
+}
+
 // PartitionOf returns the partition the jobs stream files session under.
 func (t *Topology) PartitionOf(session string) int { return t.Config.PartitionOf(session) }
 
