@@ -47,6 +47,10 @@ type Call struct {
 	CancelGrace time.Duration
 }
 
+// cancelResignal is how often a canceled call's worker is signaled again
+// while it has not answered (see protocol.FeatureCancelSignal).
+const cancelResignal = 50 * time.Millisecond
+
 // DefaultCancelGrace is Call.CancelGrace's default.
 const DefaultCancelGrace = 2 * time.Second
 
@@ -143,25 +147,38 @@ func (w *Worker) awaitCall(ctx context.Context, id uint64, c *Call) (reply, bool
 			r, err := w.await(ctx)
 			return r, true, err
 		}
-		if w.HasFeature(protocol.FeatureCancelSignal) {
-			w.signalCancel()
-		}
+	}
+	// A worker that asked for the cancel signal gets it now, and again
+	// every cancelResignal until it answers: a signal that lands just
+	// before the worker enters a blocking call does not interrupt it.
+	var resignal <-chan time.Time
+	if w.HasFeature(protocol.FeatureCancel) && w.HasFeature(protocol.FeatureCancelSignal) {
+		w.signalCancel()
+		tick := time.NewTicker(cancelResignal)
+		defer tick.Stop()
+		resignal = tick.C
 	}
 	t := time.NewTimer(grace)
 	defer t.Stop()
-	select {
-	case r := <-w.replies:
-		return r, true, nil
-	case <-t.C:
+	for waiting := true; waiting; {
 		select {
 		case r := <-w.replies:
 			return r, true, nil
-		default:
+		case <-resignal:
+			w.signalCancel()
+		case <-t.C:
+			select {
+			case r := <-w.replies:
+				return r, true, nil
+			default:
+			}
+			w.end()
+			return reply{}, true, w.fail(ErrCanceled, fmt.Errorf("did not answer a cancel within %v", grace))
+		case <-w.broken:
+			waiting = false
+		case <-ctx.Done():
+			waiting = false
 		}
-		w.end()
-		return reply{}, true, w.fail(ErrCanceled, fmt.Errorf("did not answer a cancel within %v", grace))
-	case <-w.broken:
-	case <-ctx.Done():
 	}
 	r, err := w.await(ctx)
 	return r, true, err
@@ -209,7 +226,12 @@ func (w *Worker) Ping(ctx context.Context) error {
 // SessionEnd tells the worker it may drop the state of session. No reply is
 // expected. It fails with an *Error if the worker is already unusable; if
 // the write itself fails the worker is killed. It may be sent while a call
-// runs.
+// runs, but a worker that reads its frames on its main thread (one that
+// lists protocol.FeatureCancelSignal, as the Python SDK does under an
+// agent) reads it only once the call is answered: frames beyond the pipe's
+// buffer (64 KiB on Linux) sent meanwhile block, and fail after StopGrace
+// (the worker is then killed). The pool
+// ends sessions on idle workers only.
 func (w *Worker) SessionEnd(session string) error {
 	if err := w.usable(); err != nil {
 		return err

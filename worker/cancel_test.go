@@ -3,10 +3,14 @@ package worker_test
 import (
 	"encoding/json"
 	"errors"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -71,6 +75,23 @@ def sleep(payload, session):
     session.progress("sleeping")
     time.sleep(payload)
     return "slept"
+
+@pw.handler("deaf")
+def deaf(payload, session):
+    # Drops every signal for a second (as one lost just before a blocking
+    # call would be), then sleeps: only a later signal can stop the sleep.
+    import signal
+    sdk = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    session.progress("deaf")
+    time.sleep(1)
+    signal.signal(signal.SIGUSR1, sdk)
+    time.sleep(payload)
+    return "slept"
+
+@pw.handler("env")
+def env(payload, session):
+    import os
+    return {k: os.environ.get(k) for k in payload}
 
 pw.run()
 `
@@ -151,5 +172,94 @@ func TestCallCancelFrame(t *testing.T) {
 				t.Fatal("worker died")
 			}
 		})
+	}
+}
+
+// The agent's pid reaches every worker's environment, last so that it wins
+// over an inherited one; without an explicit environment the worker gets
+// the agent's, with PWD set to its directory, as os/exec gives it.
+func TestWorkerEnvironment(t *testing.T) {
+	t.Parallel()
+	python, err := exec.LookPath("python3")
+	if err != nil {
+		t.Fatalf("python3 is needed for the Python SDK: %v", err)
+	}
+	// The interpreter itself: a shell shim (pyenv's) would set PWD anew.
+	out, err := exec.Command(python, "-c", "import sys; print(sys.executable)").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	python = strings.TrimSpace(string(out))
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	script := filepath.Join(dir, "sleeper.py")
+	if err := os.WriteFile(script, []byte(sleeperWorker), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	agent := strconv.Itoa(os.Getpid())
+	for _, tc := range []struct {
+		name string
+		env  []string
+		want map[string]string
+	}{
+		{"inherited", nil, map[string]string{"PROCFLEET_AGENT_PID": agent, "PWD": dir}},
+		{"explicit", []string{"PROCFLEET_AGENT_PID=1", "PWD=/elsewhere", "PATH=" + os.Getenv("PATH")},
+			map[string]string{"PROCFLEET_AGENT_PID": agent, "PWD": "/elsewhere"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			w := start(t, worker.Config{ID: "py", Command: []string{python, script, filepath.Join(wd, "python")}, Dir: dir, Env: tc.env})
+			res, err := w.Call(ctxTimeout(t, 30*time.Second), &worker.Call{Command: "env", Payload: json.RawMessage(`["PROCFLEET_AGENT_PID","PWD"]`)})
+			if err != nil || !res.OK {
+				t.Fatalf("env: %+v, %v", res, err)
+			}
+			var got map[string]string
+			if err := json.Unmarshal(res.Value, &got); err != nil {
+				t.Fatal(err)
+			}
+			if !maps.Equal(got, tc.want) {
+				t.Errorf("worker environment %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// A worker with cancel_signal is signaled again every 50 ms until it
+// answers: a signal that lands just before the handler enters a blocking
+// call is lost (the call does not see it), and the next one stops it.
+func TestCallCancelResignals(t *testing.T) {
+	t.Parallel()
+	python, err := exec.LookPath("python3")
+	if err != nil {
+		t.Fatalf("python3 is needed for the Python SDK: %v", err)
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := filepath.Join(t.TempDir(), "sleeper.py")
+	if err := os.WriteFile(script, []byte(sleeperWorker), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w := start(t, worker.Config{ID: "py", Command: []string{python, script, filepath.Join(wd, "python")}})
+	if !w.HasFeature("cancel_signal") {
+		t.Fatalf("features %v: want cancel_signal", w.Features())
+	}
+	cancel := make(chan struct{})
+	var once sync.Once
+	res, err := w.Call(ctxTimeout(t, 60*time.Second), &worker.Call{
+		Command: "deaf", Payload: json.RawMessage(`300`),
+		OnProgress:  func(json.RawMessage) { once.Do(func() { close(cancel) }) },
+		Cancel:      cancel,
+		CancelGrace: 20 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.OK || !res.Canceled || res.Error == nil || res.Error.Type != "Canceled" {
+		t.Fatalf("result %+v (error %+v): want a Canceled error", res, res.Error)
 	}
 }

@@ -78,9 +78,11 @@ func signalGroup(pid int, sig syscall.Signal) error {
 	}
 }
 
-// cancelSignal sends SIGUSR1 to pid alone (protocol.FeatureCancelSignal).
-// The caller guarantees pid has not been reaped.
-func cancelSignal(pid int) error { return syscall.Kill(pid, syscall.SIGUSR1) }
+// cancelSignal sends SIGUSR1 to the main thread of pid, whose thread id is
+// pid (protocol.FeatureCancelSignal): a signal to the process could go to
+// another thread and leave the main thread's blocking call alone. The
+// caller guarantees pid has not been reaped.
+func cancelSignal(pid int) error { return syscall.Tgkill(pid, pid, syscall.SIGUSR1) }
 
 // readRSS returns VmRSS of pid in bytes.
 func readRSS(pid int) (int64, error) {

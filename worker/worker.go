@@ -139,12 +139,11 @@ func (w *Worker) spawn() error {
 		return cmd.Err
 	}
 	cmd.Env = w.cfg.Env
-	if cmd.Env == nil {
-		cmd.Env = os.Environ()
-	}
-	// Last, so that it wins over an inherited one (a nested agent's).
-	cmd.Env = append(cmd.Env[:len(cmd.Env):len(cmd.Env)], protocol.AgentPIDEnv+"="+strconv.Itoa(os.Getpid()))
 	cmd.Dir = w.cfg.Dir
+	// Environ is what Env nil means (the agent's environment, with PWD set
+	// to Dir) or Env itself. The agent's pid goes last, so that it wins
+	// over an inherited one (a nested agent's).
+	cmd.Env = append(cmd.Environ(), protocol.AgentPIDEnv+"="+strconv.Itoa(os.Getpid()))
 	// Its own process group, killed with the agent (see proc_linux.go).
 	cmd.SysProcAttr = sysProcAttr()
 

@@ -27,11 +27,13 @@ const (
 const (
 	// FeatureCancel: the worker understands cancel frames.
 	FeatureCancel = "cancel"
-	// FeatureCancelSignal: after each cancel frame, send SIGUSR1 to the
-	// worker's process, if the ready frame's pid is the process the agent
-	// started. Such a worker reads its frames on its main thread, which
-	// the signal interrupts so that it reads the cancel while a handler
-	// runs. A worker learns the agent's pid from AgentPIDEnv.
+	// FeatureCancelSignal: after a cancel frame, send SIGUSR1 to the
+	// worker's main thread (the thread whose id is the pid), and again
+	// every 50 ms until the call is answered, if the ready frame's pid is
+	// the process the agent started. Such a worker reads its frames on its
+	// main thread, which the signal interrupts so that it reads the cancel
+	// while a handler runs. A worker learns the agent's pid from
+	// AgentPIDEnv.
 	FeatureCancelSignal = "cancel_signal"
 )
 

@@ -61,8 +61,12 @@ handler then gets :class:`Canceled` raised
 How the cancel frame is read while the handler runs: when the agent started
 this process itself (its pid is in ``PROCFLEET_AGENT_PID`` and is our
 parent's), the ready frame also lists ``"cancel_signal"``. The main thread
-then reads every frame itself, and the agent sends SIGUSR1 to the process
-after each cancel frame; the signal handler reads the frame. Otherwise (a
+then reads every frame itself, and the agent sends SIGUSR1 to the main
+thread after each cancel frame (and every 50 ms until the call answers);
+the signal handler reads the frame. :func:`check_canceled` and
+:func:`progress` also read the pipe, at most every 10 ms, so a thread of the
+handler sees the cancel even while the main thread is stuck in C code that
+runs no Python signal handler. Otherwise (a
 wrapper process between agent and worker, serve outside the main thread, or
 ``PROCFLEET_READER_THREAD`` set) a reader thread takes every frame off stdin
 and signals the main thread on a cancel: the same behaviour at the cost of a
@@ -158,6 +162,13 @@ AGENT_PID_ENV = "PROCFLEET_AGENT_PID"
 # Set (to anything) to read frames on a thread even where the agent would
 # signal: the older way, one more thread hand-off per call.
 READER_THREAD_ENV = "PROCFLEET_READER_THREAD"
+
+
+# How often check_canceled (and so progress) reads the pipe itself while the
+# main thread reads the frames; and how long the main thread waits for the
+# pump lock before it takes it to be lost.
+_CHECK_READS_EVERY = 0.01
+_PUMP_LOCK_WAIT = 10
 
 
 def _agent_signals():
@@ -705,15 +716,17 @@ class Worker:
         self._signals = False
         # Reading in the main thread (see "Cancellation" in the module
         # docs): _io is true while it serves so, _io_armed while a handler
-        # runs, _io_signaled after a signal outside a handler, _pumping
-        # while a pump reads (a signal then asks it to read again through
-        # _pump_again instead of reading itself).
+        # runs, _io_signaled after a signal outside a handler; _pump_lock is
+        # held by whoever reads (a pump that finds it taken asks the holder
+        # to read again through _pump_again), _pumped_at is when
+        # check_canceled last read.
         self._io = False
         self._frames = None
         self._io_armed = False
         self._io_signaled = False
-        self._pumping = False
+        self._pump_lock = threading.Lock()
         self._pump_again = False
+        self._pumped_at = 0.0
 
     # Registration.
 
@@ -798,7 +811,16 @@ class Worker:
         Outside a call it does nothing.
         """
         cid = self._cur_id
-        if cid is not None and cid == self._cancel_id:
+        if cid is None:
+            return
+        if self._io_armed:
+            # The main thread may be stuck in C code that runs no signal
+            # handler: read the pipe from here too, now and then.
+            now = time.monotonic()
+            if now - self._pumped_at >= _CHECK_READS_EVERY:
+                self._pumped_at = now
+                self._pump_io()
+        if cid == self._cancel_id:
             raise Canceled("job %s was canceled" % (self._cur_msg or {}).get("job_id"))
 
     def _on_cancel_signal(self, signum, frame):
@@ -875,7 +897,7 @@ class Worker:
 
             def get():
                 while not pending and not frames.ended:
-                    frames.pump(True)
+                    self._idle_pump()
                 return pending.popleft() if pending else None
 
         else:
@@ -964,23 +986,40 @@ class Worker:
         self._io_armed = False
 
     def _pump_io(self):
-        """Read and queue what the pipe holds, without waiting. Runs in the
-        main thread, from _io_arm or from the signal handler; a signal that
-        comes while it reads makes it read again instead of reading itself.
-        False if it left the reading to a pump already running."""
-        if self._pumping:
-            self._pump_again = True
-            return False
-        frames = self._frames
-        while True:
-            self._pumping = True
-            self._pump_again = False
+        """While a handler runs, read and queue what the pipe holds, without
+        waiting: from _io_arm, the signal handler, or check_canceled on any
+        thread. One pump reads at a time. A pump that finds another running
+        (a signal in the middle of the main thread's own pump, or another
+        thread's) leaves the reading to it, which reads once more, and
+        returns False."""
+        self._pump_again = True
+        lock = self._pump_lock
+        while self._pump_again:
+            if not lock.acquire(False):
+                return False
             try:
-                frames.pump(False)
+                self._pump_again = False
+                if self._io_armed:
+                    self._frames.pump(False)
             finally:
-                self._pumping = False
-            if not self._pump_again:
-                return True
+                lock.release()
+        return True
+
+    def _idle_pump(self):
+        """The main thread's wait for frames between calls, holding the
+        pump lock so that no other thread reads meanwhile."""
+        lock = self._pump_lock
+        if not lock.acquire(timeout=_PUMP_LOCK_WAIT):
+            # Pumps never wait, so only one cut short between its acquire
+            # and its try (an exception from a user's own signal handler)
+            # holds the lock this long.
+            _log("frame pump lock held for %ds; taking a new one" % _PUMP_LOCK_WAIT)
+            lock = self._pump_lock = threading.Lock()
+            lock.acquire()
+        try:
+            self._frames.pump(True)
+        finally:
+            lock.release()
 
     def _loop(self, get):
         handle_call = self._handle_call

@@ -31,7 +31,7 @@ TIMEOUT = 15.0
 
 TEST_WORKER = textwrap.dedent(
     r'''
-    import os, subprocess, sys
+    import os, subprocess, sys, time
     sys.path.insert(0, os.environ["SDK_DIR"])
     import procfleet_worker as pw
 
@@ -55,6 +55,9 @@ TEST_WORKER = textwrap.dedent(
     @pw.on_session_end
     def on_end(session):
         ended.append([session.id, session.state.get("n")])
+        if session.state.get("slow_end"):
+            print("slow session end", flush=True)
+            time.sleep(0.5)
 
     @pw.handler("ended")
     def get_ended(payload, session):
@@ -133,6 +136,30 @@ TEST_WORKER = textwrap.dedent(
         time.sleep(payload)
         return "slept"
 
+    @pw.handler("stuck")
+    def stuck(payload, session):
+        # The main thread waits in system(), which retries its wait after
+        # a signal without running Python's handlers; a thread of the
+        # handler watches for the cancel and ends the wait.
+        import threading
+        def watch():
+            while True:
+                try:
+                    pw.check_canceled()
+                except pw.Canceled:
+                    subprocess.run(["pkill", "-P", str(os.getpid()), "sleep"])
+                    return
+                time.sleep(0.01)
+        threading.Thread(target=watch, daemon=True).start()
+        session.progress("stuck")
+        os.system("exec sleep %d" % payload)
+        return "woke"
+
+    @pw.handler("slow_end")
+    def slow_end(payload, session):
+        session.state["slow_end"] = True
+        return "ok"
+
     @pw.handler("progress_outside")
     def progress_outside(payload, session):
         return pw.current_call() is not None
@@ -183,6 +210,8 @@ COMMANDS = [
     "deep",
     "circular",
     "sleep",
+    "stuck",
+    "slow_end",
     "progress_outside",
 ]
 
@@ -548,6 +577,34 @@ class SDKTest(WorkerTestCase):
         self.assertEqual((res["id"], res["ok"], res["error"]["type"]), (1, False, "Canceled"), res)
         w._next_id = 1
         self.assertEqual(w.call("echo", 2)["result"], 2)
+        self.shutdown(w)
+
+    def test_cancel_seen_by_a_thread_while_the_main_thread_is_stuck(self):
+        w = self.start()
+        w.send({"type": "call", "id": 1, "command": "stuck", "payload": 60})
+        self.assertEqual(w.recv(), {"type": "progress", "id": 1, "data": "stuck"})
+        start = time.monotonic()
+        self.cancel(w, 1)
+        res = w.recv()
+        self.assertEqual(res["id"], 1, res)
+        self.assertTrue(res.get("result") == "woke" or res["error"]["type"] == "Canceled", res)
+        self.assertLess(time.monotonic() - start, TIMEOUT)
+        self.shutdown(w)
+
+    def test_cancel_that_comes_before_its_handler_starts(self):
+        # The session's end hook runs before the handler of a call that
+        # replaces it: the cancel (and its signal) come meanwhile.
+        w = self.start()
+        self.assertEqual(w.call("slow_end", None, session="s")["result"], "ok")
+        w.send({"type": "call", "id": 2, "command": "sleep", "payload": 300,
+                "session": "s", "new_session": True})
+        deadline = time.monotonic() + TIMEOUT
+        while "slow session end" not in w.stderr():
+            self.assertLess(time.monotonic(), deadline, "the session end hook did not run")
+            time.sleep(0.01)
+        self.cancel(w, 2)
+        res = w.recv()
+        self.assertEqual((res["id"], res["ok"], res["error"]["type"]), (2, False, "Canceled"), res)
         self.shutdown(w)
 
     def test_cancel_after_the_answer_is_ignored(self):
