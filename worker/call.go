@@ -230,8 +230,7 @@ func (w *Worker) Ping(ctx context.Context) error {
 // lists protocol.FeatureCancelSignal, as the Python SDK does under an
 // agent) reads it only once the call is answered: frames beyond the pipe's
 // buffer (64 KiB on Linux) sent meanwhile block, and fail after StopGrace
-// (the worker is then killed). The pool
-// ends sessions on idle workers only.
+// (the worker is then killed). The pool ends sessions on idle workers only.
 func (w *Worker) SessionEnd(session string) error {
 	if err := w.usable(); err != nil {
 		return err
