@@ -96,6 +96,28 @@ def env(payload, session):
 pw.run()
 `
 
+// sleeper writes sleeperWorker to a temporary file and returns the
+// command that runs it with python as the interpreter ("" for python3 from
+// PATH), and python's path.
+func sleeper(t *testing.T, python string) (command []string, interp string) {
+	t.Helper()
+	if python == "" {
+		var err error
+		if python, err = exec.LookPath("python3"); err != nil {
+			t.Fatalf("python3 is needed for the Python SDK: %v", err)
+		}
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := filepath.Join(t.TempDir(), "sleeper.py")
+	if err := os.WriteFile(script, []byte(sleeperWorker), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return []string{python, script, filepath.Join(wd, "python")}, python
+}
+
 // A worker with the cancel feature (the Python SDK) is sent the cancel
 // frame while its handler sleeps, answers with a Canceled error at once,
 // and keeps serving. The SDK reads its frames on its main thread, with the
@@ -104,29 +126,18 @@ pw.run()
 // PROCFLEET_READER_THREAD is set. Each way stops the sleep.
 func TestCallCancelFrame(t *testing.T) {
 	t.Parallel()
-	python, err := exec.LookPath("python3")
-	if err != nil {
-		t.Fatalf("python3 is needed for the Python SDK: %v", err)
-	}
-	wd, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sdk := filepath.Join(wd, "python")
-	script := filepath.Join(t.TempDir(), "sleeper.py")
-	if err := os.WriteFile(script, []byte(sleeperWorker), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	direct, python := sleeper(t, "")
+	script, sdk := direct[1], direct[2]
 	for _, tc := range []struct {
 		name     string
 		command  []string
 		env      []string
 		features []string
 	}{
-		{"main thread, signaled", []string{python, script, sdk}, nil, []string{"cancel", "cancel_signal"}},
+		{"main thread, signaled", direct, nil, []string{"cancel", "cancel_signal"}},
 		// Not exec'd: the shell waits for python, whose parent it is.
 		{"reader thread, under a shell", []string{"/bin/sh", "-c", `"$0" "$1" "$2"; exit $?`, python, script, sdk}, nil, []string{"cancel"}},
-		{"reader thread, asked for", []string{python, script, sdk}, []string{"PROCFLEET_READER_THREAD=1"}, []string{"cancel"}},
+		{"reader thread, asked for", direct, []string{"PROCFLEET_READER_THREAD=1"}, []string{"cancel"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -180,25 +191,14 @@ func TestCallCancelFrame(t *testing.T) {
 // the agent's, with PWD set to its directory, as os/exec gives it.
 func TestWorkerEnvironment(t *testing.T) {
 	t.Parallel()
-	python, err := exec.LookPath("python3")
-	if err != nil {
-		t.Fatalf("python3 is needed for the Python SDK: %v", err)
-	}
+	_, python := sleeper(t, "")
 	// The interpreter itself: a shell shim (pyenv's) would set PWD anew.
 	out, err := exec.Command(python, "-c", "import sys; print(sys.executable)").Output()
 	if err != nil {
 		t.Fatal(err)
 	}
-	python = strings.TrimSpace(string(out))
-	wd, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
+	command, _ := sleeper(t, strings.TrimSpace(string(out)))
 	dir := t.TempDir()
-	script := filepath.Join(dir, "sleeper.py")
-	if err := os.WriteFile(script, []byte(sleeperWorker), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	agent := strconv.Itoa(os.Getpid())
 	for _, tc := range []struct {
 		name string
@@ -211,7 +211,7 @@ func TestWorkerEnvironment(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			w := start(t, worker.Config{ID: "py", Command: []string{python, script, filepath.Join(wd, "python")}, Dir: dir, Env: tc.env})
+			w := start(t, worker.Config{ID: "py", Command: command, Dir: dir, Env: tc.env})
 			res, err := w.Call(ctxTimeout(t, 30*time.Second), &worker.Call{Command: "env", Payload: json.RawMessage(`["PROCFLEET_AGENT_PID","PWD"]`)})
 			if err != nil || !res.OK {
 				t.Fatalf("env: %+v, %v", res, err)
@@ -232,19 +232,8 @@ func TestWorkerEnvironment(t *testing.T) {
 // call is lost (the call does not see it), and the next one stops it.
 func TestCallCancelResignals(t *testing.T) {
 	t.Parallel()
-	python, err := exec.LookPath("python3")
-	if err != nil {
-		t.Fatalf("python3 is needed for the Python SDK: %v", err)
-	}
-	wd, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	script := filepath.Join(t.TempDir(), "sleeper.py")
-	if err := os.WriteFile(script, []byte(sleeperWorker), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	w := start(t, worker.Config{ID: "py", Command: []string{python, script, filepath.Join(wd, "python")}})
+	command, _ := sleeper(t, "")
+	w := start(t, worker.Config{ID: "py", Command: command})
 	if !w.HasFeature("cancel_signal") {
 		t.Fatalf("features %v: want cancel_signal", w.Features())
 	}
