@@ -10,6 +10,7 @@ import os
 import signal
 import tempfile
 import textwrap
+import threading
 import time
 import unittest
 
@@ -108,6 +109,34 @@ class CancelTest(WorkerTestCase):
     def tearDownClass(cls):
         cls._dir.cleanup()
 
+    def send_cancel(self, w, cid):
+        """Send the cancel frame for call cid. To a worker that asked for
+        cancel_signal, send SIGUSR1 then, and again every 50 ms until the
+        returned function is called, as an agent does until the answer."""
+        w.send({"type": "cancel", "id": cid})
+        if not self.signaled:
+            return lambda: None
+        stop = threading.Event()
+
+        def resignal():
+            while True:
+                try:
+                    os.kill(w.proc.pid, signal.SIGUSR1)
+                except ProcessLookupError:
+                    return
+                if stop.wait(0.05):
+                    return
+
+        t = threading.Thread(target=resignal, daemon=True)
+        t.start()
+
+        def done():
+            stop.set()
+            t.join()
+
+        self.addCleanup(done)
+        return done
+
     def call_then_cancel(self, w, cid, command, payload, session="s", after=0.3):
         """Start call cid, wait until it runs, cancel it; return the result
         frame and the seconds from the cancel to it. A handler that says it
@@ -121,10 +150,11 @@ class CancelTest(WorkerTestCase):
         if command != "loop":
             time.sleep(after)  # let the handler block; the result is what is checked
         start = time.monotonic()
-        w.send({"type": "cancel", "id": cid})
+        answered = self.send_cancel(w, cid)
         while True:
             msg = w.recv()
             if msg["type"] != "progress":
+                answered()
                 return msg, time.monotonic() - start
 
     def assertCanceled(self, msg, cid):
@@ -136,7 +166,7 @@ class CancelTest(WorkerTestCase):
 
     def test_ready_lists_cancel_feature(self):
         self.start()
-        self.assertEqual(self.ready_msg["features"], ["cancel"])
+        self.assertEqual(self.ready_msg["features"], self.features)
 
     def test_progress_loop_ends_cleanly_and_session_survives(self):
         w = self.start()
@@ -184,7 +214,7 @@ class CancelTest(WorkerTestCase):
     def test_cancel_for_finished_call_is_ignored(self):
         w = self.start()
         self.assertEqual(w.call("echo", "a")["result"], "a")
-        w.send({"type": "cancel", "id": 1})  # call 1 has answered
+        self.send_cancel(w, 1)()  # call 1 has answered
         # The next calls run normally, including one that blocks a while.
         w._next_id = 1
         w.send({"type": "call", "id": 2, "command": "sleep", "payload": 0.5, "session": "s"})
@@ -196,7 +226,7 @@ class CancelTest(WorkerTestCase):
     def test_cancel_for_another_id_is_ignored(self):
         w = self.start()
         w.send({"type": "call", "id": 1, "command": "sleep", "payload": 0.5})
-        w.send({"type": "cancel", "id": 99})
+        self.send_cancel(w, 99)()
         self.assertEqual(w.recv(), {"type": "result", "id": 1, "ok": True, "result": "slept"})
         self.shutdown(w)
 
@@ -208,8 +238,9 @@ class CancelTest(WorkerTestCase):
         outcomes = {"ok": 0, "Canceled": 0}
         for cid in range(1, 301):
             w.send({"type": "call", "id": cid, "command": "sleep", "payload": (cid % 3) * 0.001})
-            w.send({"type": "cancel", "id": cid})
+            answered = self.send_cancel(w, cid)
             msg = w.recv()
+            answered()
             self.assertEqual((msg["type"], msg["id"]), ("result", cid), msg)
             if msg["ok"]:
                 outcomes["ok"] += 1
@@ -237,15 +268,25 @@ class CancelTest(WorkerTestCase):
         here = os.path.dirname(os.path.abspath(__file__))
         script = os.path.join(here, "..", "..", "examples", "slow_worker.py")
         w = self.start(argv=[__import__("sys").executable, script])
-        self.assertEqual(self.ready_msg["features"], ["cancel"])
+        self.assertEqual(self.ready_msg["features"], self.features)
         w.send({"type": "call", "id": 1, "command": "slow", "payload": {"ms": 60000}})
         time.sleep(0.3)
         start = time.monotonic()
-        w.send({"type": "cancel", "id": 1})
+        answered = self.send_cancel(w, 1)
         msg = w.recv(timeout=TIMEOUT)
+        answered()
         self.assertCanceled(msg, 1)
         self.assertLess(time.monotonic() - start, 2.0)
         self.shutdown(w)
+
+
+class SignaledCancelTest(CancelTest):
+    """CancelTest again, with the worker reading its frames on its main
+    thread and signaled after each cancel frame, as under an agent."""
+
+    mode_env = {"PROCFLEET_AGENT_PID": str(os.getpid())}
+    features = ["cancel", "cancel_signal"]
+    signaled = True
 
 
 if __name__ == "__main__":
