@@ -2,11 +2,13 @@ package protocol
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 )
 
 // DefaultMaxFrame is the largest frame body accepted when none is configured.
@@ -114,6 +116,9 @@ func (r *Reader) Read(m *Message) error {
 // Decode parses one frame body into m, which is reset first.
 func Decode(b []byte, m *Message) error {
 	*m = Message{}
+	if decodeOKResult(b, m) {
+		return nil
+	}
 	if len(b) == 0 || firstNonSpace(b) != '{' {
 		return ErrNotJSON
 	}
@@ -126,13 +131,55 @@ func Decode(b []byte, m *Message) error {
 	return nil
 }
 
+// The start and middle of a successful result frame as the Python SDK (and
+// any encoder without spaces that keeps the protocol's key order) writes it.
+var (
+	okResultHead = []byte(`{"type":"result","id":`)
+	okResultMid  = []byte(`,"ok":true,"result":`)
+)
+
+// decodeOKResult decodes the commonest frame, a successful result, without
+// reflection: b must be exactly {"type":"result","id":N,"ok":true,"result":V}
+// with N a plain unsigned integer that fits in a uint64 and V one valid JSON
+// value, no space around it. Anything else returns false with m untouched,
+// for json.Unmarshal; what it accepts, json.Unmarshal decodes to the same
+// Message (FuzzDecode checks).
+func decodeOKResult(b []byte, m *Message) bool {
+	rest, ok := bytes.CutPrefix(b, okResultHead)
+	if !ok {
+		return false
+	}
+	var id uint64
+	n := 0
+	for ; n < len(rest) && '0' <= rest[n] && rest[n] <= '9'; n++ {
+		d := uint64(rest[n] - '0')
+		if id > (math.MaxUint64-d)/10 {
+			return false
+		}
+		id = id*10 + d
+	}
+	if n == 0 || (n > 1 && rest[0] == '0') {
+		return false
+	}
+	v, ok := bytes.CutPrefix(rest[n:], okResultMid)
+	if !ok || len(v) < 2 || v[len(v)-1] != '}' {
+		return false
+	}
+	v = v[:len(v)-1]
+	if isSpace(v[0]) || isSpace(v[len(v)-1]) || !json.Valid(v) {
+		return false
+	}
+	m.Type, m.ID, m.OK, m.Result = TypeResult, id, Bool(true), bytes.Clone(v)
+	return true
+}
+
+func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' }
+
 func firstNonSpace(b []byte) byte {
 	for _, c := range b {
-		switch c {
-		case ' ', '\t', '\r', '\n':
-			continue
+		if !isSpace(c) {
+			return c
 		}
-		return c
 	}
 	return 0
 }

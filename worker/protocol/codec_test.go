@@ -3,8 +3,10 @@ package protocol
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"io"
+	"reflect"
 	"testing"
 )
 
@@ -97,7 +99,20 @@ func FuzzDecode(f *testing.F) {
 	f.Add(frame(3, `{"t`))
 	f.Add(frame(29, `{"type":"result","ok":true,}`))
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff})
+	f.Add([]byte(`{"type":"result","id":18446744073709551615,"ok":true,"result":{"a":[1,"}"]}}`))
+	f.Add([]byte(`{"type":"result","id":7,"ok":true,"result":null}`))
 	f.Fuzz(func(t *testing.T, in []byte) {
+		// The fast path for successful results agrees with json.Unmarshal
+		// wherever it takes a body.
+		var fast, slow Message
+		if decodeOKResult(in, &fast) {
+			if err := json.Unmarshal(in, &slow); err != nil {
+				t.Fatalf("fast path took %q, which json.Unmarshal refuses: %v", in, err)
+			}
+			if !reflect.DeepEqual(fast, slow) {
+				t.Fatalf("body %q: fast path %+v, json.Unmarshal %+v", in, fast, slow)
+			}
+		}
 		r := NewReader(bytes.NewReader(in), 1024)
 		for {
 			var m Message
@@ -131,6 +146,73 @@ func BenchmarkWriteRead(b *testing.B) {
 		}
 		if err := r.Read(&out); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkDecodeResult: a successful result frame of a 100-byte payload,
+// as the Python SDK writes it (the fast path), and the same frame with a
+// space that sends it through json.Unmarshal.
+func BenchmarkDecodeResult(b *testing.B) {
+	payload := `{"x":"` + string(bytes.Repeat([]byte("a"), 92)) + `"}`
+	for _, tc := range []struct{ name, body string }{
+		{"fast", `{"type":"result","id":12345,"ok":true,"result":` + payload + `}`},
+		{"general", `{"type":"result","id":12345,"ok":true,"result":` + payload + ` }`},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			body := []byte(tc.body)
+			var m Message
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := Decode(body, &m); err != nil || !m.Succeeded() {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// The fast path for successful results decodes what json.Unmarshal decodes,
+// to the same Message, and leaves the rest to it: edge cases by hand (the
+// fuzzer explores around them).
+func TestDecodeOKResultAgrees(t *testing.T) {
+	t.Parallel()
+	const head = `{"type":"result","id":`
+	for _, tc := range []struct {
+		body string
+		fast bool
+	}{
+		{head + `1,"ok":true,"result":1}`, true},
+		{head + `0,"ok":true,"result":"x"}`, true},
+		{head + `18446744073709551615,"ok":true,"result":[]}`, true},
+		{head + `7,"ok":true,"result":{"s":"}\"}"}}`, true},
+		{head + `7,"ok":true,"result":null}`, true},
+		{head + `18446744073709551616,"ok":true,"result":1}`, false}, // overflows uint64
+		{head + `01,"ok":true,"result":1}`, false},                   // not a JSON number
+		{head + `-1,"ok":true,"result":1}`, false},
+		{head + `1.0,"ok":true,"result":1}`, false},
+		{head + `1,"ok":true,"result": 1}`, false},
+		{head + `1,"ok":true,"result":1 }`, false},
+		{head + `1,"ok":true,"result":1,"ok":false}`, false}, // a second key
+		{head + `1,"ok":true,"result":1}}`, false},
+		{head + `1,"ok":true,"result":}`, false},
+		{head + `1,"ok":true,"result":{"a":1}`, false},
+		{head + `1,"ok":false,"result":1}`, false},
+		{`{"id":1,"type":"result","ok":true,"result":1}`, false},
+	} {
+		var fast Message
+		if got := decodeOKResult([]byte(tc.body), &fast); got != tc.fast {
+			t.Errorf("%s: fast path took it: %v, want %v", tc.body, got, tc.fast)
+		}
+		var viaDecode, slow Message
+		derr := Decode([]byte(tc.body), &viaDecode)
+		serr := json.Unmarshal([]byte(tc.body), &slow)
+		if (derr == nil) != (serr == nil) {
+			t.Errorf("%s: Decode error %v, json.Unmarshal error %v", tc.body, derr, serr)
+			continue
+		}
+		if derr == nil && !reflect.DeepEqual(viaDecode, slow) {
+			t.Errorf("%s: Decode %+v, json.Unmarshal %+v", tc.body, viaDecode, slow)
 		}
 	}
 }
