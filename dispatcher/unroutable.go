@@ -176,8 +176,9 @@ func (s *sweeper) takenNow(ctx context.Context, t *queue.Topology, subject strin
 	switch {
 	case ci.NumWaiting > 0:
 		return fmt.Sprintf("%d pull request(s) waiting at consumer %s", ci.NumWaiting, ci.Name), nil
-	case ci.Delivered.Last != nil && time.Since(*ci.Delivered.Last) < s.after:
-		return fmt.Sprintf("consumer %s delivered a job %s ago", ci.Name, time.Since(*ci.Delivered.Last).Round(time.Millisecond)), nil
+	case ci.Delivered.Last != nil && ci.TimeStamp.Sub(*ci.Delivered.Last) < s.after:
+		// Both times are the server's.
+		return fmt.Sprintf("consumer %s delivered a job %s ago", ci.Name, ci.TimeStamp.Sub(*ci.Delivered.Last).Round(time.Millisecond)), nil
 	}
 	return "", nil
 }

@@ -138,12 +138,19 @@ var (
 	okResultMid  = []byte(`,"ok":true,"result":`)
 )
 
+// okResultMaxValue bounds the result a frame may hold for decodeOKResult. A
+// JSON value of n bytes nests at most n/2 deep, so one under it, nested once
+// more in the frame, stays within encoding/json's depth limit (10 000),
+// which json.Valid on the value alone would not check.
+const okResultMaxValue = 16 << 10
+
 // decodeOKResult decodes the commonest frame, a successful result, without
 // reflection: b must be exactly {"type":"result","id":N,"ok":true,"result":V}
 // with N a plain unsigned integer that fits in a uint64 and V one valid JSON
-// value, no space around it. Anything else returns false with m untouched,
-// for json.Unmarshal; what it accepts, json.Unmarshal decodes to the same
-// Message (FuzzDecode checks).
+// value under okResultMaxValue bytes, no space around it. Anything else
+// returns false with m untouched, for json.Unmarshal; what it accepts,
+// json.Unmarshal decodes to the same Message (FuzzDecode and
+// TestDecodeOKResultAgrees check).
 func decodeOKResult(b []byte, m *Message) bool {
 	rest, ok := bytes.CutPrefix(b, okResultHead)
 	if !ok {
@@ -166,7 +173,7 @@ func decodeOKResult(b []byte, m *Message) bool {
 		return false
 	}
 	v = v[:len(v)-1]
-	if isSpace(v[0]) || isSpace(v[len(v)-1]) || !json.Valid(v) {
+	if len(v) >= okResultMaxValue || isSpace(v[0]) || isSpace(v[len(v)-1]) || !json.Valid(v) {
 		return false
 	}
 	m.Type, m.ID, m.OK, m.Result = TypeResult, id, Bool(true), bytes.Clone(v)

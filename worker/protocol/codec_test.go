@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -199,20 +200,27 @@ func TestDecodeOKResultAgrees(t *testing.T) {
 		{head + `1,"ok":true,"result":{"a":1}`, false},
 		{head + `1,"ok":false,"result":1}`, false},
 		{`{"id":1,"type":"result","ok":true,"result":1}`, false},
+		// Valid alone, but one level too deep inside the frame.
+		{head + `1,"ok":true,"result":` + strings.Repeat("[", 10000) + strings.Repeat("]", 10000) + `}`, false},
+		{head + `1,"ok":true,"result":` + strings.Repeat("[", 8000) + strings.Repeat("]", 8000) + `}`, true},
 	} {
 		var fast Message
+		name := tc.body
+		if len(name) > 80 {
+			name = name[:80] + "..."
+		}
 		if got := decodeOKResult([]byte(tc.body), &fast); got != tc.fast {
-			t.Errorf("%s: fast path took it: %v, want %v", tc.body, got, tc.fast)
+			t.Errorf("%s: fast path took it: %v, want %v", name, got, tc.fast)
 		}
 		var viaDecode, slow Message
 		derr := Decode([]byte(tc.body), &viaDecode)
 		serr := json.Unmarshal([]byte(tc.body), &slow)
 		if (derr == nil) != (serr == nil) {
-			t.Errorf("%s: Decode error %v, json.Unmarshal error %v", tc.body, derr, serr)
+			t.Errorf("%s: Decode error %v, json.Unmarshal error %v", name, derr, serr)
 			continue
 		}
 		if derr == nil && !reflect.DeepEqual(viaDecode, slow) {
-			t.Errorf("%s: Decode %+v, json.Unmarshal %+v", tc.body, viaDecode, slow)
+			t.Errorf("%s: Decode %+v, json.Unmarshal %+v", name, viaDecode, slow)
 		}
 	}
 }

@@ -83,6 +83,7 @@ the agent's cancel grace (default 2 s) is killed.
 
 import collections
 import json
+import struct
 import os
 import queue
 import re
@@ -91,6 +92,14 @@ import sys
 import threading
 import time
 import traceback
+
+try:  # Unix: the main thread reads its own frames (see "Cancellation")
+    import fcntl as _fcntl
+    from termios import FIONREAD as _FIONREAD
+except ImportError:  # elsewhere a reader thread does; _readable is not used
+    _fcntl = _FIONREAD = None
+_INT = struct.Struct("i")
+_MAIN_THREAD = threading.main_thread().ident
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -555,11 +564,7 @@ class Call:
 
 def _readable(fd):
     """The bytes the pipe holds now (FIONREAD)."""
-    import fcntl
-    import struct
-    import termios
-
-    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    return _INT.unpack(_fcntl.ioctl(fd, _FIONREAD, b"\0\0\0\0"))[0]
 
 
 class _Frames:
@@ -821,6 +826,10 @@ class Worker:
                 self._pumped_at = now
                 self._pump_io()
         if cid == self._cancel_id:
+            if threading.get_ident() == _MAIN_THREAD:
+                # Raised once: the agent's repeated signals must not raise
+                # it again in the handler's clean-up.
+                self._armed = None
             raise Canceled("job %s was canceled" % (self._cur_msg or {}).get("job_id"))
 
     def _on_cancel_signal(self, signum, frame):
@@ -897,7 +906,7 @@ class Worker:
 
             def get():
                 while not pending and not frames.ended:
-                    self._idle_pump()
+                    self._idle_pump(pending)
                 return pending.popleft() if pending else None
 
         else:
@@ -1005,9 +1014,11 @@ class Worker:
                 lock.release()
         return True
 
-    def _idle_pump(self):
+    def _idle_pump(self, pending):
         """The main thread's wait for frames between calls, holding the
-        pump lock so that no other thread reads meanwhile."""
+        pump lock so that no other thread reads meanwhile. A thread of the
+        last handler may have read (and queued) frames just before: then
+        there is nothing to wait for."""
         lock = self._pump_lock
         if not lock.acquire(timeout=_PUMP_LOCK_WAIT):
             # Pumps never wait, so only one cut short between its acquire
@@ -1017,7 +1028,8 @@ class Worker:
             lock = self._pump_lock = threading.Lock()
             lock.acquire()
         try:
-            self._frames.pump(True)
+            if not pending:
+                self._frames.pump(True)
         finally:
             lock.release()
 
@@ -1099,7 +1111,8 @@ class Worker:
             self._armed = cid
             try:
                 self._io_arm()
-                self.check_canceled()
+                if cid == self._cancel_id:
+                    raise Canceled("job %s was canceled" % msg.get("job_id"))
                 result = fn(msg.get("payload"), sess)
             finally:
                 self._armed = None

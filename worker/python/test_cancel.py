@@ -87,6 +87,53 @@ CANCEL_WORKER = textwrap.dedent(
             return "swallowed"
         return "slept"
 
+    @pw.handler("deaf_cleanup")
+    def deaf_cleanup(payload, session):
+        # Drops SIGUSR1 while it reports progress, so that the cancel is
+        # raised by progress() itself; then cleans up for 0.3 s with the
+        # SDK's handler back, while the agent goes on signaling.
+        import signal
+        sdk = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        try:
+            pw.progress("started")
+            while True:
+                time.sleep(0.005)
+                pw.progress("again")
+        finally:
+            signal.signal(signal.SIGUSR1, sdk)
+            time.sleep(0.3)
+            session.state["cleaned"] = True
+
+    @pw.handler("cleaned")
+    def cleaned(payload, session):
+        return session.state.get("cleaned", False)
+
+    @pw.handler("poll_once")
+    def poll_once(payload, session):
+        # A thread of the handler polls for a cancel once, and its read of
+        # the pipe is slow (see slow_pump): the handler ends meanwhile, and
+        # the next call, sent at once, is what that thread reads.
+        import threading
+        if pw.default_worker._io:
+            t = threading.Thread(target=pw.check_canceled)
+            t.start()
+            if not pumping.wait(5):
+                return "the thread never read"
+        return "ok"
+
+    import threading
+    pumping = threading.Event()
+    fast_pump = pw._Frames.pump
+
+    def slow_pump(self, block):
+        # Only a handler's thread's read, not a reader thread's.
+        if pw.default_worker._io and threading.current_thread() is not threading.main_thread():
+            pumping.set()
+            time.sleep(0.3)
+        return fast_pump(self, block)
+
+    pw._Frames.pump = slow_pump
+
     @pw.handler("echo")
     def echo(payload, session):
         return payload
@@ -144,7 +191,7 @@ class CancelTest(WorkerTestCase):
         to block; a cancel before it started would end the call before the
         handler, whatever it does, on a machine slow to start it."""
         w.send({"type": "call", "id": cid, "command": command, "payload": payload, "session": session})
-        if command in ("loop", "read", "spin", "stubborn", "swallow", "nap"):
+        if command in ("loop", "read", "spin", "stubborn", "swallow", "nap", "deaf_cleanup"):
             first = w.recv()
             self.assertEqual(first["type"], "progress", first)
         if command != "loop":
@@ -209,6 +256,25 @@ class CancelTest(WorkerTestCase):
         w = self.start()
         msg, _ = self.call_then_cancel(w, 1, "stubborn", 60)
         self.assertEqual(msg, {"type": "result", "id": 1, "ok": True, "result": "finished anyway"})
+        self.shutdown(w)
+
+    def test_cancel_raised_once(self):
+        # Canceled raised by progress() is raised once: the signals that
+        # follow (an agent repeats them until the answer) leave the
+        # handler's clean-up alone.
+        w = self.start()
+        msg, _ = self.call_then_cancel(w, 1, "deaf_cleanup", None)
+        self.assertCanceled(msg, 1)
+        w._next_id = 1
+        self.assertIs(w.call("cleaned", None, session="s")["result"], True)
+        self.shutdown(w)
+
+    def test_frames_a_handler_thread_read_are_served(self):
+        # A thread of the last handler read the next call off the pipe:
+        # the main thread serves it rather than wait for more.
+        w = self.start()
+        self.assertEqual(w.call("poll_once", None)["result"], "ok")
+        self.assertEqual(w.call("echo", "next")["result"], "next")
         self.shutdown(w)
 
     def test_cancel_for_finished_call_is_ignored(self):
