@@ -66,11 +66,11 @@ thread after each cancel frame (and every 50 ms until the call answers);
 the signal handler reads the frame. :func:`check_canceled` and
 :func:`progress` also read the pipe, at most every 10 ms, so a thread of the
 handler sees the cancel even while the main thread is stuck in C code that
-runs no Python signal handler. Otherwise (a
-wrapper process between agent and worker, serve outside the main thread, or
-``PROCFLEET_READER_THREAD`` set) a reader thread takes every frame off stdin
-and signals the main thread on a cancel: the same behaviour at the cost of a
-hand-off between threads per call, about 30–35 µs of CPU per call here.
+runs no Python signal handler. Otherwise (a wrapper process between agent
+and worker, serve outside the main thread, or ``PROCFLEET_READER_THREAD``
+set) a reader thread takes every frame off stdin and signals the main
+thread on a cancel: the same behaviour at the cost of a hand-off between
+threads per call, about 30–35 µs of CPU per call here.
 
 The call then fails with error type ``Canceled`` and the worker, with all its
 sessions, keeps serving. Canceled derives from BaseException, so a handler's
