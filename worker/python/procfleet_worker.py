@@ -130,10 +130,33 @@ EXIT_PROTOCOL_ERROR = 2
 # ensure_ascii keeps the output valid UTF-8 even for strings holding lone
 # surrogates, and takes the C encoder's fastest path. allow_nan=False turns a
 # NaN result into a job error instead of a frame the agent cannot parse.
-_encode = json.JSONEncoder(
-    separators=(",", ":"), ensure_ascii=True, allow_nan=False
-).encode
-_decode = json.loads
+_json_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+_encode_ascii = getattr(json.encoder, "c_encode_basestring_ascii", None)
+if _c_make_encoder is not None and _encode_ascii is not None:
+
+    def _encode(o):
+        # What _json_encoder.encode does, without its two Python frames and
+        # the closure it builds per call: a fresh C encoder (its own
+        # circular-reference markers) with the same settings.
+        return "".join(
+            _c_make_encoder(
+                {}, _json_encoder.default, _encode_ascii, None, ":", ",", False, False, False
+            )(o, 0)
+        )
+
+else:  # no C accelerator (not CPython)
+    _encode = _json_encoder.encode
+
+_decode_str = json.JSONDecoder().decode
+
+
+def _decode(b):
+    """json.loads(b), without its encoding detection for what can only be
+    UTF-8 (a frame starting with "{" then not a NUL byte)."""
+    if b[:1] == b"{" and b[1:2] != b"\0":
+        return _decode_str(b.decode("utf-8", "surrogatepass"))
+    return json.loads(b)
 
 # The error type of a call whose frame is valid JSON that json cannot decode.
 UNDECODABLE_PAYLOAD = "UndecodablePayload"

@@ -888,6 +888,48 @@ class ExamplesTest(WorkerTestCase):
         self.shutdown(w)
 
 
+CODEC_CHECK = textwrap.dedent(
+    r'''
+    import json, os, sys
+    sys.path.insert(0, os.environ["SDK_DIR"])
+    import procfleet_worker as pw
+
+    # The SDK's own encode and decode give what json's do, errors included.
+    ref = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode
+    circular = []
+    circular.append(circular)
+    values = [
+        {"type": "result", "id": 1, "ok": True,
+         "result": {"x": "\u00e9\u2028\ud800", "n": [1, 2.5, None, True, 10**30, -0.0, 1e300]}},
+        "str", 5, [], {}, {1: 2, 2.5: "x", None: 1, True: 0},
+        float("nan"), [float("inf")], {"s": {1, 2}}, {(1, 2): 1}, circular,
+    ]
+
+    def outcome(f, v):
+        try:
+            return f(v)
+        except Exception as e:
+            return (type(e).__name__, str(e))
+
+    for v in values:
+        assert outcome(pw._encode, v) == outcome(ref, v), (v, outcome(pw._encode, v), outcome(ref, v))
+    for b in [b'{"a":1}', b'{"a":"\\ud800"}', b'{"a":"\xed\xa0\x80"}', b'{ }', b'[1]',
+              b'{\x00"\x00', b'{"a":1} x', b'{"a":\xff}', b'\xef\xbb\xbf{"a":1}']:
+        assert outcome(pw._decode, b) == outcome(json.loads, b), (b, outcome(pw._decode, b), outcome(json.loads, b))
+    print("same")
+    '''
+)
+
+
+class CodecTest(unittest.TestCase):
+    def test_encode_and_decode_are_jsons(self):
+        env = dict(os.environ, SDK_DIR=HERE)
+        out = subprocess.run([sys.executable, "-c", CODEC_CHECK], env=env,
+                             capture_output=True, text=True, timeout=TIMEOUT)
+        # The SDK moves print() to stderr at import.
+        self.assertEqual((out.returncode, out.stderr.strip()), (0, "same"), out.stderr)
+
+
 class SignaledSDKTest(SDKTest):
     """SDKTest again, with the worker reading its frames on its main thread:
     its parent (this process) is the agent named in its environment, and
