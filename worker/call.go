@@ -142,21 +142,22 @@ func (w *Worker) awaitCall(ctx context.Context, id uint64, c *Call) (reply, bool
 	if grace <= 0 {
 		grace = DefaultCancelGrace
 	}
+	var resignal <-chan time.Time
 	if w.HasFeature(protocol.FeatureCancel) {
 		if err := w.sendCancel(id, grace); err != nil {
 			r, err := w.await(ctx)
 			return r, true, err
 		}
-	}
-	// A worker that asked for the cancel signal gets it now, and again
-	// every cancelResignal until it answers: a signal that lands just
-	// before the worker enters a blocking call does not interrupt it.
-	var resignal <-chan time.Time
-	if w.HasFeature(protocol.FeatureCancel) && w.HasFeature(protocol.FeatureCancelSignal) {
-		w.signalCancel()
-		tick := time.NewTicker(cancelResignal)
-		defer tick.Stop()
-		resignal = tick.C
+		// A worker that asked for the cancel signal gets it now, and
+		// again every cancelResignal until it answers: a signal that lands
+		// just before the worker enters a blocking call does not
+		// interrupt it.
+		if w.HasFeature(protocol.FeatureCancelSignal) {
+			w.signalCancel()
+			tick := time.NewTicker(cancelResignal)
+			defer tick.Stop()
+			resignal = tick.C
+		}
 	}
 	t := time.NewTimer(grace)
 	defer t.Stop()

@@ -936,10 +936,9 @@ class Worker:
             queued = queue.SimpleQueue()
             notify = None
             if self._signals:
-                main = threading.main_thread().ident
 
                 def notify():
-                    signal.pthread_kill(main, CANCEL_SIGNAL)
+                    signal.pthread_kill(_MAIN_THREAD, CANCEL_SIGNAL)
 
             frames = _Frames(in_fd, limit, self, queued.put, notify)
             get = queued.get

@@ -10,7 +10,6 @@ import os
 import signal
 import tempfile
 import textwrap
-import threading
 import time
 import unittest
 
@@ -155,34 +154,6 @@ class CancelTest(WorkerTestCase):
     @classmethod
     def tearDownClass(cls):
         cls._dir.cleanup()
-
-    def send_cancel(self, w, cid):
-        """Send the cancel frame for call cid. To a worker that asked for
-        cancel_signal, send SIGUSR1 then, and again every 50 ms until the
-        returned function is called, as an agent does until the answer."""
-        w.send({"type": "cancel", "id": cid})
-        if not self.signaled:
-            return lambda: None
-        stop = threading.Event()
-
-        def resignal():
-            while True:
-                try:
-                    os.kill(w.proc.pid, signal.SIGUSR1)
-                except ProcessLookupError:
-                    return
-                if stop.wait(0.05):
-                    return
-
-        t = threading.Thread(target=resignal, daemon=True)
-        t.start()
-
-        def done():
-            stop.set()
-            t.join()
-
-        self.addCleanup(done)
-        return done
 
     def call_then_cancel(self, w, cid, command, payload, session="s", after=0.3):
         """Start call cid, wait until it runs, cancel it; return the result

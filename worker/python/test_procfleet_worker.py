@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import unittest
 
@@ -343,6 +344,38 @@ class WorkerTestCase(unittest.TestCase):
             self.ready_msg = w.ready()
         return w
 
+    def send_cancel(self, w, cid, repeat=True):
+        """Send the cancel frame for call cid. To a worker that asked for
+        cancel_signal, send SIGUSR1 then, and again every 50 ms until the
+        returned function is called, as an agent does until the answer
+        (once only, without repeat)."""
+        w.send({"type": "cancel", "id": cid})
+        if not self.signaled:
+            return lambda: None
+        if not repeat:
+            os.kill(w.proc.pid, signal.SIGUSR1)
+            return lambda: None
+        stop = threading.Event()
+
+        def resignal():
+            while True:
+                try:
+                    os.kill(w.proc.pid, signal.SIGUSR1)
+                except ProcessLookupError:
+                    return
+                if stop.wait(0.05):
+                    return
+
+        t = threading.Thread(target=resignal, daemon=True)
+        t.start()
+
+        def done():
+            stop.set()
+            t.join()
+
+        self.addCleanup(done)
+        return done
+
     def shutdown(self, w):
         w.send({"type": "shutdown"})
         self.assertEqual(w.wait(), 0, w.stderr())
@@ -546,19 +579,12 @@ class SDKTest(WorkerTestCase):
             w.send({"type": "ping", "id": i})
             self.assertEqual(w.recv(), {"type": "pong", "id": i})
 
-    def cancel(self, w, cid):
-        """Cancel call cid as the agent does: the frame, then the signal to
-        a worker that asked for it."""
-        w.send({"type": "cancel", "id": cid})
-        if self.signaled:
-            os.kill(w.proc.pid, signal.SIGUSR1)
-
     def test_cancel_interrupts_a_sleeping_handler(self):
         w = self.start()
         w.send({"type": "call", "id": 1, "command": "sleep", "payload": 300})
         self.assertEqual(w.recv(), {"type": "progress", "id": 1, "data": "sleeping"})
         start = time.monotonic()
-        self.cancel(w, 1)
+        self.send_cancel(w, 1, repeat=False)
         res = w.recv()
         self.assertEqual((res["id"], res["ok"], res["error"]["type"]), (1, False, "Canceled"), res)
         self.assertLess(time.monotonic() - start, TIMEOUT)
@@ -584,7 +610,7 @@ class SDKTest(WorkerTestCase):
         w.send({"type": "call", "id": 1, "command": "stuck", "payload": 60})
         self.assertEqual(w.recv(), {"type": "progress", "id": 1, "data": "stuck"})
         start = time.monotonic()
-        self.cancel(w, 1)
+        self.send_cancel(w, 1, repeat=False)
         res = w.recv()
         self.assertEqual(res["id"], 1, res)
         self.assertTrue(res.get("result") == "woke" or res["error"]["type"] == "Canceled", res)
@@ -602,7 +628,7 @@ class SDKTest(WorkerTestCase):
         while "slow session end" not in w.stderr():
             self.assertLess(time.monotonic(), deadline, "the session end hook did not run")
             time.sleep(0.01)
-        self.cancel(w, 2)
+        self.send_cancel(w, 2, repeat=False)
         res = w.recv()
         self.assertEqual((res["id"], res["ok"], res["error"]["type"]), (2, False, "Canceled"), res)
         self.shutdown(w)
@@ -610,7 +636,7 @@ class SDKTest(WorkerTestCase):
     def test_cancel_after_the_answer_is_ignored(self):
         w = self.start()
         self.assertEqual(w.call("echo", 1)["result"], 1)
-        self.cancel(w, 1)
+        self.send_cancel(w, 1, repeat=False)
         for i in range(2, 6):
             self.assertEqual(w.call("echo", i)["result"], i)
         self.shutdown(w)
