@@ -33,6 +33,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	floor := fs.Bool("floor", true, "measure the floor (the workers driven over pipes, no NATS)")
 	fleet := fs.Bool("fleet", true, "measure the fleet")
 	fs.IntVar(&cfg.NATSFloorBatch, "nats-floor-batch", bench.DefaultNATSFloorBatch, "jobs each pull of the NATS floor asks for")
+	fs.IntVar(&cfg.NATSFloorConsumers, "nats-floor-consumers", 0, "with --sessions, the NATS floor pulls through this many consumers, each filtering its share of the partitions (the one-consumer-per-agent design for that many agents; 0: the partition consumers)")
 	fs.BoolVar(&cfg.NATSFloor, "nats-floor", false, "also measure the NATS floor: the same jobs through the same server, answered by a plain pull loop (result stored, job acked) instead of agents and workers")
 	fs.IntVar(&cfg.StartupWorkers, "startup-workers", bench.DefaultStartupWorkers, "also time a pool start of this many slow-starting workers (0: skip)")
 	fs.DurationVar(&cfg.StartupDelay, "startup-delay", bench.DefaultStartupDelay, "start-up delay of each worker in the start-up measurement")

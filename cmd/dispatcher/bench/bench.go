@@ -88,6 +88,15 @@ type Config struct {
 	// for: the batch size, which decides most of the server's cost per
 	// job. Default DefaultNATSFloorBatch (32).
 	NATSFloorBatch int
+	// NATSFloorConsumers, when above 0, makes the NATS floor of a session
+	// workload pull through this many consumers, each filtering its share
+	// of the partitions (several filter subjects on one consumer: the
+	// one-consumer-per-agent design, for that many agents), instead of the
+	// partition consumers the fleet uses: what the server would cost per
+	// job with that design. The partition consumers of the bench's own
+	// server are deleted first, since a work-queue stream refuses
+	// overlapping filters. Default 0 (the partition consumers).
+	NATSFloorConsumers int
 	// StartupWorkers, when above 0, adds a start-up measurement: a pool of
 	// this many workers, each delayed by StartupDelay before it runs
 	// WorkerCmd, started with StartConcurrency equal to its size. Default 0
@@ -158,9 +167,11 @@ type Report struct {
 	Fleet       *Measurement `json:"fleet,omitempty"`
 	NATSFloor   *Measurement `json:"nats_floor,omitempty"`
 	// NATSFloorBatch is Config's, when the NATS floor ran.
-	NATSFloorBatch int                 `json:"nats_floor_batch,omitempty"`
-	Ratio          float64             `json:"fleet_floor_ratio,omitempty"` // fleet throughput / floor throughput
-	Startup        *StartupMeasurement `json:"startup,omitempty"`
+	NATSFloorBatch int `json:"nats_floor_batch,omitempty"`
+	// NATSFloorConsumers is Config's, when the NATS floor ran.
+	NATSFloorConsumers int                 `json:"nats_floor_consumers,omitempty"`
+	Ratio              float64             `json:"fleet_floor_ratio,omitempty"` // fleet throughput / floor throughput
+	Startup            *StartupMeasurement `json:"startup,omitempty"`
 	// ServerCPUs and AgentProcess are Config's: where the parts ran.
 	ServerCPUs   []int `json:"server_cpus,omitempty"`
 	AgentProcess bool  `json:"agent_process,omitempty"`
@@ -298,6 +309,10 @@ func (c *Config) validate() error {
 		return fmt.Errorf("%w: Capacity cannot be negative", ErrInvalidConfig)
 	case c.NATSFloorBatch < 0:
 		return fmt.Errorf("%w: NATSFloorBatch cannot be negative", ErrInvalidConfig)
+	case c.NATSFloorConsumers < 0:
+		return fmt.Errorf("%w: NATSFloorConsumers cannot be negative", ErrInvalidConfig)
+	case c.NATSFloorConsumers > 0 && (!c.NATSFloor || c.Sessions == 0):
+		return fmt.Errorf("%w: NATSFloorConsumers needs NATSFloor and Sessions", ErrInvalidConfig)
 	case c.StartupWorkers < 0:
 		return fmt.Errorf("%w: StartupWorkers cannot be negative", ErrInvalidConfig)
 	case c.NATSURL != "" && len(c.ServerCPUs) > 0:
@@ -392,7 +407,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		if err != nil {
 			return nil, fmt.Errorf("bench: NATS floor: %w", err)
 		}
-		rep.NATSFloor, rep.NATSFloorBatch = run, cfg.NATSFloorBatch
+		rep.NATSFloor, rep.NATSFloorBatch, rep.NATSFloorConsumers = run, cfg.NATSFloorBatch, cfg.NATSFloorConsumers
 	}
 	if rep.Floor != nil && rep.Fleet != nil && rep.Floor.Throughput > 0 {
 		rep.Ratio = rep.Fleet.Throughput / rep.Floor.Throughput

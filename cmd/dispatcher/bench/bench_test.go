@@ -27,6 +27,9 @@ func TestBenchSmoke(t *testing.T) {
 	}{
 		{"anonymous", bench.Config{Jobs: 30, Workers: 2, StartupWorkers: 2, StartupDelay: 10 * time.Millisecond, NATSFloor: true}},
 		{"sessions closed loop", bench.Config{Jobs: 12, Workers: 1, Sessions: 3, Inflight: 2, PayloadSize: 40}},
+		// Every job must come back: the three consumers' filters must
+		// cover every partition between them.
+		{"sessions, NATS floor over filtered consumers", bench.Config{Jobs: 40, Workers: 1, Sessions: 20, Partitions: 8, NATSFloor: true, NATSFloorConsumers: 3}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -53,7 +56,11 @@ func TestBenchSmoke(t *testing.T) {
 				if n := rep.NATSFloor; n == nil || n.Jobs != cfg.Jobs || n.Failed != 0 {
 					t.Fatalf("NATS floor %+v", n)
 				}
-				want = append(want, "NATS floor ", "NATS floor CPU per job (pulls of up to 32): NATS server in this process")
+				consumers := ""
+				if cfg.NATSFloorConsumers > 0 {
+					consumers = ", 3 consumer(s) with several filters each"
+				}
+				want = append(want, "NATS floor ", "NATS floor CPU per job (pulls of up to 32"+consumers+"): NATS server in this process")
 			}
 			for _, w := range want {
 				if !strings.Contains(out.String(), w) {
@@ -121,14 +128,15 @@ func TestBenchProcessesApart(t *testing.T) {
 func TestBenchConfigErrors(t *testing.T) {
 	t.Parallel()
 	for field, cfg := range map[string]bench.Config{
-		"PayloadSize":    {PayloadSize: 4},
-		"Inflight":       {Inflight: -1},
-		"Agents":         {Agents: -1},
-		"ServerCPUs":     {ServerCPUs: []int{0}, NATSURL: "nats://127.0.0.1:1"},
-		"ResultsStorage": {ResultsStorage: "disk"},
-		"ResultsMaxAge":  {ResultsMaxAge: -time.Second},
-		"Partitions":     {Partitions: 5000},
-		"StoreDir":       {StoreDir: "/tmp", NATSURL: "nats://127.0.0.1:1"},
+		"PayloadSize":        {PayloadSize: 4},
+		"Inflight":           {Inflight: -1},
+		"Agents":             {Agents: -1},
+		"ServerCPUs":         {ServerCPUs: []int{0}, NATSURL: "nats://127.0.0.1:1"},
+		"ResultsStorage":     {ResultsStorage: "disk"},
+		"ResultsMaxAge":      {ResultsMaxAge: -time.Second},
+		"Partitions":         {Partitions: 5000},
+		"StoreDir":           {StoreDir: "/tmp", NATSURL: "nats://127.0.0.1:1"},
+		"NATSFloorConsumers": {NATSFloor: true, NATSFloorConsumers: 2},
 	} {
 		_, err := bench.Run(context.Background(), cfg)
 		if !errors.Is(err, bench.ErrInvalidConfig) || !strings.Contains(err.Error(), field) {

@@ -129,7 +129,7 @@ func runFleet(ctx context.Context, cfg *Config, w *workload, natsOnly bool) (*Me
 	agents := f.Agents()
 	var loop *natsLoop
 	if natsOnly {
-		if loop, err = startNATSLoop(ctx, f.URL, qcfg, cfg.Sessions > 0, cfg.NATSFloorBatch); err != nil {
+		if loop, err = startNATSLoop(ctx, f.URL, qcfg, cfg.Sessions > 0, cfg.NATSFloorConsumers, cfg.NATSFloorBatch); err != nil {
 			return nil, err
 		}
 		defer func() { _ = loop.stop() }()

@@ -38,9 +38,10 @@ const natsFloorName = "NATS floor"
 const DefaultNATSFloorBatch = 32
 
 // startNATSLoop connects to url and starts one pull loop per job consumer
-// the workload uses: the anonymous jobs' consumer, or every partition's;
-// each pull asks for up to batch jobs.
-func startNATSLoop(ctx context.Context, url string, qcfg queue.Config, sessions bool, batch int) (*natsLoop, error) {
+// the workload uses: the anonymous jobs' consumer, or every partition's
+// (with filtered above 0, that many consumers that share the partitions
+// out as their filters); each pull asks for up to batch jobs.
+func startNATSLoop(ctx context.Context, url string, qcfg queue.Config, sessions bool, filtered, batch int) (*natsLoop, error) {
 	nc, err := nats.Connect(url, nats.Name("procfleet-bench-nats-floor"))
 	if err != nil {
 		return nil, err
@@ -56,7 +57,12 @@ func startNATSLoop(ctx context.Context, url string, qcfg queue.Config, sessions 
 		return nil, err
 	}
 	var cons []jetstream.Consumer
-	if sessions {
+	if sessions && filtered > 0 {
+		if cons, err = filteredConsumers(ctx, topo, filtered); err != nil {
+			nc.Close()
+			return nil, err
+		}
+	} else if sessions {
 		for p := range topo.Config.Partitions {
 			c, err := topo.PartitionConsumer(ctx, p)
 			if err != nil {
@@ -85,6 +91,42 @@ func startNATSLoop(ctx context.Context, url string, qcfg queue.Config, sessions 
 		})
 	}
 	return l, nil
+}
+
+// filteredConsumers replaces the partition consumers of the bench's own
+// server by n consumers like them, consumer i filtering the partitions p
+// with p % n == i: the one-consumer-per-agent design, for n agents that
+// share the partitions out.
+func filteredConsumers(ctx context.Context, topo *queue.Topology, n int) ([]jetstream.Consumer, error) {
+	first, err := topo.PartitionConsumer(ctx, 0)
+	if err != nil {
+		return nil, err
+	}
+	like := first.CachedInfo().Config
+	filters := make([][]string, n)
+	for p := range topo.Config.Partitions {
+		filters[p%n] = append(filters[p%n], topo.Config.PartitionFilter(p))
+		// A work-queue stream refuses overlapping filters.
+		if err := topo.Jobs.DeleteConsumer(ctx, queue.PartitionConsumerName(p)); err != nil {
+			return nil, fmt.Errorf("delete partition consumer %d: %w", p, err)
+		}
+	}
+	cons := make([]jetstream.Consumer, 0, n)
+	for i, fs := range filters {
+		if len(fs) == 0 {
+			continue
+		}
+		cc := like
+		cc.Durable = fmt.Sprintf("nats-floor-%d", i)
+		cc.Name, cc.Description = cc.Durable, "bench: several partitions through one consumer"
+		cc.FilterSubject, cc.FilterSubjects = "", fs
+		c, err := topo.Jobs.CreateConsumer(ctx, cc)
+		if err != nil {
+			return nil, err
+		}
+		cons = append(cons, c)
+	}
+	return cons, nil
 }
 
 // serve pulls from c until ctx ends.

@@ -143,7 +143,11 @@ func (r *Report) writeParts(out io.Writer) {
 		if r.embedded() {
 			self += " and the NATS server"
 		}
-		fmt.Fprintf(out, "  NATS floor CPU per job (pulls of up to %d): NATS server %s; %s %s\n", r.NATSFloorBatch, server, self, perJob(n.CPUSelf, n.Jobs))
+		consumers := ""
+		if k := r.NATSFloorConsumers; k > 0 {
+			consumers = fmt.Sprintf(", %d consumer(s) with several filters each", k)
+		}
+		fmt.Fprintf(out, "  NATS floor CPU per job (pulls of up to %d%s): NATS server %s; %s %s\n", r.NATSFloorBatch, consumers, server, self, perJob(n.CPUSelf, n.Jobs))
 	}
 	f := r.Fleet
 	if f == nil || f.Jobs == 0 {
