@@ -754,6 +754,10 @@ class Worker:
         self._io_signaled = False
         self._pump_lock = threading.Lock()
         self._pump_again = False
+        # Held while a frame is written: threads of a handler may report
+        # progress at once, and a frame larger than the pipe takes several
+        # writes, which must not interleave with another frame's.
+        self._write_lock = threading.Lock()
         self._pumped_at = 0.0
 
     # Registration.
@@ -824,13 +828,20 @@ class Worker:
             raise FrameTooLarge(
                 "progress frame of %d bytes exceeds max frame %d" % (len(body), self._limit)
             )
-        # No Canceled from the signal in the middle of a frame: disarm
-        # while writing, then look again.
-        armed, self._armed = self._armed, None
-        try:
+        if threading.get_ident() == _MAIN_THREAD:
+            # No Canceled from the signal in the middle of a frame: disarm
+            # while writing, then look again. Only the main thread, which
+            # the signal interrupts, touches _armed: a handler's other
+            # thread that saved and restored it too could restore the None
+            # the main thread had set meanwhile, and disarm the handler
+            # for good.
+            armed, self._armed = self._armed, None
+            try:
+                self._write(body)
+            finally:
+                self._armed = armed
+        else:
             self._write(body)
-        finally:
-            self._armed = armed
         self.check_canceled()
 
     def check_canceled(self):
@@ -1198,11 +1209,12 @@ class Worker:
         data = len(body).to_bytes(4, "big") + body
         fd = self._out_fd
         try:
-            n = os.write(fd, data)
-            if n != len(data):
-                view = memoryview(data)
-                while n < len(view):
-                    n += os.write(fd, view[n:])
+            with self._write_lock:
+                n = os.write(fd, data)
+                if n != len(data):
+                    view = memoryview(data)
+                    while n < len(view):
+                        n += os.write(fd, view[n:])
         except BrokenPipeError:
             raise _AgentGone() from None
 

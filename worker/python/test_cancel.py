@@ -114,6 +114,7 @@ CANCEL_WORKER = textwrap.dedent(
         # the next call, sent at once, is what that thread reads.
         import threading
         if pw.default_worker._io:
+            slow_pumps.set()
             t = threading.Thread(target=pw.check_canceled)
             t.start()
             if not pumping.wait(5):
@@ -122,16 +123,67 @@ CANCEL_WORKER = textwrap.dedent(
 
     import threading
     pumping = threading.Event()
+    slow_pumps = threading.Event()  # set by poll_once only
     fast_pump = pw._Frames.pump
 
     def slow_pump(self, block):
         # Only a handler's thread's read, not a reader thread's.
-        if pw.default_worker._io and threading.current_thread() is not threading.main_thread():
+        if slow_pumps.is_set() and pw.default_worker._io and threading.current_thread() is not threading.main_thread():
             pumping.set()
             time.sleep(0.3)
         return fast_pump(self, block)
 
     pw._Frames.pump = slow_pump
+
+    @pw.handler("helper_progress")
+    def helper_progress(payload, session):
+        # A thread of the handler reports progress while the main thread's
+        # own progress() is writing its frame, and returns after it; then
+        # the main thread blocks until canceled.
+        import threading
+        w = pw.default_worker
+        real = w._write
+        helper_writing = threading.Event()
+        main_done = threading.Event()
+
+        def write(body):
+            if threading.current_thread() is threading.main_thread():
+                if not helper_writing.is_set():
+                    helper.start()
+                    helper_writing.wait(5)
+            else:
+                helper_writing.set()
+                main_done.wait(5)
+            real(body)
+
+        helper = threading.Thread(target=pw.progress, args=("helper",))
+        w._write = write
+        try:
+            pw.progress("main")
+            main_done.set()
+            helper.join()
+        finally:
+            del w._write
+        pw.progress("started")
+        time.sleep(payload)
+        return "slept"
+
+    @pw.handler("threads_progress")
+    def threads_progress(payload, session):
+        # Two threads of the handler report progress at once, each frame
+        # larger than the pipe holds.
+        import threading
+
+        def report(tag):
+            for i in range(payload["n"]):
+                pw.progress({"t": tag, "i": i, "blob": tag * payload["size"]})
+
+        ts = [threading.Thread(target=report, args=(tag,)) for tag in "ab"]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        return "done"
 
     @pw.handler("echo")
     def echo(payload, session):
@@ -246,6 +298,38 @@ class CancelTest(WorkerTestCase):
         w = self.start()
         self.assertEqual(w.call("poll_once", None)["result"], "ok")
         self.assertEqual(w.call("echo", "next")["result"], "next")
+        self.shutdown(w)
+
+    def test_progress_from_a_thread_keeps_the_handler_cancelable(self):
+        # The helper's progress() ran while the main thread's was writing,
+        # and ended after it: it must not leave the main thread disarmed.
+        w = self.start()
+        w.send({"type": "call", "id": 1, "command": "helper_progress", "payload": 30, "session": "s"})
+        got = [w.recv() for _ in range(3)]
+        self.assertEqual([m.get("data") for m in got], ["main", "helper", "started"], got)
+        start = time.monotonic()
+        answered = self.send_cancel(w, 1)
+        msg = w.recv()
+        answered()
+        self.assertCanceled(msg, 1)
+        self.assertLess(time.monotonic() - start, 2.0)
+        self.shutdown(w)
+
+    def test_progress_from_two_threads_keeps_frames_whole(self):
+        w = self.start()
+        n, size = 16, 100_000
+        w.send({"type": "call", "id": 1, "command": "threads_progress", "payload": {"n": n, "size": size}})
+        seen = {"a": [], "b": []}
+        while True:
+            msg = w.recv()
+            if msg["type"] != "progress":
+                break
+            data = msg["data"]
+            self.assertEqual(msg["id"], 1, msg["type"])
+            self.assertEqual(data["blob"], data["t"] * size)
+            seen[data["t"]].append(data["i"])
+        self.assertEqual(msg, {"type": "result", "id": 1, "ok": True, "result": "done"})
+        self.assertEqual(seen, {"a": list(range(n)), "b": list(range(n))})
         self.shutdown(w)
 
     def test_cancel_for_finished_call_is_ignored(self):
