@@ -294,7 +294,7 @@ func statusOf(err error) int {
 		return http.StatusBadRequest
 	case errors.Is(err, nats.ErrMaxPayload):
 		return http.StatusRequestEntityTooLarge
-	case errors.Is(err, queue.ErrResultNotFound), errors.Is(err, queue.ErrDeadLetterNotFound):
+	case errors.Is(err, queue.ErrResultNotFound), errors.Is(err, queue.ErrDeadLetterNotFound), errors.Is(err, queue.ErrUnknownQueue):
 		return http.StatusNotFound
 	case errors.Is(err, queue.ErrNotReplayable), errors.Is(err, ErrIDConflict):
 		return http.StatusConflict

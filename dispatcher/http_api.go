@@ -72,26 +72,35 @@ func (a *httpAPI) openAPI(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(OpenAPI)
 }
 
-// checkDuplicate is called for a submit the jobs stream took for a
-// duplicate of the job at seq. The same job again is an idempotent retry;
+// checkDuplicate is called for a submit the jobs stream of t (the job's
+// queue) took for a duplicate of the message at seq: a waiting job, or a
+// delayed job's schedule. The same job again is an idempotent retry;
 // another body or session under the same id would be dropped without a
 // word, so it is an ErrIDConflict. Once the first job has left the stream
-// (it ran) the two cannot be compared and the retry is taken as such.
-func (c *Client) checkDuplicate(ctx context.Context, req *SubmitRequest, seq uint64) error {
-	m, err := c.topo.Jobs.GetMsg(ctx, seq)
+// (it ran) the two cannot be compared and the retry is taken as such. It
+// returns the message compared against, nil when there was none.
+func checkDuplicate(ctx context.Context, t *queue.Topology, req *SubmitRequest, seq uint64) (*jetstream.RawStreamMsg, error) {
+	m, err := t.Jobs.GetMsg(ctx, seq)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return nil
+		return nil, nil
 	}
 	if err != nil {
-		return fmt.Errorf("dispatcher: compare duplicate of job %s: %w", req.Job.ID, err)
+		return nil, fmt.Errorf("dispatcher: compare duplicate of job %s: %w", req.Job.ID, err)
 	}
-	orig, err := queue.ParseJob(m.Subject, m.Header, m.Data, m.Sequence, c.topo.Config)
-	if err != nil || orig.Session != req.Session || !sameJSON(m.Data, req.Job) {
-		return fmt.Errorf("%w: job id %s is taken by a waiting job with another body or session (job sequence %d); "+
+	var session string
+	same := false
+	if target := m.Header.Get(queue.ScheduleTargetHeader); target != "" {
+		// A delayed job's schedule: the job's subject is its target.
+		_, session, same = t.Config.ParseJobSubject(target)
+	} else if orig, err := queue.ParseJob(m.Subject, m.Header, m.Data, m.Sequence, t.Config); err == nil {
+		session, same = orig.Session, true
+	}
+	if !same || session != req.Session || !sameJSON(m.Data, req.Job) {
+		return nil, fmt.Errorf("%w: job id %s is taken by a waiting job with another body or session (job sequence %d); "+
 			"within the dedup window (%s) this job would be dropped: choose a new id",
-			ErrIDConflict, req.Job.ID, seq, c.topo.Config.DedupWindow)
+			ErrIDConflict, req.Job.ID, seq, t.Config.DedupWindow)
 	}
-	return nil
+	return m, nil
 }
 
 // sameJSON reports whether stored (a job body) and job encode the same JSON

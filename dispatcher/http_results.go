@@ -42,6 +42,20 @@ func parseWait(s string) (time.Duration, error) {
 	return d, nil
 }
 
+// jobQueue is the topology of the request's ?queue= (absent: the default
+// queue). A job's sequence counts in its queue's stream, so a result
+// matches ?seq= only in the queue the job was submitted to, which the
+// submit's reply names.
+func (a *httpAPI) jobQueue(ctx context.Context, r *http.Request) (*queue.Topology, error) {
+	name := r.URL.Query().Get("queue")
+	if name == "" {
+		return a.c.topo, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
+	defer cancel()
+	return a.c.knownQueue(ctx, name)
+}
+
 func (a *httpAPI) result(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	if !queue.ValidToken(id) {
@@ -65,6 +79,11 @@ func (a *httpAPI) result(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	t, err := a.jobQueue(r.Context(), r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
 	notFound := func() {
 		msg := "no result for job " + id
 		if seq != 0 {
@@ -76,11 +95,10 @@ func (a *httpAPI) result(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, http.StatusNotFound, msg+" (not finished, unknown, or expired)")
 	}
 	var res *queue.Result
-	var err error
 	if wait == 0 {
 		ctx, cancel := context.WithTimeout(r.Context(), apiTimeout)
 		defer cancel()
-		res, err = a.c.topo.GetJobResult(ctx, id, seq)
+		res, err = t.GetJobResult(ctx, id, seq)
 	} else {
 		// The long poll ends with the request: a client that goes away
 		// cancels it.
@@ -88,7 +106,7 @@ func (a *httpAPI) result(w http.ResponseWriter, r *http.Request) {
 		defer stop()
 		ctx, cancel := context.WithTimeout(sctx, wait)
 		defer cancel()
-		res, err = a.c.topo.WaitJobResult(ctx, a.c.nc, id, seq)
+		res, err = t.WaitJobResult(ctx, a.c.nc, id, seq)
 		if err != nil && errors.Is(err, context.DeadlineExceeded) && sctx.Err() == nil {
 			notFound()
 			return
@@ -139,9 +157,14 @@ func (a *httpAPI) progress(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	t, err := a.jobQueue(r.Context(), r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
 	ctx, stop := a.streamContext(r)
 	defer stop()
-	cfg := a.c.topo.Config
+	cfg := t.Config
 	progress := make(chan *nats.Msg, 256)
 	results := make(chan *nats.Msg, 4)
 	psub, err := a.c.nc.ChanSubscribe(cfg.ProgressSubject(id), progress)
@@ -167,7 +190,7 @@ func (a *httpAPI) progress(w http.ResponseWriter, r *http.Request) {
 	lookup := func() (*queue.Result, error) {
 		lctx, cancel := context.WithTimeout(ctx, apiTimeout)
 		defer cancel()
-		res, err := a.c.topo.GetJobResult(lctx, id, seq)
+		res, err := t.GetJobResult(lctx, id, seq)
 		if errors.Is(err, queue.ErrResultNotFound) {
 			return nil, nil
 		}

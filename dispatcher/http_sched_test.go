@@ -29,6 +29,12 @@ func TestHTTPSchedules(t *testing.T) {
 		{"delay in", "POST", "/v1/jobs", tokSubmit, `{"session":"s1","in":"90s","job":{"id":"d-in","command":"echo"}}`, 200, `"due":"`},
 		{"delay at", "POST", "/v1/jobs", tokSubmit, `{"at":"` + future + `","job":{"id":"d-at","command":"echo"}}`, 200, `"due":"` + future},
 		{"delay duplicate", "POST", "/v1/jobs", tokSubmit, `{"at":"` + future + `","job":{"id":"d-at","command":"echo"}}`, 200, `"duplicate":true`},
+		// A retry is due when the job first submitted is, whatever it asks.
+		{"delay duplicate, later", "POST", "/v1/jobs", tokSubmit, `{"in":"5h","job":{"id":"d-at","command":"echo"}}`, 200, `"due":"` + future},
+		{"delay, another body", "POST", "/v1/jobs", tokSubmit, `{"at":"` + future + `","job":{"id":"d-at","command":"echo","payload":1}}`, 409, "d-at"},
+		{"delay, another session", "POST", "/v1/jobs", tokSubmit, `{"session":"s9","at":"` + future + `","job":{"id":"d-at","command":"echo"}}`, 409, "d-at"},
+		{"far at", "POST", "/v1/jobs", tokSubmit, `{"at":"9999-12-31T23:59:59Z","job":{"command":"echo"}}`, 400, "years ahead"},
+		{"far in", "POST", "/v1/jobs", tokSubmit, `{"in":"2562047h","job":{"command":"echo"}}`, 400, "years ahead"},
 		{"at and in", "POST", "/v1/jobs", tokSubmit, `{"at":"` + future + `","in":"1s","job":{"command":"echo"}}`, 400, "not both"},
 		{"bad in", "POST", "/v1/jobs", tokSubmit, `{"in":"-5s","job":{"command":"echo"}}`, 400, "positive duration"},
 		{"bad at", "POST", "/v1/jobs", tokSubmit, `{"at":"tomorrow","job":{"command":"echo"}}`, 400, "RFC 3339"},

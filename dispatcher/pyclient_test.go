@@ -9,8 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/procfleet/procfleet/agent"
 	"github.com/procfleet/procfleet/dispatcher"
 	"github.com/procfleet/procfleet/fleettest"
+	"github.com/procfleet/procfleet/queue"
 )
 
 // TestPythonClient runs the Python client's unittest suite
@@ -31,7 +33,12 @@ func TestPythonClient(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "test_procfleet_client.py")); err != nil {
 		t.Fatal(err)
 	}
-	f := fleettest.StartFleet(t, fleettest.FleetConfig{Agents: 2})
+	// The second agent serves queue q2 as well.
+	f := fleettest.StartFleet(t, fleettest.FleetConfig{Agents: 2, Configure: func(i int, cfg *agent.Config) {
+		if i == 2 {
+			cfg.Queues = []agent.QueueConfig{{Name: queue.DefaultQueue, Pool: cfg.Pool}, {Name: "q2", Pool: cfg.Pool}}
+		}
+	}})
 	nc := f.Server.Connect(t)
 	s := startServe(t, nc, dispatcher.ServeConfig{HTTPTokens: testTokens()})
 

@@ -32,6 +32,16 @@ type queues struct {
 // wrapping queue.ErrUnknownQueue, unless the client was made by
 // EnsureClient (as `dispatcher serve` is), which creates it.
 func (c *Client) Queue(ctx context.Context, name string) (*queue.Topology, error) {
+	return c.queue(ctx, name, c.queues.create)
+}
+
+// knownQueue is Queue that never creates a queue: for reads, which must not
+// make one (a missing queue wraps queue.ErrUnknownQueue).
+func (c *Client) knownQueue(ctx context.Context, name string) (*queue.Topology, error) {
+	return c.queue(ctx, name, false)
+}
+
+func (c *Client) queue(ctx context.Context, name string, create bool) (*queue.Topology, error) {
 	if err := queue.ValidateQueueName(name); err != nil {
 		return nil, &queue.BadRequestError{Reason: err.Error()}
 	}
@@ -51,7 +61,7 @@ func (c *Client) Queue(ctx context.Context, name string) (*queue.Topology, error
 	open := cfg
 	open.Partitions = 0
 	t, err := queue.OpenQueue(ctx, c.js, open)
-	if errors.Is(err, queue.ErrUnknownQueue) && c.queues.create {
+	if errors.Is(err, queue.ErrUnknownQueue) && create {
 		t, err = queue.EnsureQueue(ctx, c.js, cfg)
 	}
 	if errors.Is(err, queue.ErrUnknownQueue) {

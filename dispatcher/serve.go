@@ -256,7 +256,7 @@ func (c *Client) submitParsed(ctx context.Context, req *SubmitRequest) (*SubmitR
 	}
 	reply := &SubmitReply{ID: req.Job.ID, Queue: t.Config.QueueName(), Seq: ack.Sequence, Duplicate: ack.Duplicate}
 	if ack.Duplicate {
-		if err := c.checkDuplicate(sctx, req, ack.Sequence); err != nil {
+		if _, err := checkDuplicate(sctx, t, req, ack.Sequence); err != nil {
 			return nil, err
 		}
 	}

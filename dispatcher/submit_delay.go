@@ -2,7 +2,10 @@ package dispatcher
 
 import (
 	"context"
+	"strings"
 	"time"
+
+	"github.com/procfleet/procfleet/queue"
 )
 
 // submitDelayed publishes a submit request's job through the server's
@@ -13,9 +16,26 @@ func (c *Client) submitDelayed(ctx context.Context, req *SubmitRequest, due time
 		return nil, err
 	}
 	utc := due.UTC()
-	reply := &SubmitReply{ID: req.Job.ID, Due: &utc}
-	if ack != nil {
-		reply.Seq, reply.Duplicate = ack.Sequence, ack.Duplicate
+	reply := &SubmitReply{ID: req.Job.ID, Queue: c.topo.Config.QueueName(), Due: &utc}
+	if ack == nil {
+		return reply, nil
+	}
+	reply.Seq, reply.Duplicate = ack.Sequence, ack.Duplicate
+	if ack.Duplicate {
+		// The same job again is a retry; the reply says when the job
+		// first submitted is due, not this request's time.
+		m, err := checkDuplicate(ctx, c.topo, req, ack.Sequence)
+		if err != nil {
+			return nil, err
+		}
+		if m != nil {
+			if at, ok := strings.CutPrefix(m.Header.Get(queue.ScheduleHeader), "@at "); ok {
+				if stored, err := time.Parse(time.RFC3339Nano, at); err == nil {
+					stored = stored.UTC()
+					reply.Due = &stored
+				}
+			}
+		}
 	}
 	return reply, nil
 }

@@ -157,8 +157,9 @@ func (t *Topology) schedulesAllowed(ctx context.Context) bool {
 // DelaySubject and publishes it on the job subject then. The id is
 // generated if empty and is the schedule's Nats-Msg-Id, so a resubmission
 // within the dedup window is a duplicate. at may be up to a second in the
-// past (clock skew); earlier is a bad request. The returned ack is the
-// schedule's, not the job's: the job gets its stream sequence when it fires.
+// past (clock skew); earlier, or more than MaxDelay ahead, is a bad
+// request. The returned ack is the schedule's, not the job's: the job gets
+// its stream sequence when it fires.
 func (t *Topology) SubmitAt(ctx context.Context, session string, job *Job, at time.Time) (*jetstream.PubAck, error) {
 	if at.IsZero() {
 		return nil, &BadRequestError{Session: session, Reason: "delay time is missing"}
@@ -166,6 +167,12 @@ func (t *Topology) SubmitAt(ctx context.Context, session string, job *Job, at ti
 	if late := time.Since(at); late > time.Second {
 		return nil, &BadRequestError{JobID: jobIDOf(job), Session: session,
 			Reason: fmt.Sprintf("delay time %s is %v in the past", at.UTC().Format(time.RFC3339), late.Round(time.Second))}
+	}
+	if time.Until(at) > MaxDelay {
+		// The server's scheduler counts in nanoseconds since 1970: a time
+		// past 2262 overflows there and fires at once.
+		return nil, &BadRequestError{JobID: jobIDOf(job), Session: session,
+			Reason: fmt.Sprintf("delay time %s is more than %d years ahead", at.UTC().Format(time.RFC3339), MaxDelay/(365*24*time.Hour))}
 	}
 	msg, err := t.jobMsg(session, job)
 	if err != nil {
@@ -186,6 +193,9 @@ func (t *Topology) SubmitAt(ctx context.Context, session string, job *Job, at ti
 	}
 	return ack, nil
 }
+
+// MaxDelay bounds how far ahead SubmitAt takes a job: 10 years.
+const MaxDelay = 10 * 365 * 24 * time.Hour
 
 func jobIDOf(j *Job) string {
 	if j == nil {

@@ -122,11 +122,30 @@ _BY_STATUS = {
 
 @dataclass(frozen=True)
 class Submitted:
-    """A stored job: its id and its sequence in the jobs stream."""
+    """A stored job: its id, its sequence in its queue's jobs stream, and
+    that queue (None: the default queue, or a dispatcher that does not say)."""
 
     id: str
     seq: int
     duplicate: bool = False
+    queue: Optional[str] = None
+
+
+def _named_queue(reply: dict) -> Optional[str]:
+    """The queue a submit reply names, None for the default queue."""
+    q = reply.get("queue")
+    return None if not q or q == "default" else q
+
+
+def _job_query(seq: Optional[int], queue: Optional[str]) -> dict:
+    """The query that names one job: its sequence, and its queue but for
+    the default one."""
+    query = {}
+    if seq:
+        query["seq"] = seq
+    if queue and queue != "default":
+        query["queue"] = queue
+    return query
 
 
 @dataclass(frozen=True)
@@ -259,11 +278,13 @@ class Client:
         come in time."""
         body = self._job_body(command, payload, session, queue, job_id, timeout_ms, max_attempts, meta)
         reply = self._request("POST", "/v1/jobs", body)
-        sub = Submitted(reply["id"], int(reply.get("seq", 0)), bool(reply.get("duplicate", False)))
+        sub = Submitted(reply["id"], int(reply.get("seq", 0)), bool(reply.get("duplicate", False)),
+                        _named_queue(reply))
         if wait is False or wait is None:
             return sub
         seconds = None if wait is True else _seconds(wait)
-        return self.result(sub.id, wait=seconds if seconds is not None else math.inf, seq=sub.seq)
+        return self.result(sub.id, wait=seconds if seconds is not None else math.inf, seq=sub.seq,
+                           queue=sub.queue)
 
     def submit_batch(self, jobs) -> list:
         """Submit up to 1000 jobs in one request. Each job is a dict of
@@ -283,19 +304,22 @@ class Client:
         out = []
         for it in reply["items"]:
             if it["status"] == 200:
-                out.append(Submitted(it["id"], int(it.get("seq", 0)), bool(it.get("duplicate", False))))
+                out.append(Submitted(it["id"], int(it.get("seq", 0)), bool(it.get("duplicate", False)),
+                                     _named_queue(it)))
             else:
                 cls = _BY_STATUS.get(it["status"], ServerError)
                 out.append(cls(it.get("error", ""), it["status"], it))
         return out
 
-    def result(self, job_id: str, wait: Optional[float] = None, seq: Optional[int] = None) -> dict:
+    def result(self, job_id: str, wait: Optional[float] = None, seq: Optional[int] = None,
+               queue: Optional[str] = None) -> dict:
         """The stored result of job ``job_id`` (with ``seq``: of the job stored
-        at that sequence). With ``wait`` (seconds, ``math.inf`` for ever),
-        long-polls until the result is stored; ``NotFound`` when it is not
-        there (in time)."""
+        at that sequence of ``queue``'s stream, the default queue's unless
+        named). With ``wait`` (seconds, ``math.inf`` for ever), long-polls
+        until the result is stored; ``NotFound`` when it is not there (in
+        time)."""
         path = "/v1/results/" + self._job_path(job_id)
-        query = {"seq": seq} if seq else {}
+        query = _job_query(seq, queue)
         if wait is None:
             return self._request("GET", path, query=query)
         remaining = _seconds(wait)
@@ -319,7 +343,7 @@ class Client:
             raise JobFailed(res)
         return res.get("result")
 
-    def progress(self, job_id: str, seq: Optional[int] = None) -> Iterator[Event]:
+    def progress(self, job_id: str, seq: Optional[int] = None, queue: Optional[str] = None) -> Iterator[Event]:
         """Iterate over the job's server-sent events: ``Event("progress", data)``
         for each report, then ``Event("result", result)`` once stored, after
         which the iteration ends. Open it before the job starts to miss no
@@ -328,7 +352,7 @@ class Client:
         the server's 15 s heartbeat: a dead dispatcher raises ``Unavailable``
         rather than hanging."""
         path = "/v1/jobs/" + self._job_path(job_id) + "/progress"
-        resp = self._request("GET", path, query={"seq": seq} if seq else None, stream=True, timeout=None)
+        resp = self._request("GET", path, query=_job_query(seq, queue) or None, stream=True, timeout=None)
         return _SSE(resp)
 
     def cancel(self, job_id: str) -> Any:
@@ -435,9 +459,10 @@ class AsyncClient:
         call.__doc__ = fn.__doc__
         return call
 
-    async def progress(self, job_id: str, seq: Optional[int] = None) -> AsyncIterator[Event]:
+    async def progress(self, job_id: str, seq: Optional[int] = None,
+                       queue: Optional[str] = None) -> AsyncIterator[Event]:
         """Async iterator over the job's events (see ``Client.progress``)."""
-        it = await asyncio.to_thread(self.sync.progress, job_id, seq)
+        it = await asyncio.to_thread(self.sync.progress, job_id, seq, queue)
         try:
             while True:
                 ev = await asyncio.to_thread(next, it, None)

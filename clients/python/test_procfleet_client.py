@@ -138,6 +138,19 @@ class ClientTest(unittest.TestCase):
         with self.assertRaises(pc.NotFound):
             self.c.result(sub.id, seq=sub.seq + 1000000)
 
+    def test_named_queue(self):
+        # Jobs of queue q2 (served by the second agent) are found by their
+        # own sequence in q2's stream, and submit(wait=...) finds them.
+        sub = self.c.submit("echo", "q2's", queue="q2", job_id=uid("queued"))
+        self.assertEqual(sub.queue, "q2")
+        res = self.c.result(sub.id, wait=60, seq=sub.seq, queue="q2")
+        self.assertEqual((res["result"], res["queue"], res["job_seq"]), ("q2's", "q2", sub.seq))
+        events = list(self.c.progress(sub.id, seq=sub.seq, queue="q2"))
+        self.assertEqual([e.event for e in events], ["result"])
+        res = self.c.submit("echo", "waited", queue="q2", job_id=uid("queued"), wait=60)
+        self.assertEqual((res["result"], res["queue"]), ("waited", "q2"))
+        self.assertIsNone(self.c.submit("echo", 1).queue)
+
     def test_duplicate_and_conflict(self):
         job_id = uid("dup")
         # The conflict needs the first job still waiting or running: 10 s

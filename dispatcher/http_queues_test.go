@@ -1,0 +1,86 @@
+package dispatcher_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/procfleet/procfleet/agent"
+	"github.com/procfleet/procfleet/dispatcher"
+	"github.com/procfleet/procfleet/fleettest"
+	"github.com/procfleet/procfleet/queue"
+)
+
+// TestHTTPQueuesKeepJobsApart: a job's sequence counts in its own queue's
+// stream, so two jobs of two queues may share an id and a sequence. A
+// result asked for by id, sequence and queue is that job's, never the
+// other's; a submit's duplicate is compared in its own queue's stream.
+func TestHTTPQueuesKeepJobsApart(t *testing.T) {
+	t.Parallel()
+	cfg := fleettest.FleetConfig{Agents: 1}
+	var defQ agent.QueueConfig
+	defQ.Pool.Size = 1
+	defQ.Pool.Worker.Command, defQ.Pool.Worker.Env = fleettest.HelperWorker()
+	q2Q := defQ
+	defQ.Name, q2Q.Name = queue.DefaultQueue, "q2"
+	cfg.Agent.Queues = []agent.QueueConfig{defQ, q2Q}
+	f := fleettest.StartFleet(t, cfg)
+	s := startServe(t, f.Server.Connect(t), dispatcher.ServeConfig{})
+
+	var def, q2 dispatcher.SubmitReply
+	decode(t, call(t, nil, "POST", s.URL+"/v1/jobs", "", `{"job":{"id":"same","command":"echo","payload":"default's"}}`), 200, &def)
+	var res queue.Result
+	decode(t, call(t, nil, "GET", fmt.Sprintf("%s/v1/results/same?seq=%d&wait=30s", s.URL, def.Seq), "", ""), 200, &res)
+	decode(t, call(t, nil, "POST", s.URL+"/v1/jobs", "", `{"queue":"q2","job":{"id":"same","command":"echo","payload":"q2's"}}`), 200, &q2)
+	if q2.Queue != "q2" || q2.Seq != def.Seq {
+		t.Fatalf("submits: default %+v, q2 %+v; want the same sequence in both fresh streams", def, q2)
+	}
+	for _, tc := range []struct{ query, want string }{
+		{fmt.Sprintf("seq=%d&queue=q2&wait=30s", q2.Seq), `"q2's"`},
+		{fmt.Sprintf("seq=%d&queue=q2", q2.Seq), `"q2's"`},
+		{fmt.Sprintf("seq=%d", def.Seq), `"default's"`},
+		{fmt.Sprintf("seq=%d&queue=default", def.Seq), `"default's"`},
+	} {
+		decode(t, call(t, nil, "GET", s.URL+"/v1/results/same?"+tc.query, "", ""), 200, &res)
+		if !res.OK || string(res.Result) != tc.want {
+			t.Errorf("?%s: %+v, want the job whose payload was %s", tc.query, res, tc.want)
+		}
+	}
+	// The progress stream of a finished job sends its result alone.
+	resp, err := http.Get(fmt.Sprintf("%s/v1/jobs/same/progress?seq=%d&queue=q2", s.URL, q2.Seq))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var events strings.Builder
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		events.WriteString(sc.Text() + "\n")
+	}
+	resp.Body.Close()
+	if !strings.Contains(events.String(), "event: result") || !strings.Contains(events.String(), `"result":"q2's"`) {
+		t.Errorf("progress of q2's job: %s", events.String())
+	}
+	// Reading never makes a queue.
+	if r := call(t, nil, "GET", s.URL+"/v1/results/same?seq=1&queue=nope", "", ""); r.Status != 404 || !strings.Contains(r.Body, "nope") {
+		t.Errorf("result on an unknown queue: %d %s, want 404", r.Status, r.Body)
+	}
+	if _, err := f.Client.Topology().JS.Stream(context.Background(), queue.Config{Queue: "nope"}.JobsStream()); err == nil {
+		t.Errorf("a result lookup created queue nope")
+	}
+
+	// A job waiting on a queue nobody serves is compared with its own
+	// stream's message at the same sequence, not the default queue's.
+	var idle dispatcher.SubmitReply
+	decode(t, call(t, nil, "POST", s.URL+"/v1/jobs", "", `{"queue":"idle","job":{"id":"w1","command":"echo","payload":{"x":1}}}`), 200, &idle)
+	if r := call(t, nil, "POST", s.URL+"/v1/jobs", "", `{"queue":"idle","job":{"id":"w1","command":"echo","payload":{"x":2}}}`); r.Status != 409 {
+		t.Errorf("another job under a waiting job's id on queue idle (seq %d): %d %s, want 409", idle.Seq, r.Status, r.Body)
+	}
+	var again dispatcher.SubmitReply
+	decode(t, call(t, nil, "POST", s.URL+"/v1/jobs", "", `{"queue":"idle","job":{"id":"w1","command":"echo","payload":{"x":1}}}`), 200, &again)
+	if !again.Duplicate || again.Seq != idle.Seq {
+		t.Errorf("retry on queue idle: %+v, want a duplicate of seq %d", again, idle.Seq)
+	}
+}
