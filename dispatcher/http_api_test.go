@@ -482,6 +482,20 @@ func TestHTTPDeadLetters(t *testing.T) {
 	if r := call(t, nil, "DELETE", s.URL+"/v1/dlq?through=x", "", ""); r.Status != 400 {
 		t.Errorf("purge through=x: %d", r.Status)
 	}
+	// A purge through a sequence past the last stops at the last: the
+	// dead letters that come later stay listed.
+	decode(t, call(t, nil, "DELETE", s.URL+"/v1/dlq?through=18446744073709551614", "", ""), 200, &pr)
+	if pr.Purged != 0 || pr.Through != 5 {
+		t.Fatalf("purge past the last: %+v, want 0 purged through 5", pr)
+	}
+	if err := topo.WriteDeadLetter(ctx, &queue.DeadLetter{JobID: "d-6", Subject: "fleet.job.any", Job: json.RawMessage(`{"id":"d-6","command":"echo"}`),
+		Kind: queue.KindExhausted, Error: "test", StreamSeq: 106}); err != nil {
+		t.Fatal(err)
+	}
+	decode(t, call(t, nil, "GET", s.URL+"/v1/dlq", "", ""), 200, &left)
+	if len(left) != 1 || left[0].Seq != 6 || left[0].JobID != "d-6" {
+		t.Fatalf("a dead letter after a purge past the last: %+v", left)
+	}
 }
 
 // TestHTTPProgressHeartbeat: an idle progress stream sends heartbeat

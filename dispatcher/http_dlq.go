@@ -123,13 +123,17 @@ func (a *httpAPI) dlqPurge(w http.ResponseWriter, r *http.Request) {
 			a.writeError(w, r, err)
 			return
 		}
-	} else {
-		si, err := a.c.topo.DLQ.Info(ctx)
-		if err != nil {
-			a.writeError(w, r, err)
-			return
-		}
-		through = si.State.LastSeq
+	}
+	si, err := a.c.topo.DLQ.Info(ctx)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	// Never past the last dead letter: a purge up to a later sequence
+	// moves the stream's first sequence there, and the dead letters that
+	// come next would sit below it, out of every listing.
+	if last := si.State.LastSeq; through == 0 || through > last {
+		through = last
 	}
 	// The JetStream purge request itself: its answer counts what went.
 	req, _ := json.Marshal(struct {

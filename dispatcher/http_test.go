@@ -447,6 +447,7 @@ func TestParseHTTPTokens(t *testing.T) {
 		{"no rights", tokSubmit + "\n", "tokens:1"},
 		{"unknown right", tokSubmit + " write\n", `unknown right "write"`},
 		{"short", "abc submit\n", "at least 16"},
+		{"short, padded", "A=============== read\n", "at least 16"},
 		{"bad characters", "token-with-a-quote\"-in-it submit\n", "letters, digits"},
 		{"twice", tokSubmit + " submit\n" + tokSubmit + " read\n", "line 1 again"},
 		{"three fields", tokSubmit + " submit read\n", "tokens:1"},

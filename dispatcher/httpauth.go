@@ -63,12 +63,13 @@ type HTTPToken struct {
 // b64token characters: letters, digits and -._~+/ with trailing =) and is
 // at least MinTokenLength long.
 func ValidateToken(tok string) error {
-	if len(tok) < MinTokenLength {
-		return fmt.Errorf("%w: a token has %d characters, want at least %d (e.g. openssl rand -hex 32)", ErrBadToken, len(tok), MinTokenLength)
-	}
+	// '=' padding adds no secret, so it does not count.
 	body := strings.TrimRight(tok, "=")
 	if body == "" {
 		return fmt.Errorf("%w: a token must not be only '='", ErrBadToken)
+	}
+	if len(body) < MinTokenLength {
+		return fmt.Errorf("%w: a token has %d characters before any '=' padding, want at least %d (e.g. openssl rand -hex 32)", ErrBadToken, len(body), MinTokenLength)
 	}
 	for _, c := range body {
 		switch {
