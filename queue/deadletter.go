@@ -237,22 +237,80 @@ func (t *Topology) ReplayDeadLetter(ctx context.Context, seq uint64) error {
 	if limit, whose := t.sizeLimit(t.Jobs); limit > 0 && size > limit {
 		return fmt.Errorf("queue: replay dead letter %d: %w", seq, &TooLargeError{What: "replayed job " + id, Size: size, Limit: limit, Of: whose})
 	}
-	if ValidToken(e.JobID) {
-		q := e.Queue
-		if q == "" {
-			q = DefaultQueue
-		}
-		if err := t.deleteResultsOf(ctx, e.JobID, e.StreamSeq, q); err != nil {
-			return fmt.Errorf("queue: replay dead letter %d: delete old result: %w", seq, err)
+	ack, err := t.JS.PublishMsg(ctx, msg, jetstream.WithMsgID(replayID))
+	if err != nil {
+		return fmt.Errorf("queue: replay dead letter %d: %w", seq, t.tooLarge(t.Jobs, "replayed job "+id, size, err))
+	}
+	if ack.Duplicate {
+		// Taken for a copy of a message stored under the replay id within
+		// the dedup window: this replay's own, retried after it failed to
+		// delete the letter, or anyone's who published under that id.
+		// Only the first is a replay; otherwise the job would be lost with
+		// its letter.
+		if ours, err := t.replayed(ctx, ack, body, id, e.Queue); err != nil {
+			return fmt.Errorf("queue: replay dead letter %d: %w", seq, err)
+		} else if !ours {
+			return fmt.Errorf("%w: dead letter %d: the replay id %s is taken by another message (jobs stream sequence %d) for the dedup window (%s); the dead letter stays, replay it after the window",
+				ErrNotReplayable, seq, replayID, ack.Sequence, t.Config.DedupWindow)
 		}
 	}
-	if _, err := t.JS.PublishMsg(ctx, msg, jetstream.WithMsgID(replayID)); err != nil {
-		return fmt.Errorf("queue: replay dead letter %d: %w", seq, t.tooLarge(t.Jobs, "replayed job "+id, size, err))
+	// The old result goes once the job is back, and only when the job
+	// carries the same id (a body that is not a JSON object cannot carry
+	// it: its replay's outcome is filed under the replay id).
+	if ValidToken(e.JobID) && e.JobID == id && bodyID(body) == id {
+		if err := t.deleteResultsOf(ctx, e.JobID, e.StreamSeq, queueOrDefault(e.Queue)); err != nil {
+			return fmt.Errorf("queue: replay dead letter %d: delete old result: %w", seq, err)
+		}
 	}
 	if err := t.DLQ.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 		return fmt.Errorf("queue: replay dead letter %d: delete: %w", seq, err)
 	}
 	return nil
+}
+
+// replayed reports whether the message the server took the replay of body
+// for a duplicate of (ack) is an earlier replay of the same job of queue
+// q: still waiting with the same body, or gone with a result stored for id
+// at its sequence.
+func (t *Topology) replayed(ctx context.Context, ack *jetstream.PubAck, body []byte, id, q string) (bool, error) {
+	stream, err := t.JS.Stream(ctx, ack.Stream)
+	if err != nil {
+		return false, err
+	}
+	m, err := stream.GetMsg(ctx, ack.Sequence)
+	if err == nil {
+		return bytes.Equal(m.Data, body), nil
+	}
+	if !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return false, err
+	}
+	if !ValidToken(id) {
+		return false, nil
+	}
+	_, err = t.getJobResult(ctx, id, ack.Sequence, queueOrDefault(q))
+	if errors.Is(err, ErrResultNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// queueOrDefault names the queue of an envelope's queue field.
+func queueOrDefault(q string) string {
+	if q == "" {
+		return DefaultQueue
+	}
+	return q
+}
+
+// bodyID is the "id" string of a job body, "" when it has none.
+func bodyID(body []byte) string {
+	var probe struct {
+		ID string `json:"id"`
+	}
+	if json.Unmarshal(body, &probe) != nil {
+		return ""
+	}
+	return probe.ID
 }
 
 // deleteResultsOf deletes the stored results of the job message at jobSeq

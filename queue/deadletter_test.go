@@ -242,3 +242,85 @@ func TestDeadLetterReplay(t *testing.T) {
 		t.Errorf("DLQ after replay: %+v", list)
 	}
 }
+
+// TestDeadLetterReplayDuplicates: a replay the jobs stream takes for a
+// duplicate is a replay only when the message it duplicates is this
+// replay's own (retried after the letter's delete failed). Anyone's other
+// message under the replay id would swallow the job: the letter and the old
+// result stay, and the replay is refused. A body that cannot carry the id
+// (not JSON) keeps its old result too: its rerun is filed under another id.
+func TestDeadLetterReplayDuplicates(t *testing.T) {
+	t.Parallel()
+	b := setup(t, queue.Config{Partitions: 4})
+	ctx := testCtx(t)
+	letter := func(id, body string, seq uint64) queue.DeadLetterEntry {
+		t.Helper()
+		if err := b.topo.StoreResult(ctx, &queue.Result{ID: id, JobSeq: seq, Error: &queue.ErrorInfo{Kind: queue.KindExhausted, Message: "x"}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.topo.WriteDeadLetter(ctx, &queue.DeadLetter{JobID: id, Subject: "fleet.job.any", Job: []byte(body),
+			Kind: queue.KindExhausted, Error: "x", StreamSeq: seq}); err != nil {
+			t.Fatal(err)
+		}
+		list, err := b.topo.DeadLetters(ctx, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return list[len(list)-1]
+	}
+	publish := func(body, msgID string) {
+		t.Helper()
+		msg := nats.NewMsg("fleet.job.any")
+		msg.Data = []byte(body)
+		msg.Header.Set("Nats-Msg-Id", msgID)
+		if _, err := b.js.PublishMsg(ctx, msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	jobs := func() uint64 {
+		t.Helper()
+		info, err := b.topo.Jobs.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.State.Msgs
+	}
+	left := func(seq uint64) bool {
+		t.Helper()
+		_, err := b.topo.DLQ.GetMsg(ctx, seq)
+		return err == nil
+	}
+
+	// Another message squats the replay id.
+	squatted := letter("vict", `{"id":"vict","command":"echo"}`, 50)
+	publish(`{"command":"echo","payload":"not vict"}`, fmt.Sprintf("vict-replay-%d", squatted.Seq))
+	if err := b.topo.ReplayDeadLetter(ctx, squatted.Seq); !errors.Is(err, queue.ErrNotReplayable) {
+		t.Fatalf("replay under a squatted id: %v, want ErrNotReplayable", err)
+	}
+	if !left(squatted.Seq) {
+		t.Errorf("the refused replay's dead letter is gone")
+	}
+	if _, err := b.topo.GetJobResult(ctx, "vict", 50); err != nil {
+		t.Errorf("the refused replay's old result: %v", err)
+	}
+
+	// This replay's own earlier publish: the replay completes, one job.
+	own := letter("mine", `{"id":"mine","command":"echo"}`, 60)
+	publish(`{"id":"mine","command":"echo"}`, fmt.Sprintf("mine-replay-%d", own.Seq))
+	before := jobs()
+	if err := b.topo.ReplayDeadLetter(ctx, own.Seq); err != nil {
+		t.Fatalf("replay after its own publish: %v", err)
+	}
+	if left(own.Seq) || jobs() != before {
+		t.Errorf("after the retried replay: letter left %v, jobs %d, want gone and %d", left(own.Seq), jobs(), before)
+	}
+
+	// Not JSON: the rerun cannot carry the id, so the old result stays.
+	raw := letter("seq-7", "garbage", 7)
+	if err := b.topo.ReplayDeadLetter(ctx, raw.Seq); err != nil {
+		t.Fatalf("replay of a body that is not JSON: %v", err)
+	}
+	if _, err := b.topo.GetJobResult(ctx, "seq-7", 7); err != nil {
+		t.Errorf("the old result of a replayed body that is not JSON: %v", err)
+	}
+}
