@@ -82,6 +82,20 @@ func TestEnsureUpgradesJobsStreamForSchedules(t *testing.T) {
 	if _, err := queue.Ensure(ctx, js, cfg); err != nil {
 		t.Fatal(err)
 	}
+	// The server cannot turn schedules off, and refuses them beside
+	// discard-new: a client that does not ask for schedules (a dispatcher
+	// without --schedules) still opens the stream, which keeps them.
+	plain := cfg
+	plain.Schedules = false
+	if _, err := queue.Ensure(ctx, js, plain); err != nil {
+		t.Fatalf("Ensure without schedules on a stream that has them: %v", err)
+	}
+	if info, err = js.Stream(ctx, "FLEET_JOBS"); err != nil {
+		t.Fatal(err)
+	}
+	if sc := info.CachedInfo().Config; !sc.AllowMsgSchedules || sc.Discard != jetstream.DiscardOld {
+		t.Fatalf("after an Ensure without schedules: schedules %v, discard %v", sc.AllowMsgSchedules, sc.Discard)
+	}
 }
 
 // TestSubmitAtInput: bad delays are refused before anything is published;

@@ -347,8 +347,11 @@ func tuneStream(want jetstream.StreamConfig, have *jetstream.StreamConfig) bool 
 	changed := have.Replicas != want.Replicas || have.Duplicates != want.Duplicates ||
 		have.MaxAge != want.MaxAge || have.AllowDirect != want.AllowDirect
 	have.Replicas, have.Duplicates, have.MaxAge, have.AllowDirect = want.Replicas, want.Duplicates, want.MaxAge, want.AllowDirect
-	if want.Retention == jetstream.WorkQueuePolicy {
-		// A jobs stream: its queue's limits are tunables too.
+	if want.Retention == jetstream.WorkQueuePolicy && (want.AllowMsgSchedules || !have.AllowMsgSchedules) {
+		// A jobs stream: its queue's limits are tunables too. Not on a
+		// stream with message schedules for a client that wants none:
+		// the server cannot turn them off and refuses them beside
+		// DiscardNew, and limits with DiscardOld would drop waiting jobs.
 		changed = changed || have.MaxMsgs != want.MaxMsgs || have.MaxBytes != want.MaxBytes || have.Discard != want.Discard
 		have.MaxMsgs, have.MaxBytes, have.Discard = want.MaxMsgs, want.MaxBytes, want.Discard
 	}
