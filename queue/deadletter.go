@@ -442,7 +442,7 @@ func (t *Topology) handleMaxDeliveries(ctx context.Context, data []byte, agent s
 	now := time.Now().UTC()
 	if id != "" {
 		r := &Result{
-			ID: id, JobSeq: m.Sequence, Session: session, Agent: agent, Attempt: int(adv.Deliveries), FinishedAt: now,
+			ID: id, JobSeq: m.Sequence, Queue: t.Config.QueueName(), Session: session, Agent: agent, Attempt: int(adv.Deliveries), FinishedAt: now,
 			Error: &ErrorInfo{Kind: KindExhausted, Message: reason},
 		}
 		if err := t.StoreResult(ctx, r); err != nil {

@@ -34,7 +34,16 @@ func fetchOne(t *testing.T, c jetstream.Consumer) jetstream.Msg {
 // the work-queue stream.
 func TestWatchMaxDeliveries(t *testing.T) {
 	t.Parallel()
-	b := setup(t, queue.Config{Partitions: 2, MaxDeliver: 2})
+	for _, q := range []string{"", "q2"} {
+		t.Run("queue "+q, func(t *testing.T) {
+			t.Parallel()
+			testWatchMaxDeliveries(t, q)
+		})
+	}
+}
+
+func testWatchMaxDeliveries(t *testing.T, q string) {
+	b := setup(t, queue.Config{Partitions: 2, MaxDeliver: 2, Queue: q})
 	ctx := testCtx(t)
 
 	watchCtx, stop := context.WithCancel(ctx)
@@ -83,15 +92,16 @@ func TestWatchMaxDeliveries(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := dl[0]
-	if d.JobID != "poison" || d.Session != "s1" || d.Subject != "fleet.job.s.s1" || d.Kind != queue.KindExhausted ||
+	if d.JobID != "poison" || d.Session != "s1" || d.Subject != b.cfg.SessionSubject("s1") || d.Kind != queue.KindExhausted ||
 		d.Attempts != 2 || d.StreamSeq != ack.Sequence || d.Agent != "watcher" || string(d.Job) != string(mustEncode(t, job)) {
 		t.Errorf("dead letter = %+v", d)
 	}
-	r, err := b.topo.GetResult(ctx, "poison")
+	// Found by its sequence in its own queue's stream.
+	r, err := b.topo.GetJobResult(ctx, "poison", ack.Sequence)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.OK || r.Error == nil || r.Error.Kind != queue.KindExhausted || r.Session != "s1" {
+	if r.OK || r.Error == nil || r.Error.Kind != queue.KindExhausted || r.Session != "s1" || r.Queue != b.cfg.QueueName() {
 		t.Errorf("result = %+v", r)
 	}
 	eventually(t, 5*time.Second, func() error {
