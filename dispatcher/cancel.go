@@ -18,9 +18,10 @@ type CancelRequest struct {
 type CancelReply struct {
 	ID string `json:"id"`
 	// Finished: a result was already stored under the id when the cancel
-	// was recorded, so the cancel changes nothing (the job keeps its
-	// result). Otherwise the job ends "canceled" wherever it is: not yet
-	// delivered, waiting in an agent, or running.
+	// was recorded: that job keeps its result. Otherwise the job ends
+	// "canceled" wherever it is: not yet delivered, waiting in an agent, or
+	// running. Either way a later job that reuses the id and is delivered
+	// within the cancel TTL is canceled too: a cancel names an id.
 	Finished bool `json:"finished"`
 }
 
