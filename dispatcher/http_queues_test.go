@@ -3,10 +3,12 @@ package dispatcher_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/procfleet/procfleet/agent"
 	"github.com/procfleet/procfleet/dispatcher"
@@ -82,5 +84,46 @@ func TestHTTPQueuesKeepJobsApart(t *testing.T) {
 	decode(t, call(t, nil, "POST", s.URL+"/v1/jobs", "", `{"queue":"idle","job":{"id":"w1","command":"echo","payload":{"x":1}}}`), 200, &again)
 	if !again.Duplicate || again.Seq != idle.Seq {
 		t.Errorf("retry on queue idle: %+v, want a duplicate of seq %d", again, idle.Seq)
+	}
+}
+
+// TestHTTPJobViewOfAReusedID: the job view shows one job. A dead letter
+// and a result under one id that belong to two jobs (the id reused after
+// the dedup window) are not mixed: the later job's outcome is shown.
+func TestHTTPJobViewOfAReusedID(t *testing.T) {
+	t.Parallel()
+	nc := fleettest.StartServer(t).Connect(t)
+	s := startServe(t, nc, dispatcher.ServeConfig{})
+	c, err := dispatcher.NewClient(context.Background(), nc, queue.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	topo := c.Topology()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	earlier := time.Now().Add(-time.Hour).UTC()
+	store := func(r *queue.Result) {
+		t.Helper()
+		if err := topo.StoreResult(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The first job under "mix" died an hour ago: exhausted result and dead letter.
+	store(&queue.Result{ID: "mix", JobSeq: 10, FinishedAt: earlier, Error: &queue.ErrorInfo{Kind: queue.KindExhausted, Message: "x"}})
+	if err := topo.WriteDeadLetter(ctx, &queue.DeadLetter{JobID: "mix", Subject: "fleet.job.any", Job: []byte(`{"id":"mix","command":"old"}`),
+		Kind: queue.KindExhausted, Error: "x", StreamSeq: 10, At: earlier}); err != nil {
+		t.Fatal(err)
+	}
+	var v dispatcher.JobView
+	decode(t, call(t, nil, "GET", s.URL+"/v1/jobs/mix", "", ""), 200, &v)
+	if v.State != "dead" || v.DeadLetter == nil || v.Result == nil || v.Result.JobSeq != 10 {
+		t.Fatalf("a dead job: %+v", v)
+	}
+	// The id again, a later job that ran well.
+	store(&queue.Result{ID: "mix", JobSeq: 50, OK: true, Result: json.RawMessage(`"new"`), FinishedAt: time.Now().UTC()})
+	v = dispatcher.JobView{}
+	decode(t, call(t, nil, "GET", s.URL+"/v1/jobs/mix", "", ""), 200, &v)
+	if v.State != "done" || v.DeadLetter != nil || v.Result == nil || v.Result.JobSeq != 50 || strings.Contains(string(v.Envelope), "old") {
+		t.Fatalf("the later job's view: state %s, dead letter %+v, result %+v, envelope %s", v.State, v.DeadLetter, v.Result, v.Envelope)
 	}
 }

@@ -319,6 +319,15 @@ func (a *httpAPI) jobDetail(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
+	if dl != nil && res != nil && (dl.StreamSeq != res.JobSeq || queue.NameOrDefault(dl.Queue) != queue.NameOrDefault(res.Queue)) {
+		// Two jobs under one id (reused after the dedup window): the view
+		// is the later one's.
+		if res.FinishedAt.After(dl.At) {
+			dl = nil
+		} else {
+			v.Result = nil
+		}
+	}
 	if dl != nil {
 		v.DeadLetter = dl
 		v.State = "dead"

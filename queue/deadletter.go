@@ -258,7 +258,7 @@ func (t *Topology) ReplayDeadLetter(ctx context.Context, seq uint64) error {
 	// carries the same id (a body that is not a JSON object cannot carry
 	// it: its replay's outcome is filed under the replay id).
 	if ValidToken(e.JobID) && e.JobID == id && bodyID(body) == id {
-		if err := t.deleteResultsOf(ctx, e.JobID, e.StreamSeq, queueOrDefault(e.Queue)); err != nil {
+		if err := t.deleteResultsOf(ctx, e.JobID, e.StreamSeq, NameOrDefault(e.Queue)); err != nil {
 			return fmt.Errorf("queue: replay dead letter %d: delete old result: %w", seq, err)
 		}
 	}
@@ -287,15 +287,15 @@ func (t *Topology) replayed(ctx context.Context, ack *jetstream.PubAck, body []b
 	if !ValidToken(id) {
 		return false, nil
 	}
-	_, err = t.getJobResult(ctx, id, ack.Sequence, queueOrDefault(q))
+	_, err = t.getJobResult(ctx, id, ack.Sequence, NameOrDefault(q))
 	if errors.Is(err, ErrResultNotFound) {
 		return false, nil
 	}
 	return err == nil, err
 }
 
-// queueOrDefault names the queue of an envelope's queue field.
-func queueOrDefault(q string) string {
+// NameOrDefault names the queue of an envelope's queue field.
+func NameOrDefault(q string) string {
 	if q == "" {
 		return DefaultQueue
 	}

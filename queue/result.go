@@ -293,7 +293,7 @@ func (r *Result) matches(seq uint64, queue string) bool {
 	return seq == 0 || r.JobSeq == 0 || (r.JobSeq == seq && r.queueName() == queue)
 }
 
-func (r *Result) queueName() string { return queueOrDefault(r.Queue) }
+func (r *Result) queueName() string { return NameOrDefault(r.Queue) }
 
 func decodeResult(id string, data []byte) (*Result, error) {
 	var r Result
