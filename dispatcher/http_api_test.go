@@ -411,15 +411,7 @@ func TestHTTPFleetViews(t *testing.T) {
 // letter without its job), purge through a sequence, then all.
 func TestHTTPDeadLetters(t *testing.T) {
 	t.Parallel()
-	nc := fleettest.StartServer(t).Connect(t)
-	s := startServe(t, nc, dispatcher.ServeConfig{})
-	c, err := dispatcher.NewClient(context.Background(), nc, queue.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	topo := c.Topology()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	s, topo, ctx := serveAndTopology(t)
 	for i := 1; i <= 5; i++ {
 		d := &queue.DeadLetter{JobID: fmt.Sprintf("d-%d", i), Subject: "fleet.job.any", Job: json.RawMessage(fmt.Sprintf(`{"id":"d-%d","command":"echo"}`, i)),
 			Kind: queue.KindExhausted, Error: "test", StreamSeq: uint64(100 + i)}

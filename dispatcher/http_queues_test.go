@@ -92,15 +92,7 @@ func TestHTTPQueuesKeepJobsApart(t *testing.T) {
 // the dedup window) are not mixed: the later job's outcome is shown.
 func TestHTTPJobViewOfAReusedID(t *testing.T) {
 	t.Parallel()
-	nc := fleettest.StartServer(t).Connect(t)
-	s := startServe(t, nc, dispatcher.ServeConfig{})
-	c, err := dispatcher.NewClient(context.Background(), nc, queue.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	topo := c.Topology()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	s, topo, ctx := serveAndTopology(t)
 	earlier := time.Now().Add(-time.Hour).UTC()
 	store := func(r *queue.Result) {
 		t.Helper()

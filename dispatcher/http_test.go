@@ -91,6 +91,22 @@ func startServe(t *testing.T, nc *nats.Conn, cfg dispatcher.ServeConfig) served 
 	return served{URL: <-base, NC: nc}
 }
 
+// serveAndTopology starts Serve with no agent, and returns it with the
+// default queue's topology (for tests that store results and dead letters
+// themselves) and a context that ends with the test.
+func serveAndTopology(t *testing.T) (served, *queue.Topology, context.Context) {
+	t.Helper()
+	nc := fleettest.StartServer(t).Connect(t)
+	s := startServe(t, nc, dispatcher.ServeConfig{})
+	c, err := dispatcher.NewClient(context.Background(), nc, queue.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return s, c.Topology(), ctx
+}
+
 type reply struct {
 	Status int
 	Header http.Header
