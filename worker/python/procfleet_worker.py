@@ -754,6 +754,7 @@ class Worker:
         self._io_signaled = False
         self._pump_lock = threading.Lock()
         self._pump_again = False
+        self._pid = None  # the serving process, which alone reads frames
         # Held while a frame is written: threads of a handler may report
         # progress at once, and a frame larger than the pipe takes several
         # writes, which must not interleave with another frame's.
@@ -858,7 +859,10 @@ class Worker:
             now = time.monotonic()
             if now - self._pumped_at >= _CHECK_READS_EVERY:
                 self._pumped_at = now
-                self._pump_io()
+                # Not from a forked child of the handler: it would take
+                # frames meant for this process off the shared pipe.
+                if os.getpid() == self._pid:
+                    self._pump_io()
         if cid == self._cancel_id:
             if threading.get_ident() == _MAIN_THREAD:
                 # Raised once: the agent's repeated signals must not raise
@@ -930,6 +934,7 @@ class Worker:
             # The main thread reads its own frames when the agent will
             # signal it after each cancel; else a reader thread reads them.
             self._io = _agent_signals()
+            self._pid = os.getpid()
         reader = None
         features = list(FEATURES)
         if self._io:

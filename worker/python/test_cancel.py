@@ -185,6 +185,29 @@ CANCEL_WORKER = textwrap.dedent(
             t.join()
         return "done"
 
+    @pw.handler("fork_check")
+    def fork_check(payload, session):
+        # A forked child of the handler polls for a cancel for a while;
+        # the frames the agent sends meanwhile are still this process's.
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(r)
+                os.write(w, b"x")
+                end = time.monotonic() + payload
+                while time.monotonic() < end:
+                    pw.check_canceled()
+                    time.sleep(0.005)
+            finally:
+                os._exit(0)
+        os.close(w)
+        os.read(r, 1)
+        os.close(r)
+        pw.progress("forked")
+        os.waitpid(pid, 0)
+        return "ok"
+
     @pw.handler("echo")
     def echo(payload, session):
         return payload
@@ -330,6 +353,17 @@ class CancelTest(WorkerTestCase):
             seen[data["t"]].append(data["i"])
         self.assertEqual(msg, {"type": "result", "id": 1, "ok": True, "result": "done"})
         self.assertEqual(seen, {"a": list(range(n)), "b": list(range(n))})
+        self.shutdown(w)
+
+    def test_a_forked_child_does_not_read_the_frames(self):
+        w = self.start()
+        w.send({"type": "call", "id": 1, "command": "fork_check", "payload": 0.5})
+        msg = w.recv()
+        self.assertEqual(msg.get("data"), "forked", msg)
+        # Sent while the child polls: the parent answers it after the call.
+        w.send({"type": "ping", "id": 7})
+        self.assertEqual(w.recv(), {"type": "result", "id": 1, "ok": True, "result": "ok"})
+        self.assertEqual(w.recv(), {"type": "pong", "id": 7})
         self.shutdown(w)
 
     def test_cancel_for_finished_call_is_ignored(self):
