@@ -201,6 +201,10 @@ READER_THREAD_ENV = "PROCFLEET_READER_THREAD"
 # pump lock before it takes it to be lost.
 _CHECK_READS_EVERY = 0.01
 _PUMP_LOCK_WAIT = 10
+# With a reader thread, the main thread is signaled again this often after
+# a cancel until the call ends, for at most _RESIGNAL_FOR seconds.
+_RESIGNAL_EVERY = 0.05
+_RESIGNAL_FOR = 60.0
 
 
 def _agent_signals():
@@ -952,9 +956,7 @@ class Worker:
             queued = queue.SimpleQueue()
             notify = None
             if self._signals:
-
-                def notify():
-                    signal.pthread_kill(_MAIN_THREAD, CANCEL_SIGNAL)
+                notify = self._resignal
 
             frames = _Frames(in_fd, limit, self, queued.put, notify)
             get = queued.get
@@ -1001,6 +1003,32 @@ class Worker:
                 frames.pump(True)
         except BaseException as e:  # never die silently: the main loop would wait forever
             frames.put(_ProtocolViolation("frame reader failed: %r" % (e,)))
+
+    def _resignal(self):
+        """Signal the main thread for the cancel the reader thread just
+        queued, and again every _RESIGNAL_EVERY until that call has ended,
+        as an agent does for a worker that reads on its main thread: a
+        signal that lands just before a blocking call, or while a handler
+        ignores it, raises nothing there."""
+        cid = self._cancel_id
+        signal.pthread_kill(_MAIN_THREAD, CANCEL_SIGNAL)
+
+        def again():
+            started = False
+            deadline = time.monotonic() + _RESIGNAL_FOR
+            while time.monotonic() < deadline and self._cancel_id == cid and self._last_call == cid:
+                running = self._cur_id == cid
+                if started and not running:
+                    return  # answered
+                started = started or running
+                time.sleep(_RESIGNAL_EVERY)
+                if self._cur_id == cid:
+                    try:
+                        signal.pthread_kill(_MAIN_THREAD, CANCEL_SIGNAL)
+                    except (OSError, ValueError):
+                        return
+
+        threading.Thread(target=again, name="procfleet-cancel-resignal", daemon=True).start()
 
     def _queued_call(self, msg):
         # A call frame was queued: only the last call queued can be running

@@ -103,6 +103,21 @@ CANCEL_WORKER = textwrap.dedent(
             time.sleep(0.3)
             session.state["cleaned"] = True
 
+    @pw.handler("deaf_sleep")
+    def deaf_sleep(payload, session):
+        # Drops SIGUSR1 while it says it started and a little after, then
+        # blocks with the SDK's handler back: only a signal sent again
+        # interrupts it.
+        import signal
+        sdk = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        try:
+            pw.progress("started")
+            time.sleep(0.3)
+        finally:
+            signal.signal(signal.SIGUSR1, sdk)
+        time.sleep(payload)
+        return "slept"
+
     @pw.handler("cleaned")
     def cleaned(payload, session):
         return session.state.get("cleaned", False)
@@ -237,7 +252,7 @@ class CancelTest(WorkerTestCase):
         to block; a cancel before it started would end the call before the
         handler, whatever it does, on a machine slow to start it."""
         w.send({"type": "call", "id": cid, "command": command, "payload": payload, "session": session})
-        if command in ("loop", "read", "spin", "stubborn", "swallow", "nap", "deaf_cleanup"):
+        if command in ("loop", "read", "spin", "stubborn", "swallow", "nap", "deaf_cleanup", "deaf_sleep"):
             first = w.recv()
             self.assertEqual(first["type"], "progress", first)
         if command != "loop":
@@ -364,6 +379,13 @@ class CancelTest(WorkerTestCase):
         w.send({"type": "ping", "id": 7})
         self.assertEqual(w.recv(), {"type": "result", "id": 1, "ok": True, "result": "ok"})
         self.assertEqual(w.recv(), {"type": "pong", "id": 7})
+        self.shutdown(w)
+
+    def test_a_signal_dropped_by_the_handler_is_sent_again(self):
+        w = self.start()
+        msg, took = self.call_then_cancel(w, 1, "deaf_sleep", 10, after=0)
+        self.assertCanceled(msg, 1)
+        self.assertLess(took, 2.0)
         self.shutdown(w)
 
     def test_cancel_for_finished_call_is_ignored(self):
