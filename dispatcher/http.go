@@ -296,7 +296,7 @@ func statusOf(err error) int {
 		return http.StatusRequestEntityTooLarge
 	case errors.Is(err, queue.ErrResultNotFound), errors.Is(err, queue.ErrDeadLetterNotFound), errors.Is(err, queue.ErrUnknownQueue):
 		return http.StatusNotFound
-	case errors.Is(err, queue.ErrNotReplayable), errors.Is(err, ErrIDConflict):
+	case errors.Is(err, queue.ErrNotReplayable), errors.Is(err, ErrIDConflict), errors.Is(err, ErrTooManyQueues):
 		return http.StatusConflict
 	case errors.Is(err, queue.ErrTooLarge):
 		return http.StatusRequestEntityTooLarge

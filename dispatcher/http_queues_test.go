@@ -119,3 +119,44 @@ func TestHTTPJobViewOfAReusedID(t *testing.T) {
 		t.Fatalf("the later job's view: state %s, dead letter %+v, result %+v, envelope %s", v.State, v.DeadLetter, v.Result, v.Envelope)
 	}
 }
+
+// TestSubmitQueueLimit: submits create queues on demand up to MaxQueues
+// (the default queue counts); beyond, a submit to a new queue is a 409
+// that says how to declare it, and nothing is made. A declared queue is
+// not bounded, and existing queues still take jobs.
+func TestSubmitQueueLimit(t *testing.T) {
+	t.Parallel()
+	nc := fleettest.StartServer(t).Connect(t)
+	s := startServe(t, nc, dispatcher.ServeConfig{MaxQueues: 3, Queue: queue.Config{Partitions: 2}})
+	submit := func(q string) reply {
+		return call(t, nil, "POST", s.URL+"/v1/jobs", "", `{"queue":"`+q+`","job":{"command":"echo"}}`)
+	}
+	for _, q := range []string{"a", "b", "a"} {
+		if r := submit(q); r.Status != 200 {
+			t.Fatalf("submit to %s: %d %s", q, r.Status, r.Body)
+		}
+	}
+	if r := submit("c"); r.Status != 409 || !strings.Contains(r.Body, "queue add") {
+		t.Fatalf("a fourth queue: %d %s, want 409 saying how to declare it", r.Status, r.Body)
+	}
+	msg, err := nc.Request("fleet.api.submit", []byte(`{"queue":"c","job":{"command":"echo"}}`), 10*time.Second)
+	if err != nil || msg.Header.Get("Nats-Service-Error-Code") != "409" {
+		t.Errorf("a fourth queue over NATS: %v %v, want code 409", msgData(msg), err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := dispatcher.NewClient(ctx, nc, queue.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	names, err := queue.ListQueues(ctx, c.Topology().JS, c.Topology().Config)
+	if err != nil || strings.Join(names, ",") != "default,a,b" {
+		t.Fatalf("queues %v (%v), want default,a,b", names, err)
+	}
+	if _, err := c.AddQueue(ctx, "c", queue.QueueLimits{}); err != nil {
+		t.Fatalf("declaring a queue past the limit: %v", err)
+	}
+	if r := submit("c"); r.Status != 200 {
+		t.Errorf("submit to the declared queue: %d %s", r.Status, r.Body)
+	}
+}

@@ -25,7 +25,19 @@ type queues struct {
 	mu     sync.Mutex
 	topos  map[string]*queue.Topology
 	create bool // the client may create a queue it submits to (serve's client)
+	// max bounds the queues a submit may create: each is a stream with
+	// its partitions' consumers on the server (0: DefaultMaxQueues).
+	max int
 }
+
+// DefaultMaxQueues is how many queues there may be before a submit to a
+// new one is refused (ServeConfig.MaxQueues).
+const DefaultMaxQueues = 32
+
+// ErrTooManyQueues is wrapped by a submit that would create a queue beyond
+// the limit: declare it (dispatcher queue add), which the limit does not
+// bound.
+var ErrTooManyQueues = errors.New("dispatcher: too many queues")
 
 // Queue returns the topology of queue name ("" or "default": the default
 // queue), opening it on first use. A queue without a jobs stream is an error
@@ -62,6 +74,9 @@ func (c *Client) queue(ctx context.Context, name string, create bool) (*queue.To
 	open.Partitions = 0
 	t, err := queue.OpenQueue(ctx, c.js, open)
 	if errors.Is(err, queue.ErrUnknownQueue) && create {
+		if err := c.roomForQueue(ctx, cfg.QueueName()); err != nil {
+			return nil, err
+		}
 		t, err = queue.EnsureQueue(ctx, c.js, cfg)
 	}
 	if errors.Is(err, queue.ErrUnknownQueue) {
@@ -77,6 +92,24 @@ func (c *Client) queue(ctx context.Context, name string, create bool) (*queue.To
 	c.queues.topos[cfg.QueueName()] = t
 	c.queues.mu.Unlock()
 	return t, nil
+}
+
+// roomForQueue refuses to create queue name on demand once there are as
+// many queues as the limit.
+func (c *Client) roomForQueue(ctx context.Context, name string) error {
+	limit := c.queues.max
+	if limit <= 0 {
+		limit = DefaultMaxQueues
+	}
+	names, err := queue.ListQueues(ctx, c.js, c.topo.Config)
+	if err != nil {
+		return err
+	}
+	if len(names) >= limit {
+		return fmt.Errorf("%w: %d queues exist, the most a submit may create (dispatcher serve --max-queues); declare queue %s with dispatcher queue add, or submit to an existing one",
+			ErrTooManyQueues, len(names), name)
+	}
+	return nil
 }
 
 // AddQueue declares queue name with limits: it creates its jobs stream and

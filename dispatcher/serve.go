@@ -61,6 +61,9 @@ type ServeConfig struct {
 	// queue that no live agent has served for this long either (as this
 	// dispatcher saw it). Default 0: such jobs wait.
 	UnroutableAfter time.Duration
+	// MaxQueues bounds the queues submits may create on demand (0:
+	// DefaultMaxQueues); declaring one (AddQueue) is not bounded.
+	MaxQueues int
 }
 
 // SubmitRequest is the body of the submit endpoint.
@@ -122,6 +125,7 @@ func Serve(ctx context.Context, nc *nats.Conn, cfg ServeConfig) error {
 	if err != nil {
 		return err
 	}
+	c.queues.max = cfg.MaxQueues
 	qcfg := c.topo.Config
 	if cfg.Queue.MemoryConsumers && !qcfg.MemoryConsumers {
 		log.Warn("memory-stored consumers asked for, but the jobs stream was created without them: its consumers stay file-stored",
@@ -139,6 +143,9 @@ func Serve(ctx context.Context, nc *nats.Conn, cfg ServeConfig) error {
 	defer cancelWatch()
 	if err := c.topo.WatchMaxDeliveries(wctx, nc, "dispatcher", log); err != nil {
 		return fmt.Errorf("dispatcher: dead-letter watcher: %w", err)
+	}
+	if cfg.MaxQueues < 0 {
+		return fmt.Errorf("dispatcher: MaxQueues cannot be negative, got %d", cfg.MaxQueues)
 	}
 	if cfg.UnroutableAfter < 0 {
 		return fmt.Errorf("dispatcher: UnroutableAfter cannot be negative, got %s", cfg.UnroutableAfter)

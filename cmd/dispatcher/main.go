@@ -163,6 +163,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	resultsStorage := fs.String("results-storage", "", "when creating the results stream: file or memory (default: the fleet's storage, file); "+
 		"memory-stored results are lost with a server restart")
 	resultsMaxAge := fs.Duration("results-max-age", 0, "how long results are kept (default 24h)")
+	maxQueues := fs.Int("max-queues", dispatcher.DefaultMaxQueues, "queues a submit may create on demand; beyond them a submit to a new queue is refused (409) until it is declared with dispatcher queue add")
 	unroutable := fs.Duration("unroutable-after", 0, "dead-letter as unroutable a job that waited this long in a queue no agent has served for this long (default 0: jobs wait)")
 	if err := cli.Parse(fs, args); err != nil {
 		return err
@@ -217,7 +218,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	qc.Schedules = *schedules
 	qc.MemoryConsumers, qc.ResultsStorage, qc.ResultsMaxAge = *memConsumers, *resultsStorage, *resultsMaxAge
 	return dispatcher.Serve(ctx, nc, dispatcher.ServeConfig{Queue: qc, HTTPAddr: *httpAddr, HTTPTokens: tokens,
-		HTTPTLSCert: *httpCert, HTTPTLSKey: *httpKey, Logger: log, Registerer: reg, UnroutableAfter: *unroutable})
+		HTTPTLSCert: *httpCert, HTTPTLSKey: *httpKey, Logger: log, Registerer: reg, UnroutableAfter: *unroutable, MaxQueues: *maxQueues})
 }
 
 // httpTokens gathers the HTTP API's tokens: those of the token file, plus
