@@ -95,21 +95,21 @@ func (p *Pool) freeWorkerLocked(W *pw, now int64) {
 		p.startOpLocked(W, false)
 		return
 	}
+	if W.retiring && len(W.sessions) == 0 {
+		p.retireLocked(W, true, now)
+		return
+	}
 	var t *Ticket
 	if s := W.pending.head; s != nil {
 		t = s.q.head
 	}
-	if !W.retiring {
-		if a := p.anyQ.head; a != nil && (t == nil || a.seq < t.seq) {
-			t = a
-		}
+	// A retiring worker still holds sessions here: it serves them, and
+	// anonymous jobs meanwhile, which bind nothing to it.
+	if a := p.anyQ.head; a != nil && (t == nil || a.seq < t.seq) {
+		t = a
 	}
 	if t != nil {
 		p.grantLocked(t, W, now)
-		return
-	}
-	if W.retiring && len(W.sessions) == 0 {
-		p.retireLocked(W, true, now)
 		return
 	}
 	p.setStateLocked(W, wIdle)

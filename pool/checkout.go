@@ -134,7 +134,7 @@ func (p *Pool) reserve(req Request, l *Lease) (granted bool, err error) {
 
 	if req.Session == "" {
 		if p.anyQ.empty() {
-			if W := p.pickIdleLocked(); W != nil {
+			if W := p.pickIdleLocked(true); W != nil {
 				p.assignLocked(l, nil, W)
 				t.state = tsGranted
 				p.mu.Unlock()
@@ -392,13 +392,22 @@ func (p *Pool) demandLocked(now int64) {
 	}
 }
 
-// pickIdleLocked returns the idle worker that may take a new session or an
-// anonymous job and holds the fewest sessions, or nil.
-func (p *Pool) pickIdleLocked() *pw {
-	var best *pw
+// pickIdleLocked returns the idle worker that may take a new session (or,
+// with anonymous, an anonymous job) and holds the fewest sessions, or nil.
+// A retiring worker takes no new session, but an anonymous job when no
+// other worker is idle: it binds nothing, and the worker may wait long for
+// its sessions to end.
+func (p *Pool) pickIdleLocked(anonymous bool) *pw {
+	var best, retiring *pw
 	for _, s := range p.slots {
 		W := s.w
-		if W == nil || W.state != wIdle || W.retiring {
+		if W == nil || W.state != wIdle {
+			continue
+		}
+		if W.retiring {
+			if anonymous && len(W.sessions) > 0 && retiring == nil {
+				retiring = W
+			}
 			continue
 		}
 		if best == nil || len(W.sessions) < len(best.sessions) {
@@ -407,6 +416,9 @@ func (p *Pool) pickIdleLocked() *pw {
 				break
 			}
 		}
+	}
+	if best == nil {
+		return retiring
 	}
 	return best
 }

@@ -53,7 +53,7 @@ type pw struct {
 
 	state       wState
 	removed     bool // left its slot: removed, retired or being stopped
-	retiring    bool // soft limit reached: serves its bound sessions only
+	retiring    bool // soft limit reached: serves its bound sessions (and anonymous jobs meanwhile), takes no new one
 	jobs        int
 	lastUsed    int64 // last checkin (pool clock)
 	lastCheck   int64 // last health check

@@ -27,42 +27,79 @@ func TestRecycleMaxJobs(t *testing.T) {
 	}
 }
 
-// TestRecycleWaitsForSession: a soft limit retires the worker only once its
-// live session has ended (here by EndSession); meanwhile the session keeps
-// its worker and anonymous jobs wait for a fresh one.
+// TestRecycleMaxJobsWaitsForSession: a soft limit retires the worker only
+// once its live session has ended (here by EndSession). Meanwhile the
+// session keeps its worker, and the worker runs anonymous jobs too (they
+// bind nothing to it): with no replacement until it retires, a pool of
+// retiring workers would otherwise take no anonymous job for as long as a
+// session lives (30 minutes idle by default).
 func TestRecycleMaxJobsWaitsForSession(t *testing.T) {
 	t.Parallel()
 	cfg := config(t)
 	cfg.MaxJobs = 2
 	p := startPool(t, cfg)
-	ctx := testCtx(t)
 	s := pool.Request{Session: "s"}
 
 	pid := mustDo(t, p, s, "session", 0).PID
 	mustDo(t, p, s, "session", 1)
-	anon, err := p.Reserve(pool.Request{})
-	if err != nil {
-		t.Fatal(err)
+	if st := p.Stats(); !st.Workers[0].Retiring {
+		t.Fatalf("stats %+v", st)
+	}
+	if got := mustDo(t, p, pool.Request{}, "pid", nil).PID; got != pid {
+		t.Fatalf("anonymous job ran on pid %d, want the retiring worker %d that holds a session", got, pid)
 	}
 	if r := mustDo(t, p, s, "session", 2); r.PID != pid || r.Count != 3 {
 		t.Fatalf("retiring worker dropped its session: %+v", r)
 	}
-	st := p.Stats()
-	if st.Waiters != 1 || st.Recycled != 0 || !st.Workers[0].Retiring {
+	if st := p.Stats(); st.Recycled != 0 {
 		t.Fatalf("stats %+v", st)
 	}
+	// A new session waits for a worker that is not retiring.
+	other, err := p.Reserve(pool.Request{Session: "other"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	p.EndSession("s")
-	l, err := anon.Wait(ctx)
+	l, err := other.Wait(testCtx(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if l.PID() == pid {
-		t.Fatal("anonymous job ran on the retiring worker")
+		t.Fatal("a new session was bound to the retiring worker")
 	}
 	l.Release()
 	if st := p.Stats(); st.Recycled != 1 {
 		t.Fatalf("stats %+v", st)
 	}
+}
+
+// TestRecycleIdleTTLSparesSessions: a worker that holds a session is not
+// idle: IdleTTL does not retire it, and it takes anonymous jobs and new
+// sessions as any worker does; once its session has ended, its idle time
+// retires it.
+func TestRecycleIdleTTLSparesSessions(t *testing.T) {
+	t.Parallel()
+	cfg := config(t)
+	cfg.IdleTTL = 100 * time.Millisecond
+	cfg.SessionIdleTTL = time.Minute
+	p := startPool(t, cfg)
+	pid := mustDo(t, p, pool.Request{Session: "s"}, "session", 0).PID
+	lastUse := time.Now()
+	for _, req := range []pool.Request{{}, {Session: "other"}} {
+		// Each request comes after the worker has been idle past IdleTTL.
+		waitFor(t, "idle time", func() bool { return time.Since(lastUse) > 3*cfg.IdleTTL })
+		if st := p.Stats(); st.Workers[0].Retiring || st.Recycled != 0 {
+			t.Fatalf("a worker holding a session retired for idleness: %+v", st)
+		}
+		got := mustDo(t, p, req, "pid", nil).PID
+		lastUse = time.Now()
+		if got != pid {
+			t.Fatalf("request %+v ran on pid %d, want the worker %d", req, got, pid)
+		}
+	}
+	p.EndSession("s")
+	p.EndSession("other")
+	waitFor(t, "idle recycling after the sessions ended", func() bool { return p.Stats().Recycled >= 1 })
 }
 
 // TestRecycleTTL: TTL retires the worker; its session keeps it until the

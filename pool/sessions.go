@@ -74,7 +74,7 @@ func (p *Pool) advanceSessionLocked(s *session, now int64) {
 			return
 		}
 		if p.anyQ.empty() {
-			if W := p.pickIdleLocked(); W != nil {
+			if W := p.pickIdleLocked(false); W != nil {
 				p.grantLocked(t, W, now)
 				return
 			}

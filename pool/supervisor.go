@@ -53,7 +53,10 @@ func (p *Pool) maintainLocked(now int64) int64 {
 		if W.state != wIdle {
 			continue
 		}
-		if idle := int64(p.cfg.IdleTTL); idle > 0 && !W.retiring {
+		// A worker that holds a session is not idle in the sense that
+		// matters: it keeps its session's state and all its work until
+		// the session ends, and its idle time counts from then.
+		if idle := int64(p.cfg.IdleTTL); idle > 0 && !W.retiring && len(W.sessions) == 0 {
 			if now-W.lastUsed >= idle {
 				p.retiringLocked(W, "idle_ttl")
 			} else {
@@ -84,8 +87,8 @@ func (p *Pool) maintainLocked(now int64) int64 {
 	return p.nextWake
 }
 
-// retiringLocked marks W for soft recycling: it takes no new session and no
-// anonymous job, and stops once it holds no session.
+// retiringLocked marks W for soft recycling: it takes no new session (but
+// anonymous jobs while it has sessions), and stops once it holds none.
 func (p *Pool) retiringLocked(W *pw, why string) {
 	W.retiring = true
 	p.log.Info("worker retiring", zap.String("worker", W.id), zap.Int("pid", W.pid),
