@@ -1,7 +1,9 @@
 package agent_test
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -57,5 +59,51 @@ func TestDrainKeepsSessionOrder(t *testing.T) {
 	order = append(order, ids...)
 	if !slices.IsSorted(order) {
 		t.Fatalf("the held jobs ran on the next owner in the order %v, want submission order", order)
+	}
+}
+
+// TestDrainDeadlineHandsBackInOrder: a graceful stop runs out of time while
+// a session's job runs and the session's next job waits behind it. The cut
+// job is the agent's doing, not the job's: it is handed back at once and
+// uncharged, before the next one, so the next owner runs the two in their
+// order, and a job with max_attempts 1 is not dead-lettered for the stop.
+// (Naked as a failure, with a retry delay and an attempt charged, the cut
+// job came back after the next one, or was exhausted.)
+func TestDrainDeadlineHandsBackInOrder(t *testing.T) {
+	t.Parallel()
+	cfg := fleetConfig(1, 2)
+	cfg.Agent.Queue.Partitions = 1
+	names := map[int]string{1: "b-old", 2: "a-new"}
+	cfg.Configure = func(i int, c *agent.Config) { c.Name = names[i] }
+	cfg, execLog := withExecLog(t, cfg)
+	f := fleettest.StartFleet(t, cfg)
+	old := f.Agents[0]
+	waitOwns(t, old, "old agent", []int{0})
+	const session = "cut"
+	long := submit(t, f, session, &queue.Job{ID: "long", Command: "sleep", Payload: json.RawMessage(`{"ms":5000}`), MaxAttempts: 1})
+	fleettest.Eventually(t, 30*time.Second, func() error {
+		if n := len(fleettest.ReadExecLog(t, execLog)[long]); n != 1 {
+			return fmt.Errorf("long job started %d times", n)
+		}
+		return nil
+	})
+	next := submit(t, f, session, &queue.Job{ID: "next", Command: "echo", Payload: json.RawMessage(`2`), MaxAttempts: 1})
+	waitDelivered(t, f, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := old.Stop(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatal(err)
+	}
+	f.AddAgent(t) // a-new, the next owner
+	rLong, rNext := result(t, f, long), result(t, f, next)
+	if !rLong.OK || rLong.Agent != "a-new" || rLong.Attempt != 1 {
+		t.Fatalf("cut job: %+v (error %+v), want ok on a-new, attempt 1", rLong, rLong.Error)
+	}
+	if !rNext.OK || rNext.Agent != "a-new" {
+		t.Fatalf("next job: %+v, want ok on a-new", rNext)
+	}
+	execs := fleettest.ReadExecLog(t, execLog)
+	if len(execs[long]) != 2 || len(execs[next]) != 1 || execs[next][0].Line < execs[long][1].Line {
+		t.Fatalf("runs: long %+v, next %+v; want next to start after long's second start", execs[long], execs[next])
 	}
 }

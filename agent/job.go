@@ -35,6 +35,9 @@ type job struct {
 
 	mu         sync.Mutex
 	callCancel context.CancelFunc
+	// cut is set when a drain that ran out of time cancels the job's call
+	// (cutByDrain): its end is then the agent's doing, not the job's.
+	cut bool
 	// canceled is set once a cancel covers the job; cctx ends then (see
 	// cancel.go).
 	canceled bool
@@ -115,12 +118,32 @@ func (j *job) logger() *zap.Logger {
 	return l.With(zap.Int("attempt", j.attempt))
 }
 
-func (j *job) cancelCall() {
+// cutByDrain cancels the job's call for a drain that ran out of time, or
+// the call it is about to make.
+func (j *job) cutByDrain() {
 	j.mu.Lock()
+	j.cut = true
 	if j.callCancel != nil {
 		j.callCancel()
 	}
 	j.mu.Unlock()
+}
+
+// wasCut reports whether a drain cut the job's call.
+func (j *job) wasCut() bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.cut
+}
+
+// handBackCut hands back a job whose call a drain cut: at once, behind its
+// session's earlier jobs and uncharged, as a job the drain found waiting
+// for a worker, so that the next owner runs the session's jobs in their
+// order and a job with max_attempts 1 is not dead-lettered for the drain.
+func (j *job) handBackCut() {
+	if j.handBackInOrder() {
+		j.r.a.record(outcomeRequeued, 0)
+	}
 }
 
 func (j *job) run() {
@@ -186,7 +209,15 @@ func (j *job) call(lease *pool.Lease, started time.Time) {
 	ctx, cancel := context.WithTimeout(a.baseCtx, timeout)
 	j.mu.Lock()
 	j.callCancel = cancel
+	cut := j.cut
 	j.mu.Unlock()
+	if cut {
+		// The drain ran out of time before the call began.
+		cancel()
+		lease.Release()
+		j.handBackCut()
+		return
+	}
 	deadline, _ := ctx.Deadline()
 	c := &worker.Call{
 		Command:  j.job.Command,
@@ -229,6 +260,11 @@ func (j *job) call(lease *pool.Lease, started time.Time) {
 			kind = queue.KindCanceled
 		}
 		if j.poisoned(lease, err) {
+			return
+		}
+		if kind == queue.KindCanceled && j.wasCut() {
+			j.logger().Info("drain deadline: call canceled; job handed back", zap.String("worker", lease.WorkerID()))
+			j.handBackCut()
 			return
 		}
 		j.logger().Info("worker failed; job will be redelivered", zap.String("worker", lease.WorkerID()), zap.Error(err))

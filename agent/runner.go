@@ -500,7 +500,7 @@ func (r *runner) touchHeld() {
 
 // drain stops fetching, naks jobs that have not reached a worker, and waits
 // for running jobs to finish. If ctx ends first, running calls are canceled
-// (their jobs are naked by the normal failure path).
+// and their jobs handed back as the waiting ones were (cutByDrain).
 func (r *runner) drain(ctx context.Context) {
 	r.fetchCancel()
 	<-r.loopDone
@@ -531,13 +531,13 @@ func (r *runner) drain(ctx context.Context) {
 	}
 }
 
-// cancelCalls cancels the running calls of a drain that ran out of time
-// (their jobs are naked by the normal failure path).
+// cancelCalls cancels the running calls of a drain that ran out of time,
+// and the calls about to start (see cutByDrain).
 func (r *runner) cancelCalls() {
 	r.a.log.Warn("drain deadline: canceling running jobs", zap.Int("partition", r.partition))
 	r.mu.Lock()
 	for j := range r.held {
-		j.cancelCall()
+		j.cutByDrain()
 	}
 	r.mu.Unlock()
 }
