@@ -80,7 +80,9 @@ func TestClusterNodeLoss(t *testing.T) {
 	w := workload{prefix: "cl", sessions: 40, perSession: 10, anonymous: 100, command: "sleep", payload: `{"ms":10}`}
 	ids := w.submit(t, f.Client)
 	poll(t, 60*time.Second, 100*time.Millisecond, func() error {
-		if n := countResults(t, f.Topology(), ids); n < len(ids)/4 {
+		if n, err := countResults(f.Topology(), ids); err != nil {
+			return err
+		} else if n < len(ids)/4 {
 			return fmt.Errorf("%d of %d results", n, len(ids))
 		}
 		return nil

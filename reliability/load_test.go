@@ -108,13 +108,14 @@ func waitResults(t *testing.T, topo *queue.Topology, ids []string, timeout time.
 }
 
 // countResults is how many of ids have a result so far.
-func countResults(t *testing.T, topo *queue.Topology, ids []string) int {
-	t.Helper()
+// countResults counts the ids with a stored result. Its error (a stream
+// without a leader for a moment, say) is for the caller's poll to retry.
+func countResults(topo *queue.Topology, ids []string) (int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	all, err := localfleet.ReadResults(ctx, topo)
 	if err != nil {
-		t.Fatalf("read results: %v", err)
+		return 0, err
 	}
 	n := 0
 	for _, id := range ids {
@@ -122,7 +123,7 @@ func countResults(t *testing.T, topo *queue.Topology, ids []string) int {
 			n++
 		}
 	}
-	return n
+	return n, nil
 }
 
 // requireOK fails the test for every result that is not ok.
