@@ -120,7 +120,7 @@ func (c *Client) AddQueue(ctx context.Context, name string, limits queue.QueueLi
 		return nil, &queue.BadRequestError{Reason: err.Error()}
 	}
 	cfg := c.topo.Config.ForQueue(name)
-	cfg.Limits = limits
+	cfg.Limits, cfg.DeclareLimits = limits, true
 	open := cfg
 	open.Partitions = 0
 	if have, err := queue.OpenQueue(ctx, c.js, open); err == nil {

@@ -144,8 +144,15 @@ type Config struct {
 	Queue string
 
 	// Limits are the queue's jobs stream limits. Zero fields: unlimited,
-	// the fleet's Storage and Replicas.
+	// the fleet's Storage and Replicas. They are the stream's when Ensure
+	// creates it; an existing stream keeps its MaxMsgs and MaxBytes unless
+	// DeclareLimits is set.
 	Limits QueueLimits
+	// DeclareLimits makes Ensure set Limits' MaxMsgs and MaxBytes on an
+	// existing jobs stream too (dispatcher queue add). Without it an agent,
+	// a dispatcher or a submit that opens the queue with no limits of its
+	// own leaves the operator's in place.
+	DeclareLimits bool
 }
 
 // Defaults of Config that the programs' flags show too.

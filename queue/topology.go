@@ -64,7 +64,13 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config) (*Topology,
 	}
 	t := &Topology{Config: cfg, JS: js, consumers: make(map[string]jetstream.Consumer)}
 	var err error
-	if t.Jobs, err = ensureStream(ctx, js, cfg.jobsStreamConfig()); err != nil {
+	jobs := cfg.jobsStreamConfig()
+	if !cfg.DeclareLimits {
+		if err := keepLimits(ctx, js, &jobs); err != nil {
+			return nil, err
+		}
+	}
+	if t.Jobs, err = ensureStream(ctx, js, jobs); err != nil {
 		return nil, err
 	}
 	// The jobs stream records at its creation how its consumers keep their
@@ -337,6 +343,31 @@ func streamContract(want, have jetstream.StreamConfig) error {
 			return mismatch("Partitions", wn, hn)
 		}
 		return mismatch("SubjectTransform", wt, ht)
+	}
+	return nil
+}
+
+// keepLimits sets want's limits to those of the existing stream it names,
+// if there is one.
+func keepLimits(ctx context.Context, js jetstream.JetStream, want *jetstream.StreamConfig) error {
+	s, err := js.Stream(ctx, want.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("queue: stream %s: %w", want.Name, err)
+	}
+	have := s.CachedInfo().Config
+	want.MaxMsgs, want.MaxBytes = have.MaxMsgs, have.MaxBytes
+	if want.AllowMsgSchedules && !have.AllowMsgSchedules && have.Discard == jetstream.DiscardNew && (have.MaxMsgs > 0 || have.MaxBytes > 0) {
+		// Schedules need discard-old, which would drop waiting jobs of a
+		// full queue: a queue with limits keeps them, without schedules
+		// (as withSchedules makes it).
+		want.AllowMsgSchedules, want.AllowRollup = false, have.AllowRollup
+		want.Subjects = withoutScheduleSubjects(want.Subjects)
+	}
+	if !want.AllowMsgSchedules {
+		want.Discard = have.Discard
 	}
 	return nil
 }

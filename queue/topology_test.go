@@ -272,6 +272,48 @@ func TestEnsureUpdatesTunables(t *testing.T) {
 	}
 }
 
+// TestEnsureKeepsDeclaredLimits: a queue's limits are declared (queue add:
+// DeclareLimits); whoever else opens the queue with limits of its own or
+// none (an agent, a dispatcher restarting, a submit) leaves them, and a
+// queue with limits keeps refusing new jobs when full rather than taking
+// schedules, which would drop waiting ones.
+func TestEnsureKeepsDeclaredLimits(t *testing.T) {
+	t.Parallel()
+	b := setup(t, queue.Config{Partitions: 2})
+	ctx := testCtx(t)
+	limits := func() (int64, int64, jetstream.DiscardPolicy, bool) {
+		t.Helper()
+		si, err := b.topo.Jobs.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return si.Config.MaxMsgs, si.Config.MaxBytes, si.Config.Discard, si.Config.AllowMsgSchedules
+	}
+	ensure := func(cfg queue.Config) {
+		t.Helper()
+		cfg.Partitions = 2
+		if _, err := queue.Ensure(ctx, b.js, cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ensure(queue.Config{Limits: queue.QueueLimits{MaxMsgs: 5, MaxBytes: 1 << 20}, DeclareLimits: true})
+	for name, cfg := range map[string]queue.Config{
+		"no limits":             {},
+		"other limits":          {Limits: queue.QueueLimits{MaxMsgs: 7}},
+		"schedules, no limits":  {Schedules: true},
+		"memory consumers, too": {MemoryConsumers: true},
+	} {
+		ensure(cfg)
+		if n, by, d, sched := limits(); n != 5 || by != 1<<20 || d != jetstream.DiscardNew || sched {
+			t.Fatalf("after an Ensure with %s: MaxMsgs %d, MaxBytes %d, discard %v, schedules %v; want 5, 1 MiB, new, none", name, n, by, d, sched)
+		}
+	}
+	ensure(queue.Config{DeclareLimits: true})
+	if n, by, _, _ := limits(); n != -1 || by != -1 {
+		t.Fatalf("after declaring no limits: MaxMsgs %d, MaxBytes %d; want unlimited", n, by)
+	}
+}
+
 func TestOpenNoTopology(t *testing.T) {
 	t.Parallel()
 	url := startServer(t)
