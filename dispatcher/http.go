@@ -300,6 +300,10 @@ func statusOf(err error) int {
 		return http.StatusConflict
 	case errors.Is(err, queue.ErrTooLarge):
 		return http.StatusRequestEntityTooLarge
+	case errors.Is(err, queue.ErrSchedulesUnsupported):
+		// The dispatcher's set-up, not the request: it says how to turn
+		// schedules on.
+		return http.StatusNotImplemented
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled), errors.Is(err, nats.ErrTimeout),
 		errors.Is(err, nats.ErrNoResponders), errors.Is(err, nats.ErrConnectionClosed),
 		errors.Is(err, nats.ErrConnectionDraining), errors.Is(err, nats.ErrConnectionReconnecting),

@@ -160,3 +160,19 @@ func TestSubmitQueueLimit(t *testing.T) {
 		t.Errorf("submit to the declared queue: %d %s", r.Status, r.Body)
 	}
 }
+
+// TestHTTPDelayWithoutSchedules: a delayed job or a schedule sent to a
+// dispatcher that runs without schedules is refused with 501 and the way to
+// turn them on, not a 500.
+func TestHTTPDelayWithoutSchedules(t *testing.T) {
+	t.Parallel()
+	s := startServe(t, nil, dispatcher.ServeConfig{})
+	for path, body := range map[string]string{
+		"/v1/jobs":      `{"in":"5s","job":{"command":"echo"}}`,
+		"/v1/schedules": `{"name":"n","every":"1h","job":{"command":"echo"}}`,
+	} {
+		if r := call(t, nil, "POST", s.URL+path, "", body); r.Status != 501 || !strings.Contains(r.Body, "--schedules") {
+			t.Errorf("POST %s without schedules: %d %s, want 501 saying how to turn them on", path, r.Status, r.Body)
+		}
+	}
+}

@@ -329,3 +329,46 @@ func TestWaitReturnsTheStoredResult(t *testing.T) {
 		t.Fatal("the waiter did not return the stored result")
 	}
 }
+
+// TestWaitOutlivesAFailedLook: a look that fails (here the results stream
+// is gone for a while, as a memory-stored one is after a server restart
+// until it is made again; a NATS restart or a leader election fails looks
+// the same way) does not end the wait: it looks again until its context
+// ends, and returns the result once it is stored.
+func TestWaitOutlivesAFailedLook(t *testing.T) {
+	t.Parallel()
+	b := setup(t, queue.Config{Partitions: 2})
+	ctx := testCtx(t)
+	if err := b.js.DeleteStream(ctx, b.cfg.ResultsStream()); err != nil {
+		t.Fatal(err)
+	}
+	type outcome struct {
+		r   *queue.Result
+		err error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		r, err := b.topo.WaitJobResult(ctx, b.nc, "later", 0)
+		done <- outcome{r, err}
+	}()
+	// Its first looks fail at once; it must still be waiting a while on.
+	select {
+	case o := <-done:
+		t.Fatalf("the wait ended on a failed look: %+v, %v", o.r, o.err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	if _, err := queue.Ensure(ctx, b.js, b.cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.topo.StoreResult(ctx, &queue.Result{ID: "later", JobSeq: 4, OK: true}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case o := <-done:
+		if o.err != nil || !o.r.OK || o.r.JobSeq != 4 {
+			t.Fatalf("wait: %+v, %v; want the stored result", o.r, o.err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the wait did not return the stored result")
+	}
+}

@@ -295,10 +295,13 @@ func (r *Result) matches(seq uint64, queue string) bool {
 
 func (r *Result) queueName() string { return NameOrDefault(r.Queue) }
 
+// errNotEnvelope is wrapped by decodeResult's error.
+var errNotEnvelope = errors.New("queue: not a valid result envelope")
+
 func decodeResult(id string, data []byte) (*Result, error) {
 	var r Result
 	if err := json.Unmarshal(data, &r); err != nil {
-		return nil, fmt.Errorf("queue: result %s is not a valid envelope: %w", id, err)
+		return nil, fmt.Errorf("%w: result %s: %w", errNotEnvelope, id, err)
 	}
 	if r.ID == "" {
 		r.ID = id
@@ -338,6 +341,7 @@ func (t *Topology) WaitJobResult(ctx context.Context, nc *nats.Conn, id string, 
 	}
 
 	q := t.Config.QueueName()
+	var lastErr error
 	recheck := 100 * time.Millisecond
 	timer := time.NewTimer(0) // first look right away
 	defer timer.Stop()
@@ -360,15 +364,23 @@ func (t *Topology) WaitJobResult(ctx context.Context, nc *nats.Conn, id string, 
 			timer.Reset(0)
 		case <-timer.C:
 			r, err := t.getJobResult(ctx, id, seq, q)
-			if err == nil {
+			switch {
+			case err == nil:
 				return r, nil
-			}
-			if !errors.Is(err, ErrResultNotFound) {
+			case errors.Is(err, ErrResultNotFound):
+			case errors.Is(err, errNotEnvelope) || ctx.Err() != nil:
 				return nil, err
+			default:
+				// NATS away for a moment (a restart, a leader election,
+				// a stream being made again): look again until ctx ends.
+				lastErr = err
 			}
 			timer.Reset(recheck)
 			recheck = min(recheck*2, 5*time.Second)
 		case <-ctx.Done():
+			if lastErr != nil {
+				return nil, fmt.Errorf("queue: wait result %s: %w (the last look failed: %v)", id, ctx.Err(), lastErr)
+			}
 			return nil, fmt.Errorf("queue: wait result %s: %w", id, ctx.Err())
 		}
 	}
