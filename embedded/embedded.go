@@ -17,6 +17,14 @@ import (
 // ErrStart is wrapped by every error Start returns.
 var ErrStart = errors.New("embedded: cannot start nats-server")
 
+// ErrStoreLocked is wrapped, beside ErrStart, by LockStore's error when
+// another process holds the store directory.
+var ErrStoreLocked = errors.New("store directory in use")
+
+// lockFile is LockStore's file in the store directory; it holds the pid of
+// the process that holds the lock.
+const lockFile = "procfleet.lock"
+
 // ErrInvalidConfig is wrapped, beside ErrStart, by the errors Start returns
 // for a bad Config; each names the field.
 var ErrInvalidConfig = errors.New("embedded: invalid config")

@@ -3,7 +3,10 @@ package embedded_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -110,4 +113,25 @@ func TestStartErrors(t *testing.T) {
 	if !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled ctx: %v", err)
 	}
+}
+
+// TestLockStore: one process at a time holds a store directory; the second
+// is told who holds it, and may take it once it is released.
+func TestLockStore(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(t.TempDir(), "store")
+	unlock, err := embedded.LockStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = embedded.LockStore(dir)
+	if !errors.Is(err, embedded.ErrStoreLocked) || !errors.Is(err, embedded.ErrStart) || !strings.Contains(err.Error(), fmt.Sprintf("pid %d", os.Getpid())) {
+		t.Fatalf("a second lock: %v, want ErrStoreLocked naming pid %d", err, os.Getpid())
+	}
+	unlock()
+	again, err := embedded.LockStore(dir)
+	if err != nil {
+		t.Fatalf("after unlock: %v", err)
+	}
+	again()
 }

@@ -190,6 +190,11 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 			return fmt.Errorf("--listen %s: the embedded server has no users, so it listens on loopback only; "+
 				"for a fleet across machines run nats-server with deploy/nats-server.conf and serve --nats", *listen)
 		}
+		unlock, err := embedded.LockStore(*data)
+		if err != nil {
+			return err
+		}
+		defer unlock()
 		srv, u, err := embedded.Start(ctx, embedded.Config{Host: host, Port: port, StoreDir: *data, Logger: log.Named("nats")})
 		if err != nil {
 			return err

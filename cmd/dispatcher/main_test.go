@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/procfleet/procfleet/dispatcher"
+	"github.com/procfleet/procfleet/embedded"
 	"github.com/procfleet/procfleet/fleettest"
 	"github.com/procfleet/procfleet/internal/sharedtest"
 	"github.com/procfleet/procfleet/queue"
@@ -174,6 +175,13 @@ func TestServeHTTPFlags(t *testing.T) {
 	if err := os.WriteFile(badFile, []byte("short submit\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// A store another process (here: this test) holds.
+	held := t.TempDir()
+	unlock, err := embedded.LockStore(held)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(unlock)
 	for _, tc := range []struct {
 		args []string
 		says string
@@ -185,6 +193,7 @@ func TestServeHTTPFlags(t *testing.T) {
 		{[]string{"--http", "127.0.0.1:0", "--http-tls-cert", badFile}, "--http-tls-key"},
 		{[]string{"--embedded", "--listen", "0.0.0.0:0", "--data", dir}, "loopback only"},
 		{[]string{"--embedded", "--listen", "192.0.2.1:0", "--data", dir}, "loopback only"},
+		{[]string{"--embedded", "--listen", "127.0.0.1:0", "--data", held}, "in use"},
 	} {
 		args := append([]string{"serve", "--nats", s.URL}, tc.args...)
 		if _, _, err := runCmd(t, args...); err == nil || !strings.Contains(err.Error(), tc.says) {

@@ -113,6 +113,11 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 
+	unlock, err := embedded.LockStore(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	srv, url, err := embedded.Start(ctx, embedded.Config{Host: cfg.Host, Port: cfg.Port, StoreDir: cfg.DataDir, Logger: cfg.Logger.Named("nats")})
 	if err != nil {
 		return err
