@@ -28,7 +28,7 @@ type filePool struct {
 	Queue          string            `yaml:"queue"`
 	WorkerCmd      yaml.Node         `yaml:"worker_cmd"` // a string (split like --worker-cmd) or a list
 	WorkerDir      string            `yaml:"worker_dir"`
-	PoolSize       int               `yaml:"pool_size"`
+	PoolSize       *int              `yaml:"pool_size"` // nil: the default size
 	Capacity       int               `yaml:"capacity"`
 	MaxJobs        int               `yaml:"max_jobs"`
 	TTL            string            `yaml:"ttl"`
@@ -95,7 +95,7 @@ func (fp *filePool) queueConfig() (agent.QueueConfig, error) {
 	if len(argv) == 0 {
 		return agent.QueueConfig{}, errors.New("worker_cmd is required")
 	}
-	p := pool.Config{Size: fp.PoolSize, MaxJobs: fp.MaxJobs, SessionIdleTTL: pool.DefaultSessionIdleTTL}
+	p := pool.Config{Size: pool.DefaultSize, MaxJobs: fp.MaxJobs, SessionIdleTTL: pool.DefaultSessionIdleTTL}
 	w := worker.Config{Command: argv, Dir: fp.WorkerDir, StartupTimeout: worker.DefaultStartupTimeout}
 	type duration struct {
 		key, s string
@@ -124,11 +124,12 @@ func (fp *filePool) queueConfig() (agent.QueueConfig, error) {
 		}
 		p.MaxRSS = int64(b)
 	}
-	if fp.PoolSize < 0 {
-		return agent.QueueConfig{}, fmt.Errorf("pool_size must be at least 1, got %d", fp.PoolSize)
-	}
-	if p.Size == 0 {
-		p.Size = pool.DefaultSize
+	if fp.PoolSize != nil {
+		// 0 would quietly become the default size.
+		if *fp.PoolSize < 1 {
+			return agent.QueueConfig{}, fmt.Errorf("pool_size must be at least 1, got %d", *fp.PoolSize)
+		}
+		p.Size = *fp.PoolSize
 	}
 	p.Worker = w
 	return agent.QueueConfig{Name: fp.Queue, Limits: fp.Limits, Pool: p, Capacity: fp.Capacity}, nil

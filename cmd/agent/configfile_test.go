@@ -43,6 +43,7 @@ func TestConfigFileErrors(t *testing.T) {
 		{"bad storage", "queues:\n  - queue: a\n    worker_cmd: w\n    limits: {storage: tape}\n", "Storage"},
 		{"no queues", "queues: []\n", "no queues"},
 		{"twice", "queues:\n  - queue: a\n    worker_cmd: w\n  - queue: a\n    worker_cmd: w\n", "listed twice"},
+		{"no workers", "queues:\n  - queue: a\n    worker_cmd: w\n    pool_size: 0\n", "pool_size must be at least 1, got 0"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

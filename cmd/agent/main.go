@@ -116,6 +116,9 @@ Flags:
 	} else if len(workerCmd) == 0 {
 		fs.Usage()
 		return errors.New("--worker-cmd is required (or --config FILE)")
+	} else if *poolSize < 1 {
+		// 0 would quietly become the default size.
+		return fmt.Errorf("--pool-size must be at least 1, got %d", *poolSize)
 	}
 	tel, err := cli.StartTelemetry(*logFormat, *logLevel, *metrics)
 	if err != nil {

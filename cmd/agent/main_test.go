@@ -57,6 +57,7 @@ func TestPoisonAndTimeoutFlags(t *testing.T) {
 		{"poison bound from the environment", map[string]string{"PROCFLEET_POISON_DEATHS": "-2"}, nil, "PoisonDeaths cannot be negative"},
 		{"negative cancel grace", nil, []string{"--cancel-grace", "-1s"}, "CancelGrace cannot be negative"},
 		{"cancel grace from the environment", map[string]string{"PROCFLEET_CANCEL_GRACE": "-2s"}, nil, "CancelGrace cannot be negative"},
+		{"no workers", nil, []string{"--pool-size", "0"}, "--pool-size must be at least 1, got 0"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

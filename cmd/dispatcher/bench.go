@@ -50,6 +50,10 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer func() { _ = log.Sync() }()
+	if cfg.Jobs < 1 {
+		// 0 would quietly become the default.
+		return fmt.Errorf("--jobs must be at least 1, got %d", cfg.Jobs)
+	}
 	cfg.WorkerCmd = workerCmd
 	if *serverCPUs != "" {
 		for f := range strings.SplitSeq(*serverCPUs, ",") {

@@ -486,6 +486,15 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
+	// 0 would quietly become the default.
+	for flag, n := range map[string]int{"--agents": cfg.Agents, "--workers": cfg.Workers, "--sessions": cfg.Sessions, "--jobs": cfg.JobsPerSession} {
+		if n < 1 {
+			return fmt.Errorf("%s must be at least 1, got %d", flag, n)
+		}
+	}
+	if cfg.Anonymous == 0 {
+		cfg.Anonymous = -1 // none
+	}
 	cfg.WorkerCmd = workerCmd
 	cfg.Out, cfg.Progress, cfg.Logger = stdout, stderr, log
 	_, err = demo.Run(ctx, cfg)

@@ -158,6 +158,10 @@ func TestFlagsAfterArguments(t *testing.T) {
 		{"dlq", "replay", "--nats", url},
 		{"dlq", "replay", "x", "--nats", url},
 		{"dlq", "frob", "--nats", url},
+		// An explicit 0 must not quietly become the default.
+		{"demo", "--sessions", "0"},
+		{"demo", "--workers", "0"},
+		{"bench", "--jobs", "0"},
 	} {
 		if _, _, err := runCmd(t, args...); err == nil {
 			t.Errorf("%q: no error", args)

@@ -46,7 +46,8 @@ type Config struct {
 	// and 20.
 	Sessions       int
 	JobsPerSession int
-	// Anonymous is the number of jobs without a session. Default 1000.
+	// Anonymous is the number of jobs without a session. Default 1000;
+	// negative: none.
 	Anonymous int
 	// WorkerCmd is the worker of queue "programs", which runs the session
 	// jobs. Default: python3 examples/programs_worker.py, found from the
@@ -104,8 +105,8 @@ func (c *Config) setDefaults() {
 
 // validate names the first invalid field; call it after setDefaults.
 func (c *Config) validate() error {
-	if c.Agents < 0 || c.Workers < 0 || c.Sessions < 0 || c.JobsPerSession < 0 || c.Anonymous < 0 {
-		return fmt.Errorf("%w: Agents, Workers, Sessions, JobsPerSession and Anonymous cannot be negative", ErrInvalidConfig)
+	if c.Agents < 0 || c.Workers < 0 || c.Sessions < 0 || c.JobsPerSession < 0 {
+		return fmt.Errorf("%w: Agents, Workers, Sessions and JobsPerSession cannot be negative", ErrInvalidConfig)
 	}
 	return nil
 }
@@ -194,7 +195,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			meta[id] = sent{session: session, seq: j}
 		}
 	}
-	for i := range cfg.Anonymous {
+	anonymous := max(cfg.Anonymous, 0)
+	for i := range anonymous {
 		id := fmt.Sprintf("d%x-a%d", run, i)
 		subs = append(subs, dispatcher.Submission{Queue: "echo", Job: &queue.Job{ID: id, Command: "echo", Payload: json.RawMessage(fmt.Sprintf(`{"n":%d}`, i))}})
 		meta[id] = sent{seq: i}
@@ -207,7 +209,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 
 	start := time.Now()
-	fmt.Fprintf(cfg.Progress, "submitting %d jobs (queue programs: %d sessions x %d; queue echo: %d anonymous)\n", len(subs), cfg.Sessions, cfg.JobsPerSession, cfg.Anonymous)
+	fmt.Fprintf(cfg.Progress, "submitting %d jobs (queue programs: %d sessions x %d; queue echo: %d anonymous)\n", len(subs), cfg.Sessions, cfg.JobsPerSession, anonymous)
 	for i := range subs {
 		m := meta[subs[i].Job.ID]
 		m.at = time.Now()
