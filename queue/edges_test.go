@@ -1,6 +1,7 @@
 package queue_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -292,15 +293,7 @@ func TestWaitReturnsTheStoredResult(t *testing.T) {
 	if _, err := b.js.UpdateStream(ctx, rc); err != nil {
 		t.Fatal(err)
 	}
-	type outcome struct {
-		r   *queue.Result
-		err error
-	}
-	done := make(chan outcome, 1)
-	go func() {
-		r, err := b.topo.WaitJobResult(ctx, b.nc, "wire", 3)
-		done <- outcome{r, err}
-	}()
+	done := waitAsync(ctx, b, "wire", 3)
 	big := &queue.Result{ID: "wire", JobSeq: 3, OK: true, Result: json.RawMessage(`"` + strings.Repeat("w", 5000) + `"`)}
 	// Send the refused result until the waiter has certainly seen it on
 	// the wire (it subscribes within moments); it must not return it.
@@ -342,15 +335,7 @@ func TestWaitOutlivesAFailedLook(t *testing.T) {
 	if err := b.js.DeleteStream(ctx, b.cfg.ResultsStream()); err != nil {
 		t.Fatal(err)
 	}
-	type outcome struct {
-		r   *queue.Result
-		err error
-	}
-	done := make(chan outcome, 1)
-	go func() {
-		r, err := b.topo.WaitJobResult(ctx, b.nc, "later", 0)
-		done <- outcome{r, err}
-	}()
+	done := waitAsync(ctx, b, "later", 0)
 	// Its first looks fail at once; it must still be waiting a while on.
 	select {
 	case o := <-done:
@@ -371,4 +356,21 @@ func TestWaitOutlivesAFailedLook(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("the wait did not return the stored result")
 	}
+}
+
+// waitOutcome is what a WaitJobResult returned.
+type waitOutcome struct {
+	r   *queue.Result
+	err error
+}
+
+// waitAsync runs WaitJobResult for id and seq on its own goroutine (which
+// ends with ctx at the latest) and hands over what it returned.
+func waitAsync(ctx context.Context, b *testBundle, id string, seq uint64) <-chan waitOutcome {
+	done := make(chan waitOutcome, 1)
+	go func() {
+		r, err := b.topo.WaitJobResult(ctx, b.nc, id, seq)
+		done <- waitOutcome{r, err}
+	}()
+	return done
 }
