@@ -304,6 +304,8 @@ func statusOf(err error) int {
 		// The dispatcher's set-up, not the request: it says how to turn
 		// schedules on.
 		return http.StatusNotImplemented
+	case errors.Is(err, queue.ErrQueueFull):
+		return http.StatusServiceUnavailable
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled), errors.Is(err, nats.ErrTimeout),
 		errors.Is(err, nats.ErrNoResponders), errors.Is(err, nats.ErrConnectionClosed),
 		errors.Is(err, nats.ErrConnectionDraining), errors.Is(err, nats.ErrConnectionReconnecting),
@@ -328,7 +330,9 @@ func (a *httpAPI) writeError(w http.ResponseWriter, r *http.Request, err error) 
 		msg = "internal error (see the dispatcher's log)"
 	case http.StatusServiceUnavailable:
 		w.Header().Set("Retry-After", "1")
-		msg = "NATS is unavailable or slow, retry later: " + msg
+		if !errors.Is(err, queue.ErrQueueFull) { // which says why and what to do
+			msg = "NATS is unavailable or slow, retry later: " + msg
+		}
 	}
 	a.fail(w, r, status, msg)
 }

@@ -176,3 +176,18 @@ func TestHTTPDelayWithoutSchedules(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTPSubmitToAFullQueue: a full queue's refusal is a 503 (retry later)
+// that says the queue is full and how to raise its limit, not that NATS is
+// unavailable.
+func TestHTTPSubmitToAFullQueue(t *testing.T) {
+	t.Parallel()
+	s := startServe(t, nil, dispatcher.ServeConfig{Queue: queue.Config{Partitions: 2, Limits: queue.QueueLimits{MaxMsgs: 1}}})
+	if r := call(t, nil, "POST", s.URL+"/v1/jobs", "", `{"job":{"command":"echo"}}`); r.Status != 200 {
+		t.Fatalf("first job: %d %s", r.Status, r.Body)
+	}
+	r := call(t, nil, "POST", s.URL+"/v1/jobs", "", `{"job":{"command":"echo"}}`)
+	if r.Status != 503 || r.Header.Get("Retry-After") == "" || !strings.Contains(r.Body, "holds at most 1 jobs") || strings.Contains(r.Body, "NATS is unavailable") {
+		t.Fatalf("a job over the limit: %d %s, want 503 saying the queue is full", r.Status, r.Body)
+	}
+}

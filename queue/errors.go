@@ -3,6 +3,9 @@ package queue
 import (
 	"errors"
 	"fmt"
+	"strings"
+
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 var (
@@ -89,6 +92,35 @@ func (e *LeaseHeldError) Unwrap() error { return ErrLeaseHeld }
 
 // ErrTooLarge matches every *TooLargeError.
 var ErrTooLarge = errors.New("queue: message too large")
+
+// ErrQueueFull is wrapped by a submit the queue's jobs stream refused
+// because it holds as many jobs (or bytes) as its limits allow: the
+// stream discards new jobs, never waiting ones. Retry once agents have
+// taken some, or raise the limits (dispatcher queue add).
+var ErrQueueFull = errors.New("queue: queue is full")
+
+// queueFull returns err as an ErrQueueFull naming t's queue and its limits
+// when it is the jobs stream's refusal of a message over them.
+func (t *Topology) queueFull(err error) error {
+	var jsErr jetstream.JetStreamError
+	if !errors.As(err, &jsErr) || jsErr.APIError() == nil {
+		return err
+	}
+	d := jsErr.APIError().Description
+	if !strings.Contains(d, "maximum messages exceeded") && !strings.Contains(d, "maximum bytes exceeded") {
+		return err
+	}
+	var limits []string
+	c := t.Jobs.CachedInfo().Config
+	if c.MaxMsgs > 0 {
+		limits = append(limits, fmt.Sprintf("%d jobs", c.MaxMsgs))
+	}
+	if c.MaxBytes > 0 {
+		limits = append(limits, fmt.Sprintf("%d bytes", c.MaxBytes))
+	}
+	return fmt.Errorf("%w: queue %s holds at most %s; retry once agents have taken some, or raise its limits (dispatcher queue add %s --max-msgs N --max-bytes SIZE)",
+		ErrQueueFull, t.Config.QueueName(), strings.Join(limits, " or "), t.Config.QueueName())
+}
 
 // TooLargeError is a message the server would refuse: its size, headers
 // included, is over the server's max payload or its stream's max message

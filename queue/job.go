@@ -289,7 +289,7 @@ func (t *Topology) Submit(ctx context.Context, session string, job *Job) (*jetst
 	}
 	ack, err := t.JS.PublishMsg(ctx, msg, jetstream.WithMsgID(job.ID))
 	if err != nil {
-		return nil, fmt.Errorf("queue: submit job %s: %w", job.ID, err)
+		return nil, fmt.Errorf("queue: submit job %s: %w", job.ID, t.queueFull(err))
 	}
 	return ack, nil
 }

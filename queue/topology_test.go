@@ -1,9 +1,12 @@
 package queue_test
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -412,5 +415,30 @@ func TestWorkQueueConsumers(t *testing.T) {
 	}
 	if _, err := b.topo.PartitionConsumer(ctx, 4); err == nil {
 		t.Error("PartitionConsumer(4) of 4 partitions succeeded")
+	}
+}
+
+// TestSubmitToAFullQueue: a queue at its limits refuses a new job with
+// ErrQueueFull, naming the queue, its limit and how to raise it; the jobs
+// it holds stay.
+func TestSubmitToAFullQueue(t *testing.T) {
+	t.Parallel()
+	b := setup(t, queue.Config{Partitions: 2, Queue: "small", Limits: queue.QueueLimits{MaxMsgs: 2}})
+	ctx := testCtx(t)
+	for i := range 2 {
+		if _, err := b.topo.Submit(ctx, "s", &queue.Job{Command: "echo", Payload: json.RawMessage(strconv.Itoa(i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := b.topo.Submit(ctx, "s", &queue.Job{Command: "echo"})
+	if !errors.Is(err, queue.ErrQueueFull) || !strings.Contains(err.Error(), "queue small holds at most 2 jobs") || !strings.Contains(err.Error(), "queue add small") {
+		t.Fatalf("a third job: %v, want ErrQueueFull naming the queue and its limit", err)
+	}
+	si, err := b.topo.Jobs.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if si.State.Msgs != 2 {
+		t.Fatalf("the full queue holds %d jobs, want its 2", si.State.Msgs)
 	}
 }
