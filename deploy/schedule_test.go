@@ -2,9 +2,13 @@ package deploy_test
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
+	"github.com/procfleet/procfleet/internal/sharedtest"
 	"github.com/procfleet/procfleet/queue"
 )
 
@@ -18,6 +22,9 @@ func TestSchedulePermissions(t *testing.T) {
 	client := s.connect(t, userClient)
 	ctopo := client.open(t)
 	ctx := testCtx(t)
+	if err := dtopo.WatchDelays(ctx, dispatcher.Conn, nil); err != nil {
+		t.Fatalf("dispatcher WatchDelays: %v", err)
+	}
 
 	if _, err := ctopo.SubmitAt(ctx, "s1", &queue.Job{ID: "later", Command: "echo"}, time.Now().Add(time.Hour)); err != nil {
 		t.Fatalf("client SubmitAt: %v", err)
@@ -45,6 +52,24 @@ func TestSchedulePermissions(t *testing.T) {
 		t.Fatalf("second RemoveSchedule: %v", err)
 	}
 	dispatcher.assertNoViolations(t)
+
+	// A repeating schedule a client puts on a delay subject, which its
+	// permissions cannot refuse, is deleted by the dispatcher's watch.
+	evil := nats.NewMsg("fleet.delay.evil")
+	evil.Data = []byte(`{"command":"echo"}`)
+	evil.Header.Set(queue.ScheduleHeader, "@every 1s")
+	evil.Header.Set(queue.ScheduleTargetHeader, "fleet.job.any")
+	if _, err := ctopo.JS.PublishMsg(ctx, evil); err != nil {
+		t.Fatalf("client publish on a delay subject: %v", err)
+	}
+	sharedtest.Eventually(t, 10*time.Second, func() error {
+		if m, err := dtopo.Jobs.GetLastMsgForSubject(ctx, "fleet.delay.evil"); err == nil {
+			return fmt.Errorf("the repeating schedule is still stored (seq %d)", m.Sequence)
+		}
+		return nil
+	})
+	dispatcher.assertNoViolations(t)
+	client.assertNoViolations(t)
 
 	client.denyPublish(t, "fleet.schedule.nightly")
 	agent := s.connect(t, userAgent)

@@ -144,6 +144,11 @@ func Serve(ctx context.Context, nc *nats.Conn, cfg ServeConfig) error {
 	if err := c.topo.WatchMaxDeliveries(wctx, nc, "dispatcher", log); err != nil {
 		return fmt.Errorf("dispatcher: dead-letter watcher: %w", err)
 	}
+	if c.topo.SchedulesAllowed() {
+		if err := c.topo.WatchDelays(wctx, nc, log); err != nil {
+			return fmt.Errorf("dispatcher: delayed jobs watcher: %w", err)
+		}
+	}
 	if cfg.MaxQueues < 0 {
 		return fmt.Errorf("dispatcher: MaxQueues cannot be negative, got %d", cfg.MaxQueues)
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
@@ -336,5 +337,45 @@ func TestDelayedJobReplacedAfterDedupWindow(t *testing.T) {
 	list, n, err := b.topo.Delayed(ctx, 0)
 	if err != nil || n != 1 || !list[0].Next.Equal(second.UTC()) {
 		t.Fatalf("Delayed = %+v, %d, %v; want d1 due %v only", list, n, err, second)
+	}
+}
+
+// TestWatchDelaysDropsRepeatingSchedules: a client may publish a delayed
+// job on a delay subject, and nothing else: a repeating schedule put there
+// (subject permissions cannot see the header) is deleted as soon as the
+// stream holds it, before it fires; one-shot delayed jobs stay.
+func TestWatchDelaysDropsRepeatingSchedules(t *testing.T) {
+	t.Parallel()
+	b := setup(t, queue.Config{Partitions: 2, Schedules: true})
+	ctx := testCtx(t)
+	if err := b.topo.WatchDelays(ctx, b.nc, zaptest.NewLogger(t)); err != nil {
+		t.Fatal(err)
+	}
+	later := time.Now().Add(time.Hour)
+	if _, err := b.topo.SubmitAt(ctx, "", &queue.Job{ID: "once", Command: "echo"}, later); err != nil {
+		t.Fatal(err)
+	}
+	msg := nats.NewMsg(b.cfg.DelaySubject("evil"))
+	msg.Data = []byte(`{"command":"echo"}`)
+	msg.Header.Set(queue.ScheduleHeader, "@every 2s")
+	msg.Header.Set(queue.ScheduleTargetHeader, b.cfg.AnySubject())
+	if _, err := b.js.PublishMsg(ctx, msg); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, func() error {
+		if m, err := b.topo.Jobs.GetLastMsgForSubject(ctx, b.cfg.DelaySubject("evil")); err == nil {
+			return fmt.Errorf("the repeating schedule is still stored (seq %d)", m.Sequence)
+		}
+		return nil
+	})
+	if _, err := b.topo.Jobs.GetLastMsgForSubject(ctx, b.cfg.DelaySubject("once")); err != nil {
+		t.Fatalf("the delayed job's schedule: %v", err)
+	}
+	info, err := b.topo.Jobs.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 1 {
+		t.Fatalf("jobs stream holds %d messages, want the delayed job's schedule only", info.State.Msgs)
 	}
 }
