@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
@@ -49,7 +50,9 @@ func loadConfigFile(path string) ([]agent.QueueConfig, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	var fc fileConfig
-	if err := dec.Decode(&fc); err != nil {
+	if err := dec.Decode(&fc); errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("--config %s: the file is empty: want a list under \"queues:\"", path)
+	} else if err != nil {
 		return nil, fmt.Errorf("--config %s: %w", path, err)
 	}
 	if len(fc.Queues) == 0 {

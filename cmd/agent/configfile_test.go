@@ -42,6 +42,7 @@ func TestConfigFileErrors(t *testing.T) {
 		{"bad size", "queues:\n  - queue: a\n    worker_cmd: w\n    max_rss: lots\n", "max_rss"},
 		{"bad storage", "queues:\n  - queue: a\n    worker_cmd: w\n    limits: {storage: tape}\n", "Storage"},
 		{"no queues", "queues: []\n", "no queues"},
+		{"empty", "", "the file is empty"},
 		{"twice", "queues:\n  - queue: a\n    worker_cmd: w\n  - queue: a\n    worker_cmd: w\n", "listed twice"},
 		{"no workers", "queues:\n  - queue: a\n    worker_cmd: w\n    pool_size: 0\n", "pool_size must be at least 1, got 0"},
 	}

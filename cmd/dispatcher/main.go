@@ -54,11 +54,12 @@ func main() {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)
 		}
-		fmt.Fprintln(os.Stderr, "dispatcher:", err)
 		var ec exitCode
 		if errors.As(err, &ec) {
+			// The command has said what went wrong (a job that failed).
 			os.Exit(int(ec))
 		}
+		fmt.Fprintln(os.Stderr, "dispatcher:", err)
 		os.Exit(1)
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"flag"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -202,6 +204,18 @@ func TestServeHTTPFlags(t *testing.T) {
 		args := append([]string{"serve", "--nats", s.URL}, tc.args...)
 		if _, _, err := runCmd(t, args...); err == nil || !strings.Contains(err.Error(), tc.says) {
 			t.Errorf("%q: err = %v, want one saying %q", args, err, tc.says)
+		}
+	}
+}
+
+// TestHelpIsNotAnError: asking a command for its usage prints it and is no
+// failure (main exits 0 on flag.ErrHelp).
+func TestHelpIsNotAnError(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{{"queue", "--help"}, {"queue", "add", "-h"}, {"submit", "--help"}} {
+		_, stderr, err := runCmd(t, args...)
+		if !errors.Is(err, flag.ErrHelp) || !strings.Contains(stderr, "Usage") {
+			t.Errorf("%q: err %v, stderr %q; want flag.ErrHelp and the usage", args, err, stderr)
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -18,6 +19,9 @@ import (
 func cmdQueue(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || (args[0] != "add" && args[0] != "list") {
 		fmt.Fprintln(stderr, "Usage: dispatcher queue add NAME [--max-msgs N] [--max-bytes SIZE] [--storage file|memory] [--replicas N]\n       dispatcher queue list [--json]")
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
+			return flag.ErrHelp
+		}
 		return errors.New("queue: want add or list")
 	}
 	sub, rest := args[0], args[1:]
@@ -34,6 +38,9 @@ func cmdQueue(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if sub == "add" {
 		if len(rest) == 0 || rest[0] == "" || rest[0][0] == '-' {
 			fs.Usage()
+			if len(rest) > 0 && (rest[0] == "-h" || rest[0] == "--help") {
+				return flag.ErrHelp
+			}
 			return errors.New("queue add: NAME is required")
 		}
 		name, rest = rest[0], rest[1:]
