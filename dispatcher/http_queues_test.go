@@ -136,6 +136,9 @@ func TestSubmitQueueLimit(t *testing.T) {
 			t.Fatalf("submit to %s: %d %s", q, r.Status, r.Body)
 		}
 	}
+	if r := submit("A"); r.Status != 400 || !strings.Contains(r.Body, "did you mean a") {
+		t.Fatalf("a queue differing from one only in case: %d %s, want 400 asking whether a was meant", r.Status, r.Body)
+	}
 	if r := submit("c"); r.Status != 409 || !strings.Contains(r.Body, "queue add") {
 		t.Fatalf("a fourth queue: %d %s, want 409 saying how to declare it", r.Status, r.Body)
 	}

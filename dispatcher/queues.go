@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -95,7 +96,8 @@ func (c *Client) queue(ctx context.Context, name string, create bool) (*queue.To
 }
 
 // roomForQueue refuses to create queue name on demand once there are as
-// many queues as the limit.
+// many queues as the limit, or when its name differs from an existing
+// queue's only in case.
 func (c *Client) roomForQueue(ctx context.Context, name string) error {
 	limit := c.queues.max
 	if limit <= 0 {
@@ -104,6 +106,12 @@ func (c *Client) roomForQueue(ctx context.Context, name string) error {
 	names, err := queue.ListQueues(ctx, c.js, c.topo.Config)
 	if err != nil {
 		return err
+	}
+	for _, have := range names {
+		// Most likely a typo, whose jobs would wait in a queue nobody serves.
+		if strings.EqualFold(have, name) {
+			return &queue.BadRequestError{Reason: fmt.Sprintf("queue %q differs from queue %q only in case: did you mean %s? (declare it with dispatcher queue add to have both)", name, have, have)}
+		}
 	}
 	if len(names) >= limit {
 		return fmt.Errorf("%w: %d queues exist, the most a submit may create (dispatcher serve --max-queues); declare queue %s with dispatcher queue add, or submit to an existing one",
