@@ -104,8 +104,15 @@ func (p *Pool) freeWorkerLocked(W *pw, now int64) {
 		t = s.q.head
 	}
 	// A retiring worker still holds sessions here: it serves them, and
-	// anonymous jobs meanwhile, which bind nothing to it.
-	if a := p.anyQ.head; a != nil && (t == nil || a.seq < t.seq) {
+	// anonymous jobs meanwhile, which bind nothing to it; the first jobs of
+	// new sessions in the line wait for another worker.
+	a := p.anyQ.head
+	if W.retiring {
+		for a != nil && a.session != "" {
+			a = a.next
+		}
+	}
+	if a != nil && (t == nil || a.seq < t.seq) {
 		t = a
 	}
 	if t != nil {

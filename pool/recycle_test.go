@@ -54,10 +54,23 @@ func TestRecycleMaxJobsWaitsForSession(t *testing.T) {
 	if st := p.Stats(); st.Recycled != 0 {
 		t.Fatalf("stats %+v", st)
 	}
-	// A new session waits for a worker that is not retiring.
+	// A new session waits for a worker that is not retiring, also when the
+	// retiring one comes free from an anonymous job while it waits.
+	held, err := p.Reserve(pool.Request{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hl, err := held.Wait(testCtx(t))
+	if err != nil || hl.PID() != pid {
+		t.Fatalf("anonymous checkout: %v on pid %d, want the retiring worker %d", err, hl.PID(), pid)
+	}
 	other, err := p.Reserve(pool.Request{Session: "other"})
 	if err != nil {
 		t.Fatal(err)
+	}
+	hl.Release()
+	if st := p.Stats(); st.Workers[0].Sessions != 1 || st.Waiters != 1 {
+		t.Fatalf("after the retiring worker came free: %+v; want the new session still waiting", st)
 	}
 	p.EndSession("s")
 	l, err := other.Wait(testCtx(t))
