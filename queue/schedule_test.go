@@ -97,6 +97,12 @@ func TestEnsureUpgradesJobsStreamForSchedules(t *testing.T) {
 	if sc := info.CachedInfo().Config; !sc.AllowMsgSchedules || sc.Discard != jetstream.DiscardOld {
 		t.Fatalf("after an Ensure without schedules: schedules %v, discard %v", sc.AllowMsgSchedules, sc.Discard)
 	}
+	// Nor can a declaration give it limits: they would drop waiting jobs.
+	limited := plain
+	limited.Limits, limited.DeclareLimits = queue.QueueLimits{MaxMsgs: 5}, true
+	if _, err := queue.Ensure(ctx, js, limited); !errors.Is(err, queue.ErrBadRequest) || !strings.Contains(err.Error(), "message schedules") {
+		t.Fatalf("declaring limits on a stream with schedules: %v, want a bad request saying why", err)
+	}
 }
 
 // TestSubmitAtInput: bad delays are refused before anything is published;

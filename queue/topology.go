@@ -65,10 +65,8 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config) (*Topology,
 	t := &Topology{Config: cfg, JS: js, consumers: make(map[string]jetstream.Consumer)}
 	var err error
 	jobs := cfg.jobsStreamConfig()
-	if !cfg.DeclareLimits {
-		if err := keepLimits(ctx, js, &jobs); err != nil {
-			return nil, err
-		}
+	if err := limitsFor(ctx, js, &jobs, cfg); err != nil {
+		return nil, err
 	}
 	if t.Jobs, err = ensureStream(ctx, js, jobs); err != nil {
 		return nil, err
@@ -347,9 +345,11 @@ func streamContract(want, have jetstream.StreamConfig) error {
 	return nil
 }
 
-// keepLimits sets want's limits to those of the existing stream it names,
-// if there is one.
-func keepLimits(ctx context.Context, js jetstream.JetStream, want *jetstream.StreamConfig) error {
+// limitsFor settles the limits of an existing jobs stream: a declaration
+// (cfg.DeclareLimits) sets cfg's, refused on a stream with message
+// schedules, which the server cannot turn off and which need discard-old
+// (limits would then drop waiting jobs); anyone else keeps the stream's.
+func limitsFor(ctx context.Context, js jetstream.JetStream, want *jetstream.StreamConfig, cfg Config) error {
 	s, err := js.Stream(ctx, want.Name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		return nil
@@ -358,6 +358,13 @@ func keepLimits(ctx context.Context, js jetstream.JetStream, want *jetstream.Str
 		return fmt.Errorf("queue: stream %s: %w", want.Name, err)
 	}
 	have := s.CachedInfo().Config
+	if cfg.DeclareLimits {
+		if have.AllowMsgSchedules && (cfg.Limits.MaxMsgs > 0 || cfg.Limits.MaxBytes > 0) {
+			return &BadRequestError{Reason: fmt.Sprintf("queue %s has message schedules, which its stream keeps for good and which need discard-old: "+
+				"a limit would drop waiting jobs once full, so it takes none (declare limits on a queue without schedules)", cfg.QueueName())}
+		}
+		return nil
+	}
 	want.MaxMsgs, want.MaxBytes = have.MaxMsgs, have.MaxBytes
 	if want.AllowMsgSchedules && !have.AllowMsgSchedules && have.Discard == jetstream.DiscardNew && (have.MaxMsgs > 0 || have.MaxBytes > 0) {
 		// Schedules need discard-old, which would drop waiting jobs of a
