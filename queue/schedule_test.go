@@ -361,16 +361,25 @@ func TestWatchDelaysDropsRepeatingSchedules(t *testing.T) {
 	if _, err := b.topo.SubmitAt(ctx, "", &queue.Job{ID: "once", Command: "echo"}, later); err != nil {
 		t.Fatal(err)
 	}
-	msg := nats.NewMsg(b.cfg.DelaySubject("evil"))
-	msg.Data = []byte(`{"command":"echo"}`)
-	msg.Header.Set(queue.ScheduleHeader, "@every 2s")
-	msg.Header.Set(queue.ScheduleTargetHeader, b.cfg.AnySubject())
-	if _, err := b.js.PublishMsg(ctx, msg); err != nil {
+	// The same in a named queue, whose stream has schedules too.
+	gpu, err := queue.EnsureQueue(ctx, b.js, b.cfg.ForQueue("gpu"))
+	if err != nil {
 		t.Fatal(err)
 	}
+	for _, topo := range []*queue.Topology{b.topo, gpu} {
+		msg := nats.NewMsg(topo.Config.DelaySubject("evil"))
+		msg.Data = []byte(`{"command":"echo"}`)
+		msg.Header.Set(queue.ScheduleHeader, "@every 2s")
+		msg.Header.Set(queue.ScheduleTargetHeader, topo.Config.AnySubject())
+		if _, err := b.js.PublishMsg(ctx, msg); err != nil {
+			t.Fatal(err)
+		}
+	}
 	eventually(t, 10*time.Second, func() error {
-		if m, err := b.topo.Jobs.GetLastMsgForSubject(ctx, b.cfg.DelaySubject("evil")); err == nil {
-			return fmt.Errorf("the repeating schedule is still stored (seq %d)", m.Sequence)
+		for _, topo := range []*queue.Topology{b.topo, gpu} {
+			if m, err := topo.Jobs.GetLastMsgForSubject(ctx, topo.Config.DelaySubject("evil")); err == nil {
+				return fmt.Errorf("the repeating schedule on %s is still stored (seq %d)", m.Subject, m.Sequence)
+			}
 		}
 		return nil
 	})
