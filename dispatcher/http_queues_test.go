@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -192,5 +193,43 @@ func TestHTTPSubmitToAFullQueue(t *testing.T) {
 	r := call(t, nil, "POST", s.URL+"/v1/jobs", "", `{"job":{"command":"echo"}}`)
 	if r.Status != 503 || r.Header.Get("Retry-After") == "" || !strings.Contains(r.Body, "holds at most 1 jobs") || strings.Contains(r.Body, "NATS is unavailable") {
 		t.Fatalf("a job over the limit: %d %s, want 503 saying the queue is full", r.Status, r.Body)
+	}
+}
+
+// TestSubmitQueueLimitUnderRace: submits racing to new queues cannot pass
+// the limit together: the count and the creation are one step.
+func TestSubmitQueueLimitUnderRace(t *testing.T) {
+	t.Parallel()
+	nc := fleettest.StartServer(t).Connect(t)
+	s := startServe(t, nc, dispatcher.ServeConfig{MaxQueues: 3, Queue: queue.Config{Partitions: 2}})
+	codes := make(chan int, 12)
+	var wg sync.WaitGroup
+	for i := range cap(codes) {
+		wg.Go(func() {
+			codes <- call(t, nil, "POST", s.URL+"/v1/jobs", "", fmt.Sprintf(`{"queue":"q%d","job":{"command":"echo"}}`, i)).Status
+		})
+	}
+	wg.Wait()
+	close(codes)
+	made := 0
+	for c := range codes {
+		if c == 200 {
+			made++
+		} else if c != 409 {
+			t.Errorf("a submit to a new queue: %d, want 200 or 409", c)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := dispatcher.NewClient(ctx, nc, queue.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	names, err := queue.ListQueues(ctx, c.Topology().JS, c.Topology().Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if made != 2 || len(names) != 3 {
+		t.Fatalf("%d submits made a queue, %d queues exist (%v); want 2 and 3 (the default queue counts)", made, len(names), names)
 	}
 }

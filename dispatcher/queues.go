@@ -29,6 +29,8 @@ type queues struct {
 	// max bounds the queues a submit may create: each is a stream with
 	// its partitions' consumers on the server (0: DefaultMaxQueues).
 	max int
+	// createMu makes the count and the creation of a queue one step.
+	createMu sync.Mutex
 }
 
 // DefaultMaxQueues is how many queues there may be before a submit to a
@@ -75,10 +77,10 @@ func (c *Client) queue(ctx context.Context, name string, create bool) (*queue.To
 	open.Partitions = 0
 	t, err := queue.OpenQueue(ctx, c.js, open)
 	if errors.Is(err, queue.ErrUnknownQueue) && create {
-		if err := c.roomForQueue(ctx, cfg.QueueName()); err != nil {
+		t, err = c.createQueue(ctx, cfg, open)
+		if err != nil && !errors.Is(err, queue.ErrUnknownQueue) {
 			return nil, err
 		}
-		t, err = queue.EnsureQueue(ctx, c.js, cfg)
 	}
 	if errors.Is(err, queue.ErrUnknownQueue) {
 		return nil, fmt.Errorf("%w %q: declare it (dispatcher queue add %s), start an agent that serves it, or submit through the dispatcher (fleet.api.submit, HTTP), which creates it", queue.ErrUnknownQueue, cfg.QueueName(), cfg.QueueName())
@@ -93,6 +95,21 @@ func (c *Client) queue(ctx context.Context, name string, create bool) (*queue.To
 	c.queues.topos[cfg.QueueName()] = t
 	c.queues.mu.Unlock()
 	return t, nil
+}
+
+// createQueue creates the queue cfg names, within the limit: one creation
+// at a time, so that submits racing to new queues cannot all pass the
+// count. A queue another submit made meanwhile is opened.
+func (c *Client) createQueue(ctx context.Context, cfg, open queue.Config) (*queue.Topology, error) {
+	c.queues.createMu.Lock()
+	defer c.queues.createMu.Unlock()
+	if t, err := queue.OpenQueue(ctx, c.js, open); !errors.Is(err, queue.ErrUnknownQueue) {
+		return t, err
+	}
+	if err := c.roomForQueue(ctx, cfg.QueueName()); err != nil {
+		return nil, err
+	}
+	return queue.EnsureQueue(ctx, c.js, cfg)
 }
 
 // roomForQueue refuses to create queue name on demand once there are as
