@@ -368,7 +368,7 @@ func (t *Topology) WaitJobResult(ctx context.Context, nc *nats.Conn, id string, 
 			case err == nil:
 				return r, nil
 			case errors.Is(err, ErrResultNotFound):
-			case errors.Is(err, errNotEnvelope) || ctx.Err() != nil:
+			case errors.Is(err, errNotEnvelope) || errors.Is(err, nats.ErrConnectionClosed) || ctx.Err() != nil:
 				return nil, err
 			default:
 				// NATS away for a moment (a restart, a leader election,

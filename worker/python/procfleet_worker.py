@@ -763,6 +763,10 @@ class Worker:
         # progress at once, and a frame larger than the pipe takes several
         # writes, which must not interleave with another frame's.
         self._write_lock = threading.Lock()
+        if hasattr(os, "register_at_fork"):
+            # A child forked while another thread wrote holds a copy of the
+            # taken lock: its own progress() would wait for ever.
+            os.register_at_fork(after_in_child=self._reset_write_lock)
         self._pumped_at = 0.0
 
     # Registration.
@@ -992,8 +996,9 @@ class Worker:
             self._io = self._io_armed = False
             self._frames = None
             if self._signals:
-                signal.signal(CANCEL_SIGNAL, previous if previous is not None else signal.SIG_DFL)
+                # First: a re-signal thread checks it before each signal.
                 self._signals = False
+                signal.signal(CANCEL_SIGNAL, previous if previous is not None else signal.SIG_DFL)
 
     def _read_frames(self, frames):
         """The reader thread (when the agent will not signal the main
@@ -1003,6 +1008,9 @@ class Worker:
                 frames.pump(True)
         except BaseException as e:  # never die silently: the main loop would wait forever
             frames.put(_ProtocolViolation("frame reader failed: %r" % (e,)))
+
+    def _reset_write_lock(self):
+        self._write_lock = threading.Lock()
 
     def _resignal(self):
         """Signal the main thread for the cancel the reader thread just
@@ -1022,7 +1030,7 @@ class Worker:
                     return  # answered
                 started = started or running
                 time.sleep(_RESIGNAL_EVERY)
-                if self._cur_id == cid:
+                if self._cur_id == cid and self._signals:
                     try:
                         signal.pthread_kill(_MAIN_THREAD, CANCEL_SIGNAL)
                     except (OSError, ValueError):
