@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/procfleet/procfleet/agent"
 	"github.com/procfleet/procfleet/dispatcher"
 	"github.com/procfleet/procfleet/fleettest"
@@ -147,16 +149,12 @@ func TestSubmitQueueLimit(t *testing.T) {
 	if err != nil || msg.Header.Get("Nats-Service-Error-Code") != "409" {
 		t.Errorf("a fourth queue over NATS: %v %v, want code 409", msgData(msg), err)
 	}
+	c, names := queueNames(t, nc)
+	if strings.Join(names, ",") != "default,a,b" {
+		t.Fatalf("queues %v, want default,a,b", names)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c, err := dispatcher.NewClient(ctx, nc, queue.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	names, err := queue.ListQueues(ctx, c.Topology().JS, c.Topology().Config)
-	if err != nil || strings.Join(names, ",") != "default,a,b" {
-		t.Fatalf("queues %v (%v), want default,a,b", names, err)
-	}
 	if _, err := c.AddQueue(ctx, "c", queue.QueueLimits{}); err != nil {
 		t.Fatalf("declaring a queue past the limit: %v", err)
 	}
@@ -219,6 +217,15 @@ func TestSubmitQueueLimitUnderRace(t *testing.T) {
 			t.Errorf("a submit to a new queue: %d, want 200 or 409", c)
 		}
 	}
+	_, names := queueNames(t, nc)
+	if made != 2 || len(names) != 3 {
+		t.Fatalf("%d submits made a queue, %d queues exist (%v); want 2 and 3 (the default queue counts)", made, len(names), names)
+	}
+}
+
+// queueNames lists the queues on nc's server, through a client of its own.
+func queueNames(t *testing.T, nc *nats.Conn) (*dispatcher.Client, []string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	c, err := dispatcher.NewClient(ctx, nc, queue.Config{})
@@ -229,7 +236,5 @@ func TestSubmitQueueLimitUnderRace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if made != 2 || len(names) != 3 {
-		t.Fatalf("%d submits made a queue, %d queues exist (%v); want 2 and 3 (the default queue counts)", made, len(names), names)
-	}
+	return c, names
 }

@@ -383,11 +383,20 @@ func (t *Topology) WatchMaxDeliveries(ctx context.Context, nc *nats.Conn, agent 
 		log = zap.NewNop()
 	}
 	subject := "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + t.Config.JobsStream() + ".*"
-	sub, err := nc.QueueSubscribe(subject, t.Config.Prefix+"-advisory", func(m *nats.Msg) {
+	if err := watch(ctx, nc, subject, t.Config.Prefix+"-advisory", func(m *nats.Msg) {
 		t.handleMaxDeliveries(ctx, m.Data, agent, log)
-	})
-	if err != nil {
+	}); err != nil {
 		return fmt.Errorf("queue: watch max deliveries: %w", err)
+	}
+	return nil
+}
+
+// watch subscribes handle to subject in queue group, returns once the
+// server has registered the subscription, and unsubscribes when ctx ends.
+func watch(ctx context.Context, nc *nats.Conn, subject, group string, handle nats.MsgHandler) error {
+	sub, err := nc.QueueSubscribe(subject, group, handle)
+	if err != nil {
+		return err
 	}
 	// FlushWithContext refuses a context without a deadline, and ctx is
 	// the watcher's lifetime, which usually has none.
@@ -395,7 +404,7 @@ func (t *Topology) WatchMaxDeliveries(ctx context.Context, nc *nats.Conn, agent 
 	defer cancel()
 	if err := nc.FlushWithContext(fctx); err != nil {
 		_ = sub.Unsubscribe()
-		return fmt.Errorf("queue: watch max deliveries: %w", err)
+		return err
 	}
 	context.AfterFunc(ctx, func() { _ = sub.Unsubscribe() })
 	return nil

@@ -29,7 +29,7 @@ func (t *Topology) WatchDelays(ctx context.Context, nc *nats.Conn, log *zap.Logg
 	// once, on goroutines of their own, so that one never stored (refused
 	// by the stream) does not hold up the others.
 	slots := make(chan struct{}, 4)
-	sub, err := nc.QueueSubscribe(t.Config.Prefix+".delay.>", t.Config.Prefix+"-delays", func(m *nats.Msg) {
+	err := watch(ctx, nc, t.Config.Prefix+".delay.>", t.Config.Prefix+"-delays", func(m *nats.Msg) {
 		pattern := m.Header.Get(ScheduleHeader)
 		if oneShot(pattern) {
 			return
@@ -47,13 +47,6 @@ func (t *Topology) WatchDelays(ctx context.Context, nc *nats.Conn, log *zap.Logg
 	if err != nil {
 		return fmt.Errorf("queue: watch delayed jobs: %w", err)
 	}
-	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if err := nc.FlushWithContext(fctx); err != nil {
-		_ = sub.Unsubscribe()
-		return fmt.Errorf("queue: watch delayed jobs: %w", err)
-	}
-	context.AfterFunc(ctx, func() { _ = sub.Unsubscribe() })
 	return nil
 }
 
