@@ -33,8 +33,9 @@ type Config struct {
 	// TTL retires a worker softly once it is this old. 0 (default) means
 	// unlimited; negative is an error.
 	TTL time.Duration
-	// IdleTTL retires a worker softly once it has been idle this long. 0
-	// (default) means unlimited; negative is an error.
+	// IdleTTL retires a worker softly once it has been idle this long,
+	// counted while it holds no session (a worker holding one is not
+	// idle). 0 (default) means unlimited; negative is an error.
 	IdleTTL time.Duration
 	// MaxRSS retires a worker at once (a hard limit: its sessions are lost)
 	// when its resident set exceeds this many bytes, checked at checkin and

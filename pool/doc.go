@@ -28,8 +28,9 @@
 // back off exponentially with jitter and mark the pool Degraded after
 // DegradedAfter in a row. One supervisor goroutine pings idle workers,
 // expires sessions, applies TTL and IdleTTL and schedules restarts. Soft
-// limits (MaxJobs, TTL, IdleTTL) retire a worker once it holds no session;
-// MaxRSS removes it at once. Stop drains leases and stops every worker; Kill
+// limits (MaxJobs, TTL, IdleTTL) retire a worker once it holds no session
+// (meanwhile it serves its sessions and anonymous jobs, and takes no new
+// session); MaxRSS removes it at once. Stop drains leases and stops every worker; Kill
 // kills them; either leaves no process and no goroutine behind.
 //
 // Files, one concept each: pool.go (New, Start, Stop, Kill), checkout.go
