@@ -103,8 +103,12 @@ func (j *job) lastDelivery() bool {
 // charged, as before.
 func (j *job) handBack() bool {
 	if j.job != nil && j.meta != nil && j.lastDelivery() {
-		j.exhaust(fmt.Sprintf("delivered %d times, the consumer's MaxDeliver, and handed back unrun on the last (%d earlier deliveries charged as attempts)",
-			j.meta.NumDelivered, j.attempt-1))
+		how := "handed back unrun"
+		if j.wasCut() {
+			how = "its run cut short by a drain"
+		}
+		j.exhaust(fmt.Sprintf("delivered %d times, the consumer's MaxDeliver, and %s on the last (%d earlier deliveries charged as attempts)",
+			j.meta.NumDelivered, how, j.attempt-1))
 		return false
 	}
 	_ = j.msg.Nak()
