@@ -364,3 +364,45 @@ func TestUnroutableSweepYieldsToAConsumer(t *testing.T) {
 		}
 	}
 }
+
+// TestUnroutableSweepKeepsSchedules: a queue no agent serves loses its
+// waiting jobs to the sweep, never its periodic schedules or its delayed
+// jobs not yet due: the server fires those, no agent takes them.
+func TestUnroutableSweepKeepsSchedules(t *testing.T) {
+	t.Parallel()
+	nc := fleettest.StartServer(t).Connect(t)
+	qc := queue.Config{Schedules: true, Partitions: 2}
+	startServe(t, nc, dispatcher.ServeConfig{UnroutableAfter: time.Second, Queue: qc})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := dispatcher.NewClient(ctx, nc, qc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.AddSchedule(ctx, &queue.Schedule{Name: "hourly", Every: "1h", Job: &queue.Job{Command: "echo"}}, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.SubmitIn(ctx, "u1", &queue.Job{ID: "later", Command: "echo"}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	// Stored after them: once the sweep has dead-lettered it, it has
+	// passed them.
+	if _, err := c.Submit(ctx, "u1", &queue.Job{ID: "waiting", Command: "echo"}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.Result(ctx, "waiting", nil)
+	if err != nil || res.Error == nil || res.Error.Kind != queue.KindUnroutable {
+		t.Fatalf("the waiting job: %+v (%v), want unroutable", res, err)
+	}
+	scheds, err := c.Schedules(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	delayed, n, err := c.Delayed(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(scheds) != 1 || n != 1 || delayed[0].Name != "later" {
+		t.Fatalf("after the sweep: schedules %+v, delayed %+v; want the hourly schedule and the delayed job", scheds, delayed)
+	}
+}

@@ -132,6 +132,12 @@ func (s *sweeper) deadLetterUnserved(ctx context.Context, t *queue.Topology) err
 		if m.Time.After(cutoff) {
 			return nil // jobs are stored in time order: the rest are younger
 		}
+		if queue.IsScheduleSubject(m.Subject) {
+			// A periodic schedule or a delayed job not yet due: no agent
+			// takes these, the server fires them. Its job, once fired,
+			// waits like any other.
+			continue
+		}
 		if taker, err := s.takenNow(ctx, t, m.Subject); err != nil {
 			return fmt.Errorf("queue %s: job %d: %w", q, seq, err)
 		} else if taker != "" {

@@ -82,9 +82,9 @@ func (c Config) scheduleQueueToken() string {
 	return c.Queue + "."
 }
 
-// isScheduleSubject reports whether a stream subject is a schedule subject
+// IsScheduleSubject reports whether a stream subject is a schedule subject
 // ("<prefix>.schedule..." or "<prefix>.delay..."), by its second token.
-func isScheduleSubject(subject string) bool {
+func IsScheduleSubject(subject string) bool {
 	_, rest, _ := strings.Cut(subject, ".")
 	second, _, _ := strings.Cut(rest, ".")
 	return second == "schedule" || second == "delay"
@@ -121,7 +121,7 @@ func (c Config) withSchedules(sc jetstream.StreamConfig) jetstream.StreamConfig 
 // from before schedules still passes the contract check (Open must work
 // against it; Ensure upgrades it).
 func withoutScheduleSubjects(subjects []string) []string {
-	return slices.DeleteFunc(slices.Clone(subjects), isScheduleSubject)
+	return slices.DeleteFunc(slices.Clone(subjects), IsScheduleSubject)
 }
 
 // upgradeSchedules turns message schedules on in have when want has them;

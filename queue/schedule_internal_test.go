@@ -27,8 +27,8 @@ func TestWithSchedulesDiscardRule(t *testing.T) {
 		"fleet.schedule.*": true, "fleet.delay.*": true, "fleet.delay.q.*": true, "x.schedule.q.*": true,
 		"fleet.job.delay.s.*": false, "fleet.job.any": false, "fleet.job.s.*": false, "delay": false,
 	} {
-		if got := isScheduleSubject(s); got != want {
-			t.Errorf("isScheduleSubject(%q) = %v", s, got)
+		if got := IsScheduleSubject(s); got != want {
+			t.Errorf("IsScheduleSubject(%q) = %v", s, got)
 		}
 	}
 }
