@@ -20,22 +20,32 @@ type CancelReply struct {
 	// Finished: a result was already stored under the id when the cancel
 	// was recorded: that job keeps its result. Otherwise the job ends
 	// "canceled" wherever it is: not yet delivered, waiting in an agent, or
-	// running. Either way a later job that reuses the id and is delivered
-	// within the cancel TTL is canceled too: a cancel names an id.
+	// running (a delayed job not yet due ends at once). Either way another
+	// job under the id that is already waiting, or published within the
+	// dedup window after the cancel, is canceled too: a cancel names an id.
 	Finished bool `json:"finished"`
 }
 
 // Cancel records a cancel of job id durably, on <prefix>.cancel.<id> (the
 // cancels stream), and returns once it is stored. The caller need not know
 // which agent holds the job, nor whether it has been published yet: a job
-// delivered within the cancel TTL after its cancel never runs. Cancelling
-// is idempotent. The reply says whether the job had already finished, in
+// published before the cancel, or within the jobs stream's dedup window
+// after it, does not run (see queue.CancelCovers); a delayed job not yet
+// due is dropped at once (queue.Topology.CancelDelayed). Cancelling is
+// idempotent. The reply says whether the job had already finished, in
 // which case it keeps its result.
 func (c *Client) Cancel(ctx context.Context, id string) (*CancelReply, error) {
 	if err := c.topo.Cancel(ctx, id); err != nil {
 		return nil, err
 	}
 	reply := &CancelReply{ID: id}
+	// A delayed job not yet due ends now (its record would not cover it if
+	// it fired later than the dedup window after the cancel).
+	if dropped, err := c.topo.CancelDelayed(ctx, id); err != nil {
+		return nil, err
+	} else if dropped {
+		return reply, nil
+	}
 	// A failed look-up leaves Finished false: the cancel is recorded all
 	// the same, and a job that has a result keeps it either way.
 	if _, err := c.topo.GetResult(ctx, id); err == nil {

@@ -238,3 +238,29 @@ func queueNames(t *testing.T, nc *nats.Conn) (*dispatcher.Client, []string) {
 	}
 	return c, names
 }
+
+// TestHTTPCancelDelayedJob: a delayed job canceled before it is due ends
+// then, "canceled", and never fires: a cancel record covers a fired job
+// only within the dedup window of the cancel, which a job due later would
+// outlive.
+func TestHTTPCancelDelayedJob(t *testing.T) {
+	t.Parallel()
+	nc := fleettest.StartServer(t).Connect(t)
+	s := startServe(t, nc, dispatcher.ServeConfig{Queue: queue.Config{Schedules: true, Partitions: 2}})
+	var sub dispatcher.SubmitReply
+	decode(t, call(t, nil, "POST", s.URL+"/v1/jobs", "", `{"session":"u1","in":"1h","job":{"id":"d-cancel","command":"echo"}}`), 200, &sub)
+	var reply dispatcher.CancelReply
+	decode(t, call(t, nil, "DELETE", s.URL+"/v1/jobs/d-cancel", "", ""), 202, &reply)
+	if reply.Finished {
+		t.Fatalf("cancel of a delayed job: %+v", reply)
+	}
+	var res queue.Result
+	decode(t, call(t, nil, "GET", s.URL+"/v1/results/d-cancel", "", ""), 200, &res)
+	if res.OK || res.Error == nil || res.Error.Kind != queue.KindCanceled || res.Session != "u1" {
+		t.Fatalf("the delayed job's outcome: %+v (%+v), want canceled", res, res.Error)
+	}
+	r := call(t, nil, "GET", s.URL+"/v1/schedules", "", "")
+	if r.Status != 200 || strings.Contains(r.Body, "d-cancel") {
+		t.Fatalf("schedules after the cancel: %d %s; want the delayed job gone", r.Status, r.Body)
+	}
+}

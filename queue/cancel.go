@@ -81,6 +81,37 @@ func (t *Topology) Cancel(ctx context.Context, id string) error {
 	return nil
 }
 
+// CancelDelayed drops the delayed job id if it is still waiting to be due
+// (its schedule on DelaySubject) and stores its outcome, "canceled": a
+// cancel record covers a fired job only within the dedup window of the
+// cancel (CancelCovers), which a job due later would outlive. It reports
+// whether there was such a job.
+func (t *Topology) CancelDelayed(ctx context.Context, id string) (bool, error) {
+	if !ValidToken(id) || !t.SchedulesAllowed() {
+		return false, nil
+	}
+	m, err := t.Jobs.GetLastMsgForSubject(ctx, t.Config.DelaySubject(id))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("queue: cancel delayed job %s: %w", id, err)
+	}
+	if err := t.Jobs.DeleteMsg(ctx, m.Sequence); errors.Is(err, jetstream.ErrMsgNotFound) {
+		return false, nil // it fired meanwhile: the cancel record covers it
+	} else if err != nil {
+		return false, fmt.Errorf("queue: cancel delayed job %s: %w", id, err)
+	}
+	_, session, _ := t.Config.ParseJobSubject(m.Header.Get(ScheduleTargetHeader))
+	now := time.Now().UTC()
+	err = t.StoreResult(ctx, &Result{ID: id, Queue: t.Config.QueueName(), Session: session, FinishedAt: now,
+		Error: &ErrorInfo{Kind: KindCanceled, Message: "canceled before it was due"}})
+	if err != nil {
+		return true, fmt.Errorf("queue: cancel delayed job %s: store its result: %w", id, err)
+	}
+	return true, nil
+}
+
 // CancelFeed follows the cancels stream: see FollowCancels.
 type CancelFeed struct {
 	maxAge   time.Duration
