@@ -48,6 +48,8 @@ type httpAPI struct {
 	tokens *tokenSet // nil: no token configured, open on loopback only
 	// heartbeat is the idle interval of event streams; 0: 15 s.
 	heartbeat time.Duration
+	// writeTimeout bounds each write of an event stream (0: the default).
+	writeTimeout time.Duration
 	// closing ends when the server shuts down (nil: never): it ends long
 	// polls and event streams.
 	closing context.Context

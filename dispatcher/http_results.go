@@ -16,6 +16,18 @@ import (
 	"github.com/procfleet/procfleet/queue"
 )
 
+// defaultSSEWriteTimeout is ServeConfig.HTTPWriteTimeout's default.
+const defaultSSEWriteTimeout = 30 * time.Second
+
+// sseDeadline is when a write of an event stream begun now must be done.
+func (a *httpAPI) sseDeadline() time.Time {
+	d := a.writeTimeout
+	if d <= 0 {
+		d = defaultSSEWriteTimeout
+	}
+	return time.Now().Add(d)
+}
+
 // parseSeq reads a positive job or dead-letter sequence.
 func parseSeq(s, what string) (uint64, error) {
 	seq, err := strconv.ParseUint(s, 10, 64)
@@ -207,6 +219,9 @@ func (a *httpAPI) progress(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 	send := func(format string, args ...any) bool {
+		// A client that stops reading is dropped: the reports held for it
+		// (up to the subscription's 256) would be held as long as it stays.
+		_ = rc.SetWriteDeadline(a.sseDeadline())
 		if _, err := fmt.Fprintf(w, format, args...); err != nil {
 			return false
 		}

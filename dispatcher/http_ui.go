@@ -206,32 +206,57 @@ func (a *httpAPI) events(w http.ResponseWriter, r *http.Request) {
 			_ = s.Unsubscribe()
 		}
 	}()
+	// Progress reports are dropped when the client lags behind; the job's
+	// result is not (the page ends its live view on it): it has a place of
+	// its own, and the last one wins.
+	result := make(chan []byte, 1)
 	if job != "" {
 		cfg := a.c.topo.Config
-		for _, f := range []struct{ subj, event string }{
-			{cfg.ProgressSubject(job), "progress"}, {cfg.ResultSubject(job), "result"},
-		} {
-			event := f.event
-			s, err := a.c.nc.Subscribe(f.subj, func(m *nats.Msg) {
-				select {
-				case sub.ch <- sseFrame(event, compactJSON(m.Data)):
-				default:
+		s, err := a.c.nc.Subscribe(cfg.ProgressSubject(job), func(m *nats.Msg) {
+			select {
+			case sub.ch <- sseFrame("progress", compactJSON(m.Data)):
+			default:
+			}
+		})
+		if err == nil {
+			nsubs = append(nsubs, s)
+			s, err = a.c.nc.Subscribe(cfg.ResultSubject(job), func(m *nats.Msg) {
+				frame := sseFrame("result", compactJSON(m.Data))
+				for {
+					select {
+					case result <- frame:
+						return
+					default:
+					}
+					select {
+					case <-result: // replaced by this later one
+					default:
+					}
 				}
 			})
-			if err != nil {
-				a.writeError(w, r, err)
-				return
-			}
-			nsubs = append(nsubs, s)
 		}
+		if err != nil {
+			a.writeError(w, r, err)
+			return
+		}
+		nsubs = append(nsubs, s)
 		_ = a.c.nc.Flush()
 	}
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write([]byte(": procfleet dashboard\nretry: 2000\n\n"))
-	_ = rc.Flush()
+	write := func(b []byte) bool {
+		// A client that stops reading is dropped (HTTPWriteTimeout).
+		_ = rc.SetWriteDeadline(a.sseDeadline())
+		if _, err := w.Write(b); err != nil {
+			return false
+		}
+		return rc.Flush() == nil
+	}
+	if !write([]byte(": procfleet dashboard\nretry: 2000\n\n")) {
+		return
+	}
 	keep := time.NewTicker(15 * time.Second)
 	defer keep.Stop()
 	for {
@@ -241,15 +266,28 @@ func (a *httpAPI) events(w http.ResponseWriter, r *http.Request) {
 		case <-a.done:
 			return
 		case frame := <-sub.ch:
-			if _, err := w.Write(frame); err != nil {
+			if !write(frame) {
 				return
 			}
-			_ = rc.Flush()
+		case frame := <-result:
+			// After what is queued before it, so that it comes last.
+			for drained := false; !drained; {
+				select {
+				case f := <-sub.ch:
+					if !write(f) {
+						return
+					}
+				default:
+					drained = true
+				}
+			}
+			if !write(frame) {
+				return
+			}
 		case <-keep.C:
-			if _, err := w.Write([]byte(": keep-alive\n\n")); err != nil {
+			if !write([]byte(": keep-alive\n\n")) {
 				return
 			}
-			_ = rc.Flush()
 		}
 	}
 }

@@ -46,6 +46,10 @@ type ServeConfig struct {
 	// /v1/jobs/{id}/progress) sends a comment, so that proxies keep it
 	// open and a client that left is noticed. Default 15s.
 	HTTPHeartbeat time.Duration
+	// HTTPWriteTimeout bounds each write of an event stream (progress,
+	// the dashboard's events): a client that reads nothing for this long
+	// is dropped, with what was held for it. Default 30s.
+	HTTPWriteTimeout time.Duration
 	// Logger receives the server's logs. Default: no logging.
 	Logger *zap.Logger
 	// Ready, when set, is called once the service is up.
@@ -201,7 +205,7 @@ func Serve(ctx context.Context, nc *nats.Conn, cfg ServeConfig) error {
 	if ln != nil {
 		closing, closeStreams := context.WithCancel(context.Background())
 		defer closeStreams()
-		api := &httpAPI{c: c, log: log.Named("http"), tokens: tokens, heartbeat: cfg.HTTPHeartbeat, closing: closing}
+		api := &httpAPI{c: c, log: log.Named("http"), tokens: tokens, heartbeat: cfg.HTTPHeartbeat, writeTimeout: cfg.HTTPWriteTimeout, closing: closing}
 		srv = newHTTPServer(api.handler(), log)
 		srv.RegisterOnShutdown(closeStreams)
 		httpErr = make(chan error, 1)
