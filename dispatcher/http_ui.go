@@ -105,6 +105,12 @@ func (a *httpAPI) page(w http.ResponseWriter, r *http.Request) {
 		a.serveFile(w, "web/login.html", http.StatusUnauthorized)
 		return
 	}
+	if r.URL.Query().Has("signin") {
+		// A tab without the token (the session cookie opened the page
+		// for it) signs in on its own, without signing the others out.
+		a.serveFile(w, "web/login.html", http.StatusOK)
+		return
+	}
 	a.serveFile(w, "web/index.html", http.StatusOK)
 }
 

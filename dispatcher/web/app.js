@@ -35,12 +35,23 @@ async function api(method, path, body) {
   const opt = {method, headers: headers(body ? {"Content-Type": "application/json"} : {})};
   if (body) opt.body = JSON.stringify(body);
   const r = await fetch(path, opt);
-  if (r.status === 401) { signOut(); throw new Error("401: sign in again"); }
+  if (r.status === 401) { needSignIn(); throw new Error("401: sign in again"); }
   let data = null;
   const text = await r.text();
   try { data = text ? JSON.parse(text) : null; } catch (_) { data = text; }
   if (!r.ok) throw new Error(r.status + ": " + ((data && data.error) || r.statusText));
   return data;
+}
+
+// needSignIn answers a 401. A tab that holds no token (a second tab, opened
+// on the browser's session cookie) signs in on its own, leaving the other
+// tabs' session alone; a token that stopped working signs the browser out.
+function needSignIn() {
+  if (!sessionStorage.getItem(TOKEN_KEY)) {
+    location.replace("/?signin");
+    return;
+  }
+  signOut();
 }
 
 async function signOut() {
@@ -115,7 +126,7 @@ function follow(job) {
     while (!ctl.signal.aborted) {
       try {
         const r = await fetch(url, {headers: headers(), signal: ctl.signal});
-        if (r.status === 401) { signOut(); return; }
+        if (r.status === 401) { needSignIn(); return; }
         if (!r.ok) throw new Error("HTTP " + r.status);
         setLive(true);
         wait = 1000;

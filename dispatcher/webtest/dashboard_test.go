@@ -262,3 +262,30 @@ func TestDashboardOpen(t *testing.T) {
 		t.Fatalf("GET /ui/nope.js: %d, want 404", code)
 	}
 }
+
+// TestDashboardSecondTab: a second tab opened on the page (the browser's
+// session cookie lets it in, but the token lives in the first tab's
+// sessionStorage) asks to sign in for itself, and the first tab stays
+// signed in. It used to answer its 401 by signing the whole browser out.
+func TestDashboardSecondTab(t *testing.T) {
+	bctx := browser(t)
+	nc := fleettest.StartServer(t).Connect(t)
+	base := startServe(t, nc, dispatcher.ServeConfig{HTTPTokens: testTokens()})
+	run(t, bctx, 20*time.Second, "sign in",
+		chromedp.Navigate(base+"/"),
+		chromedp.WaitVisible(chromedp.CSS("#token")),
+		chromedp.SendKeys(chromedp.CSS("#token"), tokAll),
+		chromedp.Click(chromedp.CSS("#login-btn")),
+		chromedp.WaitVisible(chromedp.CSS("#tabs")),
+	)
+	second, cancel := chromedp.NewContext(bctx)
+	defer cancel()
+	run(t, second, 20*time.Second, "the second tab asks to sign in",
+		chromedp.Navigate(base+"/"),
+		chromedp.WaitVisible(chromedp.CSS("#token")),
+	)
+	run(t, bctx, 20*time.Second, "the first tab, reloaded, is still signed in",
+		chromedp.Reload(),
+		chromedp.WaitVisible(chromedp.CSS("#tabs")),
+	)
+}
