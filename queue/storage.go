@@ -48,7 +48,7 @@ func (t *Topology) RecreateResultsStream(ctx context.Context) (bool, error) {
 	if !errors.Is(err, jetstream.ErrStreamNotFound) {
 		return false, fmt.Errorf("queue: stream %s: %w", t.Config.ResultsStream(), err)
 	}
-	if _, err := ensureStream(ctx, t.JS, t.Config.resultsStreamConfig()); err != nil {
+	if _, err := ensureStream(ctx, t.JS, t.Config.resultsStreamConfig(), nil); err != nil {
 		return false, err
 	}
 	return true, nil

@@ -64,11 +64,7 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config) (*Topology,
 	}
 	t := &Topology{Config: cfg, JS: js, consumers: make(map[string]jetstream.Consumer)}
 	var err error
-	jobs := cfg.jobsStreamConfig()
-	if err := limitsFor(ctx, js, &jobs, cfg); err != nil {
-		return nil, err
-	}
-	if t.Jobs, err = ensureStream(ctx, js, jobs); err != nil {
+	if t.Jobs, err = ensureStream(ctx, js, cfg.jobsStreamConfig(), cfg.settleLimits); err != nil {
 		return nil, err
 	}
 	// The jobs stream records at its creation how its consumers keep their
@@ -79,10 +75,10 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config) (*Topology,
 		cfg.MemoryConsumers = streamMem
 		t.Config = cfg
 	}
-	if t.Results, err = ensureStream(ctx, js, cfg.resultsStreamConfig()); err != nil {
+	if t.Results, err = ensureStream(ctx, js, cfg.resultsStreamConfig(), nil); err != nil {
 		return nil, err
 	}
-	if t.DLQ, err = ensureStream(ctx, js, cfg.dlqStreamConfig()); err != nil {
+	if t.DLQ, err = ensureStream(ctx, js, cfg.dlqStreamConfig(), nil); err != nil {
 		return nil, err
 	}
 	if t.Agents, err = ensureBucket(ctx, js, cfg.agentsBucketConfig()); err != nil {
@@ -94,7 +90,7 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config) (*Topology,
 	if _, err = ensureBucket(ctx, js, cfg.poisonBucketConfig()); err != nil {
 		return nil, err
 	}
-	if _, err = ensureStream(ctx, js, cfg.cancelsStreamConfig()); err != nil {
+	if _, err = ensureStream(ctx, js, cfg.cancelsStreamConfig(), nil); err != nil {
 		return nil, err
 	}
 	if err := t.ensureConsumers(ctx); err != nil {
@@ -250,7 +246,11 @@ func (t *Topology) cacheConsumer(name string, c jetstream.Consumer) {
 
 // Streams.
 
-func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig) (jetstream.Stream, error) {
+// ensureStream creates the stream want describes, or checks an existing one
+// against it and updates its tunables. settle, when not nil, first adjusts
+// want to the existing stream (have), from the same look.
+func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig,
+	settle func(want *jetstream.StreamConfig, have jetstream.StreamConfig) error) (jetstream.Stream, error) {
 	s, err := js.Stream(ctx, want.Name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		s, err = js.CreateStream(ctx, want)
@@ -266,6 +266,11 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 		return nil, fmt.Errorf("queue: stream %s: %w", want.Name, err)
 	}
 	have := s.CachedInfo().Config
+	if settle != nil {
+		if err := settle(&want, have); err != nil {
+			return nil, err
+		}
+	}
 	if err := streamContract(want, have); err != nil {
 		return nil, err
 	}
@@ -345,23 +350,15 @@ func streamContract(want, have jetstream.StreamConfig) error {
 	return nil
 }
 
-// limitsFor settles the limits of an existing jobs stream: a declaration
-// (cfg.DeclareLimits) sets cfg's, refused on a stream with message
+// settleLimits settles the limits of an existing jobs stream (have): a
+// declaration (DeclareLimits) sets c's, refused on a stream with message
 // schedules, which the server cannot turn off and which need discard-old
 // (limits would then drop waiting jobs); anyone else keeps the stream's.
-func limitsFor(ctx context.Context, js jetstream.JetStream, want *jetstream.StreamConfig, cfg Config) error {
-	s, err := js.Stream(ctx, want.Name)
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("queue: stream %s: %w", want.Name, err)
-	}
-	have := s.CachedInfo().Config
-	if cfg.DeclareLimits {
-		if have.AllowMsgSchedules && (cfg.Limits.MaxMsgs > 0 || cfg.Limits.MaxBytes > 0) {
+func (c Config) settleLimits(want *jetstream.StreamConfig, have jetstream.StreamConfig) error {
+	if c.DeclareLimits {
+		if have.AllowMsgSchedules && (c.Limits.MaxMsgs > 0 || c.Limits.MaxBytes > 0) {
 			return &BadRequestError{Reason: fmt.Sprintf("queue %s has message schedules, which its stream keeps for good and which need discard-old: "+
-				"a limit would drop waiting jobs once full, so it takes none (declare limits on a queue without schedules)", cfg.QueueName())}
+				"a limit would drop waiting jobs once full, so it takes none (declare limits on a queue without schedules)", c.QueueName())}
 		}
 		return nil
 	}
