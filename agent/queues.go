@@ -116,9 +116,7 @@ func (a *Agent) Queues() []string {
 }
 
 func (a *Agent) lane(queueName string) *lane {
-	if queueName == "" {
-		queueName = queue.DefaultQueue
-	}
+	queueName = queue.NameOrDefault(queueName)
 	for _, l := range a.lanes {
 		if l.queueName() == queueName {
 			return l

@@ -45,9 +45,7 @@ type QueueLoad struct {
 
 // Serves reports whether the agent serves queue ("" is the default queue).
 func (a *AgentInfo) Serves(queue string) bool {
-	if queue == "" {
-		queue = DefaultQueue
-	}
+	queue = NameOrDefault(queue)
 	if len(a.Queues) == 0 {
 		return queue == DefaultQueue
 	}
@@ -61,9 +59,7 @@ func (a *AgentInfo) Serves(queue string) bool {
 
 // Load returns the agent's entry for queue, if it serves it.
 func (a *AgentInfo) Load(queue string) (QueueLoad, bool) {
-	if queue == "" {
-		queue = DefaultQueue
-	}
+	queue = NameOrDefault(queue)
 	for _, q := range a.Queues {
 		if q.Queue == queue {
 			return q, true

@@ -294,14 +294,6 @@ func (t *Topology) replayed(ctx context.Context, ack *jetstream.PubAck, body []b
 	return err == nil, err
 }
 
-// NameOrDefault names the queue of an envelope's queue field.
-func NameOrDefault(q string) string {
-	if q == "" {
-		return DefaultQueue
-	}
-	return q
-}
-
 // bodyID is the "id" string of a job body, "" when it has none.
 func bodyID(body []byte) string {
 	var probe struct {

@@ -28,6 +28,15 @@ import (
 // without queues.
 const DefaultQueue = "default"
 
+// NameOrDefault names the queue of a queue field ("" is the default
+// queue's: envelopes, registry entries and configs leave it out).
+func NameOrDefault(q string) string {
+	if q == "" {
+		return DefaultQueue
+	}
+	return q
+}
+
 // MaxQueueName bounds a queue name, so that stream names and lease keys stay
 // short.
 const MaxQueueName = 64

@@ -63,11 +63,7 @@ func loadConfigFile(path string) ([]agent.QueueConfig, error) {
 	for i, fp := range fc.Queues {
 		qc, err := fp.queueConfig()
 		if err != nil {
-			name := fp.Queue
-			if name == "" {
-				name = queue.DefaultQueue
-			}
-			errs = append(errs, fmt.Errorf("--config %s: queues[%d] (%s): %w", path, i, name, err))
+			errs = append(errs, fmt.Errorf("--config %s: queues[%d] (%s): %w", path, i, queue.NameOrDefault(fp.Queue), err))
 			continue
 		}
 		out = append(out, qc)

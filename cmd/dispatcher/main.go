@@ -442,11 +442,7 @@ func cmdDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 		fmt.Fprintf(stdout, "%-6s  %-24s  %-10s  %-12s  %-10s  %-8s  %s\n", "SEQ", "JOB", "QUEUE", "SESSION", "KIND", "ATTEMPTS", "ERROR")
 		for _, e := range entries {
-			q := e.Queue
-			if q == "" {
-				q = queue.DefaultQueue
-			}
-			fmt.Fprintf(stdout, "%-6d  %-24s  %-10s  %-12s  %-10s  %-8d  %s\n", e.Seq, e.JobID, q, e.Session, e.Kind, e.Attempts, e.Error)
+			fmt.Fprintf(stdout, "%-6d  %-24s  %-10s  %-12s  %-10s  %-8d  %s\n", e.Seq, e.JobID, queue.NameOrDefault(e.Queue), e.Session, e.Kind, e.Attempts, e.Error)
 		}
 		return nil
 	case "replay":
