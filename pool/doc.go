@@ -30,8 +30,9 @@
 // expires sessions, applies TTL and IdleTTL and schedules restarts. Soft
 // limits (MaxJobs, TTL, IdleTTL) retire a worker once it holds no session
 // (meanwhile it serves its sessions and anonymous jobs, and takes no new
-// session); MaxRSS removes it at once. Stop drains leases and stops every worker; Kill
-// kills them; either leaves no process and no goroutine behind.
+// session); MaxRSS removes it at once. Stop drains leases and stops every
+// worker; Kill kills them; either leaves no process and no goroutine
+// behind.
 //
 // Files, one concept each: pool.go (New, Start, Stop, Kill), checkout.go
 // (Reserve, Wait, the lines), lease.go (what a holder does with a worker),
