@@ -297,14 +297,7 @@ func TestHTTPProgressSSE(t *testing.T) {
 	f := fleettest.StartFleet(t, fleettest.FleetConfig{})
 	s := startServe(t, f.Server.Connect(t), dispatcher.ServeConfig{})
 	open := func(ctx context.Context, id string) (*http.Response, chan sseEvent) {
-		req, err := http.NewRequestWithContext(ctx, "GET", s.URL+"/v1/jobs/"+id+"/progress", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
+		resp := get(t, ctx, s.URL+"/v1/jobs/"+id+"/progress")
 		if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
 			t.Fatalf("progress: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
 		}
@@ -497,14 +490,7 @@ func TestHTTPProgressHeartbeat(t *testing.T) {
 	s := startServe(t, nil, dispatcher.ServeConfig{HTTPHeartbeat: 50 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, "GET", s.URL+"/v1/jobs/hb-1/progress", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := get(t, ctx, s.URL+"/v1/jobs/hb-1/progress")
 	defer resp.Body.Close()
 	ch := make(chan sseEvent, 16)
 	go readEvents(resp, ch)

@@ -15,6 +15,21 @@ import (
 	"github.com/procfleet/procfleet/fleettest"
 )
 
+// get sends a GET that lasts as long as ctx (an event stream, a long poll)
+// and returns its response.
+func get(t *testing.T, ctx context.Context, url string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
 // flood publishes n progress reports of about size bytes for job id (then
 // its result, with result), and waits until the server has them.
 func flood(t *testing.T, s served, id string, n, size int, result bool) {
@@ -44,14 +59,7 @@ func TestHTTPEventsKeepTheResult(t *testing.T) {
 	s := startServe(t, nil, dispatcher.ServeConfig{})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, "GET", s.URL+"/v1/events?job=flooded", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := get(t, ctx, s.URL+"/v1/events?job=flooded")
 	defer resp.Body.Close()
 	// Nothing is read while the reports come: the stream backs up.
 	flood(t, s, "flooded", 3000, 2000, true)
