@@ -42,7 +42,17 @@ func Connect(url, name string, log *zap.Logger, extra ...nats.Option) (*nats.Con
 		return nil, fmt.Errorf("cannot reach NATS at %s: %w", url, err)
 	}
 	if err := CheckInbox(nc, 5*time.Second); err != nil {
+		// The refused inbox's permission error reaches the error handler
+		// on the connection's callback goroutine: let it (and the rest of
+		// the queue) run before returning, so that nothing logs for a
+		// connection the caller never got.
+		closed := make(chan struct{})
+		nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
 		nc.Close()
+		select {
+		case <-closed:
+		case <-time.After(5 * time.Second):
+		}
 		return nil, err
 	}
 	return nc, nil
