@@ -69,6 +69,10 @@ const maxCauseLen = 300
 // operator, a chaos test, the kernel's OOM killer).
 func deathKind(err error) string {
 	switch {
+	case errors.Is(err, worker.ErrUnread):
+		// The worker died before it read the call: the job never
+		// reached it.
+		return ""
 	case errors.Is(err, worker.ErrStdoutClosed):
 		// Killed by the worker package because it closed its stdout: a
 		// protocol breach, not an outside kill.

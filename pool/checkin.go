@@ -58,6 +58,9 @@ func (p *Pool) checkin(l *Lease, removeErr error) (lost bool) {
 	case overRSS:
 		p.recycleOverRSSLocked(W, now)
 	default:
+		if l.calls > 0 {
+			p.proveLocked(W)
+		}
 		if p.cfg.MaxJobs > 0 && W.jobs >= p.cfg.MaxJobs {
 			W.retiring = true
 		}

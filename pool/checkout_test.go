@@ -347,6 +347,64 @@ func TestNeverReadyBacksOff(t *testing.T) {
 	wantCheckoutErr(t, err, pool.ErrCheckoutTimeout)
 }
 
+// TestReadyThenExitBacksOff: a worker that exits right after its ready
+// frame is a crash loop like one that dies before it. Its deaths, found by
+// checkouts or by calls it never read, count as failed starts while it is
+// on probation, so the pool backs off and reports Degraded instead of
+// restarting it at once, for ever, while every job that draws it fails.
+func TestReadyThenExitBacksOff(t *testing.T) {
+	t.Parallel()
+	cfg := config(t, testworker.StartReadyExit)
+	cfg.Size = 2
+	cfg.BackoffMin = 20 * time.Millisecond
+	cfg.BackoffMax = 200 * time.Millisecond
+	cfg.DegradedAfter = 3
+	p, err := pool.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stopPool(t, p)
+	ctx, cancel := context.WithTimeout(testCtx(t), 10*time.Second)
+	defer cancel()
+	_ = p.Start(ctx) // the workers do get ready, and die
+	calls := 0
+	waitFor(t, "degraded", func() bool {
+		cctx, cancel := context.WithTimeout(testCtx(t), 100*time.Millisecond)
+		_, _, err := do(cctx, p, pool.Request{}, "echo", 1)
+		cancel()
+		calls++
+		if err == nil {
+			t.Fatal("a worker that exits after ready answered a call")
+		}
+		st := p.Stats()
+		return st.Degraded && st.Backoff > 0 && st.ConsecutiveFailures >= 3
+	})
+	st := p.Stats()
+	t.Logf("after %d calls: %+v", calls, st)
+	if !strings.Contains(st.LastError, "counted as a failed start") {
+		t.Errorf("LastError %q does not say the death counted as a failed start", st.LastError)
+	}
+}
+
+// TestProbationEndsOnAnswer: a worker that answers has started well, so a
+// later death, even a quick one, is not a failed start: no backoff.
+func TestProbationEndsOnAnswer(t *testing.T) {
+	t.Parallel()
+	cfg := config(t)
+	cfg.BackoffMin = 5 * time.Second
+	p := startPool(t, cfg)
+	for range 3 {
+		mustDo(t, p, pool.Request{}, "pid", nil)
+		_, _, err := do(testCtx(t), p, pool.Request{}, "crash", nil)
+		if err == nil {
+			t.Fatal("crash answered")
+		}
+		if st := p.Stats(); st.ConsecutiveFailures != 0 || st.Backoff != 0 {
+			t.Fatalf("a proven worker's crash counted as a failed start: %+v", st)
+		}
+	}
+}
+
 // TestCancelKeepsPlace: a session's first job canceled while waiting for
 // any worker hands its place in line to the session's next job.
 func TestCancelKeepsPlace(t *testing.T) {

@@ -26,7 +26,10 @@
 // Lifecycle. Size slots each hold one worker (starting → idle ⇄ busy →
 // stopping). At most StartConcurrency workers start at once; failed starts
 // back off exponentially with jitter and mark the pool Degraded after
-// DegradedAfter in a row. One supervisor goroutine pings idle workers,
+// DegradedAfter in a row. A worker that dies or breaks before it has
+// answered anything, within two seconds of its start, counts as a failed
+// start too; while starts are failing, a new worker answers a ping before
+// it gets a job. One supervisor goroutine pings idle workers,
 // expires sessions, applies TTL and IdleTTL and schedules restarts. Soft
 // limits (MaxJobs, TTL, IdleTTL) retire a worker once it holds no session
 // (meanwhile it serves its sessions and anonymous jobs, and takes no new

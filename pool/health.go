@@ -44,7 +44,7 @@ func (p *Pool) runOp(W *pw, ends []string, ping bool) {
 		if ping {
 			W.pingFails++
 		}
-		if W.w.Validate() != nil || !ping || W.pingFails >= p.cfg.HealthFailures {
+		if W.w.Validate() != nil || !ping || !W.proven || W.pingFails >= p.cfg.HealthFailures {
 			p.removeLocked(W, err, nil, kindRemove, now)
 			return
 		}
@@ -53,6 +53,7 @@ func (p *Pool) runOp(W *pw, ends []string, ping bool) {
 		return
 	case ping:
 		W.pingFails = 0
+		p.proveLocked(W)
 	}
 	p.freeWorkerLocked(W, now)
 }

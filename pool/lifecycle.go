@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"time"
@@ -52,6 +53,7 @@ type pw struct {
 	startedAt int64 // pool clock
 
 	state       wState
+	proven      bool // answered a call or a ping, or outlived startProbation
 	removed     bool // left its slot: removed, retired or being stopped
 	retiring    bool // soft limit reached: serves its bound sessions (and anonymous jobs meanwhile), takes no new one
 	jobs        int
@@ -183,8 +185,6 @@ func (p *Pool) runStart(s *slot, cfg worker.Config) {
 	if s.gens > 1 {
 		p.restarts++
 	}
-	p.consecutive = 0
-	p.backoff = 0
 	if !s.everReady {
 		s.everReady = true
 		p.readyCount++
@@ -192,10 +192,58 @@ func (p *Pool) runStart(s *slot, cfg worker.Config) {
 			close(p.ready)
 		}
 	}
-	p.freeWorkerLocked(W, now)
+	if p.consecutive > 0 {
+		// Starts have been failing: the worker answers a ping before it
+		// gets a job, so that a worker that dies right after its ready
+		// frame fails its probation on the ping, not on a job.
+		p.startOpLocked(W, true)
+	} else {
+		p.freeWorkerLocked(W, now)
+	}
 	p.startDueLocked(now)
 	p.mu.Unlock()
 	p.log.Info("worker ready", zap.String("worker", W.id), zap.Int("pid", W.pid))
+}
+
+// startProbation is how long a ready worker is on probation: one that dies
+// or breaks before it has answered a call or a ping, and within this time
+// of its start, counts as a failed start (backoff, Degraded), as if it had
+// died before its ready frame. A worker that exits right after ready would
+// otherwise be restarted at once, for ever, and each generation would fail
+// the job that drew it. While starts are failing, a new worker also answers
+// a ping before it is given a job (runStart), so that jobs wait for a
+// worker that works instead of spending their attempts on a crash loop.
+const startProbation = 2 * time.Second
+
+// proveLocked ends W's probation: its start succeeded, so starts are no
+// longer failing.
+func (p *Pool) proveLocked(W *pw) {
+	if W.proven {
+		return
+	}
+	W.proven = true
+	p.consecutive = 0
+	p.backoff = 0
+}
+
+// failedProbationLocked reports whether W's removal for reason counts as a
+// failed start, and counts it: W broke while on probation before any job
+// could be the cause, i.e. before it was sent a call, or in a call it
+// never read (worker.ErrUnread). A worker that read a call and then died
+// may have been killed by that job (the agent's poison guard judges it);
+// a call that timed out or was canceled is the job's doing too.
+func (p *Pool) failedProbationLocked(W *pw, reason error, now int64) bool {
+	if W.proven || now-W.startedAt >= int64(startProbation) {
+		return false
+	}
+	if errors.Is(reason, worker.ErrTimeout) || errors.Is(reason, worker.ErrCanceled) ||
+		(W.jobs > 0 && !errors.Is(reason, worker.ErrUnread)) {
+		return false
+	}
+	p.startFailures++
+	p.consecutive++
+	p.backoff = p.backoffFor(p.consecutive)
+	return true
 }
 
 // backoffFor is the restart delay after n consecutive failed starts.
@@ -289,6 +337,7 @@ func (p *Pool) removeLocked(W *pw, reason error, reporter *session, kind removeK
 		p.unbindLocked(s)
 		affected = append(affected, s)
 	}
+	probation := kind == kindRemove && p.failedProbationLocked(W, reason, now)
 	p.detachLocked(W)
 	p.reapLocked(W, true)
 	if kind == kindHardRSS {
@@ -297,6 +346,10 @@ func (p *Pool) removeLocked(W *pw, reason error, reporter *session, kind removeK
 		p.removed++
 	}
 	p.lastError = reason.Error()
+	if probation {
+		p.lastError = fmt.Sprintf("worker broke %v after its ready frame, before answering anything (counted as a failed start): %v",
+			time.Duration(now-W.startedAt).Round(time.Millisecond), reason)
+	}
 	for _, s := range affected {
 		if s.active == nil {
 			p.advanceSessionLocked(s, now)
@@ -304,9 +357,13 @@ func (p *Pool) removeLocked(W *pw, reason error, reporter *session, kind removeK
 	}
 	if p.state == stRunning {
 		p.scheduleRestartLocked(W.slot, now)
-		if kind == kindHardRSS {
+		switch {
+		case kind == kindHardRSS:
 			p.log.Info("worker over MaxRSS; recycled", zap.String("worker", W.id), zap.Int("pid", W.pid))
-		} else {
+		case probation:
+			p.log.Warn("worker broke right after start; counted as a failed start", zap.String("worker", W.id), zap.Int("pid", W.pid),
+				zap.Error(reason), zap.Int("consecutive_failures", p.consecutive), zap.Duration("backoff", p.backoff))
+		default:
 			p.log.Warn("worker removed", zap.String("worker", W.id), zap.Int("pid", W.pid),
 				zap.Int("sessions", len(affected)), zap.Error(reason))
 		}

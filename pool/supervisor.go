@@ -43,6 +43,13 @@ func (p *Pool) maintainLocked(now int64) int64 {
 		if W == nil {
 			continue
 		}
+		if !W.proven {
+			if now-W.startedAt >= int64(startProbation) {
+				p.proveLocked(W)
+			} else {
+				p.wakeAtLocked(W.startedAt + int64(startProbation))
+			}
+		}
 		if ttl := int64(p.cfg.TTL); ttl > 0 && !W.retiring {
 			if now-W.startedAt >= ttl {
 				p.retiringLocked(W, "ttl")

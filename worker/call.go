@@ -97,6 +97,7 @@ func (w *Worker) Call(ctx context.Context, c *Call) (Result, error) {
 	if payload == nil {
 		payload = jsonNull
 	}
+	start := w.written.Load()
 	err := w.send(ctx, id, func(m *protocol.Message) {
 		*m = protocol.Message{
 			Type:       protocol.TypeCall,
@@ -112,11 +113,11 @@ func (w *Worker) Call(ctx context.Context, c *Call) (Result, error) {
 	})
 	if err != nil {
 		w.end()
-		return Result{}, err
+		return Result{}, w.unreadCall(err, start)
 	}
 	r, canceled, err := w.awaitCall(ctx, id, c)
 	if err != nil {
-		return Result{}, err
+		return Result{}, w.unreadCall(err, start)
 	}
 	return Result{OK: r.ok, Value: r.value, Error: r.err, Canceled: canceled}, nil
 }
@@ -397,6 +398,7 @@ func (w *Worker) writeLocked(m *protocol.Message) error {
 		}
 		return err
 	}
+	w.written.Add(int64(protocol.HeaderLen + len(b)))
 	if w.encBuf.Cap() > 1<<20 {
 		w.encBuf = bytes.Buffer{} // enc writes through &w.encBuf, which stays valid
 	}
@@ -475,4 +477,31 @@ func appendCall(b []byte, m *protocol.Message) ([]byte, bool) {
 	o.Int(`,"deadline_ms":`, m.DeadlineMS)
 	o.Raw(`,"payload":`, m.Payload)
 	return o.End()
+}
+
+// unreadCall returns err, the failure of a call whose frame began at byte
+// start of the stdin stream, marked ErrUnread when the process died without
+// reading any of the frame: every byte from start on is still in the pipe
+// (or was never written). Only an ErrDead failure is looked at; where the
+// pipe cannot be read (not Linux, or stdin closed with nothing recorded)
+// err stays as it is, and the call counts as having reached the worker.
+func (w *Worker) unreadCall(err error, start int64) error {
+	var e *Error
+	if !errors.As(err, &e) || e.Reason != ErrDead {
+		return err
+	}
+	n, ok := pipeUnread(w.stdin)
+	if !ok {
+		w.mu.Lock()
+		n, ok = w.unreadAtExit, w.unreadKnown
+		w.mu.Unlock()
+	}
+	if !ok || w.written.Load()-int64(n) > start {
+		return err
+	}
+	cause := ErrUnread
+	if e.Err != nil {
+		cause = fmt.Errorf("%w: %w", ErrUnread, e.Err)
+	}
+	return &Error{WorkerID: e.WorkerID, PID: e.PID, Reason: e.Reason, Err: cause}
 }

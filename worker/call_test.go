@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/procfleet/procfleet/fleettest/testworker"
 	"github.com/procfleet/procfleet/worker"
 	"github.com/procfleet/procfleet/worker/protocol"
 )
@@ -116,6 +117,9 @@ func TestCallWorkerFailure(t *testing.T) {
 			if tt.wantCause != nil && !errors.Is(err, tt.wantCause) {
 				t.Errorf("err = %v, want cause %v", err, tt.wantCause)
 			}
+			if errors.Is(err, worker.ErrUnread) {
+				t.Errorf("err = %v: the worker read the call, yet the error says it did not", err)
+			}
 			if tt.wantExit != 0 {
 				var ee *exec.ExitError
 				if !errors.As(err, &ee) || ee.ExitCode() != tt.wantExit {
@@ -130,6 +134,21 @@ func TestCallWorkerFailure(t *testing.T) {
 			wantReason(t, w.Ping(ctxTimeout(t, 10*time.Second)), tt.wantReason)
 			wantReason(t, w.SessionEnd("s1"), tt.wantReason)
 		})
+	}
+}
+
+// TestCallUnreadByDeadWorker: a worker that dies without reading the call
+// (here it exits right after its ready frame) fails the call with ErrDead
+// and ErrUnread in its cause: the job never reached it.
+func TestCallUnreadByDeadWorker(t *testing.T) {
+	t.Parallel()
+	for range 5 {
+		w := startHelper(t, testworker.StartReadyExit)
+		_, err := w.Call(ctxTimeout(t, 20*time.Second), &worker.Call{Command: "echo", Payload: json.RawMessage(`{"x":1}`)})
+		wantReason(t, err, worker.ErrDead)
+		if !errors.Is(err, worker.ErrUnread) {
+			t.Fatalf("err = %v, want ErrUnread in its cause", err)
+		}
 	}
 }
 

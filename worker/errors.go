@@ -36,6 +36,12 @@ var (
 	// closed its stdout but kept running, so the worker package killed it:
 	// the kill was the worker's fault, not an outside one.
 	ErrStdoutClosed = errors.New("stdout closed while the process kept running")
+	// ErrUnread is in the cause (Err, under ErrDead) of a call that failed
+	// because the process died or was killed before it read any byte of
+	// the call's frame (Linux: the frame was still in the stdin pipe, or
+	// could not be written for want of a reader). The job never reached
+	// the worker, so the death was not the job's doing.
+	ErrUnread = errors.New("the worker died before reading the call")
 )
 
 // Error is the error type every failing worker operation returns.

@@ -110,3 +110,20 @@ func readRSS(pid int) (int64, error) {
 	// Kernel threads and zombies have no VmRSS line.
 	return 0, errors.New("no VmRSS in /proc status (process exiting?)")
 }
+
+// pipeUnread returns how many bytes the pipe of f (either end) holds
+// unread (FIONREAD); false if it cannot tell, e.g. f is closed.
+func pipeUnread(f *os.File) (int, bool) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	var n int32
+	var errno syscall.Errno
+	if err := rc.Control(func(fd uintptr) {
+		_, _, errno = syscall.Syscall(syscall.SYS_IOCTL, fd, syscall.TIOCINQ, uintptr(unsafe.Pointer(&n)))
+	}); err != nil || errno != 0 {
+		return 0, false
+	}
+	return int(n), true
+}

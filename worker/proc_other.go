@@ -4,6 +4,7 @@ package worker
 
 import (
 	"fmt"
+	"os"
 	"runtime"
 	"syscall"
 )
@@ -26,3 +27,5 @@ func signalGroup(int, syscall.Signal) error { return ErrUnsupported }
 func cancelSignal(int) error { return ErrUnsupported }
 
 func readRSS(int) (int64, error) { return 0, ErrUnsupported }
+
+func pipeUnread(*os.File) (int, bool) { return 0, false }

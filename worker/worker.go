@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -41,6 +42,15 @@ type Worker struct {
 	// by the waiter once the process is reaped; the read ends are closed by
 	// their readers, or by the waiter after pipeDrainGrace.
 	stdin, stdout, stderr *os.File
+
+	// written counts the bytes of the frames written to stdin. The waiter
+	// records what the pipe still held when the process was reaped
+	// (unreadAtExit, if unreadKnown; guarded by mu) before it closes
+	// stdin, so that a failed call can tell whether the worker ever read
+	// its frame (unreadCall).
+	written      atomic.Int64
+	unreadAtExit int
+	unreadKnown  bool
 
 	// wlock serialises frames on stdin (a channel rather than a mutex so
 	// that Stop can give up on it). Everything below it is guarded by it.
@@ -225,6 +235,11 @@ func (w *Worker) wait() {
 
 	w.exitErr = w.cmd.Wait()
 	close(w.exited)
+	if n, ok := pipeUnread(w.stdin); ok {
+		w.mu.Lock()
+		w.unreadAtExit, w.unreadKnown = n, true
+		w.mu.Unlock()
+	}
 	w.stdin.Close() // unblocks a writer stuck on a pipe a descendant still holds
 
 	timer := time.NewTimer(pipeDrainGrace)

@@ -99,6 +99,9 @@ func Main() {
 		h.drainStdin()
 	}
 	h.send(&protocol.Message{Type: protocol.TypeReady, Protocol: protocol.Version, PID: h.pid, Commands: Commands})
+	if os.Getenv(EnvStart) == modeReadyExit {
+		os.Exit(1)
+	}
 	h.serve()
 }
 

@@ -15,7 +15,7 @@ const (
 	// EnvHelper set to "1" makes IsHelper true.
 	EnvHelper = "PROCFLEET_TESTWORKER"
 	// EnvStart selects the start-up mode: "crash", "never_ready", "garbage",
-	// "close_stdout"; anything else (or unset) starts normally.
+	// "close_stdout", "ready_exit"; anything else (or unset) starts normally.
 	EnvStart = "PROCFLEET_TESTWORKER_START"
 	// EnvStartDelay is a time.Duration to sleep before the ready frame.
 	EnvStartDelay = "PROCFLEET_TESTWORKER_START_DELAY"
@@ -34,6 +34,7 @@ const (
 	modeNeverReady  = "never_ready"
 	modeGarbage     = "garbage"
 	modeCloseStdout = "close_stdout"
+	modeReadyExit   = "ready_exit"
 )
 
 // Option configures the helper worker through one environment variable.
@@ -55,6 +56,9 @@ var (
 	// StartCloseStdout makes the worker close stdout instead of sending its
 	// ready frame, and keep running until EOF on stdin.
 	StartCloseStdout = Option{EnvStart, modeCloseStdout}
+	// StartReadyExit makes the worker exit with status 1 right after its
+	// ready frame, reading nothing.
+	StartReadyExit = Option{EnvStart, modeReadyExit}
 	// IgnoreTerm makes the worker ignore SIGTERM, shutdown and stdin EOF.
 	IgnoreTerm = Option{EnvIgnoreTerm, "1"}
 )
