@@ -108,9 +108,10 @@ func (p *Pool) freeWorkerLocked(W *pw, now int64) {
 	}
 	// A retiring worker still holds sessions here: it serves them, and
 	// anonymous jobs meanwhile, which bind nothing to it; the first jobs of
-	// new sessions in the line wait for another worker.
+	// new sessions in the line wait for another worker, unless there is
+	// none (allRetiringLocked).
 	a := p.anyQ.head
-	if W.retiring {
+	if W.retiring && !p.allRetiringLocked() {
 		for a != nil && a.session != "" {
 			a = a.next
 		}
@@ -124,7 +125,7 @@ func (p *Pool) freeWorkerLocked(W *pw, now int64) {
 	}
 	p.setStateLocked(W, wIdle)
 	if p.cfg.IdleTTL > 0 && !W.retiring {
-		p.wakeAtLocked(W.lastUsed + int64(p.cfg.IdleTTL))
+		p.wakeAtLocked(W.idleSince() + int64(p.cfg.IdleTTL))
 	}
 	if p.cfg.HealthInterval > 0 {
 		p.wakeAtLocked(max(W.lastUsed, W.lastCheck) + int64(p.cfg.HealthInterval))

@@ -394,9 +394,10 @@ func (p *Pool) demandLocked(now int64) {
 
 // pickIdleLocked returns the idle worker that may take a new session (or,
 // with anonymous, an anonymous job) and holds the fewest sessions, or nil.
-// A retiring worker takes no new session, but an anonymous job when no
-// other worker is idle: it binds nothing, and the worker may wait long for
-// its sessions to end.
+// A retiring worker takes an anonymous job when no other worker is idle:
+// it binds nothing, and the worker may wait long for its sessions to end.
+// It takes a new session only when every worker of the pool is retiring
+// (takesNewSessionLocked).
 func (p *Pool) pickIdleLocked(anonymous bool) *pw {
 	var best, retiring *pw
 	for _, s := range p.slots {
@@ -405,7 +406,7 @@ func (p *Pool) pickIdleLocked(anonymous bool) *pw {
 			continue
 		}
 		if W.retiring {
-			if anonymous && len(W.sessions) > 0 && retiring == nil {
+			if len(W.sessions) > 0 && retiring == nil {
 				retiring = W
 			}
 			continue
@@ -417,8 +418,22 @@ func (p *Pool) pickIdleLocked(anonymous bool) *pw {
 			}
 		}
 	}
-	if best == nil {
+	if best == nil && retiring != nil && (anonymous || p.allRetiringLocked()) {
 		return retiring
 	}
 	return best
+}
+
+// allRetiringLocked reports whether every slot holds a retiring worker:
+// no worker could take a new session, and none is starting that could. A
+// retiring worker then takes new sessions too (its retirement waits for
+// them as well), since otherwise a new session would wait until one of the
+// retiring workers' sessions ends, up to SessionIdleTTL.
+func (p *Pool) allRetiringLocked() bool {
+	for _, s := range p.slots {
+		if s.w == nil || !s.w.retiring {
+			return false
+		}
+	}
+	return true
 }

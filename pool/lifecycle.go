@@ -58,6 +58,7 @@ type pw struct {
 	retiring    bool // soft limit reached: serves its bound sessions (and anonymous jobs meanwhile), takes no new one
 	jobs        int
 	lastUsed    int64 // last checkin (pool clock)
+	unboundAt   int64 // when its last session left it (pool clock)
 	lastCheck   int64 // last health check
 	pingFails   int
 	sessions    map[*session]struct{} // sessions bound to this worker
@@ -245,6 +246,11 @@ func (p *Pool) failedProbationLocked(W *pw, reason error, now int64) bool {
 	p.backoff = p.backoffFor(p.consecutive)
 	return true
 }
+
+// idleSince is when W's idle time for IdleTTL began: its last job, or the
+// end of its last session if later (a worker holding a session is not
+// idle).
+func (W *pw) idleSince() int64 { return max(W.lastUsed, W.unboundAt) }
 
 // backoffFor is the restart delay after n consecutive failed starts.
 func (p *Pool) backoffFor(n int) time.Duration {

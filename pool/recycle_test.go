@@ -1,6 +1,7 @@
 package pool_test
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -54,35 +55,42 @@ func TestRecycleMaxJobsWaitsForSession(t *testing.T) {
 	if st := p.Stats(); st.Recycled != 0 {
 		t.Fatalf("stats %+v", st)
 	}
-	// A new session waits for a worker that is not retiring, also when the
-	// retiring one comes free from an anonymous job while it waits.
-	held, err := p.Reserve(pool.Request{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hl, err := held.Wait(testCtx(t))
-	if err != nil || hl.PID() != pid {
-		t.Fatalf("anonymous checkout: %v on pid %d, want the retiring worker %d", err, hl.PID(), pid)
-	}
-	other, err := p.Reserve(pool.Request{Session: "other"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hl.Release()
-	if st := p.Stats(); st.Workers[0].Sessions != 1 || st.Waiters != 1 {
-		t.Fatalf("after the retiring worker came free: %+v; want the new session still waiting", st)
+	// With every worker retiring, a new session does not wait for the
+	// old sessions to end (up to SessionIdleTTL): the retiring worker takes
+	// it, and retires once all its sessions have ended.
+	if r := mustDo(t, p, pool.Request{Session: "other"}, "session", 0); r.PID != pid || !r.NewSession {
+		t.Fatalf("new session while the only worker is retiring: %+v, want it on that worker (pid %d)", r, pid)
 	}
 	p.EndSession("s")
-	l, err := other.Wait(testCtx(t))
+	if st := p.Stats(); st.Recycled != 0 || st.Workers[0].Sessions != 1 {
+		t.Fatalf("stats %+v: want the worker kept for its other session", st)
+	}
+	p.EndSession("other")
+	waitFor(t, "the retiring worker retired", func() bool { return p.Stats().Recycled == 1 })
+	if got := mustDo(t, p, pool.Request{}, "pid", nil).PID; got == pid {
+		t.Fatal("the retired worker still runs jobs")
+	}
+}
+
+// TestRetiringPoolTakesNewSessions: a pool whose workers all reached a soft
+// limit while holding sessions still serves new sessions at once, and a
+// new session prefers a worker that is not retiring.
+func TestRetiringPoolTakesNewSessions(t *testing.T) {
+	t.Parallel()
+	cfg := config(t)
+	cfg.Size = 2
+	cfg.MaxJobs = 1
+	p := startPool(t, cfg)
+	mustDo(t, p, pool.Request{Session: "A"}, "session", 1)
+	mustDo(t, p, pool.Request{Session: "B"}, "session", 1)
+	ctx, cancel := context.WithTimeout(testCtx(t), 10*time.Second)
+	defer cancel()
+	r, _, err := do(ctx, p, pool.Request{Session: "C"}, "session", 1)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("session C's first job with both workers retiring: %v (stats %+v)", err, p.Stats())
 	}
-	if l.PID() == pid {
-		t.Fatal("a new session was bound to the retiring worker")
-	}
-	l.Release()
-	if st := p.Stats(); st.Recycled != 1 {
-		t.Fatalf("stats %+v", st)
+	if !r.NewSession {
+		t.Fatalf("session C: %+v", r)
 	}
 }
 
@@ -176,5 +184,25 @@ func TestRecycleMaxRSS(t *testing.T) {
 	waitFor(t, "the old worker to be gone", func() bool { return !pidAlive(pid) })
 	if st := p.Stats(); st.Recycled != 1 || st.Removed != 0 {
 		t.Fatalf("stats %+v", st)
+	}
+}
+
+// TestIdleTTLCountsFromSessionEnd: a worker's idle time for IdleTTL starts
+// when its last session ends, not at its last job: it is recycled no
+// sooner than IdleTTL after the session expired.
+func TestIdleTTLCountsFromSessionEnd(t *testing.T) {
+	t.Parallel()
+	cfg := config(t)
+	cfg.IdleTTL = 2 * time.Second
+	cfg.SessionIdleTTL = time.Second
+	p := startPool(t, cfg)
+	mustDo(t, p, pool.Request{Session: "s"}, "session", 0)
+	waitFor(t, "the session to expire", func() bool { return p.Stats().Sessions == 0 })
+	ended := time.Now()
+	waitFor(t, "the idle worker recycled", func() bool { return p.Stats().Recycled == 1 })
+	// ended is at most one poll late, so the wait is at least IdleTTL less
+	// that poll.
+	if waited := time.Since(ended); waited < cfg.IdleTTL-100*time.Millisecond {
+		t.Fatalf("recycled %v after its session ended, want at least IdleTTL %v", waited, cfg.IdleTTL)
 	}
 }

@@ -38,6 +38,9 @@ func (p *Pool) unbindLocked(s *session) {
 		return
 	}
 	delete(W.sessions, s)
+	if len(W.sessions) == 0 {
+		W.unboundAt = p.now()
+	}
 	W.pending.remove(s)
 	s.w = nil
 }

@@ -64,10 +64,10 @@ func (p *Pool) maintainLocked(now int64) int64 {
 		// matters: it keeps its session's state and all its work until
 		// the session ends, and its idle time counts from then.
 		if idle := int64(p.cfg.IdleTTL); idle > 0 && !W.retiring && len(W.sessions) == 0 {
-			if now-W.lastUsed >= idle {
+			if now-W.idleSince() >= idle {
 				p.retiringLocked(W, "idle_ttl")
 			} else {
-				p.wakeAtLocked(W.lastUsed + idle)
+				p.wakeAtLocked(W.idleSince() + idle)
 			}
 		}
 		switch {
