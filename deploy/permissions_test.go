@@ -330,6 +330,17 @@ func TestClientPermissions(t *testing.T) {
 		}
 		dispatcher.assertNoViolations(t)
 	})
+	t.Run("account info, which other clients' JetStream contexts ask first", func(t *testing.T) {
+		js, err := jetstream.New(client.Conn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if _, err := js.AccountInfo(ctx); err != nil {
+			t.Fatalf("$JS.API.INFO: %v", err)
+		}
+	})
 	client.assertNoViolations(t)
 
 	t.Run("cannot create a consumer on the jobs stream", func(t *testing.T) {
