@@ -82,6 +82,7 @@ the agent's cancel grace (default 2 s) is killed.
 """
 
 import collections
+import contextvars
 import json
 import struct
 import os
@@ -205,6 +206,12 @@ _PUMP_LOCK_WAIT = 10
 # a cancel until the call ends, for at most _RESIGNAL_FOR seconds.
 _RESIGNAL_EVERY = 0.05
 _RESIGNAL_FOR = 60.0
+
+# The call whose handler runs in this context (its key: see
+# Worker._handle_call), so that progress() from the handler, and from code
+# that runs in a copy of its context (asyncio.to_thread,
+# contextvars.copy_context().run), reports for that call and no other.
+_call_key = contextvars.ContextVar("procfleet_call", default=None)
 
 
 def _agent_signals():
@@ -733,7 +740,11 @@ class Worker:
         self._out_fd = None
         self._limit = DEFAULT_MAX_FRAME
         # The call now running; the protocol runs one call at a time.
+        # _cur_key is a fresh object per call that progress() binds to (see
+        # progress); it and _cur_id are cleared under _write_lock before the
+        # result is written, so that no progress frame follows the result.
         self._cur_id = None
+        self._cur_key = None
         self._cur_msg = None
         self._cur_call = None
         # Cancellation (see the module docs). _last_call is the id of the
@@ -759,6 +770,12 @@ class Worker:
         self._pump_lock = threading.Lock()
         self._pump_again = False
         self._pid = None  # the serving process, which alone reads frames
+        self._serving = None  # the thread that serves, and runs the handlers
+        # Per thread, the key of the call its first progress() reported
+        # for; and the key of the last ended call whose progress was
+        # dropped, so that a thread reporting on logs once, not per frame.
+        self._threads = threading.local()
+        self._drop_logged = None
         # Held while a frame is written: threads of a handler may report
         # progress at once, and a frame larger than the pipe takes several
         # writes, which must not interleave with another frame's.
@@ -823,16 +840,36 @@ class Worker:
         return call
 
     def progress(self, data):
-        """Send ``{"type":"progress","id":<current call>,"data":data}`` now.
+        """Send ``{"type":"progress","id":<call>,"data":data}`` now.
+
+        The call is the one whose handler the caller belongs to, not
+        whichever runs now: a thread a handler started and did not join
+        may still report after that call has answered, and its data must
+        not become another job's (maybe another session's) progress, nor
+        follow the call's result. So a report is bound to
+
+        - the call of the handler whose context it runs in: the handler
+          itself, and code run in a copy of its context
+          (``asyncio.to_thread``, ``contextvars.copy_context().run``);
+        - else, on another thread, the call that was running at that
+          thread's first progress() (a plain thread has no context of the
+          handler's, so its first report is the only tie to one).
+
+        A report for a call that has ended is dropped (and logged once per
+        call). A thread kept across calls (an executor in
+        ``session.state``) therefore reports for later calls only through
+        the handler's context:
+        ``executor.submit(contextvars.copy_context().run, fn)``.
 
         Raises RuntimeError outside a handler, TypeError/ValueError if data is
         not JSON-serialisable, FrameTooLarge if it exceeds the max frame.
         """
-        cid = self._cur_id
-        if cid is None:
-            raise RuntimeError("progress() called outside a running call")
+        key = self._progress_key()
+        if key is not self._cur_key:
+            self._drop_progress(key)
+            return
         self.check_canceled()
-        body = _encode({"type": "progress", "id": cid, "data": data}).encode()
+        body = _encode({"type": "progress", "id": key[0], "data": data}).encode()
         if len(body) > self._limit:
             raise FrameTooLarge(
                 "progress frame of %d bytes exceeds max frame %d" % (len(body), self._limit)
@@ -846,12 +883,43 @@ class Worker:
             # for good.
             armed, self._armed = self._armed, None
             try:
-                self._write(body)
+                written = self._write(body, key)
             finally:
                 self._armed = armed
         else:
-            self._write(body)
+            written = self._write(body, key)
+        if not written:
+            # The call answered while this frame was being encoded.
+            self._drop_progress(key)
+            return
         self.check_canceled()
+
+    def _progress_key(self):
+        """The key of the call progress() reports for (see progress)."""
+        key = _call_key.get()
+        if key is not None:
+            return key
+        if threading.get_ident() == self._serving:
+            # Whatever the serving thread runs is the running call's, also
+            # in a context of its own (contextvars.Context().run).
+            key = self._cur_key
+        else:
+            bound = self._threads
+            key = getattr(bound, "key", None)
+            if key is None:
+                key = bound.key = self._cur_key
+        if key is None:
+            raise RuntimeError("progress() called outside a running call")
+        return key
+
+    def _drop_progress(self, key):
+        if key is not self._drop_logged:
+            self._drop_logged = key
+            _log(
+                "progress for call %d dropped: that call has answered (a thread "
+                "of its handler reports after it returned); further reports "
+                "for it are dropped silently" % key[0]
+            )
 
     def check_canceled(self):
         """Raise :class:`Canceled` if the running call's job was canceled.
@@ -931,6 +999,7 @@ class Worker:
             return EXIT_PROTOCOL_ERROR
         self._limit = limit
         self._out_fd = out_fd
+        self._serving = threading.get_ident()
         _active_worker = self
         if not self._handlers:
             _log("no handlers registered; every call will fail with UnknownCommand")
@@ -995,6 +1064,7 @@ class Worker:
             self._armed = None
             self._io = self._io_armed = False
             self._frames = None
+            self._serving = None
             if self._signals:
                 # First: a re-signal thread checks it before each signal.
                 self._signals = False
@@ -1175,9 +1245,16 @@ class Worker:
             )
             return
 
+        # A fresh object per call, compared by identity: a call that
+        # repeats an earlier call's id is still another call.
+        key = (cid,)
         self._cur_id = cid
+        self._cur_key = key
         self._cur_msg = msg
         self._cur_call = None
+        # Set before arming: a Canceled from the signal cannot come between
+        # this and the try whose finally resets it.
+        context = _call_key.set(key)
         try:
             # Armed first, then checked: a cancel that came before the
             # handler started is seen here, and one that comes later
@@ -1210,7 +1287,12 @@ class Worker:
             # inner try, leaving _armed set.
             self._armed = None
             self._io_disarm()
-            self._cur_id = None
+            _call_key.reset(context)
+            # Under the lock: a thread's progress frame for this call is
+            # either written before the result or dropped (see _write).
+            with self._write_lock:
+                self._cur_id = None
+                self._cur_key = None
             self._cur_msg = None
             self._cur_call = None
 
@@ -1243,7 +1325,9 @@ class Worker:
                 body = _encode({"type": "result", "id": cid, "ok": False, "error": err}).encode()
         self._write(body)
 
-    def _write(self, body):
+    def _write(self, body, key=None):
+        """Write one frame. With key (a progress frame's call), only while
+        that call is running: False, writing nothing, once it has ended."""
         # One write per frame where the pipe allows: header and body go out
         # together, and os.write bypasses any userspace buffer, so there is
         # nothing to flush.
@@ -1251,6 +1335,8 @@ class Worker:
         fd = self._out_fd
         try:
             with self._write_lock:
+                if key is not None and key is not self._cur_key:
+                    return False
                 n = os.write(fd, data)
                 if n != len(data):
                     view = memoryview(data)
@@ -1258,6 +1344,7 @@ class Worker:
                         n += os.write(fd, view[n:])
         except BrokenPipeError:
             raise _AgentGone() from None
+        return True
 
     def _ended(self, sess):
         hook = self._session_end_hook

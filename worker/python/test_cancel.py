@@ -161,7 +161,7 @@ CANCEL_WORKER = textwrap.dedent(
         helper_writing = threading.Event()
         main_done = threading.Event()
 
-        def write(body):
+        def write(body, *key):
             if threading.current_thread() is threading.main_thread():
                 if not helper_writing.is_set():
                     helper.start()
@@ -169,7 +169,7 @@ CANCEL_WORKER = textwrap.dedent(
             else:
                 helper_writing.set()
                 main_done.wait(5)
-            real(body)
+            return real(body, *key)
 
         helper = threading.Thread(target=pw.progress, args=("helper",))
         w._write = write

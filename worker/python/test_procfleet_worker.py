@@ -156,6 +156,28 @@ TEST_WORKER = textwrap.dedent(
         os.system("exec sleep %d" % payload)
         return "woke"
 
+    @pw.handler("outlive")
+    def outlive(payload, session):
+        # Starts a thread that reports progress every millisecond for
+        # payload seconds, and returns once it has reported once, without
+        # joining it: its later reports are neither this call's (answered)
+        # nor the next call's.
+        import threading
+        job = pw.current_call().job_id
+        reported = threading.Event()
+        def report():
+            end = time.monotonic() + payload
+            while time.monotonic() < end:
+                try:
+                    pw.progress({"from_job": job})
+                except RuntimeError:
+                    pass  # no call running
+                reported.set()
+                time.sleep(0.001)
+        threading.Thread(target=report, daemon=True).start()
+        reported.wait(5)
+        return "left"
+
     @pw.handler("slow_end")
     def slow_end(payload, session):
         session.state["slow_end"] = True
@@ -212,6 +234,7 @@ COMMANDS = [
     "circular",
     "sleep",
     "stuck",
+    "outlive",
     "slow_end",
     "progress_outside",
 ]
@@ -526,6 +549,35 @@ class SDKTest(WorkerTestCase):
         self.assertEqual(frames[4], {"type": "result", "id": 5, "ok": True, "result": "done"})
         self.shutdown(w)
         self.assertIn("progress outside a call: progress() called outside a running call", w.stderr())
+
+    def test_progress_of_a_thread_that_outlives_its_call(self):
+        # The thread of call 1 reports for 1 s; call 2, of another session,
+        # runs meanwhile. Its reports went out as call 2's progress, or as
+        # call 1's after call 1's result; they are dropped instead.
+        w = self.start()
+        w.send({"type": "call", "id": 1, "command": "outlive", "payload": 1.0,
+                "session": "s1", "job_id": "job-1"})
+        frames = []
+        while not frames or frames[-1]["type"] != "result":
+            frames.append(w.recv())
+        self.assertEqual(frames[-1], {"type": "result", "id": 1, "ok": True, "result": "left"})
+        self.assertGreaterEqual(len(frames), 2, frames)
+        for f in frames[:-1]:
+            self.assertEqual(f, {"type": "progress", "id": 1, "data": {"from_job": "job-1"}})
+        w.send({"type": "call", "id": 2, "command": "sleep", "payload": 0.3,
+                "session": "s2", "job_id": "job-2"})
+        frames = []
+        while not frames or frames[-1]["type"] != "result":
+            frames.append(w.recv())
+        self.assertEqual(
+            frames,
+            [{"type": "progress", "id": 2, "data": "sleeping"},
+             {"type": "result", "id": 2, "ok": True, "result": "slept"}],
+        )
+        time.sleep(0.8)  # the thread's last reports, with no call running
+        self.assertEqual(w.call("echo", "after")["result"], "after")
+        self.shutdown(w)
+        self.assertIn("progress for call 1 dropped", w.stderr())
 
     def test_call_context(self):
         w = self.start()
