@@ -320,12 +320,14 @@ func (w *Worker) begin(replyType string, onProgress func(json.RawMessage)) uint6
 	id := w.nextID
 	w.pmu.Lock()
 	w.pendingID, w.pendingFor, w.onProgress = id, replyType, onProgress
+	w.lastID = id
 	w.pmu.Unlock()
 	return id
 }
 
-// end forgets the pending request, so that a late frame for it is a
-// protocol error and no progress callback starts after Call returns.
+// end forgets the pending request, so that a late result for it is a
+// protocol error, a late progress frame is dropped, and no progress
+// callback starts after Call returns.
 func (w *Worker) end() {
 	w.pmu.Lock()
 	w.pendingID, w.pendingFor, w.onProgress = 0, "", nil

@@ -116,7 +116,8 @@ func (w *Worker) readFailed(err error) {
 const stdoutClosedGrace = 200 * time.Millisecond
 
 // dispatch hands one frame to the pending call. Any frame that does not
-// belong to it is a protocol error.
+// belong to it is a protocol error, except a progress frame for a request
+// that has ended: see dropStale.
 func (w *Worker) dispatch(m *protocol.Message) error {
 	switch m.Type {
 	case protocol.TypeResult, protocol.TypePong:
@@ -146,8 +147,12 @@ func (w *Worker) dispatch(m *protocol.Message) error {
 	case protocol.TypeProgress:
 		w.pmu.Lock()
 		if m.ID == 0 || m.ID != w.pendingID || w.pendingFor != protocol.TypeResult {
-			id := w.pendingID
+			id, last := w.pendingID, w.lastID
 			w.pmu.Unlock()
+			if m.ID != 0 && m.ID != id && m.ID <= last {
+				w.dropStale(m.ID, id)
+				return nil
+			}
 			return fmt.Errorf("%w: progress frame with id %d while waiting for %d", protocol.ErrProtocol, m.ID, id)
 		}
 		fn := w.onProgress
@@ -160,6 +165,26 @@ func (w *Worker) dispatch(m *protocol.Message) error {
 	default:
 		return fmt.Errorf("%w: unexpected %q frame", protocol.ErrProtocol, m.Type)
 	}
+}
+
+// dropStale drops a progress frame for a request that has ended: ids only
+// grow, so one at most the newest id sent and not the pending one is an
+// earlier request's. A worker's thread that outlived its call (the Python
+// SDK's progress() from a handler's thread) sends such frames after the
+// call's result, and they reach the reader while the next call waits.
+// Failing that call would blame, and kill the worker under, an innocent job
+// (the agent's poison guard counts it), so the frame is dropped instead; a
+// second result for an ended call stays a protocol error. Such a thread may
+// report thousands of times: one line per ended call, with the running
+// count.
+func (w *Worker) dropStale(id, pending uint64) {
+	w.staleDropped++
+	if id <= w.staleLogged {
+		return
+	}
+	w.staleLogged = id
+	w.log.Warn("dropped progress frames for an ended request (a thread of the worker that outlived its call?)",
+		zap.Uint64("id", id), zap.Uint64("pending", pending), zap.Uint64("dropped", w.staleDropped))
 }
 
 // readStderr forwards the worker's stderr to the logger, one entry per line.

@@ -69,7 +69,13 @@ type Worker struct {
 	pendingID  uint64 // 0: nothing pending
 	pendingFor string // the reply type expected: result or pong
 	onProgress func(json.RawMessage)
-	replies    chan reply // capacity 1: the reader never blocks on it
+	lastID     uint64 // the newest id sent: ids up to it that are not pending have ended
+
+	// The reader's own: progress frames dropped for ended requests, and
+	// the newest id it logged one for (see dropStale).
+	staleDropped uint64
+	staleLogged  uint64
+	replies      chan reply // capacity 1: the reader never blocks on it
 
 	// mu guards the state below.
 	mu       sync.Mutex

@@ -45,12 +45,16 @@ import (
 //     reply {"logged": true}.
 //   - spawn: start a grandchild in the worker's process group that sleeps
 //     forever, and reply {"pid": its pid}.
+//   - late_progress: reply {}, then, when the next frame arrives and before
+//     handling it, send three progress frames {"late": true} for this call,
+//     as a thread of a handler that outlived its call does.
+//   - late_result: reply {}, then, likewise, a second result for this call.
 //
 // Any other command fails with application error UnknownCommand.
 var Commands = []string{
 	"echo", "pid", "env", "session", "sessions", "fail", "retry", "crash", "exit0",
 	"hang", "sleep", "garbage", "oversized", "zero", "half", "badid", "grow",
-	"close_stdout", "log", "spawn",
+	"close_stdout", "log", "spawn", "late_progress", "late_result",
 }
 
 type helper struct {
@@ -59,7 +63,8 @@ type helper struct {
 	ignoreTerm bool
 	counts     map[string]int
 	ended      []string
-	hoard      [][]byte // memory kept alive by grow
+	hoard      [][]byte            // memory kept alive by grow
+	late       []*protocol.Message // sent when the next frame arrives
 	execLog    *os.File
 }
 
@@ -115,6 +120,10 @@ func (h *helper) serve() {
 			}
 			os.Exit(0)
 		}
+		for _, l := range h.late {
+			h.send(l)
+		}
+		h.late = nil
 		switch m.Type {
 		case protocol.TypeCall:
 			h.call(&m)
@@ -207,6 +216,13 @@ func (h *helper) call(m *protocol.Message) {
 		h.ok(m.ID, map[string]bool{"logged": true})
 	case "spawn":
 		h.spawn(m.ID)
+	case "late_progress":
+		h.ok(m.ID, struct{}{})
+		p := &protocol.Message{Type: protocol.TypeProgress, ID: m.ID, Data: json.RawMessage(`{"late":true}`)}
+		h.late = []*protocol.Message{p, p, p}
+	case "late_result":
+		h.ok(m.ID, struct{}{})
+		h.late = []*protocol.Message{{Type: protocol.TypeResult, ID: m.ID, OK: protocol.Bool(true), Result: json.RawMessage(`{}`)}}
 	default:
 		h.fail(m.ID, &protocol.ErrorInfo{Type: "UnknownCommand", Message: "unknown command: " + m.Command})
 	}
