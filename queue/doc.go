@@ -53,9 +53,9 @@
 // the id OutcomeID gives (body id, else Nats-Msg-Id, else
 // "seq-<stream sequence>"; a body id that disagrees with Nats-Msg-Id is a bad
 // request filed under the Nats-Msg-Id). A result carries the job's stream
-// sequence (JobSeq) and is stored with Nats-Msg-Id "<id>-<JobSeq>", so a
-// re-run of the same message is dropped while a new job reusing the id (after
-// the jobs dedup window, or a job replayed from the DLQ) stores its own;
+// sequence (JobSeq) and is stored with Nats-Msg-Id "<id>:<queue>:<JobSeq>",
+// so a re-run of the same message is dropped while a new job reusing the id
+// (after the jobs dedup window, or a job replayed from the DLQ) stores its own;
 // GetJobResult and WaitJobResult match a submission's PubAck sequence. An
 // outcome over the server's max payload is a *TooLargeError: the agent
 // stores TooLargeResult instead, and WriteDeadLetter leaves the body out.

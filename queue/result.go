@@ -67,18 +67,27 @@ type ErrorInfo struct {
 	Type    string `json:"type,omitempty"` // the worker's exception type, for KindApp
 }
 
-// resultMsgID is the dedup id of a result: "<id>-<job stream sequence>",
-// so that a rerun of the same job message is dropped while a new job that
-// reuses the id stores its own result. Without a JobSeq it is the id.
+// resultMsgID is the dedup id of a result, "<id>:<queue>:<job stream
+// sequence>", so that a rerun of the same job message is dropped while a
+// new job that reuses the id, or a job of another queue whose stream gave
+// it the same sequence, stores its own result. Ids and queue names are
+// tokens of [A-Za-z0-9_-], which never hold ':', so two different jobs
+// never share a key. A result without a JobSeq (a caller that does not
+// know it) is keyed by its bare id: with no ':' it cannot take a keyed
+// result's place either.
+//
+// The keys were "<id>-<seq>" and "<id>-<queue>-<seq>" before, which two
+// jobs could share ("col" at sequence 29 and a delayed "col-29" canceled
+// before it was due, then keyed "col-29"): the second result was dropped
+// as a duplicate while its job was acked. A rerun whose first result an
+// older agent stored under the old key, within the results dedup window,
+// now stores a second result of the same job; both are that job's outcome,
+// which is acceptable for one upgrade.
 func resultMsgID(r *Result) string {
 	if r.JobSeq == 0 {
 		return r.ID
 	}
-	if r.Queue != "" && r.Queue != DefaultQueue {
-		// Sequences of different queues' streams may coincide.
-		return r.ID + "-" + r.Queue + "-" + strconv.FormatUint(r.JobSeq, 10)
-	}
-	return r.ID + "-" + strconv.FormatUint(r.JobSeq, 10)
+	return r.ID + ":" + r.queueName() + ":" + strconv.FormatUint(r.JobSeq, 10)
 }
 
 // headerOverhead bounds what the NATS header block of a message holding
