@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/procfleet/procfleet/agent"
 	"github.com/procfleet/procfleet/dispatcher"
@@ -242,7 +243,8 @@ func queueNames(t *testing.T, nc *nats.Conn) (*dispatcher.Client, []string) {
 // TestHTTPCancelDelayedJob: a delayed job canceled before it is due ends
 // then, "canceled", and never fires: a cancel record covers a fired job
 // only within the dedup window of the cancel, which a job due later would
-// outlive.
+// outlive. That outcome answers the seq its submit got back, and not a
+// later job's that reuses the id.
 func TestHTTPCancelDelayedJob(t *testing.T) {
 	t.Parallel()
 	nc := fleettest.StartServer(t).Connect(t)
@@ -262,5 +264,25 @@ func TestHTTPCancelDelayedJob(t *testing.T) {
 	r := call(t, nil, "GET", s.URL+"/v1/schedules", "", "")
 	if r.Status != 200 || strings.Contains(r.Body, "d-cancel") {
 		t.Fatalf("schedules after the cancel: %d %s; want the delayed job gone", r.Status, r.Body)
+	}
+	// The outcome is that job's: a later job that reuses the id (published
+	// here without Nats-Msg-Id, as after the jobs dedup window; no agent
+	// runs it) is not answered with it, and the seq the delayed submit got
+	// back is.
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	later, err := js.Publish(t.Context(), "fleet.job.any", []byte(`{"id":"d-cancel","command":"echo"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := call(t, nil, "GET", fmt.Sprintf("%s/v1/results/d-cancel?seq=%d", s.URL, later.Sequence), "", ""); r.Status != 404 {
+		t.Fatalf("?seq=%d (a later job under the id, still waiting): %d %s, want 404", later.Sequence, r.Status, r.Body)
+	}
+	res = queue.Result{}
+	decode(t, call(t, nil, "GET", fmt.Sprintf("%s/v1/results/d-cancel?seq=%d&wait=10s", s.URL, sub.Seq), "", ""), 200, &res)
+	if res.Error == nil || res.Error.Kind != queue.KindCanceled || res.JobSeq != sub.Seq {
+		t.Fatalf("?seq=%d (the delayed submit's): %+v, want its canceled result", sub.Seq, res)
 	}
 }

@@ -91,7 +91,9 @@ type SubmitReply struct {
 	// Seq is the job's sequence in the jobs stream (for a duplicate, the
 	// sequence of the job it duplicates): pass it to GET
 	// /v1/results/{id}?seq= so that a later job reusing the id is never
-	// taken for this one.
+	// taken for this one. A delayed job's is its delay message's: it
+	// finds the job's result if it was canceled before it was due, while
+	// the job that fires gets a sequence of its own.
 	Seq       uint64 `json:"seq"`
 	Duplicate bool   `json:"duplicate,omitempty"`
 	// Due is when a delayed job will be delivered.

@@ -84,8 +84,10 @@ func (t *Topology) Cancel(ctx context.Context, id string) error {
 // CancelDelayed drops the delayed job id if it is still waiting to be due
 // (its schedule on DelaySubject) and stores its outcome, "canceled": a
 // cancel record covers a fired job only within the dedup window of the
-// cancel (CancelCovers), which a job due later would outlive. It reports
-// whether there was such a job.
+// cancel (CancelCovers), which a job due later would outlive. The result's
+// JobSeq is the delay message's sequence (what SubmitAt's PubAck gave): the
+// job never had another, and a later job reusing the id must not take this
+// outcome for its own. It reports whether there was such a job.
 func (t *Topology) CancelDelayed(ctx context.Context, id string) (bool, error) {
 	if !ValidToken(id) || !t.SchedulesAllowed() {
 		return false, nil
@@ -104,7 +106,7 @@ func (t *Topology) CancelDelayed(ctx context.Context, id string) (bool, error) {
 	}
 	_, session, _ := t.Config.ParseJobSubject(m.Header.Get(ScheduleTargetHeader))
 	now := time.Now().UTC()
-	err = t.StoreResult(ctx, &Result{ID: id, Queue: t.Config.QueueName(), Session: session, FinishedAt: now,
+	err = t.StoreResult(ctx, &Result{ID: id, JobSeq: m.Sequence, Queue: t.Config.QueueName(), Session: session, FinishedAt: now,
 		Error: &ErrorInfo{Kind: KindCanceled, Message: "canceled before it was due"}})
 	if err != nil {
 		return true, fmt.Errorf("queue: cancel delayed job %s: store its result: %w", id, err)

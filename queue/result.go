@@ -40,7 +40,11 @@ type Result struct {
 	// result's identity. A rerun of the same message (redelivery, crash)
 	// has the same JobSeq and is deduplicated; a new job that reuses an id
 	// (after the jobs stream's dedup window, or a replayed dead letter) has
-	// a new JobSeq and stores its own result. 0 when unknown.
+	// a new JobSeq and stores its own result. A delayed job canceled
+	// before it was due never became a job message: its JobSeq is its
+	// delay message's sequence, the one its submission's PubAck gave, so
+	// that a waiter with that sequence gets this outcome and no other
+	// job's waiter does. 0 when unknown.
 	JobSeq uint64 `json:"job_seq,omitempty"`
 	// Queue is the queue the job ran on ("default" for the old subjects);
 	// JobSeq is a sequence in that queue's jobs stream. Empty from agents
@@ -255,7 +259,7 @@ func (t *Topology) GetResult(ctx context.Context, id string) (*Result, error) {
 // ErrResultNotFound. Results are filed by id; an id reused by a later job
 // files that job's result under it too, and JobSeq tells them apart.
 // seq 0 takes the latest result of id. A result without a JobSeq (stored by
-// an older agent) matches any seq.
+// an older version) matches seq 0 only: nothing says whose it is.
 func (t *Topology) GetJobResult(ctx context.Context, id string, seq uint64) (*Result, error) {
 	return t.getJobResult(ctx, id, seq, t.Config.QueueName())
 }
@@ -297,9 +301,12 @@ func (t *Topology) getJobResult(ctx context.Context, id string, seq uint64, q st
 }
 
 // matches reports whether r is the result of the job message at seq of
-// queue (a result without a queue is the default queue's).
+// queue (a result without a queue is the default queue's); seq 0 takes
+// any. A result without a JobSeq never matches a seq: nothing ties it to
+// that job, and it may be an earlier job's under the same id (answered to
+// a later job while that one still ran, it would be a wrong outcome).
 func (r *Result) matches(seq uint64, queue string) bool {
-	return seq == 0 || r.JobSeq == 0 || (r.JobSeq == seq && r.queueName() == queue)
+	return seq == 0 || (r.JobSeq == seq && r.queueName() == queue)
 }
 
 func (r *Result) queueName() string { return NameOrDefault(r.Queue) }
