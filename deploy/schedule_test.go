@@ -13,8 +13,10 @@ import (
 )
 
 // TestSchedulePermissions: under the deployed permissions a client submits
-// delayed jobs but adds no periodic schedule; the dispatcher adds, lists
-// and removes schedules; an agent publishes neither.
+// delayed jobs but adds no periodic schedule and touches none of the
+// operator's (what it puts on a delay subject that is no delayed job, the
+// dispatcher's watch deletes); the dispatcher adds, lists and removes
+// schedules; an agent publishes neither.
 func TestSchedulePermissions(t *testing.T) {
 	t.Parallel()
 	s := startSecuredServer(t)
@@ -68,6 +70,43 @@ func TestSchedulePermissions(t *testing.T) {
 		}
 		return nil
 	})
+
+	// So is a one-shot one whose target is no job subject (a rollup there
+	// replaced the operator's schedule) or that fires another subject's
+	// message (Nats-Schedule-Source: the operator's periodic job, or
+	// someone else's delayed job, at will).
+	keep, err := dtopo.AddSchedule(ctx, &queue.Schedule{Name: "keep", Every: "1h", Job: &queue.Job{Command: "echo"}}, false)
+	if err != nil {
+		t.Fatalf("dispatcher AddSchedule: %v", err)
+	}
+	at := "@at " + time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	for id, h := range map[string]map[string]string{
+		"replace": {queue.ScheduleTargetHeader: "fleet.schedule.keep", "Nats-Schedule-Rollup": "sub"},
+		"plant":   {queue.ScheduleTargetHeader: "fleet.schedule.phantom"},
+		"trigger": {queue.ScheduleTargetHeader: "fleet.job.any", "Nats-Schedule-Source": "fleet.schedule.keep"},
+	} {
+		m := nats.NewMsg("fleet.delay." + id)
+		m.Data = []byte(`{"command":"echo"}`)
+		m.Header.Set(queue.ScheduleHeader, at)
+		for k, v := range h {
+			m.Header.Set(k, v)
+		}
+		if _, err := ctopo.JS.PublishMsg(ctx, m); err != nil {
+			t.Fatalf("client publish on fleet.delay.%s: %v", id, err)
+		}
+	}
+	sharedtest.Eventually(t, 10*time.Second, func() error {
+		if _, n, err := dtopo.Delayed(ctx, 0); err != nil || n != 0 {
+			return fmt.Errorf("delayed jobs: %d, %v; want the strays deleted", n, err)
+		}
+		return nil
+	})
+	if m, err := dtopo.Jobs.GetLastMsgForSubject(ctx, "fleet.schedule.keep"); err != nil || m.Sequence != keep.Sequence {
+		t.Fatalf("the operator's schedule keep: %+v, %v; want it as added (seq %d)", m, err, keep.Sequence)
+	}
+	if err := dtopo.RemoveSchedule(ctx, "keep"); err != nil {
+		t.Fatalf("dispatcher RemoveSchedule: %v", err)
+	}
 	dispatcher.assertNoViolations(t)
 	client.assertNoViolations(t)
 
