@@ -46,7 +46,7 @@ type histPoint struct {
 // QueueView is one queue's line on the dashboard.
 type QueueView struct {
 	Name     string    `json:"name"`
-	Depth    uint64    `json:"depth"`             // messages in the jobs stream (waiting or running)
+	Depth    uint64    `json:"depth"`             // jobs in the jobs stream (waiting or running), schedules not counted
 	Oldest   time.Time `json:"oldest,omitzero"`   // the oldest job still in the stream
 	In       float64   `json:"in"`                // jobs/s submitted (last second)
 	Out      float64   `json:"out"`               // results/s stored (last second)
@@ -184,9 +184,11 @@ func (d *dash) tick(ctx context.Context) {
 	t := d.c.topo
 	var in, out uint64
 	if si, err := t.Jobs.Info(sctx); err == nil {
-		q.Depth, in = si.State.Msgs, si.State.LastSeq
-		if si.State.Msgs > 0 {
-			q.Oldest = si.State.FirstTime
+		in = si.State.LastSeq
+		// Not the stream's count and first message: delayed jobs and
+		// periodic schedules are no jobs waiting.
+		if q.Depth, q.Oldest, err = t.WaitingJobs(sctx, si); err != nil {
+			q.Error = err.Error()
 		}
 	} else {
 		q.Error = err.Error()

@@ -37,7 +37,8 @@ type QueueInfo struct {
 	Pending     uint64 `json:"pending"`
 	AckPending  int    `json:"ack_pending"`
 	Redelivered int    `json:"redelivered"`
-	// Waiting is every job still in the stream (pending and running).
+	// Waiting is every job still in the stream (pending and running; not
+	// the delayed jobs and periodic schedules it holds too).
 	Waiting uint64 `json:"waiting"`
 	// Oldest is when the oldest job still in the stream was enqueued
 	// (absent when there is none), OldestAgeMS its age then.

@@ -26,7 +26,7 @@ var (
 	descDLQ         = prometheus.NewDesc("procfleet_dead_letters", "Messages in the dead-letter stream.", nil, nil)
 	descResults     = prometheus.NewDesc("procfleet_results_stored", "Results in the results stream.", nil, nil)
 
-	descQueueWaiting = prometheus.NewDesc("procfleet_queue_jobs", "Jobs in the queue's stream (waiting, held or waiting for a retry), per queue.", []string{"queue"}, nil)
+	descQueueWaiting = prometheus.NewDesc("procfleet_queue_jobs", "Jobs in the queue's stream (waiting, held or waiting for a retry; not delayed jobs or periodic schedules), per queue.", []string{"queue"}, nil)
 	descQueueBacklog = prometheus.NewDesc("procfleet_queue_backlog_jobs", "Jobs not yet delivered, session partitions and anonymous together, per queue: what to autoscale on.", []string{"queue"}, nil)
 	descQueueAcked   = prometheus.NewDesc("procfleet_queue_ack_pending_jobs", "Jobs delivered to an agent and not yet acked, per queue.", []string{"queue"}, nil)
 	descQueueAgents  = prometheus.NewDesc("procfleet_queue_agents", "Live agents serving the queue.", []string{"queue"}, nil)

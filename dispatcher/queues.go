@@ -225,7 +225,8 @@ type QueueStatus struct {
 	Name   string `json:"name"`
 	Stream string `json:"stream"`
 	// Waiting is every job in the queue's stream: not yet delivered, held
-	// by an agent, or waiting for a retry.
+	// by an agent, or waiting for a retry. Delayed jobs and periodic
+	// schedules, which the stream holds too, are not counted.
 	Waiting uint64 `json:"waiting"`
 	// Pending is the jobs not yet delivered, Partitions and any together
 	// (the backlog an autoscaler should look at); AckPending the delivered
@@ -240,7 +241,8 @@ type QueueStatus struct {
 	Agents  []string `json:"agents"`
 	Workers int      `json:"workers"`
 	// OldestWaiting is when the oldest job in the queue was published (zero
-	// if none); OldestAge how long ago that was.
+	// if none; a delayed job counts from when it fired); OldestAge how long
+	// ago that was.
 	OldestWaiting time.Time     `json:"oldest_waiting,omitzero"`
 	OldestAge     time.Duration `json:"oldest_age_ns,omitempty"`
 	// Limits are the queue's stream limits (0: unlimited).
@@ -307,7 +309,14 @@ func fillQueueStatus(ctx context.Context, t *queue.Topology, qs *QueueStatus, no
 	if err != nil {
 		return fmt.Errorf("dispatcher: queue %s: %w", qs.Name, err)
 	}
-	qs.Waiting = si.State.Msgs
+	// The stream holds the queue's delayed jobs and periodic schedules
+	// too; they are no jobs waiting.
+	if qs.Waiting, qs.OldestWaiting, err = t.WaitingJobs(ctx, si); err != nil {
+		return fmt.Errorf("dispatcher: queue %s: %w", qs.Name, err)
+	}
+	if !qs.OldestWaiting.IsZero() {
+		qs.OldestAge = now.Sub(qs.OldestWaiting)
+	}
 	if si.Config.MaxMsgs > 0 {
 		qs.Limits.MaxMsgs = si.Config.MaxMsgs
 	}
@@ -318,12 +327,6 @@ func fillQueueStatus(ctx context.Context, t *queue.Topology, qs *QueueStatus, no
 	qs.Limits.Storage = "file"
 	if si.Config.Storage == jetstream.MemoryStorage {
 		qs.Limits.Storage = "memory"
-	}
-	if si.State.Msgs > 0 {
-		if m, err := t.Jobs.GetMsg(ctx, si.State.FirstSeq); err == nil {
-			qs.OldestWaiting = m.Time
-			qs.OldestAge = now.Sub(m.Time)
-		}
 	}
 	lister := t.Jobs.ListConsumers(ctx)
 	for info := range lister.Info() {
