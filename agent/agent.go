@@ -32,6 +32,9 @@ type lane struct {
 	pool *pool.Pool
 	// deaths is the poison guard's bucket (see poison.go).
 	deaths jetstream.KeyValue
+	// leftFree holds the free deliveries of jobs this lane left unrun
+	// (outage.go) until their redelivery has read them (free.go).
+	leftFree leftFreeSet
 	// cancels holds the cancels stream's ids, fed by cancelFeed (cancel.go).
 	cancels    *cancelSet
 	cancelFeed *queue.CancelFeed
@@ -74,7 +77,7 @@ type lane struct {
 }
 
 type counters struct {
-	ok, appFailed, retried, exhausted, badRequest, sessionLost, checkoutErrs, canceled atomic.Uint64
+	ok, appFailed, retried, exhausted, badRequest, sessionLost, checkoutErrs, canceled, leftUnrun, requeued atomic.Uint64
 }
 
 // record counts a job's outcome, and its duration where it reached a worker.
@@ -95,6 +98,8 @@ func (a *lane) record(outcome string, d time.Duration) {
 		c.sessionLost.Add(1)
 	case outcomeCanceled:
 		c.canceled.Add(1)
+	case outcomeRequeued:
+		c.requeued.Add(1)
 	}
 	series := a.metrics.outcome(outcome)
 	series.jobs.Inc()
@@ -108,6 +113,11 @@ type Counters struct {
 	Succeeded, AppFailed, Retried, Exhausted, BadRequest, SessionLost, CheckoutErrors uint64
 	// Canceled counts jobs ended by a cancel.
 	Canceled uint64
+	// Requeued counts jobs handed back unrun (a drain, a lapsed claim) or
+	// left unrun for redelivery; LeftUnrun counts the latter alone: jobs
+	// about to start once their ack wait had run out, NATS unreachable or
+	// the agent paused meanwhile (see job.startVerdict).
+	Requeued, LeftUnrun uint64
 }
 
 // newLane returns a lane of ag for cfg (already defaulted and validated).
@@ -149,7 +159,7 @@ func (a *lane) Counters() Counters {
 		Succeeded: c.ok.Load(), AppFailed: c.appFailed.Load(), Retried: c.retried.Load(),
 		Exhausted: c.exhausted.Load(), BadRequest: c.badRequest.Load(),
 		SessionLost: c.sessionLost.Load(), CheckoutErrors: c.checkoutErrs.Load(),
-		Canceled: c.canceled.Load(),
+		Canceled: c.canceled.Load(), Requeued: c.requeued.Load(), LeftUnrun: c.leftUnrun.Load(),
 	}
 }
 

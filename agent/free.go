@@ -61,7 +61,16 @@ func (j *job) freeKey() string { return "free." + j.poisonKey() }
 // free ones.
 func (j *job) loadFree() {
 	a := j.r.a
-	if a.deaths == nil || j.meta == nil || j.meta.NumDelivered < 2 {
+	if j.meta == nil || j.meta.NumDelivered < 2 {
+		return
+	}
+	if rec, ok := a.leftFree.take(j.freeKey()); ok && rec.Free > 0 && rec.Delivery < j.meta.NumDelivered &&
+		uint64(rec.Free) < j.meta.NumDelivered {
+		// Left unrun by this lane (outage.go): known here at once.
+		j.free = rec.Free
+		j.attempt = int(j.meta.NumDelivered) - rec.Free
+	}
+	if a.deaths == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(a.baseCtx), freeReadTimeout)
@@ -75,7 +84,7 @@ func (j *job) loadFree() {
 		return
 	}
 	var rec freeRecord
-	if err := json.Unmarshal(e.Value(), &rec); err != nil || rec.Free <= 0 ||
+	if err := json.Unmarshal(e.Value(), &rec); err != nil || rec.Free <= j.free ||
 		rec.Delivery >= j.meta.NumDelivered || uint64(rec.Free) >= j.meta.NumDelivered {
 		return
 	}
@@ -138,7 +147,11 @@ func (j *job) recordFree() {
 		// Killed (a simulated crash): a crash writes nothing.
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(a.baseCtx), storeTimeout)
+	wait := storeTimeout
+	if j.freeWait > 0 {
+		wait = j.freeWait
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(a.baseCtx), wait)
 	defer cancel()
 	key := j.freeKey()
 	for try := 0; ; try++ {

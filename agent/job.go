@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -60,10 +61,20 @@ type job struct {
 	// in that order (see handBackInOrder).
 	prev    *job
 	settled chan struct{}
+
+	// touched is when the server last surely restarted the message's ack
+	// wait (Agent.stamp): its delivery, or an InProgress sent while
+	// connected. leftUnrun is set when startVerdict gave the job up.
+	touched   atomic.Int64
+	leftUnrun atomic.Bool
+	// freeWait, when set, bounds recordFree's write instead of
+	// storeTimeout.
+	freeWait time.Duration
 }
 
 func newJob(r *runner, msg jetstream.Msg) *job {
 	j := &job{r: r, msg: msg, attempt: 1, settled: make(chan struct{})}
+	j.touched.Store(r.a.stamp(time.Now()))
 	meta, err := msg.Metadata()
 	if err != nil {
 		j.parsErr = &queue.BadRequestError{Reason: "message has no JetStream metadata: " + err.Error()}
@@ -216,6 +227,20 @@ func (j *job) call(lease *pool.Lease, started time.Time) {
 		cancel()
 		lease.Release()
 		j.handBackCut()
+		return
+	}
+	switch j.startVerdict() {
+	case startLeave:
+		cancel()
+		lease.Release()
+		j.leftFree()
+		return
+	case startHandBack:
+		cancel()
+		lease.Release()
+		if j.handBackInOrder() {
+			a.record(outcomeRequeued, 0)
+		}
 		return
 	}
 	deadline, _ := ctx.Deadline()

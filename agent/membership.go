@@ -285,7 +285,7 @@ func (a *Agent) membershipLoop() {
 	var lastRenew, lastBalance time.Time
 	for {
 		now := time.Now()
-		if now.Sub(lastRenew) >= a.cfg.LeaseRenewInterval {
+		if a.renewSoon.Swap(false) || now.Sub(lastRenew) >= a.cfg.LeaseRenewInterval {
 			lapsed := now.After(a.lanes[0].beatDeadline())
 			renewed := make([][]*runner, len(a.lanes))
 			for i, l := range a.lanes {

@@ -53,6 +53,15 @@ type Agent struct {
 	// beatOK is when the last heartbeat that got through was sent (see
 	// stamp).
 	beatOK atomic.Int64
+	// beatLapse is the latest moment (a stamp) at which this agent's
+	// registry entry may have expired: two heartbeats that got through
+	// were further apart than the claim (the agent was paused, or cut off
+	// without noticing). The others may have taken its partitions then,
+	// so a lease last written before it is no claim (runner.pullDeadline)
+	// until a renewal gets through again; renewSoon asks the membership
+	// loop for that renewal at once.
+	beatLapse atomic.Int64
+	renewSoon atomic.Bool
 	// epoch anchors stamp on the monotonic clock.
 	epoch time.Time
 
@@ -156,6 +165,8 @@ func (a *Agent) Counters() Counters {
 		c.SessionLost += lc.SessionLost
 		c.CheckoutErrors += lc.CheckoutErrors
 		c.Canceled += lc.Canceled
+		c.Requeued += lc.Requeued
+		c.LeftUnrun += lc.LeftUnrun
 	}
 	return c
 }
@@ -418,11 +429,24 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 // the later sending time wins.
 func (a *Agent) beatGotThrough(sent time.Time) {
 	st := a.stamp(sent)
+	ttl := a.cfg.Queue.AgentTTL
+	claim := int64(ttl - ttl/claimMargin)
 	for {
 		old := a.beatOK.Load()
-		if st <= old || a.beatOK.CompareAndSwap(old, st) {
+		if st <= old {
 			return
 		}
+		if !a.beatOK.CompareAndSwap(old, st) {
+			continue
+		}
+		if old > 0 && st-old > claim {
+			if lapse := old + claim; lapse > a.beatLapse.Load() {
+				a.beatLapse.Store(lapse)
+			}
+			a.renewSoon.Store(true)
+			a.kickRebalance()
+		}
+		return
 	}
 }
 

@@ -279,6 +279,11 @@ func (r *runner) pullDeadline() (deadline time.Time, owned bool) {
 	if r.lease == nil {
 		return now.Add(r.a.cfg.FetchWait), true
 	}
+	if r.leaseOK.Load() <= r.a.ag.beatLapse.Load() {
+		// The registry entry may have expired since the lease was last
+		// written: another agent may own the partition now.
+		return now, false
+	}
 	q := r.a.cfg.Queue
 	lease := r.a.at(r.leaseOK.Load()).Add(q.LeaseTTL - q.LeaseTTL/claimMargin)
 	beat := r.a.beatDeadline()
@@ -494,7 +499,7 @@ func (r *runner) touchHeld() {
 	}
 	r.mu.Unlock()
 	for _, j := range js {
-		_ = j.msg.InProgress()
+		j.keepAlive()
 	}
 }
 

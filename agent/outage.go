@@ -1,0 +1,151 @@
+package agent
+
+import (
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// lapsedFreeWait bounds the write of the free record of a job handed back
+// for a lapsed claim (recordFree).
+const lapsedFreeWait = time.Second
+
+// outagePoll is how often a call held by startVerdict looks at the
+// connection.
+const outagePoll = 20 * time.Millisecond
+
+// keepAlive marks the job's message in progress, restarting the server's
+// ack wait. Sent while disconnected, the mark waits in the client's buffer
+// and may arrive too late, so only one sent while connected counts as
+// touched.
+func (j *job) keepAlive() {
+	connected := j.r.a.nc.IsConnected()
+	if err := j.msg.InProgress(); err == nil && connected {
+		j.touched.Store(j.r.a.stamp(time.Now()))
+	}
+}
+
+// A startVerdict is what a held job about to start on its worker does.
+type startVerdict int
+
+const (
+	startRun      startVerdict = iota
+	startHandBack              // hand back now, in its session's order, uncharged (nak)
+	startLeave                 // leave unrun, without a nak, for the server to redeliver
+)
+
+// startVerdict decides, just before a held job's call, whether the job may
+// still run here. Its delivery is this agent's only while the server's ack
+// wait has not run out and, for a session partition, while this agent's
+// claim on the partition holds; the fetch loop checks the claim before it
+// pulls, but a held job waits for its worker afterwards, while the agent
+// may be cut off from NATS or paused (SIGSTOP, a stalled VM) past both.
+//
+//   - While the agent cannot reach NATS, the job waits for the connection:
+//     run now, it could neither have its result stored nor its message kept
+//     alive. Back in time, it is marked in progress and runs.
+//   - Once the ack wait (less a tenth, for the clocks) has run out, the
+//     server delivers the job again, maybe to another agent: it is left
+//     unrun, without a nak (a nak of a delivery already given out again
+//     would send the job out a third time). So are the session's later
+//     jobs held behind it, which must not overtake its redelivery.
+//   - Within the ack wait but past the claim (the partition may have a new
+//     owner that runs the session's later jobs), it is handed back at once,
+//     in order and uncharged, as a drain does, so that the owner gets it
+//     next.
+//
+// A job on its last delivery is never delivered again, so it cannot run
+// twice: it runs (its result is stored once NATS is back).
+func (j *job) startVerdict() startVerdict {
+	a := j.r.a
+	if j.lastDelivery() {
+		return startRun
+	}
+	if j.prev != nil && j.prev.leftUnrun.Load() {
+		return j.leave("an earlier job of its session was left unrun")
+	}
+	ackWait := a.cfg.Queue.AckWait
+	deadline := a.at(j.touched.Load()).Add(ackWait - ackWait/claimMargin)
+	if !a.nc.IsConnected() {
+		t := time.NewTicker(outagePoll)
+		defer t.Stop()
+		for !a.nc.IsConnected() && time.Now().Before(deadline) {
+			select {
+			case <-t.C:
+			case <-j.r.waitCtx.Done():
+				return j.leave("the lane drained while NATS was unreachable")
+			}
+		}
+		if a.nc.IsConnected() && time.Now().Before(deadline) {
+			j.keepAlive()
+		}
+	}
+	if !time.Now().Before(deadline) {
+		return j.leave("its ack wait ran out before it could start (NATS unreachable, or the agent paused)")
+	}
+	if _, owned := j.r.pullDeadline(); !owned {
+		j.logger().Info("claim on the partition lapsed before the job could start; handed back", zap.Int("partition", j.r.partition))
+		// The lease is gone already, so the free record need not be
+		// written before the next owner reads it; an agent cut off from
+		// NATS would only wait for it.
+		j.freeWait = lapsedFreeWait
+		return startHandBack
+	}
+	return startRun
+}
+
+// leave counts and logs a job left unrun, and returns startLeave.
+func (j *job) leave(why string) startVerdict {
+	a := j.r.a
+	j.leftUnrun.Store(true)
+	a.counters.leftUnrun.Add(1)
+	a.record(outcomeRequeued, 0)
+	j.logger().Info("job left unrun for redelivery: "+why, zap.Duration("ack_wait", a.cfg.Queue.AckWait))
+	return startLeave
+}
+
+// leftFree records the delivery of a job left unrun as free, as a drain's
+// hand-back is, so that it is not charged against max_attempts: at once in
+// the lane, which is likely to get the redelivery (NATS was away, so the
+// record in the poison bucket may be written only after the redelivery is
+// read), and in the bucket for any other agent. The latter may wait for
+// NATS (up to storeTimeout).
+func (j *job) leftFree() {
+	if j.job == nil || j.meta == nil {
+		return
+	}
+	j.r.a.leftFree.put(j.freeKey(), freeRecord{Free: j.free + 1, Delivery: j.meta.NumDelivered})
+	j.recordFree()
+}
+
+// maxLeftFree bounds a lane's leftFreeSet: past it, a left job's free
+// delivery is recorded in the poison bucket only.
+const maxLeftFree = 4096
+
+// leftFreeSet is the free-delivery records of jobs a lane left unrun, by
+// free key, until a redelivery takes them (take).
+type leftFreeSet struct {
+	mu sync.Mutex
+	m  map[string]freeRecord
+}
+
+func (s *leftFreeSet) put(key string, rec freeRecord) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		s.m = make(map[string]freeRecord)
+	}
+	if len(s.m) < maxLeftFree {
+		s.m[key] = rec
+	}
+}
+
+// take removes and returns the record under key.
+func (s *leftFreeSet) take(key string) (freeRecord, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rec, ok := s.m[key]
+	delete(s.m, key)
+	return rec, ok
+}
