@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -75,10 +76,10 @@ func (c *Client) queue(ctx context.Context, name string, create bool) (*queue.To
 	// missing one is created, where the client may, with the fleet's.
 	open := cfg
 	open.Partitions = 0
-	t, err := queue.OpenQueue(ctx, c.js, open)
+	t, err := c.openListed(ctx, open)
 	if errors.Is(err, queue.ErrUnknownQueue) && create {
 		t, err = c.createQueue(ctx, cfg, open)
-		if err != nil && !errors.Is(err, queue.ErrUnknownQueue) {
+		if err != nil && (!errors.Is(err, queue.ErrUnknownQueue) || errors.Is(err, errCreateUnanswered)) {
 			return nil, err
 		}
 	}
@@ -103,13 +104,41 @@ func (c *Client) queue(ctx context.Context, name string, create bool) (*queue.To
 func (c *Client) createQueue(ctx context.Context, cfg, open queue.Config) (*queue.Topology, error) {
 	c.queues.createMu.Lock()
 	defer c.queues.createMu.Unlock()
-	if t, err := queue.OpenQueue(ctx, c.js, open); !errors.Is(err, queue.ErrUnknownQueue) {
+	if t, err := c.openListed(ctx, open); !errors.Is(err, queue.ErrUnknownQueue) {
 		return t, err
 	}
 	if err := c.roomForQueue(ctx, cfg.QueueName()); err != nil {
 		return nil, err
 	}
-	return queue.EnsureQueue(ctx, c.js, cfg)
+	t, err := queue.EnsureQueue(ctx, c.js, cfg)
+	if errors.Is(err, context.DeadlineExceeded) {
+		// A user the server does not let create streams gets no answer
+		// at all (the request is dropped as a permissions violation).
+		return nil, fmt.Errorf("%w %q, and %w: is this dispatcher's NATS user allowed to create streams? "+
+			"(deploy/nats-server.conf's is not: declare the queue with its lines there and dispatcher queue add %s; see README, Queues): %w",
+			queue.ErrUnknownQueue, cfg.QueueName(), errCreateUnanswered, cfg.QueueName(), err)
+	}
+	return t, err
+}
+
+// errCreateUnanswered is in the error of a queue creation NATS did not
+// answer in time.
+var errCreateUnanswered = errors.New("creating it got no answer from NATS in time")
+
+// openListed opens the queue open names if its jobs stream is among the
+// streams the server lists, and fails with queue.ErrUnknownQueue at once
+// otherwise: a user who may list streams but not look up a queue nobody
+// declared (deploy/nats-server.conf's dispatcher) would wait out the
+// request's timeout for the look-up the server drops.
+func (c *Client) openListed(ctx context.Context, open queue.Config) (*queue.Topology, error) {
+	names, err := queue.ListQueues(ctx, c.js, c.topo.Config)
+	if err != nil {
+		return nil, err
+	}
+	if !slices.Contains(names, open.QueueName()) {
+		return nil, fmt.Errorf("%w %q", queue.ErrUnknownQueue, open.QueueName())
+	}
+	return queue.OpenQueue(ctx, c.js, open)
 }
 
 // roomForQueue refuses to create queue name on demand once there are as
