@@ -268,6 +268,15 @@ func TestServeUnderDeployedPermissions(t *testing.T) {
 			t.Errorf("GET %s: %d %s", p, code, body)
 		}
 	}
+	// A queue nobody declared: the dispatcher may not look it up (the
+	// server would drop the request and the API wait out its timeout), so
+	// it finds it missing from the stream list, at once.
+	for _, p := range []string{"/v1/results/x?queue=nosuchq", "/v1/jobs/x/progress?queue=nosuchq"} {
+		start := time.Now()
+		if code, body := httpDo("GET", p, ""); code != 404 || time.Since(start) > 5*time.Second {
+			t.Errorf("GET %s: %d %s after %v, want a 404 at once", p, code, body, time.Since(start).Round(time.Millisecond))
+		}
+	}
 	dtopo := dc.open(t)
 	if err := dtopo.WriteDeadLetter(testCtx(t), &queue.DeadLetter{JobID: "dl-1", Subject: "fleet.job.any", Job: json.RawMessage(`{"command":"echo"}`), Kind: queue.KindExhausted}); err != nil {
 		t.Fatal(err)

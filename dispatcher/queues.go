@@ -125,12 +125,17 @@ func (c *Client) createQueue(ctx context.Context, cfg, open queue.Config) (*queu
 // answer in time.
 var errCreateUnanswered = errors.New("creating it got no answer from NATS in time")
 
-// openListed opens the queue open names if its jobs stream is among the
-// streams the server lists, and fails with queue.ErrUnknownQueue at once
-// otherwise: a user who may list streams but not look up a queue nobody
+// openListed opens the queue open names. A client that may create queues
+// (dispatcher serve) first looks for its jobs stream among the streams the
+// server lists, and fails with queue.ErrUnknownQueue at once when it is not
+// there: a user who may list streams but not look up a queue nobody
 // declared (deploy/nats-server.conf's dispatcher) would wait out the
-// request's timeout for the look-up the server drops.
+// request's timeout for the look-up the server drops. Other clients may
+// not list streams (deploy's client user), so they look the queue up.
 func (c *Client) openListed(ctx context.Context, open queue.Config) (*queue.Topology, error) {
+	if !c.queues.create {
+		return queue.OpenQueue(ctx, c.js, open)
+	}
 	names, err := queue.ListQueues(ctx, c.js, c.topo.Config)
 	if err != nil {
 		return nil, err
