@@ -64,9 +64,11 @@ type job struct {
 
 	// touched is when the server last surely restarted the message's ack
 	// wait (Agent.stamp): its delivery, or an InProgress sent while
-	// connected. leftUnrun is set when startVerdict gave the job up.
-	touched   atomic.Int64
-	leftUnrun atomic.Bool
+	// connected. leftUnrun and handedBack are set when startVerdict gave
+	// the job up.
+	touched    atomic.Int64
+	leftUnrun  atomic.Bool
+	handedBack atomic.Bool
 	// freeWait, when set, bounds recordFree's write instead of
 	// storeTimeout.
 	freeWait time.Duration

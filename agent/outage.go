@@ -19,11 +19,26 @@ const outagePoll = 20 * time.Millisecond
 // ack wait. Sent while disconnected, the mark waits in the client's buffer
 // and may arrive too late, so only one sent while connected counts as
 // touched.
+// A mark sent once the ack wait has run out (NATS was away, or the agent
+// paused) comes too late: the server may have delivered the job again, so
+// the job keeps its old stamp, and startVerdict leaves it unrun.
 func (j *job) keepAlive() {
-	connected := j.r.a.nc.IsConnected()
-	if err := j.msg.InProgress(); err == nil && connected {
-		j.touched.Store(j.r.a.stamp(time.Now()))
+	a := j.r.a
+	if !time.Now().Before(j.ackDeadline()) {
+		return
 	}
+	connected := a.nc.IsConnected()
+	if err := j.msg.InProgress(); err == nil && connected {
+		j.touched.Store(a.stamp(time.Now()))
+	}
+}
+
+// ackDeadline is until when the job's delivery is surely still this
+// agent's in the server's eyes: its ack wait from touched, less a tenth
+// for the clocks.
+func (j *job) ackDeadline() time.Time {
+	ackWait := j.r.a.cfg.Queue.AckWait
+	return j.r.a.at(j.touched.Load()).Add(ackWait - ackWait/claimMargin)
 }
 
 // A startVerdict is what a held job about to start on its worker does.
@@ -53,7 +68,8 @@ const (
 //   - Within the ack wait but past the claim (the partition may have a new
 //     owner that runs the session's later jobs), it is handed back at once,
 //     in order and uncharged, as a drain does, so that the owner gets it
-//     next.
+//     next; so are the session's later jobs held behind it, even if the
+//     claim is back by their turn.
 //
 // A job on its last delivery is never delivered again, so it cannot run
 // twice: it runs (its result is stored once NATS is back).
@@ -65,8 +81,14 @@ func (j *job) startVerdict() startVerdict {
 	if j.prev != nil && j.prev.leftUnrun.Load() {
 		return j.leave("an earlier job of its session was left unrun")
 	}
-	ackWait := a.cfg.Queue.AckWait
-	deadline := a.at(j.touched.Load()).Add(ackWait - ackWait/claimMargin)
+	if j.prev != nil && j.prev.handedBack.Load() {
+		// Its session's earlier job went back: this one must not run
+		// before that one's redelivery, even if the claim is back.
+		j.handedBack.Store(true)
+		j.freeWait = lapsedFreeWait
+		return startHandBack
+	}
+	deadline := j.ackDeadline()
 	if !a.nc.IsConnected() {
 		t := time.NewTicker(outagePoll)
 		defer t.Stop()
@@ -90,6 +112,7 @@ func (j *job) startVerdict() startVerdict {
 		// written before the next owner reads it; an agent cut off from
 		// NATS would only wait for it.
 		j.freeWait = lapsedFreeWait
+		j.handedBack.Store(true)
 		return startHandBack
 	}
 	return startRun
@@ -119,8 +142,7 @@ func (j *job) leftFree() {
 	j.recordFree()
 }
 
-// maxLeftFree bounds a lane's leftFreeSet: past it, a left job's free
-// delivery is recorded in the poison bucket only.
+// maxLeftFree bounds a lane's leftFreeSet, which starts over when full.
 const maxLeftFree = 4096
 
 // leftFreeSet is the free-delivery records of jobs a lane left unrun, by
@@ -136,9 +158,12 @@ func (s *leftFreeSet) put(key string, rec freeRecord) {
 	if s.m == nil {
 		s.m = make(map[string]freeRecord)
 	}
-	if len(s.m) < maxLeftFree {
-		s.m[key] = rec
+	if len(s.m) >= maxLeftFree {
+		// Records whose redeliveries went to other agents are never
+		// taken; they are hints, so the set starts over.
+		clear(s.m)
 	}
+	s.m[key] = rec
 }
 
 // take removes and returns the record under key.

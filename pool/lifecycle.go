@@ -229,16 +229,17 @@ func (p *Pool) proveLocked(W *pw) {
 
 // failedProbationLocked reports whether W's removal for reason counts as a
 // failed start, and counts it: W broke while on probation before any job
-// could be the cause, i.e. before it was sent a call, or in a call it
-// never read (worker.ErrUnread). A worker that read a call and then died
-// may have been killed by that job (the agent's poison guard judges it);
-// a call that timed out or was canceled is the job's doing too.
+// could be the cause, i.e. before it was sent a call (a failed or late
+// probation ping included), or in a call it never read
+// (worker.ErrUnread). A worker that read a call and then died may have
+// been killed by that job (the agent's poison guard judges it); a call
+// that timed out or was canceled is the job's doing too.
 func (p *Pool) failedProbationLocked(W *pw, reason error, now int64) bool {
 	if W.proven || now-W.startedAt >= int64(startProbation) {
 		return false
 	}
-	if errors.Is(reason, worker.ErrTimeout) || errors.Is(reason, worker.ErrCanceled) ||
-		(W.jobs > 0 && !errors.Is(reason, worker.ErrUnread)) {
+	if W.jobs > 0 && !errors.Is(reason, worker.ErrUnread) {
+		// It ran a call (ErrUnread implies ErrDead, never a timeout).
 		return false
 	}
 	p.startFailures++

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"sync/atomic"
 	"time"
 
 	"github.com/procfleet/procfleet/internal/jsonappend"
@@ -84,7 +86,8 @@ func (w *Worker) Call(ctx context.Context, c *Call) (Result, error) {
 		}
 	}
 	if err := w.acquire(ctx); err != nil {
-		return Result{}, err
+		// A worker found dead here never saw the call.
+		return Result{}, w.unreadCall(err, w.written.Load())
 	}
 	defer w.release()
 
@@ -400,7 +403,7 @@ func (w *Worker) writeLocked(m *protocol.Message) error {
 		}
 		return err
 	}
-	w.written.Add(int64(protocol.HeaderLen + len(b)))
+
 	if w.encBuf.Cap() > 1<<20 {
 		w.encBuf = bytes.Buffer{} // enc writes through &w.encBuf, which stays valid
 	}
@@ -506,4 +509,17 @@ func (w *Worker) unreadCall(err error, start int64) error {
 		cause = fmt.Errorf("%w: %w", ErrUnread, e.Err)
 	}
 	return &Error{WorkerID: e.WorkerID, PID: e.PID, Reason: e.Reason, Err: cause}
+}
+
+// countingWriter counts the bytes written through it, a partial write's
+// included, so that unreadCall knows where each frame began on the pipe.
+type countingWriter struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n.Add(int64(n))
+	return n, err
 }

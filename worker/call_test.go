@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -149,6 +151,27 @@ func TestCallUnreadByDeadWorker(t *testing.T) {
 		if !errors.Is(err, worker.ErrUnread) {
 			t.Fatalf("err = %v, want ErrUnread in its cause", err)
 		}
+	}
+}
+
+// TestCallPartlyReadIsNotUnread: a worker that read part of a call larger
+// than the pipe and then died did read the call (a job that kills it while
+// it reads a huge payload is to blame), so the failure is not ErrUnread,
+// although the call's own write failed half way.
+func TestCallPartlyReadIsNotUnread(t *testing.T) {
+	t.Parallel()
+	body := []byte(`{"type":"ready","protocol":1,"pid":1,"commands":["x"]}`)
+	ready := filepath.Join(t.TempDir(), "ready.bin")
+	if err := os.WriteFile(ready, protocol.AppendFrame(nil, body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Reads 100 000 bytes of the call (more than a pipe holds), then dies.
+	w := start(t, worker.Config{ID: "partial", Command: []string{"sh", "-c", "cat \"$0\"; head -c 100000 >/dev/null; exit 3", ready}})
+	payload, _ := json.Marshal(strings.Repeat("x", 1<<20))
+	_, err := w.Call(ctxTimeout(t, 20*time.Second), &worker.Call{Command: "x", Payload: payload})
+	wantReason(t, err, worker.ErrDead)
+	if errors.Is(err, worker.ErrUnread) {
+		t.Errorf("the worker read 100000 bytes of the call, yet the error says it never read it: %v", err)
 	}
 }
 

@@ -43,7 +43,7 @@ type Worker struct {
 	// their readers, or by the waiter after pipeDrainGrace.
 	stdin, stdout, stderr *os.File
 
-	// written counts the bytes of the frames written to stdin. The waiter
+	// written counts the bytes written to stdin (countingWriter). The waiter
 	// records what the pipe still held when the process was reaped
 	// (unreadAtExit, if unreadKnown; guarded by mu) before it closes
 	// stdin, so that a failed call can tell whether the worker ever read
@@ -211,7 +211,7 @@ func (w *Worker) spawn() error {
 	w.pid = cmd.Process.Pid
 	w.startedAt = time.Now()
 	w.stdin, w.stdout, w.stderr = inW, outR, errR
-	w.fw = protocol.NewWriter(inW, w.cfg.MaxFrame)
+	w.fw = protocol.NewWriter(countingWriter{inW, &w.written}, w.cfg.MaxFrame)
 	w.enc = json.NewEncoder(&w.encBuf)
 	w.enc.SetEscapeHTML(false)
 	w.log = w.cfg.Logger.Named("worker").With(zap.String("worker", w.id), zap.Int("pid", w.pid))

@@ -1,0 +1,83 @@
+package agent
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/procfleet/procfleet/embedded"
+	"github.com/procfleet/procfleet/queue"
+)
+
+// progressMsg is a delivery whose InProgress always goes out.
+type progressMsg struct{ jetstream.Msg }
+
+func (progressMsg) InProgress() error { return nil }
+
+// verdictLane is a lane on a real connection with the given ack wait, and
+// mk a job of its anonymous runner delivered age ago.
+func verdictLane(t *testing.T, ackWait time.Duration) (mk func(age time.Duration) *job) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	_, url, stop, err := embedded.StartTemp(ctx, "", "verdict-*", zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	ag := &Agent{epoch: time.Now().Add(-time.Hour)}
+	a := &lane{ag: ag, nc: nc, log: zap.NewNop(), topo: &queue.Topology{Config: queue.Config{MaxDeliver: 5}},
+		metrics: newMetrics().forQueue("default")}
+	a.cfg.Queue.AckWait = ackWait
+	r := &runner{a: a, partition: -1, waitCtx: ctx}
+	return func(age time.Duration) *job {
+		j := &job{r: r, msg: progressMsg{}, job: &queue.Job{ID: "j"}, meta: &jetstream.MsgMetadata{NumDelivered: 1}}
+		j.touched.Store(ag.stamp(time.Now().Add(-age)))
+		return j
+	}
+}
+
+// TestKeepAliveDoesNotReviveALapsedDelivery: a held job whose ack wait ran
+// out (the agent was paused, or NATS away) may have been delivered again;
+// the keep-alive tick that comes on resume must not make it look fresh, or
+// it would run beside its redelivery.
+func TestKeepAliveDoesNotReviveALapsedDelivery(t *testing.T) {
+	t.Parallel()
+	mk := verdictLane(t, 2*time.Second)
+	if v := mk(3 * time.Second).startVerdict(); v != startLeave {
+		t.Fatalf("a delivery past its ack wait: verdict %v, want startLeave", v)
+	}
+	j := mk(3 * time.Second)
+	j.keepAlive()
+	if v := j.startVerdict(); v != startLeave {
+		t.Errorf("after a keep-alive tick: verdict %v, want startLeave", v)
+	}
+	fresh := mk(time.Second)
+	fresh.keepAlive()
+	if v := fresh.startVerdict(); v != startRun {
+		t.Errorf("a delivery within its ack wait: verdict %v, want startRun", v)
+	}
+}
+
+// TestHandBackCarriesToTheSession: once a session's job is handed back for
+// a lapsed claim, the session's next held job goes back too, even when the
+// claim is back by its turn: run now, it would overtake the redelivery.
+func TestHandBackCarriesToTheSession(t *testing.T) {
+	t.Parallel()
+	mk := verdictLane(t, 10*time.Second)
+	first, next := mk(time.Second), mk(time.Second)
+	next.prev = first
+	first.handedBack.Store(true)
+	if v := next.startVerdict(); v != startHandBack {
+		t.Errorf("the job after a handed-back one: verdict %v, want startHandBack", v)
+	}
+}
