@@ -399,6 +399,22 @@ func withExecLog(t *testing.T, cfg fleettest.FleetConfig) (fleettest.FleetConfig
 	return cfg, path
 }
 
+// stopAgentsFirst stops f's agents at cleanup, before the fleet's own
+// cleanup and the servers': cleanups run last first, and an agent must stop
+// while a server (a restarted one, say) still serves it. Stop runs once, so
+// the fleet's own stop then does nothing.
+func stopAgentsFirst(t *testing.T, f *fleettest.Fleet) {
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		for _, a := range f.Agents {
+			if err := a.Stop(ctx); err != nil {
+				t.Errorf("stop %s: %v", a.Name(), err)
+			}
+		}
+	})
+}
+
 // checkOnce fails the test unless every id ran exactly once.
 func checkOnce(t *testing.T, path string, ids []string) {
 	t.Helper()

@@ -54,17 +54,7 @@ func TestMemoryConsumersSurviveServerRestart(t *testing.T) {
 	}
 	ids = append(ids, submit(t, f, "", &queue.Job{ID: "before-anon", Command: "sleep", Payload: json.RawMessage(`{"ms":1500}`)}))
 
-	// Cleanups run last first: stop the agents while a server still
-	// serves them (Stop runs once; the fleet's own cleanup then does nothing).
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		for _, a := range f.Agents {
-			if err := a.Stop(ctx); err != nil {
-				t.Errorf("stop %s: %v", a.Name(), err)
-			}
-		}
-	})
+	stopAgentsFirst(t, f)
 	first.Shutdown()
 	first.WaitForShutdown()
 	fleettest.StartServer(t, same)

@@ -30,17 +30,7 @@ func TestOutageLeavesHeldJobsUnrun(t *testing.T) {
 	cfg.Agent.Queue.AckWait = 2 * time.Second
 	cfg.Agent.Capacity = 8
 	f := fleettest.StartFleet(t, cfg)
-	// Cleanups run last first: stop the agent while the restarted server
-	// still serves it.
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		for _, a := range f.Agents {
-			if err := a.Stop(ctx); err != nil {
-				t.Errorf("stop %s: %v", a.Name(), err)
-			}
-		}
-	})
+	stopAgentsFirst(t, f)
 	waitOwns(t, f.Agents[0], "the agent", []int{0})
 
 	const n = 6

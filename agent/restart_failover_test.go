@@ -30,17 +30,7 @@ func TestFailoverAfterServerRestart(t *testing.T) {
 	first.WaitForShutdown()
 	restarted := time.Now()
 	fleettest.StartServer(t, same)
-	// Cleanups run last first: stop the agents while this server still
-	// serves them (Stop runs once; the fleet's own cleanup then does nothing).
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		for _, a := range f.Agents {
-			if err := a.Stop(ctx); err != nil {
-				t.Errorf("stop %s: %v", a.Name(), err)
-			}
-		}
-	})
+	stopAgentsFirst(t, f)
 	// Every agent is back once it has heartbeated through the new server.
 	fleettest.Eventually(t, 60*time.Second, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
