@@ -3,6 +3,7 @@ package dispatcher_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -111,13 +112,17 @@ func TestNewClientAdoptsPartitions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := cons.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if info.NumPending != 1 {
-		t.Fatalf("partition %d holds %d jobs, want the one submitted", p, info.NumPending)
-	}
+	// The consumer counts a stored message a moment after the PubAck.
+	fleettest.Eventually(t, 10*time.Second, func() error {
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if info.NumPending != 1 {
+			return fmt.Errorf("partition %d holds %d jobs, want the one submitted", p, info.NumPending)
+		}
+		return nil
+	})
 	if _, err := c.Status(ctx); err != nil {
 		t.Fatalf("Status: %v", err)
 	}
