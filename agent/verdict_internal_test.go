@@ -81,3 +81,41 @@ func TestHandBackCarriesToTheSession(t *testing.T) {
 		t.Errorf("the job after a handed-back one: verdict %v, want startHandBack", v)
 	}
 }
+
+// TestBeatLapseVoidsOlderLeases: two heartbeats that got through further
+// apart than the claim mean the registry entry may have expired between
+// them, and another agent may have taken the partitions: a lease written
+// before that lapse is no claim, though the heartbeats are fresh again,
+// until a renewal gets through (asked for at once).
+func TestBeatLapseVoidsOlderLeases(t *testing.T) {
+	t.Parallel()
+	ttl := 2 * time.Second
+	ag := &Agent{epoch: time.Now().Add(-time.Hour)}
+	ag.cfg.Queue.AgentTTL = ttl
+	a := &lane{ag: ag}
+	a.cfg.Queue.AgentTTL = ttl
+	a.cfg.Queue.LeaseTTL = 30 * time.Second
+	r := &runner{a: a, partition: 0, lease: &queue.Lease{}}
+	now := time.Now()
+	paused := now.Add(-10 * time.Second) // the last beat and renewal before a pause
+	ag.beatGotThrough(paused)
+	r.leaseOK.Store(ag.stamp(paused))
+	if _, owned := r.pullDeadline(); owned {
+		t.Fatal("owned 10 s after the last heartbeat, with an AgentTTL of 2 s")
+	}
+	ag.beatGotThrough(now) // resumed: a heartbeat gets through again
+	if _, owned := r.pullDeadline(); owned {
+		t.Error("the lease written before the lapse still counts as a claim")
+	}
+	if !ag.renewSoon.Load() {
+		t.Error("no renewal asked for after the lapse")
+	}
+	r.leaseOK.Store(ag.stamp(now)) // the renewal got through
+	if _, owned := r.pullDeadline(); !owned {
+		t.Error("not owned after a renewal following the lapse")
+	}
+	ag.beatGotThrough(now.Add(ttl / 3)) // a regular beat: no lapse
+	if _, owned := r.pullDeadline(); !owned {
+		t.Error("a regular heartbeat voided the lease")
+	}
+}
