@@ -78,10 +78,10 @@ func (j *job) startVerdict() startVerdict {
 	if j.lastDelivery() {
 		return startRun
 	}
-	if j.prev != nil && j.prev.leftUnrun.Load() {
+	if j.behind() && j.prev.leftUnrun.Load() {
 		return j.leave("an earlier job of its session was left unrun")
 	}
-	if j.prev != nil && j.prev.handedBack.Load() {
+	if j.behind() && j.prev.handedBack.Load() {
 		// Its session's earlier job went back: this one must not run
 		// before that one's redelivery, even if the claim is back.
 		j.handedBack.Store(true)
@@ -116,6 +116,16 @@ func (j *job) startVerdict() startVerdict {
 		return startHandBack
 	}
 	return startRun
+}
+
+// behind reports whether j is a later job of its session than prev, the
+// session's job dispatched before it: not a redelivery of prev itself (or
+// of an earlier job), which arrives while prev's goroutine still records
+// its end and must not inherit prev's fate, or every redelivery of a job
+// handed back would be handed back again, up to MaxDeliver.
+func (j *job) behind() bool {
+	return j.prev != nil && j.meta != nil && j.prev.meta != nil &&
+		j.meta.Sequence.Stream > j.prev.meta.Sequence.Stream
 }
 
 // leave counts and logs a job left unrun, and returns startLeave.

@@ -75,10 +75,36 @@ func TestHandBackCarriesToTheSession(t *testing.T) {
 	t.Parallel()
 	mk := verdictLane(t, 10*time.Second)
 	first, next := mk(time.Second), mk(time.Second)
+	first.meta.Sequence.Stream, next.meta.Sequence.Stream = 7, 9
 	next.prev = first
 	first.handedBack.Store(true)
 	if v := next.startVerdict(); v != startHandBack {
 		t.Errorf("the job after a handed-back one: verdict %v, want startHandBack", v)
+	}
+}
+
+// TestRedeliveryDoesNotInheritItsHandBack: the redelivery of a job handed
+// back (or left unrun) may arrive while that delivery's goroutine still
+// records its end, so that it is still its session's last job: it must not
+// take that fate from itself, or every redelivery would go back again, up
+// to MaxDeliver, though the claim is held.
+func TestRedeliveryDoesNotInheritItsHandBack(t *testing.T) {
+	t.Parallel()
+	mk := verdictLane(t, 10*time.Second)
+	for _, fate := range []string{"handed back", "left unrun"} {
+		old := mk(time.Second)
+		old.meta.Sequence.Stream = 7
+		if fate == "handed back" {
+			old.handedBack.Store(true)
+		} else {
+			old.leftUnrun.Store(true)
+		}
+		re := mk(time.Second)
+		re.meta.Sequence.Stream, re.meta.NumDelivered = 7, 2
+		re.prev = old
+		if v := re.startVerdict(); v != startRun {
+			t.Errorf("the redelivery of a job %s, the claim held: verdict %v, want startRun", fate, v)
+		}
 	}
 }
 
