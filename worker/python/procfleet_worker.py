@@ -916,9 +916,14 @@ class Worker:
         if key is not self._drop_logged:
             self._drop_logged = key
             _log(
-                "progress for call %d dropped: that call has answered (a thread "
-                "of its handler reports after it returned); further reports "
-                "for it are dropped silently" % key[0]
+                "progress for call %d dropped: that call has answered. The "
+                "reporting thread is tied to it (the call running at the "
+                "thread's first report): a thread its handler left running, "
+                "or a thread pool's thread that served it first; for a pool, "
+                "submit each call's work as "
+                "executor.submit(contextvars.copy_context().run, fn) so that "
+                "it reports for its own call. Further reports for call %d are "
+                "dropped silently" % (key[0], key[0])
             )
 
     def check_canceled(self):
