@@ -187,7 +187,11 @@ func (d *dash) tick(ctx context.Context) {
 		in = si.State.LastSeq
 		// Not the stream's count and first message: delayed jobs and
 		// periodic schedules are no jobs waiting.
-		if q.Depth, q.Oldest, err = t.WaitingJobs(sctx, si); err != nil {
+		consumers, err := t.Consumers(sctx)
+		if err == nil {
+			q.Depth, q.Oldest, err = t.WaitingJobs(sctx, si, consumers)
+		}
+		if err != nil {
 			q.Error = err.Error()
 		}
 	} else {

@@ -343,9 +343,18 @@ func fillQueueStatus(ctx context.Context, t *queue.Topology, qs *QueueStatus, no
 	if err != nil {
 		return fmt.Errorf("dispatcher: queue %s: %w", qs.Name, err)
 	}
+	consumers, err := t.Consumers(ctx)
+	if err != nil {
+		return fmt.Errorf("dispatcher: queue %s: %w", qs.Name, err)
+	}
+	for _, info := range consumers {
+		qs.Pending += info.NumPending
+		qs.AckPending += info.NumAckPending
+		qs.Redelivered += info.NumRedelivered
+	}
 	// The stream holds the queue's delayed jobs and periodic schedules
 	// too; they are no jobs waiting.
-	if qs.Waiting, qs.OldestWaiting, err = t.WaitingJobs(ctx, si); err != nil {
+	if qs.Waiting, qs.OldestWaiting, err = t.WaitingJobs(ctx, si, consumers); err != nil {
 		return fmt.Errorf("dispatcher: queue %s: %w", qs.Name, err)
 	}
 	if !qs.OldestWaiting.IsZero() {
@@ -361,15 +370,6 @@ func fillQueueStatus(ctx context.Context, t *queue.Topology, qs *QueueStatus, no
 	qs.Limits.Storage = "file"
 	if si.Config.Storage == jetstream.MemoryStorage {
 		qs.Limits.Storage = "memory"
-	}
-	lister := t.Jobs.ListConsumers(ctx)
-	for info := range lister.Info() {
-		qs.Pending += info.NumPending
-		qs.AckPending += info.NumAckPending
-		qs.Redelivered += info.NumRedelivered
-	}
-	if err := lister.Err(); err != nil {
-		return fmt.Errorf("dispatcher: queue %s: consumers: %w", qs.Name, err)
 	}
 	owners, err := t.LeaseOwners(ctx)
 	if err != nil {

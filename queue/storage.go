@@ -62,13 +62,13 @@ func (t *Topology) RecreateMissingConsumers(ctx context.Context) (int, error) {
 	if !t.Config.MemoryConsumers {
 		return 0, nil
 	}
-	have := make(map[string]bool)
-	lister := t.Jobs.ListConsumers(ctx)
-	for info := range lister.Info() {
-		have[info.Name] = true
+	infos, err := t.Consumers(ctx)
+	if err != nil {
+		return 0, err
 	}
-	if err := lister.Err(); err != nil {
-		return 0, fmt.Errorf("queue: list consumers of %s: %w", t.Config.JobsStream(), err)
+	have := make(map[string]bool, len(infos))
+	for _, info := range infos {
+		have[info.Name] = true
 	}
 	made := 0
 	for _, name := range append(t.partitionConsumerNames(), AnyConsumerName) {

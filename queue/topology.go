@@ -451,13 +451,13 @@ func openBucket(ctx context.Context, js jetstream.JetStream, bucket string) (jet
 // Consumers.
 
 func (t *Topology) ensureConsumers(ctx context.Context) error {
-	existing := make(map[string]jetstream.ConsumerConfig)
-	lister := t.Jobs.ListConsumers(ctx)
-	for info := range lister.Info() {
-		existing[info.Name] = info.Config
+	infos, err := t.Consumers(ctx)
+	if err != nil {
+		return err
 	}
-	if err := lister.Err(); err != nil {
-		return fmt.Errorf("queue: list consumers of %s: %w", t.Config.JobsStream(), err)
+	existing := make(map[string]jetstream.ConsumerConfig, len(infos))
+	for _, info := range infos {
+		existing[info.Name] = info.Config
 	}
 	wants := make([]jetstream.ConsumerConfig, 0, t.Config.Partitions+1)
 	for p := range t.Config.Partitions {

@@ -16,12 +16,26 @@ import (
 // every job (session, partition and any subjects) and no schedule.
 func (c Config) JobsFilter() string { return c.jobPrefix() + ">" }
 
+// Consumers lists the jobs stream's consumers.
+func (t *Topology) Consumers(ctx context.Context) ([]*jetstream.ConsumerInfo, error) {
+	var out []*jetstream.ConsumerInfo
+	lister := t.Jobs.ListConsumers(ctx)
+	for info := range lister.Info() {
+		out = append(out, info)
+	}
+	if err := lister.Err(); err != nil {
+		return nil, fmt.Errorf("queue: list consumers of %s: %w", t.Config.JobsStream(), err)
+	}
+	return out, nil
+}
+
 // WaitingJobs reports how many jobs the jobs stream holds (not yet
 // delivered, held by an agent, or waiting for a retry) and when the oldest
-// of them was stored (zero if none), given si, the stream's info read just
-// before. The stream also holds the delayed jobs and periodic schedules,
-// which are no jobs until they fire: counted as jobs, a periodic schedule
-// would be a job waiting for ever.
+// of them was stored (zero if none), given si, the stream's info, and
+// consumers, its consumers (Consumers), both read just before. The stream
+// also holds the delayed jobs and periodic schedules, which are no jobs
+// until they fire: counted as jobs, a periodic schedule would be a job
+// waiting for ever.
 //
 // Every job is in exactly one job consumer's care (its partition's, or
 // the anonymous one), as not yet delivered or not yet acked, so the count
@@ -31,16 +45,12 @@ func (c Config) JobsFilter() string { return c.jobPrefix() + ">" }
 // and jobs of a consumer that does not exist (memory-stored consumers lost
 // with a server restart, until they are made again) are not. The oldest job
 // is one next-message-by-subject lookup.
-func (t *Topology) WaitingJobs(ctx context.Context, si *jetstream.StreamInfo) (uint64, time.Time, error) {
+func (t *Topology) WaitingJobs(ctx context.Context, si *jetstream.StreamInfo, consumers []*jetstream.ConsumerInfo) (uint64, time.Time, error) {
 	var n uint64
-	lister := t.Jobs.ListConsumers(ctx)
-	for info := range lister.Info() {
+	for _, info := range consumers {
 		if t.Config.isJobConsumer(info.Name) {
 			n += info.NumPending + uint64(info.NumAckPending)
 		}
-	}
-	if err := lister.Err(); err != nil {
-		return 0, time.Time{}, fmt.Errorf("queue: stream %s: consumers: %w", t.Config.JobsStream(), err)
 	}
 	if n == 0 {
 		return 0, time.Time{}, nil
