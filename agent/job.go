@@ -149,11 +149,13 @@ func (j *job) wasCut() bool {
 	return j.cut
 }
 
-// handBackCut hands back a job whose call a drain cut: at once, behind its
-// session's earlier jobs and uncharged, as a job the drain found waiting
-// for a worker, so that the next owner runs the session's jobs in their
-// order and a job with max_attempts 1 is not dead-lettered for the drain.
-func (j *job) handBackCut() {
+// handBackRequeued hands the job back unrun (handBackInOrder: behind its
+// session's earlier jobs, uncharged) and counts it requeued: a job a drain
+// found waiting for a worker or cut short, or one whose claim lapsed
+// before it could start (startVerdict), so that the next owner runs the
+// session's jobs in their order and a job with max_attempts 1 is not
+// dead-lettered for it.
+func (j *job) handBackRequeued() {
 	if j.handBackInOrder() {
 		j.r.a.record(outcomeRequeued, 0)
 	}
@@ -193,9 +195,7 @@ func (j *job) run() {
 			// Draining: hand the job back for the next owner, at once
 			// (behind its session's earlier jobs), without charging the
 			// delivery.
-			if j.handBackInOrder() {
-				a.record(outcomeRequeued, 0)
-			}
+			j.handBackRequeued()
 		case errors.Is(err, pool.ErrSessionLost):
 			a.record(outcomeSessionLost, 0)
 			j.finish(&queue.Result{OK: false, Error: &queue.ErrorInfo{Kind: queue.KindSessionLost, Message: err.Error()}}, started)
@@ -224,24 +224,17 @@ func (j *job) call(lease *pool.Lease, started time.Time) {
 	j.callCancel = cancel
 	cut := j.cut
 	j.mu.Unlock()
-	if cut {
-		// The drain ran out of time before the call began.
-		cancel()
-		lease.Release()
-		j.handBackCut()
-		return
+	verdict := startHandBack // the drain ran out of time before the call began
+	if !cut {
+		verdict = j.startVerdict()
 	}
-	switch j.startVerdict() {
-	case startLeave:
+	if verdict != startRun {
 		cancel()
 		lease.Release()
-		j.leftFree()
-		return
-	case startHandBack:
-		cancel()
-		lease.Release()
-		if j.handBackInOrder() {
-			a.record(outcomeRequeued, 0)
+		if verdict == startLeave {
+			j.leftFree()
+		} else {
+			j.handBackRequeued()
 		}
 		return
 	}
@@ -291,7 +284,7 @@ func (j *job) call(lease *pool.Lease, started time.Time) {
 		}
 		if kind == queue.KindCanceled && j.wasCut() {
 			j.logger().Info("drain deadline: call canceled; job handed back", zap.String("worker", lease.WorkerID()))
-			j.handBackCut()
+			j.handBackRequeued()
 			return
 		}
 		j.logger().Info("worker failed; job will be redelivered", zap.String("worker", lease.WorkerID()), zap.Error(err))

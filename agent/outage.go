@@ -18,10 +18,9 @@ const outagePoll = 20 * time.Millisecond
 // keepAlive marks the job's message in progress, restarting the server's
 // ack wait. Sent while disconnected, the mark waits in the client's buffer
 // and may arrive too late, so only one sent while connected counts as
-// touched.
-// A mark sent once the ack wait has run out (NATS was away, or the agent
-// paused) comes too late: the server may have delivered the job again, so
-// the job keeps its old stamp, and startVerdict leaves it unrun.
+// touched. None is sent once the ack wait has run out (NATS was away, or
+// the agent paused): the server may have delivered the job again, so the
+// job keeps its old stamp, and startVerdict leaves it unrun.
 func (j *job) keepAlive() {
 	a := j.r.a
 	if !time.Now().Before(j.ackDeadline()) {
@@ -84,9 +83,7 @@ func (j *job) startVerdict() startVerdict {
 	if j.behind() && j.prev.handedBack.Load() {
 		// Its session's earlier job went back: this one must not run
 		// before that one's redelivery, even if the claim is back.
-		j.handedBack.Store(true)
-		j.freeWait = lapsedFreeWait
-		return startHandBack
+		return j.sendBack()
 	}
 	deadline := j.ackDeadline()
 	if !a.nc.IsConnected() {
@@ -108,12 +105,7 @@ func (j *job) startVerdict() startVerdict {
 	}
 	if _, owned := j.r.pullDeadline(); !owned {
 		j.logger().Info("claim on the partition lapsed before the job could start; handed back", zap.Int("partition", j.r.partition))
-		// The lease is gone already, so the free record need not be
-		// written before the next owner reads it; an agent cut off from
-		// NATS would only wait for it.
-		j.freeWait = lapsedFreeWait
-		j.handedBack.Store(true)
-		return startHandBack
+		return j.sendBack()
 	}
 	return startRun
 }
@@ -126,6 +118,16 @@ func (j *job) startVerdict() startVerdict {
 func (j *job) behind() bool {
 	return j.prev != nil && j.meta != nil && j.prev.meta != nil &&
 		j.meta.Sequence.Stream > j.prev.meta.Sequence.Stream
+}
+
+// sendBack marks the job handed back for its session's later jobs and
+// returns startHandBack. The claim is gone already, so the free record need
+// not be written before the next owner reads it, and an agent cut off from
+// NATS would only wait for it: the write gets lapsedFreeWait.
+func (j *job) sendBack() startVerdict {
+	j.handedBack.Store(true)
+	j.freeWait = lapsedFreeWait
+	return startHandBack
 }
 
 // leave counts and logs a job left unrun, and returns startLeave.

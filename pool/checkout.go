@@ -397,7 +397,7 @@ func (p *Pool) demandLocked(now int64) {
 // A retiring worker takes an anonymous job when no other worker is idle:
 // it binds nothing, and the worker may wait long for its sessions to end.
 // It takes a new session only when every worker of the pool is retiring
-// (takesNewSessionLocked).
+// (allRetiringLocked).
 func (p *Pool) pickIdleLocked(anonymous bool) *pw {
 	var best, retiring *pw
 	for _, s := range p.slots {

@@ -403,7 +403,6 @@ func (w *Worker) writeLocked(m *protocol.Message) error {
 		}
 		return err
 	}
-
 	if w.encBuf.Cap() > 1<<20 {
 		w.encBuf = bytes.Buffer{} // enc writes through &w.encBuf, which stays valid
 	}

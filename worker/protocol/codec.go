@@ -17,10 +17,6 @@ const DefaultMaxFrame = 16 << 20
 // headerLen is the size of the big-endian length prefix.
 const headerLen = 4
 
-// HeaderLen is the size of a frame's length prefix: a frame of a body of n
-// bytes takes HeaderLen + n bytes on the pipe.
-const HeaderLen = headerLen
-
 var (
 	// ErrProtocol is matched (errors.Is) by every framing or decoding
 	// violation: the peer is not speaking protocol v1 and must not be trusted
